@@ -1,0 +1,3 @@
+from segbill.cli import main
+
+main()

@@ -1,0 +1,188 @@
+"""The command line: parse options, build `Options`, run the core, map the result to an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import orjson
+import typer
+
+from segbill import __version__
+from segbill.deadletter import DEFAULT_PATH
+from segbill.pipeline import Options, Replay, dry_run
+from segbill.report import ExitCode, Tally, render
+from segbill.sources import Source, UsageError, expand
+from segbill.targets import get_target
+
+app = typer.Typer(
+    name="segbill",
+    help="Replay Segment event exports into usage-based billing platforms (Lago, Hyperline).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class TargetName(str, Enum):
+    lago = "lago"
+    hyperline = "hyperline"
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"segbill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    """Replay Segment event exports into usage-based billing platforms (Lago, Hyperline)."""
+
+
+def fail(message: str, code: ExitCode = ExitCode.USAGE) -> NoReturn:
+    print(f"segbill: error: {message}", file=sys.stderr)
+    raise typer.Exit(int(code))
+
+
+def warn(message: str) -> None:
+    print(f"segbill: {message}", file=sys.stderr)
+
+
+@app.command()
+def send(
+    paths: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Files or folders of Segment exports (NDJSON, gzip or not; folders are read recursively in "
+            "sorted order, hidden entries skipped). '-' or nothing reads stdin.",
+            show_default=False,
+        ),
+    ] = None,
+    to: Annotated[
+        TargetName,
+        typer.Option("--to", help="The billing platform to send to.", case_sensitive=False),
+    ] = ...,  # type: ignore[assignment]
+    dry_run_: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Send nothing: print each converted event to stdout as one JSON line, exactly as it would "
+            "stand in a batch. Needs no API key and no network.",
+        ),
+    ] = False,
+    customer_from: Annotated[
+        str,
+        typer.Option(
+            "--customer-from",
+            metavar="PATH",
+            help="Dotted path of the field holding the customer id (Lago external_subscription_id, Hyperline "
+            "customer_id), for example context.groupId or properties.subscription_id.",
+        ),
+    ] = "userId",
+    dead_letter: Annotated[
+        Path,
+        typer.Option(
+            "--dead-letter",
+            metavar="PATH",
+            help="Where records that cannot be delivered go, one JSON line each with the reason (appended; "
+            "created only when needed, readable by you only). Replay it with segbill send.",
+        ),
+    ] = Path(DEFAULT_PATH),
+    json_: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the summary as one JSON object on stdout (on stderr in a dry run, where stdout holds "
+            "the events).",
+        ),
+    ] = False,
+) -> None:
+    """Convert Segment messages and send them to a billing platform (or print them with --dry-run).
+
+    Exit codes: 0 all delivered or skipped by rule; 1 finished, something was dead-lettered;
+    2 usage error, nothing sent; 3 stopped early on a fatal error; 130 interrupted.
+    """
+    path = tuple(customer_from.split("."))
+    if not all(path):
+        fail(f"--customer-from {customer_from!r} is not a dotted path such as userId or context.groupId.")
+    try:
+        sources = expand(paths or [], stdin_is_terminal=sys.stdin.isatty())
+    except UsageError as error:
+        fail(str(error))
+    _check_dead_letter_path(dead_letter, sources)
+    options = Options(
+        sources=sources,
+        target=get_target(to.value),
+        customer_path=path,
+        dead_letter=dead_letter,
+        dry_run=dry_run_,
+    )
+    replay = Replay(options, warn=warn)
+    try:
+        if dry_run_:
+            dry_run(replay, sys.stdout.buffer)
+        else:
+            fail("sending is not available yet: use --dry-run.")
+    except KeyboardInterrupt:
+        replay.tally.interrupted = True
+    finally:
+        replay.close()
+    _flush_stdout()
+    _summarize(replay.tally, json_)
+    raise typer.Exit(int(replay.tally.exit_code()))
+
+
+def _check_dead_letter_path(dead_letter: Path, sources: list[Source]) -> None:
+    if dead_letter.is_dir():
+        fail(f"--dead-letter {dead_letter} is a folder; give a file path.")
+    if not dead_letter.parent.is_dir():
+        fail(f"--dead-letter {dead_letter}: the folder {dead_letter.parent} does not exist.")
+    if not dead_letter.exists():
+        return
+    for source in sources:
+        if source.path is not None and source.path.resolve() == dead_letter.resolve():
+            retry = source.path.with_name(f"retry-{source.path.name}")
+            fail(
+                f"{source.name} is both an input and the dead-letter file. Move it first "
+                f"(mv {source.name} {retry}) or pass another --dead-letter."
+            )
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (| head): point stdout at /dev/null so exit does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _summarize(tally: Tally, as_json: bool) -> None:
+    if as_json:
+        stream = sys.stderr if tally.dry_run else sys.stdout
+        stream.write(orjson.dumps(tally.as_dict()).decode() + "\n")
+        stream.flush()
+        return
+    render(tally, sys.stderr, terminal=sys.stderr.isatty())
+
+
+def main() -> None:
+    """Console entry point: no tracebacks for users, whatever happens."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception as error:  # a bug of ours: one line for the user, details on request
+        if os.environ.get("SEGBILL_DEBUG"):
+            raise
+        print(f"segbill: internal error: {type(error).__name__}: {error} (set SEGBILL_DEBUG=1 for details)", file=sys.stderr)
+        sys.exit(int(ExitCode.FATAL))

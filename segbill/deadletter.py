@@ -1,0 +1,69 @@
+"""The dead-letter file: every record that could not be delivered, with the reason, replayable.
+
+One JSON object per line, marked `"segbill_dead_letter": 1` so that `segbill send` reads its own
+file back and replays the original `record` (or re-reads `raw`, the original text).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from segbill.segment import DEAD_LETTER_MARKER, Record, dumps
+
+DEFAULT_PATH = "segbill-dead-letter.jsonl"
+
+
+class DeadLetterFile:
+    """Appends entries; the file is created (readable by its owner only) on the first entry."""
+
+    def __init__(self, path: Path, target: str) -> None:
+        self.path = path
+        self.target = target
+        self._handle: BinaryIO | None = None
+
+    def write(self, record: Record, reason: str) -> None:
+        entry: dict[str, Any] = {
+            DEAD_LETTER_MARKER: 1,
+            "reason": reason,
+            "target": self.target,
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "source": record.source(),
+        }
+        if record.first_source is not None and record.first_source != entry["source"]:
+            entry["first_source"] = record.first_source
+        if record.message is not None:
+            entry["record"] = record.message
+        else:
+            entry["raw"] = record.raw.rstrip(b"\r").decode("utf-8", "replace")
+            if not _is_utf8(record.raw):
+                entry["raw_base64"] = base64.b64encode(record.raw).decode("ascii")
+        if self._handle is None:
+            self._handle = _open_private(self.path)
+        self._handle.write(dumps(entry) + b"\n")
+        self._handle.flush()
+
+    @property
+    def written(self) -> bool:
+        return self._handle is not None
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _open_private(path: Path) -> BinaryIO:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "ab")
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -1,0 +1,114 @@
+"""Outcomes and the summary: every record read ends in exactly one counted outcome."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    DEAD_LETTERED = 1
+    USAGE = 2
+    FATAL = 3
+    INTERRUPTED = 130
+
+
+@dataclass
+class Tally:
+    """Counts of outcomes. `read == delivered + skipped + dead-lettered + not attempted` always."""
+
+    target: str
+    dry_run: bool
+    read: int = 0
+    delivered: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    not_attempted: int = 0
+    requests: int = 0
+    retries: int = 0
+    started: float = field(default_factory=time.monotonic)
+    elapsed: float | None = None
+    stopped: str | None = None  # why the run ended early, if it did
+    interrupted: bool = False
+    dead_letter_file: str | None = None
+
+    def finish(self) -> None:
+        self.elapsed = time.monotonic() - self.started
+
+    @property
+    def accounted(self) -> int:
+        return self.delivered + sum(self.skipped.values()) + sum(self.dead_lettered.values()) + self.not_attempted
+
+    def exit_code(self) -> ExitCode:
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        if self.stopped is not None:
+            return ExitCode.FATAL
+        return ExitCode.DEAD_LETTERED if self.dead_lettered else ExitCode.OK
+
+    def as_dict(self) -> dict[str, Any]:
+        elapsed = self.elapsed if self.elapsed is not None else time.monotonic() - self.started
+        done = "converted" if self.dry_run else "delivered"
+        return {
+            "target": self.target,
+            "dry_run": self.dry_run,
+            "read": self.read,
+            done: self.delivered,
+            "skipped": sum(self.skipped.values()),
+            "skipped_by_reason": dict(sorted(self.skipped.items())),
+            "dead_lettered": sum(self.dead_lettered.values()),
+            "dead_lettered_by_reason": dict(sorted(self.dead_lettered.items())),
+            "not_attempted": self.not_attempted,
+            "requests": self.requests,
+            "retries": self.retries,
+            "elapsed_seconds": round(elapsed, 3),
+            "events_per_second": round(self.read / elapsed, 1) if elapsed > 0 else None,
+            "dead_letter_file": self.dead_letter_file,
+            "stopped": self.stopped,
+            "exit_code": int(self.exit_code()),
+        }
+
+
+def _breakdown(counts: Counter[str]) -> str:
+    return ", ".join(f"{reason} {count:,}" for reason, count in sorted(counts.items()))
+
+
+def render(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
+    """The human summary: a rich table on a terminal, plain `name value` lines for logs."""
+    data = tally.as_dict()
+    done = "converted" if tally.dry_run else "delivered"
+    rows: list[tuple[str, str, str]] = [
+        ("read", f"{tally.read:,}", "records: one per non-blank line, or per message in a batch line"),
+        (done, f"{tally.delivered:,}", "printed to stdout" if tally.dry_run else ""),
+        ("skipped", f"{data['skipped']:,}", _breakdown(tally.skipped)),
+        ("dead-lettered", f"{data['dead_lettered']:,}", _breakdown(tally.dead_lettered)),
+    ]
+    if tally.not_attempted or not tally.dry_run:
+        rows.append(("not attempted", f"{tally.not_attempted:,}", ""))
+    if not tally.dry_run:
+        rows.append(("requests", f"{tally.requests:,}", f"{tally.retries:,} retries"))
+    rate = data["events_per_second"]
+    rows.append(("elapsed", f"{data['elapsed_seconds']:.2f} s", f"{rate:,.0f} records/s" if rate else ""))
+    mode = "dry run" if tally.dry_run else "send"
+    title = f"segbill {mode} to {tally.target}"
+    if tally.stopped:
+        title += f": stopped early ({tally.stopped})"
+    if tally.dead_letter_file and tally.dead_lettered:
+        rows.append(("dead-letter file", tally.dead_letter_file, "replay it with segbill send"))
+    if terminal:
+        table = Table(title=title, show_header=False, title_justify="left")
+        for name, value, note in rows:
+            table.add_row(name, value, note)
+        Console(file=stream, stderr=True).print(table)
+        return
+    stream.write(title + "\n")
+    for name, value, note in rows:
+        stream.write(f"  {name:<16} {value}{'  (' + note + ')' if note else ''}\n")
+    stream.flush()

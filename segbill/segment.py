@@ -1,0 +1,356 @@
+"""Segment messages: one raw line -> records, and a track message -> a billable event.
+
+Everything that knows the shape of a Segment message or the forms its times take lives here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+import orjson
+
+DEAD_LETTER_MARKER = "segbill_dead_letter"
+UTF8_BOM = b"\xef\xbb\xbf"
+
+# orjson reads integers beyond 64 bits as floats; a float this large may be such an integer, so
+# the line is parsed again with the standard library, which keeps every integer exact.
+_INEXACT_FLOAT = float(2**63)
+
+
+class Invalid(Exception):
+    """A record that can never be billed as it is: `kind` is a short key, the text a sentence."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+class InexactNumber(Exception):
+    """orjson turned an integer above 64 bits into a float: the line must be parsed exactly."""
+
+
+@dataclass(slots=True)
+class Record:
+    """One thing read from the input: a message, or a line that could not become one.
+
+    `line` is 1-based, `offset` the byte offset of the line in the (decompressed) stream, `end`
+    the offset just after it. `index` is the position inside a line holding several messages.
+    """
+
+    path: str
+    line: int
+    offset: int
+    end: int
+    raw: bytes
+    message: dict[str, Any] | None = None
+    index: int | None = None
+    invalid: Invalid | None = None
+    first_source: dict[str, Any] | None = None
+
+    def source(self) -> dict[str, Any]:
+        source: dict[str, Any] = {"path": self.path, "line": self.line}
+        if self.index is not None:
+            source["index"] = self.index
+        return source
+
+    def where(self) -> str:
+        where = f"{self.path}:{self.line}"
+        return where if self.index is None else f"{where} (message {self.index})"
+
+
+def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
+    """orjson, falling back to the standard library for integers orjson cannot write."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    except TypeError:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads_exact(raw: bytes) -> Any:
+    return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+
+
+Loads = Callable[[bytes], Any]
+
+
+def read_line(raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads = orjson.loads) -> list[Record]:
+    """Parse one non-blank line into records: a message, an envelope's messages, or a reason."""
+    try:
+        value = loads(raw)
+    except ValueError as error:  # orjson's and the standard library's decode errors, bad UTF-8
+        return [Record(path, line, offset, end, raw, invalid=_unreadable(raw, error))]
+    return _records(value, raw, path, line, offset, end, loads)
+
+
+def exact_message(record: Record) -> dict[str, Any]:
+    """The record's message parsed again with every integer exact (see `InexactNumber`)."""
+    for candidate in read_line(record.raw, record.path, record.line, record.offset, record.end, _loads_exact):
+        if candidate.index == record.index and candidate.message is not None:
+            return candidate.message
+    raise AssertionError("an exact parse found no message where orjson found one")
+
+
+def _unreadable(raw: bytes, error: Exception) -> Invalid:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return Invalid("not_utf8", "The line is not valid UTF-8 text.")
+    detail = f"{error.msg} at character {error.pos}" if isinstance(error, json.JSONDecodeError) else str(error)
+    return Invalid("not_json", f"The line is not valid JSON ({detail}).")
+
+
+def _records(
+    value: Any, raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads
+) -> list[Record]:
+    if isinstance(value, dict):
+        if value.get(DEAD_LETTER_MARKER) == 1:
+            return [_replayed(value, raw, path, line, offset, end, loads)]
+        batch = value.get("batch")
+        if isinstance(batch, list) and "type" not in value:
+            shared = {key: value[key] for key in ("context", "integrations") if key in value}
+            items = [_merge_envelope(item, shared) for item in batch]
+            return _many(items, raw, path, line, offset, end, "envelope batch item")
+        return [Record(path, line, offset, end, raw, message=value)]
+    if isinstance(value, list):
+        return _many(value, raw, path, line, offset, end, "array item")
+    return [
+        Record(
+            path, line, offset, end, raw,
+            invalid=Invalid("not_object", f"The line is JSON but not an object (it is {_kind(value)})."),
+        )
+    ]
+
+
+def _many(
+    items: list[Any], raw: bytes, path: str, line: int, offset: int, end: int, what: str
+) -> list[Record]:
+    if not items:
+        return [
+            Record(path, line, offset, end, raw, invalid=Invalid("empty_batch", f"The line is an empty {what.split()[0]}."))
+        ]
+    records = []
+    for index, item in enumerate(items):
+        if isinstance(item, dict):
+            records.append(Record(path, line, offset, end, raw, message=item, index=index))
+        else:
+            reason = f"This {what} is not an object (it is {_kind(item)})."
+            records.append(
+                Record(path, line, offset, end, dumps(item), index=index, invalid=Invalid("not_object", reason))
+            )
+    return records
+
+
+def _merge_envelope(item: Any, shared: dict[str, Any]) -> Any:
+    """Segment's HTTP API merges the envelope's context/integrations into each message."""
+    if not isinstance(item, dict) or not shared:
+        return item
+    merged = dict(item)
+    for key, value in shared.items():
+        own = item.get(key)
+        if isinstance(value, dict) and isinstance(own, dict):
+            merged[key] = {**value, **own}
+        elif own is None:
+            merged[key] = value
+    return merged
+
+
+def _replayed(
+    entry: dict[str, Any], raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads
+) -> Record:
+    """A line of segbill's own dead-letter file: read back the original record or text."""
+    first = entry.get("first_source") or entry.get("source")
+    first_source = first if isinstance(first, dict) else None
+    record = entry.get("record")
+    if isinstance(record, dict):
+        return Record(path, line, offset, end, raw, message=record, first_source=first_source)
+    original: bytes | None = None
+    if isinstance(entry.get("raw_base64"), str):
+        original = base64.b64decode(entry["raw_base64"])
+    elif isinstance(entry.get("raw"), str):
+        original = entry["raw"].encode("utf-8", "surrogatepass")
+    if original is None:
+        invalid = Invalid("not_object", "This dead-letter line holds neither a record nor raw text.")
+        return Record(path, line, offset, end, raw, invalid=invalid, first_source=first_source)
+    records = read_line(original, path, line, offset, end, loads)
+    if len(records) != 1:
+        invalid = Invalid("not_object", "This dead-letter line's raw text holds several messages; replay it as a file.")
+        return Record(path, line, offset, end, original, invalid=invalid, first_source=first_source)
+    records[0].first_source = first_source
+    return records[0]
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+# --- time -----------------------------------------------------------------------------------
+
+_TIME = re.compile(
+    r"(\d{4})-(\d{1,2})-(\d{1,2})"
+    r"(?:[Tt ](\d{1,2}):(\d{1,2})(?::(\d{1,2})(?:[.,](\d+))?)?)?"
+    r"\s*(?:([Zz])|([+-])(\d{1,2})(?::?(\d{2}))?)?"
+)
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+TIME_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
+
+
+def parse_time(value: Any) -> int | None:
+    """An ISO 8601 time as Segment libraries write it -> milliseconds since the epoch (UTC).
+
+    Accepts `Z` or offsets, any fraction (truncated to milliseconds), no fraction, unpadded
+    dates and a space instead of `T`; a time without a zone is UTC. Numbers are refused: epoch
+    seconds and milliseconds cannot be told apart, and Segment never writes them.
+    """
+    if not isinstance(value, str):
+        return None
+    match = _TIME.fullmatch(value.strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    y, m, d = int(year), int(month), int(day)
+    h, mi, s = int(hour or 0), int(minute or 0), int(second or 0)
+    if not (1 <= m <= 12 and 1 <= d <= _month_days(y, m) and h < 24 and mi < 60 and s < 60):
+        return None
+    offset = 0
+    if sign:
+        oh, om = int(off_h), int(off_m or 0)
+        if oh > 23 or om > 59:
+            return None
+        offset = (oh * 60 + om) * 60 * (1 if sign == "+" else -1)
+    millis = int((fraction or "").ljust(3, "0")[:3])
+    seconds = _days_from_civil(y, m, d) * 86400 + h * 3600 + mi * 60 + s - offset
+    return seconds * 1000 + millis
+
+
+def _month_days(year: int, month: int) -> int:
+    leap = month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    return _DAYS_IN_MONTH[month - 1] + leap
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm)."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def iso_millis(millis: int) -> str:
+    """Milliseconds since the epoch -> `2024-01-01T00:00:00.123Z`."""
+    return (_EPOCH + timedelta(milliseconds=millis)).isoformat(timespec="milliseconds") + "Z"
+
+
+def unix_seconds(millis: int) -> str:
+    """Milliseconds since the epoch -> `"1704067200.123"`, exact (no float on the way)."""
+    sign = "-" if millis < 0 else ""
+    seconds, ms = divmod(abs(millis), 1000)
+    return f"{sign}{seconds}.{ms:03d}"
+
+
+# --- billable events ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Billable:
+    """What every platform needs from a track message, read the same way for all of them."""
+
+    id: str
+    customer: str
+    event: str
+    millis: int
+    properties: dict[str, Any]
+
+
+def billable(message: dict[str, Any], customer_path: tuple[str, ...]) -> Billable:
+    """A track message -> the fields a billing event is made of, or `Invalid` saying why not."""
+    customer = _customer(_lookup(message, customer_path), ".".join(customer_path))
+    event = message.get("event")
+    if not isinstance(event, str) or not event.strip():
+        raise Invalid("missing_event", "The track message has no event name (\"event\").")
+    millis = event_time(message)
+    properties = message.get("properties")
+    if properties is None:
+        properties = {}
+    elif not isinstance(properties, dict):
+        raise Invalid("bad_properties", f"The message's \"properties\" is {_kind(properties)}, not an object.")
+    return Billable(message_id(message), customer, event, millis, properties)
+
+
+def _lookup(message: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = message
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _customer(value: Any, path: str) -> str:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        if abs(value) >= _INEXACT_FLOAT:
+            raise InexactNumber
+        return str(int(value))
+    if value is None or value == "":
+        raise Invalid("missing_customer", f"The track message has no customer id at \"{path}\".")
+    raise Invalid("missing_customer", f"The customer id at \"{path}\" is {_kind(value)}, not a string or an integer.")
+
+
+def event_time(message: dict[str, Any]) -> int:
+    """The time to bill on: `timestamp`, else `originalTimestamp`, else `receivedAt`."""
+    for field in TIME_FIELDS:
+        value = message.get(field)
+        if value is None or value == "":
+            continue
+        millis = parse_time(value)
+        if millis is None:
+            shown = value if isinstance(value, str) else dumps(value).decode()
+            raise Invalid("bad_time", f"The message's \"{field}\" ({shown[:60]!r}) is not a readable ISO 8601 time.")
+        return millis
+    raise Invalid("bad_time", "The message has no time (timestamp, originalTimestamp or receivedAt).")
+
+
+def message_id(message: dict[str, Any]) -> str:
+    """`messageId`, or an id derived from the whole message so that every run derives the same."""
+    value = message.get("messageId")
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    digest = hashlib.sha256(dumps(message, sort_keys=True)).hexdigest()
+    return f"segbill-{digest[:32]}"
+
+
+def check_exact(value: float) -> float:
+    """Return a float property unless it may be an integer orjson could not hold exactly."""
+    if abs(value) >= _INEXACT_FLOAT:
+        raise InexactNumber
+    return value

@@ -1,0 +1,177 @@
+"""Inputs: paths and stdin -> lines with their origin. Gzip by magic bytes; never a whole file in memory."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import sys
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from segbill.segment import UTF8_BOM, Invalid
+
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK = 1 << 20
+# Segment caps a message at 32 KB and an HTTP-API batch at 500 KB: a longer line is not an export.
+MAX_LINE_BYTES = 1 << 20
+STDIN = "-"
+_RAW_HEAD = 1024
+
+
+class UsageError(Exception):
+    """A problem with the command line, found before anything is read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One input: `name` is how messages and dead-letter entries refer to it."""
+
+    name: str
+    path: Path | None
+    size: int | None
+
+    @property
+    def is_stdin(self) -> bool:
+        return self.path is None
+
+
+def expand(args: list[str], *, stdin_is_terminal: bool) -> list[Source]:
+    """Paths as given -> files in a stable order. Directories recurse sorted, skipping hidden entries.
+
+    Every problem is found here, before the first line is read.
+    """
+    if not args:
+        if stdin_is_terminal:
+            raise UsageError("no input: give a file or folder, or pipe events to stdin (for example: jq -c . x.json | segbill send ...).")
+        args = [STDIN]
+    sources: list[Source] = []
+    seen: set[Path] = set()
+    for arg in args:
+        if arg == STDIN:
+            if any(source.is_stdin for source in sources):
+                raise UsageError("stdin ('-') is given twice.")
+            sources.append(Source("<stdin>", None, None))
+            continue
+        path = Path(arg)
+        if not path.exists():
+            raise UsageError(f"{arg}: no such file or directory.")
+        files = _walk(path) if path.is_dir() else [path]
+        for file in files:
+            resolved = file.resolve()
+            if resolved in seen:
+                continue
+            seen.add(resolved)
+            if not os.access(file, os.R_OK):
+                raise UsageError(f"{file}: permission denied.")
+            sources.append(Source(str(file), file, file.stat().st_size))
+    return sources
+
+
+def _walk(root: Path) -> list[Path]:
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(name for name in dirs if not name.startswith("."))
+        base = Path(folder)
+        files.extend(base / name for name in sorted(names) if not name.startswith("."))
+    return files
+
+
+# A line: (number, byte offset, offset after it, bytes, or None and a reason when it is unreadable)
+Line = tuple[int, int, int, bytes, Invalid | None]
+
+
+def read_lines(source: Source, on_progress: Callable[[int], None] | None = None) -> Iterator[Line]:
+    """Every non-blank line of a source with its number and offsets, in order.
+
+    A line over `MAX_LINE_BYTES` is reported (with its head) instead of being held in memory. A
+    truncated or corrupt gzip stream ends with one unreadable line naming where it broke.
+    `on_progress` receives the bytes of the source consumed so far (compressed bytes for gzip).
+    """
+    raw, close = _open_binary(source)
+    try:
+        # read1: a pipe yields what it has (jq output flows through), and a truncated gzip
+        # stream gives back everything it decoded before the break.
+        stream = _decompressing(raw)
+        yield from _split(stream.read1, raw, None if source.is_stdin else on_progress)  # type: ignore[attr-defined]
+    finally:
+        close()
+
+
+def _open_binary(source: Source) -> tuple[BinaryIO, Callable[[], None]]:
+    if source.path is None:
+        stdin = sys.stdin.buffer
+        return stdin, lambda: None
+    handle = open(source.path, "rb")
+    return handle, handle.close
+
+
+def _decompressing(raw: BinaryIO) -> BinaryIO:
+    if raw.peek(2)[:2] == GZIP_MAGIC:  # type: ignore[attr-defined]
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def _split(
+    read: Callable[[int], bytes], raw: BinaryIO, on_progress: Callable[[int], None] | None
+) -> Iterator[Line]:
+    number = 0
+    offset = 0  # where the current (pending) line starts
+    pending = b""
+    long_head: bytes | None = None  # the start of a line too long to keep, while skipping it
+    long_size = 0
+    first = True
+    while True:
+        try:
+            chunk = read(CHUNK)
+        except (EOFError, OSError, zlib.error) as error:
+            broken = "ends early: the file is truncated" if isinstance(error, EOFError) else f"is corrupt ({error})"
+            reason = f"The gzip data {broken} after line {number}; the rest of the file is lost. Download it again and replay it."
+            if long_head is not None:
+                yield number + 1, offset, offset + long_size, long_head, Invalid("bad_gzip", reason)
+            else:
+                yield number + 1, offset, offset + len(pending), pending, Invalid("bad_gzip", reason)
+            return
+        if on_progress is not None:
+            on_progress(raw.tell())
+        if not chunk:
+            break
+        if first:
+            first = False
+            if chunk.startswith(UTF8_BOM):
+                chunk = chunk[len(UTF8_BOM):]
+                offset = len(UTF8_BOM)
+        if long_head is not None:
+            cut = chunk.find(b"\n")
+            if cut < 0:
+                long_size += len(chunk)
+                continue
+            long_size += cut
+            number += 1
+            end = offset + long_size + 1
+            yield number, offset, end, long_head, _too_long(long_size)
+            long_head = None
+            offset = end
+            chunk = chunk[cut + 1:]
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            number += 1
+            end = offset + len(line) + 1
+            if len(line) > MAX_LINE_BYTES:
+                yield number, offset, end, line[:_RAW_HEAD], _too_long(len(line))
+            elif line.strip():
+                yield number, offset, end, line, None
+            offset = end
+        if len(pending) > MAX_LINE_BYTES:
+            long_head, long_size, pending = pending[:_RAW_HEAD], len(pending), b""
+    if long_head is not None:
+        yield number + 1, offset, offset + long_size, long_head, _too_long(long_size)
+    elif pending.strip():
+        yield number + 1, offset, offset + len(pending), pending, None
+
+
+def _too_long(size: int) -> Invalid:
+    return Invalid("too_long", f"The line is {size:,} bytes long, over the {MAX_LINE_BYTES:,}-byte limit for one line (only its start is kept here).")
