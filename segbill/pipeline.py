@@ -42,7 +42,7 @@ class Replay:
 
     def events(self, on_progress: Callable[[Source, int], None] | None = None) -> Iterator[tuple[Record, dict[str, Any]]]:
         """Converted events in input order; the caller owns their outcome once it takes one."""
-        convert = self.options.target.convert
+        target = self.options.target
         customer_path = self.options.customer_path
         tally = self.tally
         for source in self.options.sources:
@@ -64,11 +64,7 @@ class Replay:
                         self._not_billable(record, kind)
                         continue
                     try:
-                        try:
-                            event = convert(billable(message, customer_path))
-                        except InexactNumber:
-                            record.message = message = exact_message(record)
-                            event = convert(billable(message, customer_path))
+                        event = to_event(record, message, target, customer_path)
                     except Invalid as invalid:
                         self.dead_letter(record, invalid.kind, invalid.reason)
                         continue
@@ -95,6 +91,15 @@ class Replay:
     def close(self) -> None:
         self.dead_letters.close()
         self.tally.finish()
+
+
+def to_event(record: Record, message: dict[str, Any], target: Target, customer_path: tuple[str, ...]) -> dict[str, Any]:
+    """A track message -> the platform's event, or `Invalid`. Integers beyond 64 bits stay exact."""
+    try:
+        return target.convert(billable(message, customer_path))
+    except InexactNumber:
+        record.message = exact_message(record)
+        return target.convert(billable(record.message, customer_path))
 
 
 def dry_run(replay: Replay, out: IO[bytes]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import sys
 import zlib
@@ -103,6 +104,8 @@ def read_lines(source: Source, on_progress: Callable[[int], None] | None = None)
 def _open_binary(source: Source) -> tuple[BinaryIO, Callable[[], None]]:
     if source.path is None:
         stdin = sys.stdin.buffer
+        if not hasattr(stdin, "peek"):  # a test harness or an embedding program's stream
+            stdin = io.BufferedReader(stdin)  # type: ignore[arg-type]
         return stdin, lambda: None
     handle = open(source.path, "rb")
     return handle, handle.close

@@ -1,0 +1,78 @@
+"""Shared helpers: run the real CLI in-process and read back what it wrote."""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from segbill.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = ROOT / "sample_data"
+
+
+@dataclass
+class Run:
+    exit_code: int
+    stdout: str
+    stderr: str
+    dead_letter: Path
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+    @property
+    def dead_letters(self) -> list[dict[str, Any]]:
+        if not self.dead_letter.exists():
+            return []
+        return [orjson.loads(line) for line in self.dead_letter.read_bytes().splitlines()]
+
+
+@pytest.fixture
+def segbill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run `segbill ARGS` in-process from a scratch folder, as a user would."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str, input: bytes | str | None = None, dead_letter: str = "dead.jsonl") -> Run:
+        argv = list(args)
+        if "--dead-letter" not in argv and argv[:1] == ["send"]:
+            argv += ["--dead-letter", dead_letter]
+        result = CliRunner().invoke(app, argv, input=input, catch_exceptions=False)
+        return Run(result.exit_code, result.stdout, result.stderr, tmp_path / dead_letter)
+
+    return run
+
+
+def track(**fields: Any) -> dict[str, Any]:
+    """A minimal valid track message; keyword arguments replace or add fields (None removes)."""
+    message: dict[str, Any] = {
+        "type": "track",
+        "event": "API Call",
+        "userId": "user-1",
+        "messageId": "msg-1",
+        "timestamp": "2024-01-01T00:00:00.123Z",
+        "properties": {},
+    }
+    for key, value in fields.items():
+        if value is None:
+            message.pop(key, None)
+        else:
+            message[key] = value
+    return message
+
+
+def jsonl(*messages: Any) -> bytes:
+    return b"".join(orjson.dumps(message) + b"\n" for message in messages)
+
+
+def write(path: Path, data: bytes, *, compress: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path

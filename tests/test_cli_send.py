@@ -1,0 +1,234 @@
+"""`segbill send --dry-run` as a user runs it: inputs, dead letters, summary, exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import typer
+
+from segbill import __version__
+from segbill.cli import app
+
+from .conftest import jsonl, track, write
+from .schemas import ASSERT_SCHEMA
+
+GOOD = [track(messageId=f"m{i}", userId=f"u{i % 3}", properties={"n": i}) for i in range(5)]
+OTHERS = [{"type": "identify", "userId": "u"}, {"type": "page", "name": "Home"}, {"type": "identify"}]
+
+
+def summary_of(run) -> dict:
+    """The --json summary (stderr in a dry run, where stdout holds the events)."""
+    return orjson.loads(run.stderr.strip().splitlines()[-1])
+
+
+def assert_adds_up(summary: dict) -> None:
+    done = summary.get("converted", summary.get("delivered"))
+    assert summary["read"] == done + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"]
+    assert summary["skipped"] == sum(summary["skipped_by_reason"].values())
+    assert summary["dead_lettered"] == sum(summary["dead_lettered_by_reason"].values())
+
+
+@pytest.mark.parametrize("target", ["lago", "hyperline"])
+def test_dry_run_prints_every_billable_event_and_counts_the_rest(segbill, tmp_path: Path, target: str) -> None:
+    path = write(tmp_path / "events.jsonl", jsonl(*GOOD, *OTHERS))
+    run = segbill("send", str(path), "--to", target, "--dry-run", "--json")
+    assert run.exit_code == 0, run.stderr
+    assert len(run.events) == 5
+    for event in run.events:
+        ASSERT_SCHEMA[target](event)
+    summary = summary_of(run)
+    assert summary["read"] == 8 and summary["converted"] == 5
+    assert summary["skipped_by_reason"] == {"identify": 2, "page": 1}
+    assert_adds_up(summary)
+    assert not run.dead_letter.exists()  # created only when something is written
+
+
+def test_the_human_summary_goes_to_stderr_and_adds_up(segbill, tmp_path: Path) -> None:
+    path = write(tmp_path / "events.jsonl", jsonl(*GOOD, *OTHERS) + b"bad\n")
+    run = segbill("send", str(path), "--to", "lago", "--dry-run")
+    assert run.exit_code == 1
+    assert "read             9" in run.stderr
+    assert "converted        5" in run.stderr
+    assert "skipped          3  (identify 2, page 1)" in run.stderr
+    assert "dead-lettered    1  (not_json 1)" in run.stderr
+    assert run.stdout.count("\n") == 5
+
+
+def test_stdin_with_a_dash_or_no_path(segbill) -> None:
+    for args in (["-"], []):
+        run = segbill("send", *args, "--to", "lago", "--dry-run", input=jsonl(*GOOD))
+        assert run.exit_code == 0
+        assert [e["transaction_id"] for e in run.events] == [f"m{i}" for i in range(5)]
+
+
+def test_gzip_on_stdin(segbill) -> None:
+    import gzip
+
+    run = segbill("send", "--to", "hyperline", "--dry-run", input=gzip.compress(jsonl(*GOOD)))
+    assert [e["record"]["id"] for e in run.events] == [f"m{i}" for i in range(5)]
+
+
+def test_a_folder_in_the_s3_layout_with_gzip_named_or_not(segbill, tmp_path: Path) -> None:
+    root = tmp_path / "exports" / "segment-logs" / "src1"
+    write(root / "1704067200000" / "b.gz", jsonl(GOOD[1]), compress=True)
+    write(root / "1704067200000" / "a.gz", jsonl(GOOD[0]), compress=True)
+    write(root / "1704153600000" / "c.gz", jsonl(GOOD[2]))  # already decompressed, still .gz
+    write(root / "1704153600000" / ".partial", b"garbage\n")
+    run = segbill("send", str(tmp_path / "exports"), "--to", "lago", "--dry-run")
+    assert run.exit_code == 0, run.stderr
+    assert [e["transaction_id"] for e in run.events] == ["m0", "m1", "m2"]
+
+
+def test_bad_lines_are_dead_lettered_with_file_and_line_and_the_rest_goes_through(segbill, tmp_path: Path) -> None:
+    lines = [
+        orjson.dumps(GOOD[0]),
+        b"{not json",
+        b"[1,2]",
+        b'{"type":"track","event":"\xff"}',
+        orjson.dumps(track(messageId="no-user", userId=None)),
+        orjson.dumps(track(messageId="late", timestamp="tomorrow")),
+        orjson.dumps(GOOD[1]),
+    ]
+    path = write(tmp_path / "mixed.jsonl", b"\n".join(lines) + b"\n")
+    run = segbill("send", str(path), "--to", "lago", "--dry-run", "--json")
+    assert run.exit_code == 1
+    assert [e["transaction_id"] for e in run.events] == ["m0", "m1"]
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("segbill: ")]
+    assert warnings[0].startswith(f"segbill: {path}:2: The line is not valid JSON (")  # then orjson's words
+    assert warnings[1:] == [
+        f"segbill: {path}:3 (message 0): This array item is not an object (it is a number).",
+        f"segbill: {path}:3 (message 1): This array item is not an object (it is a number).",
+        f"segbill: {path}:4: The line is not valid UTF-8 text.",
+        f'segbill: {path}:5: The track message has no customer id at "userId".',
+        f"segbill: {path}:6: The message's \"timestamp\" ('tomorrow') is not a readable ISO 8601 time.",
+    ]
+    entries = run.dead_letters
+    assert [e["source"] for e in entries] == [
+        {"path": str(path), "line": 2},
+        {"path": str(path), "line": 3, "index": 0},
+        {"path": str(path), "line": 3, "index": 1},
+        {"path": str(path), "line": 4},
+        {"path": str(path), "line": 5},
+        {"path": str(path), "line": 6},
+    ]
+    for entry in entries:
+        assert entry["segbill_dead_letter"] == 1 and entry["target"] == "lago"
+        assert entry["at"].endswith("Z") and entry["reason"].endswith(".")
+    assert entries[0]["raw"] == "{not json"
+    assert entries[1]["raw"] == "1"
+    assert entries[3]["raw_base64"] and "record" not in entries[3]
+    assert entries[4]["record"] == track(messageId="no-user", userId=None)
+    assert entries[5]["record"]["messageId"] == "late"
+    assert stat.S_IMODE(run.dead_letter.stat().st_mode) == 0o600
+    summary = summary_of(run)
+    assert summary["dead_lettered_by_reason"] == {"bad_time": 1, "missing_customer": 1, "not_json": 1, "not_object": 2, "not_utf8": 1}
+    assert_adds_up(summary)
+
+
+def test_the_dead_letter_file_replays_its_records_and_keeps_their_first_source(segbill, tmp_path: Path) -> None:
+    anonymous = track(messageId=None, userId=None, anonymousId="anon-1")
+    path = write(tmp_path / "in.jsonl", jsonl(GOOD[0], anonymous) + b"oops\n")
+    first = segbill("send", str(path), "--to", "hyperline", "--dry-run", dead_letter="first.jsonl")
+    assert first.exit_code == 1 and len(first.dead_letters) == 2
+    retry = segbill("send", str(first.dead_letter), "--to", "hyperline", "--dry-run", "--customer-from", "anonymousId", dead_letter="second.jsonl")
+    assert retry.exit_code == 1
+    [event] = retry.events
+    assert event["customer_id"] == "anon-1"
+    direct = segbill("send", "--to", "hyperline", "--dry-run", "--customer-from", "anonymousId", input=jsonl(anonymous))
+    assert event == direct.events[0]  # the derived id survives the round trip
+    [again] = retry.dead_letters
+    assert again["raw"] == "oops"
+    assert again["source"] == {"path": str(first.dead_letter), "line": 2}
+    assert again["first_source"] == {"path": str(path), "line": 3}
+
+
+def test_the_dead_letter_file_is_appended_and_never_read_while_written(segbill, tmp_path: Path) -> None:
+    path = write(tmp_path / "in.jsonl", b"bad one\n")
+    segbill("send", str(path), "--to", "lago", "--dry-run")
+    segbill("send", str(path), "--to", "lago", "--dry-run")
+    dead = tmp_path / "dead.jsonl"
+    assert len(dead.read_bytes().splitlines()) == 2
+    run = segbill("send", str(dead), "--to", "lago", "--dry-run")
+    assert run.exit_code == 2
+    assert "is both an input and the dead-letter file" in run.stderr
+    assert len(dead.read_bytes().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["send", "missing.jsonl", "--to", "lago", "--dry-run"], "segbill: error: missing.jsonl: no such file or directory."),
+        (["send", "in.jsonl", "--to", "lago", "--dry-run", "--customer-from", "context..x"], "is not a dotted path"),
+        (["send", "in.jsonl", "--to", "lago", "--dry-run", "--dead-letter", "nowhere/dl.jsonl"], "the folder nowhere does not exist"),
+        (["send", "in.jsonl", "--to", "stripe", "--dry-run"], "'stripe' is not one of"),
+        (["send", "in.jsonl", "--dry-run"], "Missing option '--to'"),
+    ],
+)
+def test_usage_errors_exit_2_before_anything_is_read(segbill, tmp_path: Path, args: list[str], message: str) -> None:
+    write(tmp_path / "in.jsonl", b"garbage\n")
+    run = segbill(*args, dead_letter="dl.jsonl")
+    assert run.exit_code == 2
+    assert message in run.stderr
+    assert run.stdout == "" and not (tmp_path / "dl.jsonl").exists()
+
+
+def test_version(segbill) -> None:
+    run = segbill("--version")
+    assert run.exit_code == 0 and run.stdout == f"segbill {__version__}\n"
+
+
+def test_every_command_and_option_has_help_text() -> None:
+    group = typer.main.get_command(app)
+    assert group.help
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        assert command.help, name
+        for param in command.params:
+            assert getattr(param, "help", None), f"{name} {param.name}"
+
+
+def _subprocess(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "segbill", *args], env=env, **kwargs)
+
+
+def test_subprocess_dry_run_and_a_reader_that_goes_away(tmp_path: Path) -> None:
+    path = write(tmp_path / "many.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(200_000))))
+    whole = subprocess.run(
+        [sys.executable, "-m", "segbill", "send", str(path), "--to", "lago", "--dry-run", "--json", "--dead-letter", str(tmp_path / "d")],
+        capture_output=True, check=False,
+    )
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stdout.count(b"\n") == 200_000
+    assert orjson.loads(whole.stderr.splitlines()[-1])["converted"] == 200_000
+    # `| head -1`: the rest is not attempted, the summary says so, and there is no traceback.
+    process = _subprocess("send", str(path), "--to", "lago", "--dry-run", "--json", "--dead-letter", str(tmp_path / "d"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 3
+    assert b"Traceback" not in stderr
+    summary = orjson.loads(stderr.splitlines()[-1])
+    assert summary["stopped"] == "stdout was closed" and summary["not_attempted"] == 1
+    assert_adds_up(summary)
+
+
+def test_subprocess_interrupted_exits_130_with_a_summary(tmp_path: Path) -> None:
+    process = _subprocess("send", "--to", "lago", "--dry-run", "--json", "--dead-letter", str(tmp_path / "d"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(jsonl(GOOD[0]))
+    process.stdin.flush()
+    assert orjson.loads(process.stdout.readline())["transaction_id"] == "m0"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert b"Traceback" not in stderr
+    summary = orjson.loads(stderr.splitlines()[-1])
+    assert summary["read"] == 1 and summary["converted"] == 1

@@ -1,0 +1,99 @@
+"""Reading inputs: gzip by content, line endings, BOM, long lines, truncation, folder order."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from segbill.sources import MAX_LINE_BYTES, UsageError, expand, read_lines
+
+from .conftest import write
+
+
+def lines_of(path: Path) -> list[tuple[int, int, int, bytes, str | None]]:
+    [source] = expand([str(path)], stdin_is_terminal=False)
+    return [(n, start, end, data, bad.kind if bad else None) for n, start, end, data, bad in read_lines(source)]
+
+
+def test_offsets_numbers_blank_lines_crlf_and_no_final_newline(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.jsonl", b'{"a":1}\r\n\n   \n{"b":2}\n{"c":3}')
+    assert lines_of(path) == [
+        (1, 0, 9, b'{"a":1}\r', None),
+        (4, 14, 22, b'{"b":2}', None),
+        (5, 22, 29, b'{"c":3}', None),
+    ]
+
+
+def test_a_utf8_bom_is_dropped_and_offsets_still_count_it(tmp_path: Path) -> None:
+    path = write(tmp_path / "bom.jsonl", b'\xef\xbb\xbf{"a":1}\n{"b":2}\n')
+    assert lines_of(path) == [(1, 3, 11, b'{"a":1}', None), (2, 11, 19, b'{"b":2}', None)]
+
+
+@pytest.mark.parametrize("name", ["export.gz", "export.jsonl", "no-extension"])
+def test_gzip_is_detected_by_content_not_by_name(tmp_path: Path, name: str) -> None:
+    data = b"".join(b'{"n":%d}\n' % i for i in range(1000))
+    compressed = write(tmp_path / "z" / name, data, compress=True)
+    plain = write(tmp_path / "p" / name, data)
+    assert [line[3] for line in lines_of(compressed)] == [line[3] for line in lines_of(plain)]
+    assert len(lines_of(compressed)) == 1000
+
+
+def test_concatenated_gzip_members_are_all_read(tmp_path: Path) -> None:
+    path = tmp_path / "multi.gz"
+    path.write_bytes(gzip.compress(b'{"a":1}\n') + gzip.compress(b'{"b":2}\n'))
+    assert [line[3] for line in lines_of(path)] == [b'{"a":1}', b'{"b":2}']
+
+
+def test_a_truncated_gzip_file_yields_everything_before_the_break_then_says_where(tmp_path: Path) -> None:
+    data = b"".join(b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * (i % 50)) for i in range(20000))
+    whole = gzip.compress(data)
+    path = write(tmp_path / "cut.gz", whole[: len(whole) // 2])
+    lines = lines_of(path)
+    good, last = lines[:-1], lines[-1]
+    assert all(kind is None for *_, kind in good)
+    assert [data for _, _, _, data, _ in good] == data.split(b"\n")[: len(good)]
+    assert last[4] == "bad_gzip" and last[0] == len(good) + 1
+    assert data[last[1]:].startswith(last[3])  # the partial line is kept, at its offset
+
+
+def test_an_overlong_line_is_reported_without_being_held_and_the_next_line_survives(tmp_path: Path) -> None:
+    huge = b'{"a":"' + b"x" * (3 * MAX_LINE_BYTES) + b'"}'
+    path = write(tmp_path / "long.jsonl", b'{"first":1}\n' + huge + b'\n{"after":1}\n' + huge)
+    lines = lines_of(path)
+    assert [(n, kind) for n, _, _, _, kind in lines] == [(1, None), (2, "too_long"), (3, None), (4, "too_long")]
+    assert lines[1][1:3] == (12, 12 + len(huge) + 1)
+    assert len(lines[1][3]) <= 1024 and lines[1][3].startswith(b'{"a":"xxx')
+    assert lines[2][3] == b'{"after":1}'
+
+
+def test_folders_recurse_in_sorted_order_skipping_hidden_entries(tmp_path: Path) -> None:
+    root = tmp_path / "segment-logs" / "src"
+    for relative in ["1704153600000/b.gz", "1704067200000/z.gz", "1704067200000/a.gz", ".hidden/x.gz", "1704067200000/.tmp"]:
+        write(root / relative, b"{}\n", compress=True)
+    names = [s.name for s in expand([str(tmp_path)], stdin_is_terminal=False)]
+    assert names == [
+        str(root / "1704067200000/a.gz"),
+        str(root / "1704067200000/z.gz"),
+        str(root / "1704153600000/b.gz"),
+    ]
+
+
+def test_the_same_file_given_twice_is_read_once(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.jsonl", b"{}\n")
+    assert len(expand([str(path), str(tmp_path)], stdin_is_terminal=False)) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "terminal", "message"),
+    [
+        (["missing.jsonl"], False, "missing.jsonl: no such file or directory."),
+        (["-", "-"], False, "stdin ('-') is given twice."),
+        ([], True, "no input"),
+    ],
+)
+def test_usage_errors_come_before_anything_is_read(args: list[str], terminal: bool, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        expand(args, stdin_is_terminal=terminal)
