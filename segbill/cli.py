@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
+from urllib.parse import urlsplit
 
 import orjson
 import typer
 
 from segbill import __version__
 from segbill.deadletter import DEFAULT_PATH
+from segbill.delivery import DeliveryOptions, deliver_all
 from segbill.pipeline import Options, Replay, dry_run
-from segbill.report import ExitCode, Tally, render
+from segbill.report import ExitCode, Progress, Tally, render
 from segbill.sources import Source, UsageError, expand
-from segbill.targets import get_target
+from segbill.targets import Target, get_target
+
+LOCAL_HOSTS = {"localhost", "::1", "[::1]"}
 
 app = typer.Typer(
     name="segbill",
@@ -98,6 +103,47 @@ def send(
             "created only when needed, readable by you only). Replay it with segbill send.",
         ),
     ] = Path(DEFAULT_PATH),
+    api_url: Annotated[
+        Optional[str],
+        typer.Option(
+            "--api-url",
+            metavar="URL",
+            help="The platform's base URL; a path prefix is kept. Default: $LAGO_API_URL or https://api.getlago.com, "
+            "$HYPERLINE_API_URL or https://ingest.hyperline.co.",
+            show_default=False,
+        ),
+    ] = None,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(
+            "--api-key",
+            metavar="KEY",
+            help="The platform's API key. Prefer $LAGO_API_KEY / $HYPERLINE_API_KEY: a command line is visible to "
+            "other users of the machine. Never printed nor logged.",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option("--batch-size", min=1, help="Events per request. Default and maximum: Lago 100; Hyperline 1000, at most 5000.", show_default=False),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, max=64, help="Requests in flight at once.")
+    ] = 4,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each answer before retrying.")
+    ] = 30.0,
+    max_retries: Annotated[
+        int,
+        typer.Option("--max-retries", min=0, help="Retries of a batch after a transient failure (connection error, timeout, 408, 429, 5xx) before it is dead-lettered."),
+    ] = 10,
+    grace: Annotated[
+        float,
+        typer.Option("--grace", min=0, help="On SIGINT/SIGTERM, seconds to let requests in flight finish; a second signal stops at once."),
+    ] = 10.0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar or progress lines (the summary is still printed).")
+    ] = False,
     json_: Annotated[
         bool,
         typer.Option(
@@ -127,12 +173,15 @@ def send(
         dead_letter=dead_letter,
         dry_run=dry_run_,
     )
+    delivery = None if dry_run_ else _delivery_options(options.target, api_url, api_key, batch_size, concurrency, timeout, max_retries, grace)
     replay = Replay(options, warn=warn)
     try:
-        if dry_run_:
+        if delivery is None:
             dry_run(replay, sys.stdout.buffer)
         else:
-            fail("sending is not available yet: use --dry-run.")
+            terminal = sys.stderr.isatty()
+            progress = None if quiet else Progress(replay.tally, _total_bytes(sources), sys.stderr, terminal=terminal)
+            asyncio.run(deliver_all(replay, options.target, delivery, progress))
     except KeyboardInterrupt:
         replay.tally.interrupted = True
     finally:
@@ -140,6 +189,36 @@ def send(
     _flush_stdout()
     _summarize(replay.tally, json_)
     raise typer.Exit(int(replay.tally.exit_code()))
+
+
+def _delivery_options(
+    target: Target,
+    api_url: str | None,
+    api_key: str | None,
+    batch_size: int | None,
+    concurrency: int,
+    timeout: float,
+    max_retries: int,
+    grace: float,
+) -> DeliveryOptions:
+    url = api_url or os.environ.get(target.url_env) or target.default_url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        fail(f"--api-url {url!r} is not an http(s) URL such as {target.default_url}.")
+    key = api_key or os.environ.get(target.key_env)
+    if not key:
+        fail(f"no API key for {target.label}: set {target.key_env} (or pass --api-key), or use --dry-run.")
+    size = batch_size or target.default_batch
+    if size > target.max_batch:
+        fail(f"--batch-size {size} is over {target.label}'s limit of {target.max_batch} events per request.")
+    if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS and not parts.hostname.startswith("127."):
+        warn(f"warning: {parts.hostname} is reached over plain http: the API key travels unencrypted.")
+    return DeliveryOptions(url, key, size, concurrency, timeout, max_retries, grace)
+
+
+def _total_bytes(sources: list[Source]) -> int | None:
+    sizes = [source.size for source in sources]
+    return None if None in sizes else sum(sizes)  # type: ignore[arg-type]
 
 
 def _check_dead_letter_path(dead_letter: Path, sources: list[Source]) -> None:

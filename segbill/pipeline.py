@@ -6,6 +6,8 @@ platform otherwise) or with its final outcome already counted (skipped or dead-l
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +42,13 @@ class Replay:
         self._warn = warn
         self._warnings = 0
 
-    def events(self, on_progress: Callable[[Source, int], None] | None = None) -> Iterator[tuple[Record, dict[str, Any]]]:
+    def events(self, on_progress: Callable[[str, int], None] | None = None) -> Iterator[tuple[Record, dict[str, Any]]]:
         """Converted events in input order; the caller owns their outcome once it takes one."""
         target = self.options.target
         customer_path = self.options.customer_path
         tally = self.tally
         for source in self.options.sources:
-            progress = (lambda done, s=source: on_progress(s, done)) if on_progress else None
+            progress = (lambda done, name=source.name: on_progress(name, done)) if on_progress else None
             for number, offset, end, data, problem in read_lines(source, progress):
                 if problem is None:
                     records = read_line(data, source.name, number, offset, end)
@@ -106,11 +108,53 @@ def dry_run(replay: Replay, out: IO[bytes]) -> None:
     """Print each converted event exactly as it would stand in a batch, one per line."""
     tally = replay.tally
     write = out.write
-    for _record, event in replay.events():
+    with _interruptible() as critical:
+        for _record, event in replay.events():
+            line = dumps(event) + b"\n"
+            with critical:  # an event printed is an event counted, whenever a signal lands
+                try:
+                    write(line)
+                except BrokenPipeError:
+                    tally.not_attempted += 1
+                    tally.stopped = "stdout was closed"
+                    break
+                tally.delivered += 1
+
+
+class _Critical:
+    """Defers SIGINT/SIGTERM's KeyboardInterrupt to the end of a `with` block."""
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.pending = False
+
+    def __enter__(self) -> None:
+        self.inside = True
+
+    def __exit__(self, *exc: object) -> None:
+        self.inside = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def handler(self, signum: int, frame: object) -> None:
+        if self.inside:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[_Critical]:
+    critical = _Critical()
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
         try:
-            write(dumps(event) + b"\n")
-        except BrokenPipeError:
-            tally.not_attempted += 1
-            tally.stopped = "stdout was closed"
+            previous[signum] = signal.signal(signum, critical.handler)
+        except ValueError:  # not the main thread: leave signals alone
             break
-        tally.delivered += 1
+    try:
+        yield critical
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

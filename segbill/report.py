@@ -28,6 +28,7 @@ class Tally:
     dry_run: bool
     read: int = 0
     delivered: int = 0
+    already_delivered: int = 0  # of `delivered`: the platform already held them (a lost answer, a rerun)
     skipped: Counter[str] = field(default_factory=Counter)
     dead_lettered: Counter[str] = field(default_factory=Counter)
     not_attempted: int = 0
@@ -61,6 +62,7 @@ class Tally:
             "dry_run": self.dry_run,
             "read": self.read,
             done: self.delivered,
+            "already_delivered": self.already_delivered,
             "skipped": sum(self.skipped.values()),
             "skipped_by_reason": dict(sorted(self.skipped.items())),
             "dead_lettered": sum(self.dead_lettered.values()),
@@ -112,3 +114,64 @@ def render(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
     for name, value, note in rows:
         stream.write(f"  {name:<16} {value}{'  (' + note + ')' if note else ''}\n")
     stream.flush()
+
+
+class Progress:
+    """Live progress on stderr: a rich bar on a terminal (by bytes for files, so it has an end),
+    a plain line every `every` seconds otherwise (cron logs)."""
+
+    def __init__(self, tally: Tally, total_bytes: int | None, stream: IO[str], *, terminal: bool, every: float = 10.0) -> None:
+        self.tally = tally
+        self.total_bytes = total_bytes
+        self.stream = stream
+        self.terminal = terminal
+        self.every = every
+        self._done: dict[str, int] = {}
+        self._bar: Any = None
+        self._task: Any = None
+
+    def on_bytes(self, source: str, done: int) -> None:
+        self._done[source] = done
+
+    @property
+    def bytes_done(self) -> int:
+        return sum(self._done.values())
+
+    def _line(self) -> str:
+        tally = self.tally
+        elapsed = max(time.monotonic() - tally.started, 1e-9)
+        text = (
+            f"read {tally.read:,}, delivered {tally.delivered:,}, dead-lettered {sum(tally.dead_lettered.values()):,}, "
+            f"{tally.read / elapsed:,.0f} records/s"
+        )
+        if self.total_bytes:
+            text += f", {100 * self.bytes_done / self.total_bytes:.0f}% of the input"
+        return text
+
+    def start(self) -> None:
+        if not self.terminal:
+            return
+        from rich.progress import BarColumn, DownloadColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+        self._bar = Bar(
+            TextColumn("[bold]segbill"), BarColumn(), DownloadColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
+            console=Console(file=self.stream, stderr=True), transient=True,
+        )
+        self._task = self._bar.add_task(self._line(), total=self.total_bytes)
+        self._bar.start()
+
+    def tick(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.bytes_done, description=self._line())
+        else:
+            self.stream.write(f"segbill: {self._line()}\n")
+            self.stream.flush()
+
+    @property
+    def interval(self) -> float:
+        return 0.1 if self.terminal else self.every
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -1,14 +1,25 @@
-"""Billing platforms. Each module turns a `Billable` into that platform's event format.
-
-A new platform is one new module exposing a `Target` and one line in `TARGETS`.
+"""Billing platforms. Each module turns a `Billable` into that platform's event format, builds its
+batch request and reads its answers. A new platform is one new module and one entry in `TARGETS`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from segbill.segment import Billable, Invalid, check_exact, dumps
+
+
+@dataclass
+class Answer:
+    """What a platform said about each event of a batch, by position in the batch."""
+
+    delivered: list[int] = field(default_factory=list)
+    already: list[int] = field(default_factory=list)  # stored by an earlier request
+    rejected: dict[int, str] = field(default_factory=dict)  # position -> reason for a person
+    resend: list[int] = field(default_factory=list)  # valid, but refused with the others
+    narrow: bool = False  # the request was refused as a whole: split it to find the bad events
 
 
 @dataclass(frozen=True)
@@ -16,6 +27,15 @@ class Target:
     name: str
     label: str
     convert: Callable[[Billable], dict[str, Any]]
+    key: Callable[[dict[str, Any]], str]  # the idempotency key of a converted event
+    batch_path: str
+    max_batch: int
+    default_batch: int
+    default_url: str
+    url_env: str
+    key_env: str
+    body: Callable[[list[bytes]], bytes]  # serialized events -> request body
+    read_answer: Callable[[int, bytes, list[str]], Answer | None]  # status, body, the batch's keys
 
 
 def flatten(properties: dict[str, Any], *, keep_scalar_lists: bool) -> dict[str, Any]:
@@ -79,7 +99,11 @@ def _check_nested(value: Any) -> None:
             _check_nested(item)
 
 
+TARGET_NAMES = ("lago", "hyperline")
+
+
 def get_target(name: str) -> Target:
+    """Import only the platform in use."""
     if name == "lago":
         from segbill.targets import lago
 
@@ -89,6 +113,3 @@ def get_target(name: str) -> Target:
 
         return hyperline.TARGET
     raise KeyError(name)
-
-
-TARGET_NAMES = ("lago", "hyperline")

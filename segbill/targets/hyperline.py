@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from segbill.segment import Billable, Invalid, iso_millis
-from segbill.targets import Target, flatten
+from segbill.targets import Answer, Target, flatten
 
 # A property called `id` would overwrite the record id, Hyperline's idempotency key.
 RENAMED_ID = "properties.id"
+NO_REASON = "Rejected by Hyperline, which gives no reason; check that the customer exists."
 
 
 def convert(billable: Billable) -> dict[str, Any]:
@@ -26,4 +29,48 @@ def convert(billable: Billable) -> dict[str, Any]:
     }
 
 
-TARGET = Target(name="hyperline", label="Hyperline", convert=convert)
+def body(events: list[bytes]) -> bytes:
+    return b"[" + b",".join(events) + b"]"
+
+
+def read_answer(status: int, content: bytes, keys: list[str]) -> Answer | None:
+    """A 2xx can still refuse some events: `events_failed` echoes them, without a reason."""
+    if not 200 <= status < 300:
+        return None
+    failed = _failed_ids(content)
+    answer = Answer()
+    for position, key in enumerate(keys):
+        if key in failed:
+            answer.rejected[position] = NO_REASON
+        else:
+            answer.delivered.append(position)
+    return answer
+
+
+def _failed_ids(content: bytes) -> set[str]:
+    try:
+        failed = orjson.loads(content).get("events_failed") or []
+    except (orjson.JSONDecodeError, AttributeError):
+        return set()
+    ids = set()
+    for echo in failed:
+        record = echo.get("record") if isinstance(echo, dict) else None
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            ids.add(record["id"])
+    return ids
+
+
+TARGET = Target(
+    name="hyperline",
+    label="Hyperline",
+    convert=convert,
+    key=lambda event: event["record"]["id"],
+    batch_path="/v1/events/batch",
+    max_batch=5000,
+    default_batch=1000,
+    default_url="https://ingest.hyperline.co",
+    url_env="HYPERLINE_API_URL",
+    key_env="HYPERLINE_API_KEY",
+    body=body,
+    read_answer=read_answer,
+)
