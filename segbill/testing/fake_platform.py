@@ -1,0 +1,729 @@
+"""A fake Lago and Hyperline ingest server on loopback: for segbill's tests, its benchmarks, and for
+trying segbill without an account (`python -m segbill.testing.fake_platform --port 8080`).
+
+It imitates what docs/api-facts.md records of the real platforms (validation, all-or-nothing Lago
+batches, duplicates per Lago store, Hyperline partial failures and idempotent upserts, rate
+limits and their headers), and injects faults, scripted or at seeded random rates, so a client's
+"every event stored exactly once" promise can be checked end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import math
+import random
+import re
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from email.utils import formatdate
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+import orjson
+
+Platform = Literal["lago", "hyperline"]
+Store = Literal["postgres", "clickhouse"]
+
+STATUS_FAULTS = frozenset({"400", "401", "403", "404", "408", "429", "500", "501", "502", "503"})
+"""Faults answered with that HTTP status, in the platform's own error format."""
+DROP_FAULTS = frozenset({"reset", "lost", "hang"})
+"""reset: RST before storing. lost: store, then close without answering. hang: never answer."""
+FAULTS = STATUS_FAULTS | DROP_FAULTS
+
+LAGO_CLOUD_BATCH_RATE = 50
+"""Cloud's batch limit per second: the X-RateLimit-Limit of a scripted 429 when none is set."""
+LAGO_SINGLE_RATE_FACTOR = 10
+"""Cloud allows 500/s on the single-event endpoint against 50/s on the batch one."""
+LAGO_FIELDS = ("transaction_id", "external_subscription_id", "code", "timestamp", "properties", "precise_total_amount_cents")
+"""The only event keys Lago keeps; the rest (external_customer_id included) are dropped."""
+HYPERLINE_MAX_BATCH = 5000
+HYPERLINE_WINDOW = 10.0
+POISON_ERROR = "expression_evaluation_failed: undefined variable in expression"
+
+_LAGO_PATH = re.compile(r"(?:/[^/]+)*/api/v1/events(?P<batch>/batch)?/?")
+_HYPERLINE_PATHS = {"/v1/events/batch": "batch", "/v2/events/batch": "batch_v2", "/v1/events": "single"}
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
+_NOT_JSON = object()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as received, and its answer: `status` None means dropped or hung."""
+
+    method: str
+    path: str
+    platform: Platform | None
+    headers: dict[str, str]
+    """Every header, names lower-cased (repeats joined with ", ")."""
+    events: int
+    status: int | None
+    fault: str | None
+    at: float
+    """time.monotonic() at arrival."""
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+class _Window:
+    """A fixed window opened by the first request after the previous window ended, so a burst's
+    outcome does not depend on where a clock-second boundary happens to fall."""
+
+    def __init__(self, limit: int, length: float) -> None:
+        self.limit = limit
+        self.length = length
+        self.start = -math.inf
+        self.used = 0
+
+    def take(self, now: float) -> bool:
+        if now >= self.start + self.length:
+            self.start, self.used = now, 0
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        return True
+
+    def state(self, now: float) -> tuple[int, float]:
+        """(requests left, seconds until the window resets), without using a request."""
+        if now >= self.start + self.length:
+            return self.limit, self.length
+        return self.limit - self.used, self.start + self.length - now
+
+
+class FakePlatform:
+    """Lago and Hyperline on one loopback port; use as a context manager or start()/close().
+
+    Public attributes a test may change while it runs: `lago_poison` (codes or transaction ids
+    answered with an expression error), `hyperline_customers` (None accepts any customer id),
+    `hyperline_malformed` (record ids that make a whole Hyperline request answer 400), `latency`.
+    """
+
+    def __init__(
+        self,
+        api_key: str = "test-key",
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        lago_batch_limit: int = 100,
+        lago_store: Store = "postgres",
+        lago_rate_limit: int | None = None,
+        lago_poison: Iterable[str] = (),
+        hyperline_rate_limit: int | None = None,
+        hyperline_customers: Collection[str] | None = None,
+        hyperline_malformed: Iterable[str] = (),
+        latency: float = 0.0,
+        seed: int = 0,
+        faults: Mapping[str, float] | None = None,
+        retry_after: int = 1,
+        hang_seconds: float = 30.0,
+    ) -> None:
+        if lago_store not in ("postgres", "clickhouse"):
+            raise ValueError(f"lago_store must be 'postgres' or 'clickhouse', not {lago_store!r}")
+        self.faults = dict(faults or {})
+        _check_faults(self.faults)
+        if sum(self.faults.values()) > 1 or any(p < 0 for p in self.faults.values()):
+            raise ValueError("fault rates must be >= 0 and add up to at most 1")
+        self.host = _loopback(host)
+        self.port = port
+        self.api_key = api_key
+        self.lago_batch_limit = lago_batch_limit
+        self.lago_store = lago_store
+        self.lago_rate_limit = lago_rate_limit
+        self.lago_poison = set(lago_poison)
+        self.hyperline_rate_limit = hyperline_rate_limit
+        self.hyperline_customers = None if hyperline_customers is None else set(hyperline_customers)
+        self.hyperline_malformed = set(hyperline_malformed)
+        self.latency = latency
+        self.seed = seed
+        self.retry_after = retry_after
+        self.hang_seconds = hang_seconds
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.reset()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> FakePlatform:
+        self._server = _Server((self.host, self.port), self)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-platform", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving and cut open keep-alive connections, so clients cannot talk to a stopped fake."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.closing.set()
+        server.shutdown()
+        server.cut_connections()
+        server.server_close()
+        assert self._thread is not None
+        self._thread.join()
+
+    def __enter__(self) -> FakePlatform:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakePlatform is not started")
+        return f"http://{self.host}:{self._server.server_address[1]}"
+
+    # -- test controls and introspection -------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget stored events, requests, scripted faults and rate windows; reseed the dice."""
+        with self._lock:
+            self._rng = random.Random(self.seed)
+            self._script: deque[str] = deque()
+            self._lago_rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+            self._hyperline_rows: dict[tuple[str, str], Any] = {}
+            self._writes: dict[Platform, Counter[str]] = {"lago": Counter(), "hyperline": Counter()}
+            self._requests: list[Request] = []
+            self._windows: dict[str, _Window] = {}
+            if self.lago_rate_limit:
+                self._windows["lago:batch"] = _Window(self.lago_rate_limit, 1.0)
+                self._windows["lago:single"] = _Window(self.lago_rate_limit * LAGO_SINGLE_RATE_FACTOR, 1.0)
+            if self.hyperline_rate_limit:
+                self._windows["hyperline"] = _Window(self.hyperline_rate_limit, HYPERLINE_WINDOW)
+
+    def script(self, faults: Iterable[str]) -> None:
+        """Queue faults for the next requests, one each, in order, before any random fault."""
+        faults = list(faults)
+        _check_faults(faults)
+        with self._lock:
+            self._script.extend(faults)
+
+    def events(self, platform: Platform) -> list[dict[str, Any]]:
+        """Stored events as the platform keeps them (Lago: known keys only), oldest first."""
+        with self._lock:
+            stored = self._lago_rows if platform == "lago" else self._hyperline_rows
+            return orjson.loads(orjson.dumps(list(stored.values())))
+
+    def counts(self, platform: Platform) -> dict[str, int]:
+        """Stored events per idempotency key (Lago transaction_id, Hyperline record.id): what
+        billing would count. Every value 1 means every event stored exactly once."""
+        with self._lock:
+            stored = self._lago_rows if platform == "lago" else self._hyperline_rows
+            return dict(Counter(key[1] for key in stored))
+
+    def writes(self, platform: Platform) -> dict[str, int]:
+        """Accepted writes per idempotency key, replacements and upserts included: above 1
+        means the client sent again something already stored."""
+        with self._lock:
+            return dict(self._writes[platform])
+
+    def requests(self, platform: Platform | None = None) -> list[Request]:
+        with self._lock:
+            return [r for r in self._requests if platform is None or r.platform == platform]
+
+    def throttled(self, platform: Platform | None = None) -> int:
+        """How many 429s were sent, from the rate limiters and injected faults alike."""
+        return sum(1 for r in self.requests(platform) if r.status == 429)
+
+    def summary(self) -> str:
+        with self._lock:
+            return (
+                f"stored {len(self._lago_rows)} Lago and {len(self._hyperline_rows)} Hyperline events "
+                f"from {len(self._requests)} requests ({sum(r.status == 429 for r in self._requests)} throttled)"
+            )
+
+    # -- request handling ----------------------------------------------------------------------
+
+    def _dispatch(self, method: str, path: str, headers: dict[str, str], body: bytes, arrival: float) -> _Reply | str:
+        """Answer one request: a reply to send, or the name of a drop fault to act out."""
+        platform, endpoint = _route(method, path)
+        try:
+            payload = orjson.loads(body) if body else _NOT_JSON
+        except orjson.JSONDecodeError:
+            payload = _NOT_JSON
+        with self._lock:
+            fault = self._next_fault()
+            outcome: _Reply | str
+            if fault in ("reset", "hang"):
+                outcome = fault
+            elif fault in STATUS_FAULTS:
+                outcome = self._fault_reply(platform, endpoint, int(fault))
+            else:
+                outcome = self._serve(platform, endpoint, headers, payload, arrival)
+            if isinstance(outcome, _Reply) and platform == "lago" and self.lago_rate_limit and "X-RateLimit-Limit" not in outcome.headers:
+                outcome.headers.update(self._lago_limit_headers(endpoint, arrival))
+            if fault == "lost":
+                outcome = fault
+            status = outcome.status if isinstance(outcome, _Reply) else None
+            self._requests.append(Request(method, path, platform, headers, _event_count(platform, endpoint, payload), status, fault, arrival))
+        return outcome
+
+    def _next_fault(self) -> str | None:
+        if self._script:
+            return self._script.popleft()
+        if not self.faults:
+            return None
+        draw = self._rng.random()
+        for name, rate in self.faults.items():
+            if draw < rate:
+                return name
+            draw -= rate
+        return None
+
+    def _serve(self, platform: Platform | None, endpoint: str, headers: dict[str, str], payload: Any, now: float) -> _Reply:
+        if platform is None:
+            return _lago_error(404)
+        if headers.get("authorization") != f"Bearer {self.api_key}":
+            return _lago_error(401) if platform == "lago" else _message(401, "Missing authentication token")
+        window = self._windows.get(_window_name(platform, endpoint))
+        if window is not None and not window.take(now):
+            _, reset_in = window.state(now)
+            return self._too_many(platform, endpoint, reset_in, now)
+        if platform == "lago":
+            return self._lago_request(endpoint, payload)
+        return self._hyperline_event(payload) if endpoint == "single" else self._hyperline_batch(payload, endpoint)
+
+    def _fault_reply(self, platform: Platform | None, endpoint: str, status: int) -> _Reply:
+        if status == 429:
+            return self._too_many(platform, endpoint, self.retry_after, None)
+        if platform == "hyperline":
+            return _message(status, "Missing authentication token" if status == 401 else HTTPStatus(status).phrase)
+        if status == 403:
+            return _lago_error(403, code="write_action_not_allowed_for_event")
+        return _lago_error(status)
+
+    def _too_many(self, platform: Platform | None, endpoint: str, reset_in: float, now: float | None) -> _Reply:
+        """429 as each platform sends it: Lago with its X-RateLimit-* trio and no Retry-After,
+        Hyperline with Retry-After, a reset date and a plain-text body. `now` None: injected."""
+        seconds = math.ceil(reset_in)
+        if platform == "hyperline":
+            headers = {"Retry-After": str(seconds), "X-RateLimit-Reset": formatdate(time.time() + reset_in, usegmt=True)}
+            return _Reply(429, b"Too many requests", headers, "text/plain")
+        if now is None:
+            limit = self.lago_rate_limit or LAGO_CLOUD_BATCH_RATE
+            headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(seconds)}
+        else:
+            headers = self._lago_limit_headers(endpoint, now)
+        return _Reply(429, orjson.dumps({"status": 429, "error": "Too Many Requests"}), headers)
+
+    def _lago_limit_headers(self, endpoint: str, now: float) -> dict[str, str]:
+        window = self._windows[_window_name("lago", endpoint)]
+        remaining, reset_in = window.state(now)
+        return {"X-RateLimit-Limit": str(window.limit), "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": str(math.ceil(reset_in))}
+
+    # -- Lago ----------------------------------------------------------------------------------
+
+    def _lago_request(self, endpoint: str, payload: Any) -> _Reply:
+        if not isinstance(payload, dict):
+            return _lago_error(400)
+        if endpoint == "single":
+            event = payload.get("event")
+            if not isinstance(event, dict):
+                return _lago_error(400)
+            outcome = self._lago_store_events([event])
+            if isinstance(outcome, dict):
+                return _lago_invalid(outcome["0"])
+            return _json(200, {"event": outcome[0]})
+        events = payload.get("events")
+        if not events:
+            return _lago_invalid({"events": ["no_events"]})
+        if not isinstance(events, list):
+            return _lago_error(400)
+        if len(events) > self.lago_batch_limit:
+            return _lago_invalid({"events": ["too_many_events"]})
+        outcome = self._lago_store_events(events)
+        if isinstance(outcome, dict):
+            return _lago_invalid(outcome)
+        return _json(200, {"events": outcome})
+
+    def _lago_store_events(self, events: list[Any]) -> dict[str, Any] | list[dict[str, Any]]:
+        """Store all events, or none: the errors keyed by index, duplicates looked for only
+        once every event is otherwise valid."""
+        errors = {str(i): error for i, event in enumerate(events) if (error := self._lago_event_error(event))}
+        if errors:
+            return errors
+        received = time.time()
+        rows = [_lago_row(event, received, self.lago_store) for event in events]
+        if self.lago_store == "postgres":
+            seen: set[tuple[Any, ...]] = set()
+            for i, (key, _) in enumerate(rows):
+                if key in self._lago_rows or key in seen:
+                    errors[str(i)] = {"transaction_id": ["value_already_exist"]}
+                seen.add(key)
+            if errors:
+                return errors
+        for key, row in rows:
+            self._lago_rows[key] = row
+            self._writes["lago"][key[1]] += 1
+        return [row for _, row in rows]
+
+    def _lago_event_error(self, event: Any) -> dict[str, list[str]] | str | None:
+        """One event's errors; a bad timestamp hides the others, as in lago-api."""
+        if not isinstance(event, dict):
+            event = {}
+        timestamp = event.get("timestamp")
+        if timestamp is not None and not _lago_timestamp_ok(timestamp):
+            return {"timestamp": ["invalid_format"]}
+        errors: dict[str, list[str]] = {}
+        transaction_id = event.get("transaction_id")
+        if not (isinstance(transaction_id, (str, int)) and not isinstance(transaction_id, bool) and transaction_id != ""):
+            errors["transaction_id"] = ["value_is_mandatory"]
+        code = event.get("code")
+        if not (isinstance(code, str) and code):
+            errors["code"] = ["value_is_mandatory"]
+        properties = event.get("properties")
+        if properties is not None and not (isinstance(properties, dict) and all(map(_lago_value_ok, properties.values()))):
+            errors["properties"] = ["invalid_value"]
+        if errors:
+            return errors
+        if code in self.lago_poison or str(transaction_id) in self.lago_poison:
+            return POISON_ERROR
+        return None
+
+    # -- Hyperline -----------------------------------------------------------------------------
+
+    def _hyperline_batch(self, payload: Any, endpoint: str) -> _Reply:
+        if payload is _NOT_JSON:
+            return _message(400, "Body must be valid JSON")
+        if not isinstance(payload, list):
+            return _message(400, "Body must be an array of events")
+        if not 1 <= len(payload) <= HYPERLINE_MAX_BATCH:
+            return _message(400, f"A batch holds 1 to {HYPERLINE_MAX_BATCH} events, not {len(payload)}")
+        if any(map(self._hyperline_is_malformed, payload)):
+            return _message(400, "Malformed request")
+        created, failed = [], []
+        for event in payload:
+            (created if self._hyperline_ok(event) else failed).append(event)
+        for event in created:
+            self._hyperline_store(event)
+        key = "events_accepted" if endpoint == "batch_v2" else "events_created"
+        return _json(201, {key: created, "events_failed": failed})
+
+    def _hyperline_event(self, payload: Any) -> _Reply:
+        if self._hyperline_is_malformed(payload):
+            return _message(400, "Malformed request")
+        if not self._hyperline_ok(payload):
+            return _message(400, "Invalid event")
+        self._hyperline_store(payload)
+        return _json(201, payload)
+
+    def _hyperline_store(self, event: dict[str, Any]) -> None:
+        """Upsert by (event_type, record.id): a resend updates, never duplicates."""
+        record_id = event["record"]["id"]
+        self._hyperline_rows[(event["event_type"], record_id)] = event
+        self._writes["hyperline"][record_id] += 1
+
+    def _hyperline_is_malformed(self, event: Any) -> bool:
+        record = event.get("record") if isinstance(event, dict) else None
+        return isinstance(record, dict) and isinstance(record.get("id"), str) and record["id"] in self.hyperline_malformed
+
+    def _hyperline_ok(self, event: Any) -> bool:
+        if not isinstance(event, dict):
+            return False
+        customer, event_type, record = event.get("customer_id"), event.get("event_type"), event.get("record")
+        return (
+            isinstance(customer, str)
+            and customer != ""
+            and (self.hyperline_customers is None or customer in self.hyperline_customers)
+            and isinstance(event_type, str)
+            and event_type != ""
+            and _hyperline_timestamp_ok(event.get("timestamp"))
+            and isinstance(record, dict)
+            and isinstance(record.get("id"), str)
+            and record["id"] != ""
+            and all(map(_hyperline_value_ok, record.values()))
+        )
+
+
+# -- pure helpers ------------------------------------------------------------------------------
+
+
+def _check_faults(names: Iterable[str]) -> None:
+    unknown = sorted(set(names) - FAULTS)
+    if unknown:
+        raise ValueError(f"unknown fault(s) {unknown}; known: {sorted(FAULTS)}")
+
+
+def _loopback(host: str) -> str:
+    """The fake accepts any key and stores what it gets: never expose it beyond this machine."""
+    address = "127.0.0.1" if host == "localhost" else host
+    try:
+        if ipaddress.IPv4Address(address).is_loopback:
+            return address
+    except ValueError:
+        pass
+    raise ValueError(f"refusing to listen on {host!r}: the fake platform binds to IPv4 loopback only (e.g. 127.0.0.1)")
+
+
+def _route(method: str, path: str) -> tuple[Platform | None, str]:
+    """(platform, endpoint). Lago paths may sit under any prefix; Hyperline's host has none."""
+    path = path.split("?", 1)[0]
+    if method != "POST":
+        return None, ""
+    match = _LAGO_PATH.fullmatch(path)
+    if match:
+        return "lago", "batch" if match["batch"] else "single"
+    endpoint = _HYPERLINE_PATHS.get(path)
+    return ("hyperline", endpoint) if endpoint else (None, "")
+
+
+def _window_name(platform: Platform | None, endpoint: str) -> str:
+    return f"lago:{'single' if endpoint == 'single' else 'batch'}" if platform == "lago" else "hyperline"
+
+
+def _event_count(platform: Platform | None, endpoint: str, payload: Any) -> int:
+    if platform == "lago":
+        if not isinstance(payload, dict):
+            return 0
+        if endpoint == "single":
+            return int(isinstance(payload.get("event"), dict))
+        payload = payload.get("events")
+    elif endpoint == "single":
+        return int(isinstance(payload, dict))
+    return len(payload) if isinstance(payload, list) else 0
+
+
+def _lago_timestamp_ok(value: Any) -> bool:
+    """Whatever Ruby's Float() takes: a number or a numeric string, never ISO text."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):  # JSON has no NaN or infinity
+        return True
+    return isinstance(value, str) and _NUMBER.fullmatch(value.strip()) is not None
+
+
+def _lago_value_ok(value: Any) -> bool:
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def _lago_row(event: dict[str, Any], received: float, store: Store) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(store key, stored event). Postgres keys on (subscription, transaction_id); ClickHouse
+    adds the timestamp, so a resend with another timestamp is a second event."""
+    row = {name: event[name] for name in LAGO_FIELDS if name in event}
+    if row.get("timestamp") is None:
+        row["timestamp"] = received
+    subscription = row.get("external_subscription_id")
+    key: tuple[Any, ...] = (None if subscription is None else str(subscription), str(row["transaction_id"]))
+    if store == "clickhouse":
+        key += (Decimal(str(row["timestamp"]).strip()),)
+    return key, row
+
+
+def _hyperline_timestamp_ok(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _hyperline_value_ok(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(isinstance(item, (str, int, float, bool)) for item in value)
+    return isinstance(value, (str, int, float, bool))
+
+
+def _json(status: int, body: Any) -> _Reply:
+    return _Reply(status, orjson.dumps(body))
+
+
+def _message(status: int, message: str) -> _Reply:
+    return _json(status, {"message": message})
+
+
+def _lago_error(status: int, **extra: str) -> _Reply:
+    return _json(status, {"status": status, "error": HTTPStatus(status).phrase, **extra})
+
+
+def _lago_invalid(details: Any) -> _Reply:
+    return _json(422, {"status": 422, "error": "Unprocessable Entity", "code": "validation_errors", "error_details": details})
+
+
+# -- HTTP plumbing -----------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # small answers must not wait on the client's delayed ACK
+    server: _Server
+
+    def do_POST(self) -> None:
+        arrival = time.monotonic()
+        try:
+            body = self._read_body()
+        except ValueError:
+            self.close_connection = True
+            self._send(_message(400, "Unreadable body framing"))
+            return
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            name = name.lower()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        fake = self.server.fake
+        outcome = fake._dispatch(self.command, self.path, headers, body, arrival)
+        if fake.latency:
+            time.sleep(fake.latency)
+        if isinstance(outcome, _Reply):
+            self._send(outcome)
+            return
+        self.close_connection = True
+        if outcome == "hang":
+            self.server.closing.wait(fake.hang_seconds)
+        elif outcome == "reset":
+            # Linger 0 turns the close into an RST. The socket really closes when finish()
+            # releases rfile, before the server's shutdown(SHUT_WR) could send a polite FIN.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+
+    do_GET = do_PUT = do_PATCH = do_DELETE = do_POST
+
+    def _read_body(self) -> bytes:
+        """The body by Content-Length, or chunked (streaming clients); ValueError if unframed."""
+        if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+            length = int(self.headers.get("Content-Length") or 0)
+            if length < 0:
+                raise ValueError(length)
+            return self.rfile.read(length)
+        chunks: list[bytes] = []
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # trailers
+        return b"".join(chunks)
+
+    def _send(self, reply: _Reply) -> None:
+        """Status line, headers and body in one write: one packet for small answers."""
+        lines = [
+            f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}",
+            f"Content-Type: {reply.content_type}",
+            f"Content-Length: {len(reply.body)}",
+            *(f"{name}: {value}" for name, value in reply.headers.items()),
+        ]
+        if self.close_connection:
+            lines.append("Connection: close")
+        self.wfile.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + reply.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: benchmarks send thousands of requests; `FakePlatform.requests()` has them all."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], fake: FakePlatform) -> None:
+        self.fake = fake
+        self.closing = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def cut_connections(self) -> None:
+        """End idle keep-alive connections: their handler threads would otherwise keep serving."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-answer is normal here (timeouts, tests); anything else is a bug."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def _fault_rate(text: str) -> tuple[str, float]:
+    name, sep, rate = text.partition("=")
+    try:
+        _check_faults([name])
+        if not sep:
+            raise ValueError("expected NAME=RATE")
+        return name, float(rate)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m segbill.testing.fake_platform",
+        description="Serve a fake Lago (/api/v1/events[/batch]) and Hyperline (/v1/events/batch, /v2/events/batch, /v1/events) on loopback.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port (default 8080)")
+    parser.add_argument("--api-key", default="test-key", help="the Bearer key to accept (default test-key)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added before each answer")
+    parser.add_argument("--lago-rate-limit", type=int, help="Lago batch requests per second (Cloud: 50)")
+    parser.add_argument("--hyperline-rate-limit", type=int, help="Hyperline requests per 10 s (real: 1000)")
+    parser.add_argument("--lago-store", choices=("postgres", "clickhouse"), default="postgres")
+    parser.add_argument("--lago-batch-limit", type=int, default=100)
+    parser.add_argument("--fault", type=_fault_rate, action="append", default=[], metavar="NAME=RATE", help=f"random fault rate, repeatable; names: {', '.join(sorted(FAULTS))}")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        fake = FakePlatform(
+            args.api_key,
+            host=args.host,
+            port=args.port,
+            latency=args.latency,
+            lago_rate_limit=args.lago_rate_limit,
+            hyperline_rate_limit=args.hyperline_rate_limit,
+            lago_store=args.lago_store,
+            lago_batch_limit=args.lago_batch_limit,
+            faults=dict(args.fault),
+            seed=args.seed,
+        )
+        fake.start()
+    except (ValueError, OSError) as error:
+        print(f"fake_platform: {error}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    print(f"fake Lago + Hyperline at {fake.url} (api key {args.api_key!r}); Ctrl-C to stop", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.close()
+        print(fake.summary(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
