@@ -161,10 +161,14 @@ def send(
     path = tuple(customer_from.split("."))
     if not all(path):
         fail(f"--customer-from {customer_from!r} is not a dotted path such as userId or context.groupId.")
+    passed_over: list[Path] = []
     try:
-        sources = expand(paths or [], stdin_is_terminal=sys.stdin.isatty())
+        sources = expand(paths or [], stdin_is_terminal=sys.stdin.isatty(), passed_over=passed_over)
     except UsageError as error:
         fail(str(error))
+    if passed_over:
+        shown = ", ".join(str(path) for path in passed_over[:5]) + (", ..." if len(passed_over) > 5 else "")
+        warn(f"not reading {len(passed_over)} file(s) in folders that do not look like exports: {shown}")
     _check_dead_letter_path(dead_letter, sources)
     options = Options(
         sources=sources,

@@ -39,8 +39,14 @@ class Source:
         return self.path is None
 
 
-def expand(args: list[str], *, stdin_is_terminal: bool) -> list[Source]:
-    """Paths as given -> files in a stable order. Directories recurse sorted, skipping hidden entries.
+# Inside folders, only files that look like exports are read (S3 objects end in .gz); a file
+# named on the command line is always read.
+EXPORT_SUFFIXES = {".gz", ".json", ".jsonl", ".ndjson", ""}
+
+
+def expand(args: list[str], *, stdin_is_terminal: bool, passed_over: list[Path] | None = None) -> list[Source]:
+    """Paths as given -> files in a stable order. Directories recurse sorted, skipping hidden
+    entries and files that do not look like exports (collected in `passed_over`).
 
     Every problem is found here, before the first line is read.
     """
@@ -59,7 +65,7 @@ def expand(args: list[str], *, stdin_is_terminal: bool) -> list[Source]:
         path = Path(arg)
         if not path.exists():
             raise UsageError(f"{arg}: no such file or directory.")
-        files = _walk(path) if path.is_dir() else [path]
+        files = _walk(path, passed_over) if path.is_dir() else [path]
         for file in files:
             resolved = file.resolve()
             if resolved in seen:
@@ -71,12 +77,18 @@ def expand(args: list[str], *, stdin_is_terminal: bool) -> list[Source]:
     return sources
 
 
-def _walk(root: Path) -> list[Path]:
+def _walk(root: Path, passed_over: list[Path] | None) -> list[Path]:
     files: list[Path] = []
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(name for name in dirs if not name.startswith("."))
-        base = Path(folder)
-        files.extend(base / name for name in sorted(names) if not name.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = Path(folder) / name
+            if path.suffix.lower() in EXPORT_SUFFIXES:
+                files.append(path)
+            elif passed_over is not None:
+                passed_over.append(path)
     return files
 
 

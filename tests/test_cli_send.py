@@ -16,7 +16,7 @@ import typer
 from segbill import __version__
 from segbill.cli import app
 
-from .conftest import jsonl, track, write
+from .conftest import SAMPLE_DATA, jsonl, track, write
 from .schemas import ASSERT_SCHEMA
 
 GOOD = [track(messageId=f"m{i}", userId=f"u{i % 3}", properties={"n": i}) for i in range(5)]
@@ -84,6 +84,29 @@ def test_a_folder_in_the_s3_layout_with_gzip_named_or_not(segbill, tmp_path: Pat
     run = segbill("send", str(tmp_path / "exports"), "--to", "lago", "--dry-run")
     assert run.exit_code == 0, run.stderr
     assert [e["transaction_id"] for e in run.events] == ["m0", "m1", "m2"]
+
+
+def test_the_bundled_sample_data(segbill) -> None:
+    """The README's main job: the deliberately bad sample lines, and nothing else, are dead-lettered."""
+    run = segbill("send", str(SAMPLE_DATA), "--to", "lago", "--dry-run", "--json")
+    assert run.exit_code == 1
+    assert "not reading 2 file(s) in folders that do not look like exports" in run.stderr
+    events_file = str(SAMPLE_DATA / "events.jsonl")
+    bad = [(e["source"]["line"], e["reason"].split(" (")[0]) for e in run.dead_letters if e["source"]["path"] == events_file]
+    assert bad == [
+        (12, 'The track message has no customer id at "userId".'),
+        (13, "The line is not valid JSON"),
+        (17, "The line is JSON but not an object"),
+        (18, "The line is JSON but not an object"),
+        (20, "The line is not valid JSON"),
+    ]
+    others = {e["reason"] for e in run.dead_letters if e["source"]["path"] != events_file}
+    assert others == {'The track message has no customer id at "userId".'}  # anonymous-only tracks
+    for event in run.events:
+        ASSERT_SCHEMA["lago"](event)
+    summary = summary_of(run)
+    assert summary["converted"] == len(run.events) > 100
+    assert_adds_up(summary)
 
 
 def test_bad_lines_are_dead_lettered_with_file_and_line_and_the_rest_goes_through(segbill, tmp_path: Path) -> None:

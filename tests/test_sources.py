@@ -80,6 +80,16 @@ def test_folders_recurse_in_sorted_order_skipping_hidden_entries(tmp_path: Path)
     ]
 
 
+def test_folders_pass_over_files_that_are_not_exports_but_named_files_are_read(tmp_path: Path) -> None:
+    for name in ["a.jsonl", "b.json", "c.ndjson", "d.gz", "e", "README.md", "make.py", "f.JSONL"]:
+        write(tmp_path / "x" / name, b"{}\n")
+    passed_over: list[Path] = []
+    names = [Path(s.name).name for s in expand([str(tmp_path / "x")], stdin_is_terminal=False, passed_over=passed_over)]
+    assert names == ["a.jsonl", "b.json", "c.ndjson", "d.gz", "e", "f.JSONL"]
+    assert [p.name for p in passed_over] == ["README.md", "make.py"]
+    assert len(expand([str(tmp_path / "x" / "README.md")], stdin_is_terminal=False)) == 1
+
+
 def test_the_same_file_given_twice_is_read_once(tmp_path: Path) -> None:
     path = write(tmp_path / "a.jsonl", b"{}\n")
     assert len(expand([str(path), str(tmp_path)], stdin_is_terminal=False)) == 1
