@@ -208,14 +208,21 @@ def _excerpt(content: bytes) -> str:
     return text[:300] if text else "no body"
 
 
-async def deliver_all(replay: Replay, target: Target, options: DeliveryOptions, progress: Progress | None = None) -> None:
+async def deliver_all(
+    replay: Replay,
+    target: Target,
+    options: DeliveryOptions,
+    progress: Progress | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> None:
     """Read, batch and deliver everything; at most `concurrency` requests in flight.
 
     SIGINT/SIGTERM stops reading and lets requests in flight finish within `grace` seconds; a
     second signal (or the end of the grace) cancels them, and their events count as not attempted.
     """
     limits = httpx.Limits(max_connections=options.concurrency, max_keepalive_connections=options.concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(options.timeout), trust_env=False) as client:
+    client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(options.timeout), trust_env=False, transport=transport)
+    async with client:
         sender = Sender(target, options, replay, client)
         tally = replay.tally
         slots = asyncio.Semaphore(options.concurrency)

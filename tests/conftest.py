@@ -40,11 +40,11 @@ def segbill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Run `segbill ARGS` in-process from a scratch folder, as a user would."""
     monkeypatch.chdir(tmp_path)
 
-    def run(*args: str, input: bytes | str | None = None, dead_letter: str = "dead.jsonl") -> Run:
+    def run(*args: str, input: bytes | str | None = None, dead_letter: str = "dead.jsonl", env: dict[str, str] | None = None) -> Run:
         argv = list(args)
         if "--dead-letter" not in argv and argv[:1] == ["send"]:
             argv += ["--dead-letter", dead_letter]
-        result = CliRunner().invoke(app, argv, input=input, catch_exceptions=False)
+        result = CliRunner().invoke(app, argv, input=input, env=env, catch_exceptions=False)
         return Run(result.exit_code, result.stdout, result.stderr, tmp_path / dead_letter)
 
     return run

@@ -1,0 +1,125 @@
+"""Scripted answer sequences through httpx.MockTransport, where a sequence is clearer than a server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from email.utils import formatdate
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from segbill import delivery
+from segbill.delivery import DeliveryOptions, deliver_all, retryable, wait_hint
+from segbill.pipeline import Options, Replay
+from segbill.sources import expand
+from segbill.targets import get_target
+
+from .conftest import jsonl, track, write
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery, "BACKOFF_BASE", 0.01)
+
+
+def replay_of(tmp_path: Path, target: str, count: int) -> Replay:
+    path = write(tmp_path / "in.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(count))))
+    options = Options(expand([str(path)], stdin_is_terminal=False), get_target(target), dead_letter=tmp_path / "dead.jsonl")
+    return Replay(options)
+
+
+def run(replay: Replay, answers: list[httpx.Response | Exception], **options: object) -> list[httpx.Request]:
+    """Deliver through a transport that plays `answers` in order; returns the requests it saw."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    target = replay.options.target
+    settings = DeliveryOptions(url="https://billing.test", api_key="k", batch_size=target.default_batch, **options)  # type: ignore[arg-type]
+    asyncio.run(deliver_all(replay, target, settings, transport=httpx.MockTransport(handler)))
+    replay.close()
+    return seen
+
+
+def test_every_retry_resends_the_identical_body(tmp_path: Path) -> None:
+    replay = replay_of(tmp_path, "lago", 5)
+    seen = run(replay, [
+        httpx.Response(503),
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout("slow"),
+        httpx.Response(429, headers={"X-RateLimit-Reset": "0"}),
+        httpx.Response(200, json={"events": []}),
+    ])
+    assert len({request.content for request in seen}) == 1 and len(seen) == 5
+    assert replay.tally.delivered == 5 and replay.tally.retries == 4 and replay.tally.requests == 5
+
+
+def test_501_and_other_unexpected_statuses_are_dead_lettered_not_retried(tmp_path: Path) -> None:
+    replay = replay_of(tmp_path, "hyperline", 3)
+    seen = run(replay, [httpx.Response(501, json={"message": "Not Implemented"})])
+    assert len(seen) == 1
+    assert replay.tally.dead_lettered == {"rejected": 3}
+    entries = [orjson.loads(line) for line in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
+    assert entries[0]["reason"] == 'Hyperline answered HTTP 501 ({"message":"Not Implemented"}); not retried.'
+
+
+def test_lago_422_mixing_duplicates_errors_and_valid_events(tmp_path: Path) -> None:
+    replay = replay_of(tmp_path, "lago", 4)
+    details = {"0": {"transaction_id": ["value_already_exist"]}, "2": {"code": ["value_is_mandatory"]}}
+    seen = run(replay, [
+        httpx.Response(422, json={"status": 422, "error": "Unprocessable Entity", "code": "validation_errors", "error_details": details}),
+        httpx.Response(200, json={"events": []}),
+    ])
+    resent = orjson.loads(seen[1].content)["events"]
+    assert [event["transaction_id"] for event in resent] == ["m1", "m3"]
+    tally = replay.tally
+    assert tally.delivered == 3 and tally.already_delivered == 1 and tally.dead_lettered == {"rejected": 1}
+    [entry] = [orjson.loads(line) for line in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
+    assert entry["record"]["messageId"] == "m2"
+    assert entry["reason"] == 'Rejected by Lago: {"code":["value_is_mandatory"]}.'
+
+
+def test_lago_too_many_events_halves_the_batch(tmp_path: Path) -> None:
+    """Self-hosted Lago can lower the batch limit: a batch-level 422 is split, not dead-lettered."""
+    replay = replay_of(tmp_path, "lago", 8)
+    too_many = httpx.Response(422, json={"status": 422, "code": "validation_errors", "error_details": {"events": ["too_many_events"]}})
+    seen = run(replay, [too_many, httpx.Response(200, json={}), httpx.Response(200, json={})])
+    assert [len(orjson.loads(r.content)["events"]) for r in seen] == [8, 4, 4]
+    assert replay.tally.delivered == 8
+
+
+def test_retries_run_out_then_the_batch_is_dead_lettered_with_the_last_error(tmp_path: Path) -> None:
+    replay = replay_of(tmp_path, "hyperline", 2)
+    run(replay, [httpx.Response(502), httpx.Response(503), httpx.Response(500)], max_retries=2)
+    assert replay.tally.dead_lettered == {"unreachable": 2}
+    entry = orjson.loads((tmp_path / "dead.jsonl").read_bytes().splitlines()[0])
+    assert entry["reason"] == "Not delivered: billing.test still failed after 2 retries (HTTP 500)."
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599])
+def test_retryable_statuses(status: int) -> None:
+    assert retryable(status)
+
+
+@pytest.mark.parametrize("status", [200, 400, 401, 404, 422, 501])
+def test_statuses_not_retried(status: int) -> None:
+    assert not retryable(status)
+
+
+def test_wait_hints_from_both_platforms() -> None:
+    assert wait_hint(httpx.Headers({"X-RateLimit-Reset": "3"})) == 3.0  # Lago: seconds
+    assert wait_hint(httpx.Headers({"Retry-After": "7"})) == 7.0  # Hyperline: seconds
+    future = formatdate(time.time() + 20, usegmt=True)
+    hint = wait_hint(httpx.Headers({"Retry-After": future}))
+    assert hint is not None and 18 <= hint <= 20  # an HTTP date
+    past = formatdate(time.time() - 60, usegmt=True)
+    assert wait_hint(httpx.Headers({"Retry-After": "soon", "X-RateLimit-Reset": past})) == 0.0
+    assert wait_hint(httpx.Headers({})) is None
