@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import sys
 from enum import Enum
 from pathlib import Path
@@ -18,7 +19,9 @@ from segbill.deadletter import DEFAULT_PATH
 from segbill.delivery import DeliveryOptions, deliver_all
 from segbill.pipeline import Options, Replay, dry_run
 from segbill.report import ExitCode, Progress, Tally, render
+from segbill.segment import parse_time
 from segbill.sources import Source, UsageError, expand
+from segbill.state import StateBusy
 from segbill.targets import Target, get_target
 
 LOCAL_HOSTS = {"localhost", "::1", "[::1]"}
@@ -103,6 +106,34 @@ def send(
             "created only when needed, readable by you only). Replay it with segbill send.",
         ),
     ] = Path(DEFAULT_PATH),
+    state: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--state",
+            metavar="PATH",
+            help="SQLite file that makes runs resumable and exactly-once: per-file checkpoints and a ledger of "
+            "delivered events. A rerun skips what is finished and never resends a delivered event. One run at a time.",
+            show_default=False,
+        ),
+    ] = None,
+    since: Annotated[
+        Optional[str],
+        typer.Option("--since", metavar="TIME", help="Only events at or after this time (a date or ISO 8601 time, UTC unless a zone is given).", show_default=False),
+    ] = None,
+    until: Annotated[
+        Optional[str],
+        typer.Option("--until", metavar="TIME", help="Only events before this time (exclusive, so --until 2024-02-01 --since 2024-02-01 split cleanly).", show_default=False),
+    ] = None,
+    shard: Annotated[
+        Optional[str],
+        typer.Option(
+            "--shard",
+            metavar="K/N",
+            help="Bill only the customers of shard K of N (K from 0 to N-1), a stable split by customer id, so N "
+            "workers share one backfill; give each its own --state.",
+            show_default=False,
+        ),
+    ] = None,
     api_url: Annotated[
         Optional[str],
         typer.Option(
@@ -176,9 +207,20 @@ def send(
         customer_path=path,
         dead_letter=dead_letter,
         dry_run=dry_run_,
+        state=state,
+        since=_time_option("--since", since),
+        until=_time_option("--until", until),
+        shard=_shard_option(shard),
     )
+    if state is not None and not state.parent.is_dir():
+        fail(f"--state {state}: the folder {state.parent} does not exist.")
     delivery = None if dry_run_ else _delivery_options(options.target, api_url, api_key, batch_size, concurrency, timeout, max_retries, grace)
-    replay = Replay(options, warn=warn)
+    try:
+        replay = Replay(options, warn=warn)
+    except StateBusy as error:
+        fail(str(error))
+    except sqlite3.DatabaseError as error:
+        fail(f"--state {state} is not a segbill state file ({error}).")
     try:
         if delivery is None:
             dry_run(replay, sys.stdout.buffer)
@@ -193,6 +235,24 @@ def send(
     _flush_stdout()
     _summarize(replay.tally, json_)
     raise typer.Exit(int(replay.tally.exit_code()))
+
+
+def _time_option(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    millis = parse_time(value)
+    if millis is None:
+        fail(f"{name} {value!r} is not a date or time such as 2024-01-31 or 2024-01-31T12:00:00Z.")
+    return millis
+
+
+def _shard_option(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    k, _, n = value.partition("/")
+    if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        fail(f"--shard {value!r} is not K/N with 0 <= K < N, such as 0/4.")
+    return int(k), int(n)
 
 
 def _delivery_options(

@@ -46,9 +46,10 @@ class DeadLetterFile:
         self._handle.write(dumps(entry) + b"\n")
         self._handle.flush()
 
-    @property
-    def written(self) -> bool:
-        return self._handle is not None
+    def sync(self) -> None:
+        """Flush to disk: a checkpoint may only pass a dead-lettered record once it is durable."""
+        if self._handle is not None:
+            os.fsync(self._handle.fileno())
 
     def close(self) -> None:
         if self._handle is not None:

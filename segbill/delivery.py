@@ -109,36 +109,37 @@ class Sender:
         while queue:
             batch = queue.pop()
             if self.stopped is not None:
-                self.tally.not_attempted += len(batch)
+                self.replay.not_attempted(_pairs(batch))
                 continue
             try:
                 status, content = await self._exchange(batch)
             except asyncio.CancelledError:  # a hard stop: whether these arrived is unknown
-                self.tally.not_attempted += len(batch) + sum(map(len, queue))
+                self.replay.not_attempted(_pairs(batch) + [pair for rest in queue for pair in _pairs(rest)])
                 raise
             except Fatal as error:
                 self.stop(str(error))
-                self.tally.not_attempted += len(batch)
+                self.replay.not_attempted(_pairs(batch))
                 continue
             except Unreachable as error:
                 self._unreachable(batch, str(error))
-                continue
-            self.unreachable_streak = 0
-            keys = [item.key for item in batch]
-            answer = self.target.read_answer(status, content, keys) or self._generic(status, content, len(batch))
-            self._settle(batch, answer, status, content, queue)
+            else:
+                self.unreachable_streak = 0
+                keys = [item.key for item in batch]
+                answer = self.target.read_answer(status, content, keys) or self._generic(status, content, len(batch))
+                self._settle(batch, answer, status, content, queue)
+            self.replay.checkpoint()
 
     def _settle(self, batch: list[Item], answer: Answer, status: int, content: bytes, queue: list[list[Item]]) -> None:
-        self.tally.delivered += len(answer.delivered) + len(answer.already)
-        self.tally.already_delivered += len(answer.already)
+        done = [batch[position] for position in answer.delivered + answer.already]
+        self.replay.delivered(_pairs(done), already=len(answer.already))
         for position, reason in answer.rejected.items():
-            self.replay.dead_letter(batch[position].record, "rejected", reason)
+            self.replay.rejected(batch[position].record, batch[position].key, "rejected", reason)
         if answer.resend:
             queue.append([batch[position] for position in answer.resend])
         if answer.narrow:
             if len(batch) == 1:
                 reason = f"Rejected by {self.target.label} (HTTP {status}: {_excerpt(content)})."
-                self.replay.dead_letter(batch[0].record, "rejected", reason)
+                self.replay.rejected(batch[0].record, batch[0].key, "rejected", reason)
             else:
                 middle = len(batch) // 2
                 queue.extend((batch[middle:], batch[:middle]))
@@ -152,7 +153,7 @@ class Sender:
     def _unreachable(self, batch: list[Item], error: str) -> None:
         reason = f"Not delivered: {self.host} still failed after {self.options.max_retries} retries ({error})."
         for item in batch:
-            self.replay.dead_letter(item.record, "unreachable", reason)
+            self.replay.rejected(item.record, item.key, "unreachable", reason)
         self.unreachable_streak += 1
         if self.unreachable_streak >= MAX_UNREACHABLE_BATCHES:
             self.stop(f"{self.host} unreachable: {self.unreachable_streak} batches in a row failed every retry ({error})")
@@ -197,6 +198,10 @@ class Sender:
         return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
 
 
+def _pairs(items: list[Item]) -> list[tuple[Record, str]]:
+    return [(item.record, item.key) for item in items]
+
+
 def _describe(error: httpx.TransportError) -> str:
     kind = type(error).__name__
     text = str(error)
@@ -231,8 +236,8 @@ async def deliver_all(
         ticker = asyncio.create_task(_tick(progress)) if progress is not None else None
         with _signals(sender, tally, options.grace):
             try:
-                for record, event in replay.events(progress.on_bytes if progress is not None else None):
-                    batch.append(Item(record, target.key(event), dumps(event)))
+                for record, event, key in replay.events(progress.on_bytes if progress is not None else None):
+                    batch.append(Item(record, key, dumps(event)))
                     if len(batch) >= options.batch_size:
                         await slots.acquire()
                         _start(sender.deliver(batch), running, slots)
@@ -249,7 +254,7 @@ async def deliver_all(
                 for task in running:
                     task.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
-            tally.not_attempted += len(batch)
+            replay.not_attempted(_pairs(batch))
         if ticker is not None:
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)

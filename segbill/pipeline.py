@@ -7,7 +7,9 @@ platform otherwise) or with its final outcome already counted (skipped or dead-l
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +17,16 @@ from typing import IO, Any
 
 from segbill.deadletter import DEFAULT_PATH, DeadLetterFile
 from segbill.report import Tally
-from segbill.segment import InexactNumber, Invalid, Record, billable, dumps, exact_message, read_line
+from segbill.segment import Billable, InexactNumber, Invalid, Record, billable, dumps, exact_message, read_line
 from segbill.sources import Source, read_lines
+from segbill.state import Claim, Frontier, State
 from segbill.targets import Target
 
 # Past this many, bad input lines are counted and dead-lettered without a line each on stderr.
 MAX_WARNINGS = 20
+# Converted events are checked against the duplicate index this many at a time (one per event
+# on stdin, so that a slow pipe still flows).
+CLAIM_CHUNK = 256
 
 
 @dataclass
@@ -30,78 +36,193 @@ class Options:
     customer_path: tuple[str, ...] = ("userId",)
     dead_letter: Path = field(default_factory=lambda: Path(DEFAULT_PATH))
     dry_run: bool = False
+    state: Path | None = None
+    since: int | None = None  # event time bounds in ms: since <= time < until
+    until: int | None = None
+    shard: tuple[int, int] | None = None  # (K, N): this run bills the customers of shard K of N
+
+
+def shard_of(customer: str, shards: int) -> int:
+    """A stable split by customer id, the same on every machine and Python version."""
+    digest = hashlib.blake2b(customer.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
 
 
 class Replay:
-    """Reads every source once and gives each record its outcome or its converted event."""
+    """Reads every source once and gives each record its outcome or its converted event.
+
+    Records are held by their source's `Frontier` from reading until their outcome is final, so a
+    checkpoint never passes a record whose fate is unknown.
+    """
 
     def __init__(self, options: Options, warn: Callable[[str], None] | None = None) -> None:
         self.options = options
         self.tally = Tally(target=options.target.name, dry_run=options.dry_run)
         self.dead_letters = DeadLetterFile(options.dead_letter, options.target.name)
+        self.state = State(options.state, options.target.name, read_only=options.dry_run)
         self._warn = warn
         self._warnings = 0
+        self._frontiers: dict[str, tuple[Source, Frontier]] = {}
+        self._pending: deque[tuple[Record, dict[str, Any], int]] = deque()  # (record, event, millis)
 
-    def events(self, on_progress: Callable[[str, int], None] | None = None) -> Iterator[tuple[Record, dict[str, Any]]]:
-        """Converted events in input order; the caller owns their outcome once it takes one."""
+    def events(self, on_progress: Callable[[str, int], None] | None = None) -> Iterator[tuple[Record, dict[str, Any], str]]:
+        """(record, converted event, idempotency key) in input order, each new to the ledger; the
+        caller owns their outcome once it takes one (`delivered`, `rejected`, `not_attempted`)."""
         target = self.options.target
         customer_path = self.options.customer_path
+        since, until, shard = self.options.since, self.options.until, self.options.shard
         tally = self.tally
         for source in self.options.sources:
+            start = self.state.checkpoint(source)
+            if start is not None and start.complete:
+                tally.files_already_done += 1
+                continue
+            frontier = Frontier(start)
+            self._frontiers[source.name] = (source, frontier)
+            chunk = 1 if source.is_stdin else CLAIM_CHUNK
             progress = (lambda done, name=source.name: on_progress(name, done)) if on_progress else None
-            for number, offset, end, data, problem in read_lines(source, progress):
+            position = {"offset": start.offset, "line": start.line} if start else {}
+            for number, offset, end, data, problem in read_lines(source, progress, **position):
                 if problem is None:
                     records = read_line(data, source.name, number, offset, end)
                 else:
                     records = [Record(source.name, number, offset, end, data, invalid=problem)]
                 for record in records:
                     tally.read += 1
+                    frontier.hold(record)
                     message = record.message
                     if message is None:
-                        assert record.invalid is not None
-                        self.dead_letter(record, record.invalid.kind, record.invalid.reason)
+                        self._unbillable(record, record.invalid.kind, record.invalid.reason)  # type: ignore[union-attr]
                         continue
                     kind = message.get("type")
                     if kind != "track":
-                        self._not_billable(record, kind)
+                        if shard is not None and shard[0] != 0:
+                            self.skip(record, "other_shard")
+                        elif isinstance(kind, str) and kind:
+                            self.skip(record, kind)
+                        else:
+                            self.dead_letter(record, "missing_type", "The message has no \"type\" (track, identify, page, ...).")
                         continue
                     try:
-                        event = to_event(record, message, target, customer_path)
+                        billable, event = to_event(record, message, target, customer_path)
                     except Invalid as invalid:
-                        self.dead_letter(record, invalid.kind, invalid.reason)
+                        self._unbillable(record, invalid.kind, invalid.reason)
                         continue
-                    yield record, event
+                    if shard is not None and shard_of(billable.customer, shard[1]) != shard[0]:
+                        self.skip(record, "other_shard")
+                    elif since is not None and billable.millis < since:
+                        self.skip(record, "before_since")
+                    elif until is not None and billable.millis >= until:
+                        self.skip(record, "after_until")
+                    else:
+                        self._pending.append((record, event, billable.millis))
+                        if len(self._pending) >= chunk:
+                            yield from self._claimed()
+            yield from self._claimed()
+            frontier.read_all = True
 
-    def _not_billable(self, record: Record, kind: Any) -> None:
-        if isinstance(kind, str) and kind:
-            self.tally.skipped[kind] += 1
+    def _claimed(self) -> Iterator[tuple[Record, dict[str, Any], str]]:
+        """Check the buffered events against the ledger and this run's claims; yield the new ones."""
+        pending = self._pending
+        key_of = self.options.target.key
+        keys = [(key_of(event), millis) for _, event, millis in pending]
+        for (key, _), verdict in zip(keys, self.state.claim(keys)):
+            record, event, _ = pending.popleft()
+            if verdict is Claim.NEW:
+                yield record, event, key
+                continue
+            self.skip(record, verdict.value)
+            if verdict is Claim.SHIFTED:
+                self._notice(
+                    f"{record.where()}: {key} was already sent with another event time; not sent again "
+                    "(on Lago's ClickHouse store it would be billed twice)."
+                )
+
+    def _unbillable(self, record: Record, kind: str, reason: str) -> None:
+        """A record that can never be billed belongs to shard 0 alone, so shards do not repeat it."""
+        shard = self.options.shard
+        if shard is not None and shard[0] != 0:
+            self.skip(record, "other_shard")
         else:
-            self.dead_letter(record, "missing_type", "The message has no \"type\" (track, identify, page, ...).")
+            self.dead_letter(record, kind, reason)
+
+    def skip(self, record: Record, reason: str) -> None:
+        self.tally.skipped[reason] += 1
+        self._release(record)
 
     def dead_letter(self, record: Record, kind: str, reason: str) -> None:
         self.dead_letters.write(record, reason)
         self.tally.dead_lettered[kind] += 1
         self.tally.dead_letter_file = str(self.options.dead_letter)
+        self._release(record)
+        self._notice(f"{record.where()}: {reason}")
+
+    # -- outcomes of the events handed out by `events` -------------------------------------------
+
+    def delivered(self, items: list[tuple[Record, str]], *, already: int = 0) -> None:
+        self.tally.delivered += len(items)
+        self.tally.already_delivered += already
+        self.state.delivered([key for _, key in items])
+        for record, _ in items:
+            self._release(record)
+
+    def rejected(self, record: Record, key: str, kind: str, reason: str) -> None:
+        self.state.release([key])
+        self.dead_letter(record, kind, reason)
+
+    def not_attempted(self, items: list[tuple[Record, str]]) -> None:
+        """Whether these reached the platform is unknown or they were never sent: they stay held,
+        so the checkpoint stays before them and a rerun sends them (idempotently) again."""
+        self.tally.not_attempted += len(items)
+        self.state.release([key for _, key in items])
+
+    def checkpoint(self) -> None:
+        """Persist how far each file is finished, with the ledger, in one transaction."""
+        if self.state.persistent and not self.options.dry_run:
+            self.dead_letters.sync()  # a checkpoint past a dead letter needs the letter on disk
+            for name, (source, frontier) in list(self._frontiers.items()):
+                position = frontier.position()
+                self.state.set_checkpoint(source, position)
+                if position.complete:
+                    del self._frontiers[name]
+        self.state.commit()
+
+    def _release(self, record: Record) -> None:
+        self._frontiers[record.path][1].release(record)
+
+    def _notice(self, message: str) -> None:
         if self._warn is None:
             return
         self._warnings += 1
         if self._warnings <= MAX_WARNINGS:
-            self._warn(f"{record.where()}: {reason}")
+            self._warn(message)
         elif self._warnings == MAX_WARNINGS + 1:
-            self._warn(f"more records are being dead-lettered; see {self.options.dead_letter}")
+            self._warn(f"more notices are not shown; see the summary and {self.options.dead_letter}")
 
     def close(self) -> None:
-        self.dead_letters.close()
-        self.tally.finish()
+        """Count events read but never handed out as not attempted, then save everything."""
+        self.tally.not_attempted += len(self._pending)
+        self._pending.clear()
+        try:
+            self.checkpoint()
+        finally:
+            self.state.close()
+            self.dead_letters.close()
+            self.tally.finish()
 
 
-def to_event(record: Record, message: dict[str, Any], target: Target, customer_path: tuple[str, ...]) -> dict[str, Any]:
-    """A track message -> the platform's event, or `Invalid`. Integers beyond 64 bits stay exact."""
+def to_event(
+    record: Record, message: dict[str, Any], target: Target, customer_path: tuple[str, ...]
+) -> tuple[Billable, dict[str, Any]]:
+    """A track message -> its billable fields and the platform's event, or `Invalid`.
+    Integers beyond 64 bits stay exact."""
     try:
-        return target.convert(billable(message, customer_path))
+        fields = billable(message, customer_path)
+        return fields, target.convert(fields)
     except InexactNumber:
         record.message = exact_message(record)
-        return target.convert(billable(record.message, customer_path))
+        fields = billable(record.message, customer_path)
+        return fields, target.convert(fields)
 
 
 def dry_run(replay: Replay, out: IO[bytes]) -> None:
@@ -109,16 +230,16 @@ def dry_run(replay: Replay, out: IO[bytes]) -> None:
     tally = replay.tally
     write = out.write
     with _interruptible() as critical:
-        for _record, event in replay.events():
+        for record, event, key in replay.events():
             line = dumps(event) + b"\n"
             with critical:  # an event printed is an event counted, whenever a signal lands
                 try:
                     write(line)
                 except BrokenPipeError:
-                    tally.not_attempted += 1
+                    replay.not_attempted([(record, key)])
                     tally.stopped = "stdout was closed"
                     break
-                tally.delivered += 1
+                replay.delivered([(record, key)])
 
 
 class _Critical:

@@ -39,6 +39,7 @@ class Tally:
     stopped: str | None = None  # why the run ended early, if it did
     interrupted: bool = False
     dead_letter_file: str | None = None
+    files_already_done: int = 0  # skipped whole: a checkpoint says every record had its outcome
 
     def finish(self) -> None:
         self.elapsed = time.monotonic() - self.started
@@ -73,6 +74,7 @@ class Tally:
             "elapsed_seconds": round(elapsed, 3),
             "events_per_second": round(self.read / elapsed, 1) if elapsed > 0 else None,
             "dead_letter_file": self.dead_letter_file,
+            "files_already_done": self.files_already_done,
             "stopped": self.stopped,
             "exit_code": int(self.exit_code()),
         }

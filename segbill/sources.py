@@ -96,8 +96,11 @@ def _walk(root: Path, passed_over: list[Path] | None) -> list[Path]:
 Line = tuple[int, int, int, bytes, Invalid | None]
 
 
-def read_lines(source: Source, on_progress: Callable[[int], None] | None = None) -> Iterator[Line]:
-    """Every non-blank line of a source with its number and offsets, in order.
+def read_lines(
+    source: Source, on_progress: Callable[[int], None] | None = None, *, offset: int = 0, line: int = 0
+) -> Iterator[Line]:
+    """Every non-blank line of a source with its number and offsets, in order, starting after
+    `line` lines and `offset` bytes (of decompressed data) when resuming.
 
     A line over `MAX_LINE_BYTES` is reported (with its head) instead of being held in memory. A
     truncated or corrupt gzip stream ends with one unreadable line naming where it broke.
@@ -108,9 +111,25 @@ def read_lines(source: Source, on_progress: Callable[[int], None] | None = None)
         # read1: a pipe yields what it has (jq output flows through), and a truncated gzip
         # stream gives back everything it decoded before the break.
         stream = _decompressing(raw)
-        yield from _split(stream.read1, raw, None if source.is_stdin else on_progress)  # type: ignore[attr-defined]
+        if offset:
+            _skip(stream, raw, offset)
+        progress = None if source.is_stdin else on_progress
+        yield from _split(stream.read1, raw, progress, offset, line)  # type: ignore[attr-defined]
     finally:
         close()
+
+
+def _skip(stream: BinaryIO, raw: BinaryIO, offset: int) -> None:
+    """Resume: seek a plain file; decompress and drop what a gzip stream held before `offset`."""
+    if stream is raw:
+        raw.seek(offset)
+        return
+    left = offset
+    while left > 0:
+        dropped = len(stream.read(min(left, CHUNK)))
+        if not dropped:
+            break
+        left -= dropped
 
 
 def _open_binary(source: Source) -> tuple[BinaryIO, Callable[[], None]]:
@@ -130,14 +149,13 @@ def _decompressing(raw: BinaryIO) -> BinaryIO:
 
 
 def _split(
-    read: Callable[[int], bytes], raw: BinaryIO, on_progress: Callable[[int], None] | None
+    read: Callable[[int], bytes], raw: BinaryIO, on_progress: Callable[[int], None] | None, offset: int, number: int
 ) -> Iterator[Line]:
-    number = 0
-    offset = 0  # where the current (pending) line starts
+    """`offset` is where the current (pending) line starts; `number` counts the lines before it."""
     pending = b""
     long_head: bytes | None = None  # the start of a line too long to keep, while skipping it
     long_size = 0
-    first = True
+    first = offset == 0
     while True:
         try:
             chunk = read(CHUNK)

@@ -239,7 +239,7 @@ def test_subprocess_dry_run_and_a_reader_that_goes_away(tmp_path: Path) -> None:
     assert process.wait(timeout=60) == 3
     assert b"Traceback" not in stderr
     summary = orjson.loads(stderr.splitlines()[-1])
-    assert summary["stopped"] == "stdout was closed" and summary["not_attempted"] == 1
+    assert summary["stopped"] == "stdout was closed" and summary["not_attempted"] >= 1
     assert_adds_up(summary)
 
 

@@ -38,7 +38,7 @@ def convert(target: str, message: dict[str, Any], customer: str = "userId") -> d
     line = _huge_line(message) if "huge" in message else orjson.dumps(message)
     [record] = read_line(line, "t", 1, 0, len(line))
     assert record.message is not None
-    return to_event(record, record.message, get_target(target), tuple(customer.split(".")))
+    return to_event(record, record.message, get_target(target), tuple(customer.split(".")))[1]
 
 
 def _huge_line(message: dict[str, Any]) -> bytes:

@@ -1,0 +1,217 @@
+"""Run state in SQLite: the ledger of delivered idempotency keys, per-file checkpoints, the lock.
+
+With `--state PATH` it persists between runs; without, a temporary SQLite file still holds the
+run's duplicate index, so memory stays flat however many message ids a run sees.
+
+- ledger: (target, key) -> the event time (ms) the key was sent with, and whether the platform
+  acknowledged it. Rows with `delivered = 0` are this run's claims on keys in flight; they are
+  removed if the event is not delivered, and at the start of the next run.
+- checkpoints: per input file (path, size, fingerprint of its first bytes): the byte offset and
+  line number before which every record has its final outcome, and whether the file is done.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import sqlite3
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from segbill.segment import Record
+from segbill.sources import Source
+
+FINGERPRINT_BYTES = 65536
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    target TEXT NOT NULL, key TEXT NOT NULL, millis INTEGER NOT NULL, delivered INTEGER NOT NULL,
+    PRIMARY KEY (target, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, fingerprint TEXT NOT NULL,
+    offset INTEGER NOT NULL, line INTEGER NOT NULL, complete INTEGER NOT NULL, updated TEXT NOT NULL
+);
+"""
+
+
+class StateBusy(Exception):
+    """Another run holds the state file."""
+
+
+class Claim(Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"  # the same key was sent (or is in flight) with the same time
+    SHIFTED = "duplicate_shifted"  # the same key with another time: Lago's ClickHouse would count both
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    offset: int
+    line: int
+    complete: bool
+
+
+class State:
+    def __init__(self, path: Path | None, target: str, *, read_only: bool = False) -> None:
+        """`read_only` (a dry run): duplicates and checkpoints are read, nothing is kept."""
+        self.path = path
+        self.target = target
+        self.read_only = read_only
+        self._lock_fd: int | None = None
+        if path is not None:
+            self._lock_fd = _lock(path)
+        self.db = sqlite3.connect(str(path) if path is not None else "", isolation_level=None)
+        self.db.execute("PRAGMA cache_size=-16000")  # 16 MB, whatever the number of keys
+        if path is not None:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        else:
+            self.db.execute("PRAGMA journal_mode=OFF")
+            self.db.execute("PRAGMA synchronous=OFF")
+        self.db.executescript(_SCHEMA)
+        self.db.execute("BEGIN")
+        self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
+        self.checkpoints_changed: dict[str, tuple[Source, Checkpoint]] = {}
+
+    @property
+    def persistent(self) -> bool:
+        return self.path is not None
+
+    # -- the duplicate index -----------------------------------------------------------------
+
+    def claim(self, keys: list[tuple[str, int]]) -> list[Claim]:
+        """For each (key, millis): NEW (now claimed for this run) or why it must not be sent."""
+        found: dict[str, int] = {}
+        for start in range(0, len(keys), 500):
+            chunk = [key for key, _ in keys[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(f"SELECT key, millis FROM ledger WHERE target = ? AND key IN ({marks})", [self.target, *chunk])
+            found.update(rows.fetchall())
+        verdicts = []
+        new = []
+        for key, millis in keys:
+            known = found.get(key)
+            if known is None:
+                found[key] = millis
+                new.append((self.target, key, millis))
+                verdicts.append(Claim.NEW)
+            else:
+                verdicts.append(Claim.DUPLICATE if known == millis else Claim.SHIFTED)
+        if new:
+            self.db.executemany("INSERT INTO ledger VALUES (?, ?, ?, 0)", new)
+        return verdicts
+
+    def delivered(self, keys: list[str]) -> None:
+        self.db.executemany("UPDATE ledger SET delivered = 1 WHERE target = ? AND key = ?", [(self.target, key) for key in keys])
+
+    def release(self, keys: list[str]) -> None:
+        """Keys that were not delivered: a repeat, a rerun or a replay may send them again."""
+        self.db.executemany("DELETE FROM ledger WHERE target = ? AND key = ? AND delivered = 0", [(self.target, key) for key in keys])
+
+    def sent_millis(self, key: str) -> int | None:
+        row = self.db.execute("SELECT millis FROM ledger WHERE target = ? AND key = ? AND delivered = 1", (self.target, key)).fetchone()
+        return None if row is None else row[0]
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def checkpoint(self, source: Source) -> Checkpoint | None:
+        """Where to resume `source`, if it is the same file (path, size, first bytes) as before."""
+        if source.path is None or not self.persistent:
+            return None
+        row = self.db.execute(
+            "SELECT size, fingerprint, offset, line, complete FROM checkpoints WHERE path = ?", (_key(source),)
+        ).fetchone()
+        if row is None or row[0] != source.size or row[1] != fingerprint(source.path):
+            return None
+        return Checkpoint(row[2], row[3], bool(row[4]))
+
+    def set_checkpoint(self, source: Source, checkpoint: Checkpoint) -> None:
+        if source.path is not None and self.persistent:
+            self.checkpoints_changed[_key(source)] = (source, checkpoint)
+
+    def commit(self) -> None:
+        """Make the ledger and the checkpoints durable together (a dry run keeps nothing)."""
+        if self.read_only:
+            return
+        for key, (source, checkpoint) in self.checkpoints_changed.items():
+            assert source.path is not None
+            self.db.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, datetime('now'))",
+                (key, source.size, fingerprint(source.path), checkpoint.offset, checkpoint.line, int(checkpoint.complete)),
+            )
+        self.checkpoints_changed.clear()
+        self.db.execute("COMMIT")
+        self.db.execute("BEGIN")
+
+    def close(self) -> None:
+        if self.read_only:
+            self.db.execute("ROLLBACK")
+        else:
+            self.db.execute("DELETE FROM ledger WHERE delivered = 0")
+            self.commit()
+            self.db.execute("COMMIT")
+        self.db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _key(source: Source) -> str:
+    assert source.path is not None
+    return str(source.path.resolve())
+
+
+_fingerprints: dict[Path, str] = {}
+
+
+def fingerprint(path: Path) -> str:
+    """A hash of the file's first bytes: a different file at the same path is not resumed."""
+    if path not in _fingerprints:
+        with open(path, "rb") as handle:
+            _fingerprints[path] = hashlib.sha256(handle.read(FINGERPRINT_BYTES)).hexdigest()
+    return _fingerprints[path]
+
+
+def _lock(path: Path) -> int:
+    """An exclusive flock on the state file, held for the run; the kernel drops it if we die."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateBusy(f"another segbill run is using {path}; runs on one --state cannot overlap.") from None
+    return fd
+
+
+class Frontier:
+    """How far one source is finished: records are held from reading until their outcome is
+    final; the checkpoint is the start of the first line still holding one."""
+
+    def __init__(self, start: Checkpoint | None) -> None:
+        self._held: OrderedDict[int, list[int]] = OrderedDict()  # line offset -> [line number, records held]
+        self._last = (start.offset, start.line) if start else (0, 0)
+        self.read_all = False
+
+    def hold(self, record: Record) -> None:
+        entry = self._held.get(record.offset)
+        if entry is None:
+            self._held[record.offset] = [record.line, 1]
+        else:
+            entry[1] += 1
+        if record.end >= self._last[0]:
+            self._last = (record.end, record.line)
+
+    def release(self, record: Record) -> None:
+        self._held[record.offset][1] -= 1
+
+    def position(self) -> Checkpoint:
+        held = self._held
+        while held:
+            offset, (line, count) = next(iter(held.items()))
+            if count > 0:
+                return Checkpoint(offset, line - 1, False)
+            held.popitem(last=False)
+        return Checkpoint(self._last[0], self._last[1], self.read_all)

@@ -1,0 +1,231 @@
+"""Backfills that survive cron: resume, the exactly-once ledger, clean shutdown, overlap, shards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from segbill import delivery
+from segbill.state import State
+from segbill.testing.fake_platform import FakePlatform
+
+from .conftest import jsonl, track, write
+
+KEY = "sk-state-test-key"
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery, "BACKOFF_BASE", 0.01)
+
+
+def messages(count: int, prefix: str = "m") -> list[dict[str, Any]]:
+    return [
+        track(messageId=f"{prefix}{i}", userId=f"cus_{i % 11}", timestamp=f"2024-01-{1 + i % 28:02d}T00:00:00.000Z")
+        for i in range(count)
+    ]
+
+
+def summary_of(run) -> dict[str, Any]:
+    summary = orjson.loads(run.stdout.strip().splitlines()[-1]) if not run.stdout.startswith("{\"transaction") else None
+    assert summary is not None
+    done = summary["delivered"]
+    assert summary["read"] == done + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"]
+    return summary
+
+
+def send(segbill, url: str, *args: str) -> tuple[Any, dict[str, Any]]:
+    run = segbill("send", *args, "--to", "lago", "--json", "--quiet", env={"LAGO_API_URL": url, "LAGO_API_KEY": KEY})
+    assert KEY not in run.stdout + run.stderr
+    return run, summary_of(run)
+
+
+@pytest.fixture
+def fake():
+    with FakePlatform(api_key=KEY, retry_after=0) as platform:
+        yield platform
+
+
+def test_a_rerun_resumes_and_sends_nothing_twice(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+    write(tmp_path / "a.jsonl", jsonl(*messages(300)))
+    first, summary = send(segbill, fake.url, "a.jsonl", "--state", "s.db")
+    assert first.exit_code == 0 and summary["delivered"] == 300
+    again, summary = send(segbill, fake.url, "a.jsonl", "--state", "s.db")
+    assert again.exit_code == 0
+    assert summary["read"] == 0 and summary["files_already_done"] == 1
+    assert set(fake.writes("lago").values()) == {1} and len(fake.writes("lago")) == 300
+
+
+def test_a_file_that_grew_is_read_again_and_its_delivered_events_are_duplicates(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+    path = write(tmp_path / "a.jsonl", jsonl(*messages(100)))
+    send(segbill, fake.url, "a.jsonl", "--state", "s.db")
+    path.write_bytes(jsonl(*messages(150)))  # same path, other size: not the same file
+    run, summary = send(segbill, fake.url, "a.jsonl", "--state", "s.db")
+    assert summary["delivered"] == 50 and summary["skipped_by_reason"] == {"duplicate": 100}
+    assert set(fake.writes("lago").values()) == {1} and len(fake.writes("lago")) == 150
+
+
+def test_overlapping_exports_and_a_shifted_repeat_are_each_sent_once(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+    write(tmp_path / "day1.jsonl", jsonl(*messages(60)))
+    shifted = track(messageId="m5", userId="cus_5", timestamp="2024-01-06T00:00:00.003Z")  # m5 + 3 ms
+    write(tmp_path / "day1-again.jsonl", jsonl(*messages(60)[30:], shifted, *messages(20, prefix="n")))
+    run, summary = send(segbill, fake.url, "day1.jsonl", "day1-again.jsonl", "--state", "s.db")
+    assert run.exit_code == 0
+    assert summary["delivered"] == 80
+    assert summary["skipped_by_reason"] == {"duplicate": 30, "duplicate_shifted": 1}
+    assert "day1-again.jsonl:31: m5 was already sent with another event time; not sent again" in run.stderr
+    assert set(fake.writes("lago").values()) == {1} and len(fake.writes("lago")) == 80
+    # And across runs, through the ledger: the shifted repeat alone, in a file of its own.
+    write(tmp_path / "late.jsonl", jsonl(shifted))
+    _, summary = send(segbill, fake.url, "late.jsonl", "--state", "s.db")
+    assert summary["skipped_by_reason"] == {"duplicate_shifted": 1}
+
+
+def test_without_state_repeats_within_a_run_are_still_dropped(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+    write(tmp_path / "a.jsonl", jsonl(*messages(50), *messages(50)))
+    run, summary = send(segbill, fake.url, "a.jsonl")
+    assert summary["delivered"] == 50 and summary["skipped_by_reason"] == {"duplicate": 50}
+    assert set(fake.writes("lago").values()) == {1}
+
+
+def test_a_dead_letter_replay_sends_only_what_was_not_delivered_meanwhile(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+    fake.lago_poison = {"m3", "m7"}
+    write(tmp_path / "a.jsonl", jsonl(*messages(10)))
+    first, _ = send(segbill, fake.url, "a.jsonl", "--state", "s.db", "--dead-letter", "dl.jsonl")
+    assert first.exit_code == 1
+    fake.lago_poison = set()
+    write(tmp_path / "fix.jsonl", jsonl(messages(10)[3]))  # m3 arrives by another export meanwhile
+    send(segbill, fake.url, "fix.jsonl", "--state", "s.db")
+    replay, summary = send(segbill, fake.url, "dl.jsonl", "--state", "s.db", "--dead-letter", "dl2.jsonl")
+    assert replay.exit_code == 0
+    assert summary["delivered"] == 1 and summary["skipped_by_reason"] == {"duplicate": 1}
+    assert fake.counts("lago") == {f"m{i}": 1 for i in range(10)}
+    assert set(fake.writes("lago").values()) == {1}
+
+
+def test_a_second_run_on_the_same_state_exits_2_at_once(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "a.jsonl", jsonl(*messages(3)))
+    holder = State(tmp_path / "s.db", "lago")
+    try:
+        run = segbill("send", "a.jsonl", "--to", "lago", "--dry-run", "--state", "s.db")
+    finally:
+        holder.close()
+    assert run.exit_code == 2
+    assert "another segbill run is using s.db; runs on one --state cannot overlap." in run.stderr
+    assert run.stdout == ""
+
+
+def test_a_file_that_is_not_a_state_file_exits_2(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "a.jsonl", jsonl(*messages(3)))
+    write(tmp_path / "s.db", b"this is not sqlite " * 100)
+    run = segbill("send", "a.jsonl", "--to", "lago", "--dry-run", "--state", "s.db")
+    assert run.exit_code == 2 and "is not a segbill state file" in run.stderr
+
+
+def test_since_and_until_select_by_event_time_half_open(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "a.jsonl", jsonl(*messages(28)))  # one event a day, 2024-01-01 to 01-28
+    run = segbill("send", "a.jsonl", "--to", "lago", "--dry-run", "--json", "--since", "2024-01-10", "--until", "2024-01-20T00:00:00+00:00")
+    days = [int(e["timestamp"].split(".")[0]) for e in run.events]
+    assert len(days) == 10 and min(days) == 1704844800 and max(days) == 1704844800 + 9 * 86400
+    summary = orjson.loads(run.stderr.strip().splitlines()[-1])
+    assert summary["skipped_by_reason"] == {"before_since": 9, "after_until": 9}
+    bad = segbill("send", "a.jsonl", "--to", "lago", "--dry-run", "--since", "last week")
+    assert bad.exit_code == 2 and "--since 'last week' is not a date or time" in bad.stderr
+
+
+def test_shards_cover_the_input_exactly_with_no_overlap(segbill, tmp_path: Path) -> None:
+    data = [track(messageId=f"m{i}", userId=f"customer-{i % 37}") for i in range(400)]
+    write(tmp_path / "a.jsonl", jsonl(*data, {"type": "identify"}, track(messageId="anon", userId=None)) + b"bad line\n")
+    whole = segbill("send", "a.jsonl", "--to", "hyperline", "--dry-run")
+    everything = {e["record"]["id"] for e in whole.events}
+    for shards in (1, 2, 3, 7):
+        parts = []
+        dead = 0
+        for k in range(shards):
+            run = segbill("send", "a.jsonl", "--to", "hyperline", "--dry-run", "--shard", f"{k}/{shards}", dead_letter=f"dl-{shards}-{k}.jsonl")
+            parts.append({e["record"]["id"] for e in run.events})
+            customers = {e["customer_id"] for e in run.events}
+            assert all(customers.isdisjoint(other) for other in ({e["customer_id"] for e in segbill("send", "a.jsonl", "--to", "hyperline", "--dry-run", "--shard", f"{j}/{shards}").events} for j in range(k)))
+            dead += len(run.dead_letters)
+        assert set().union(*parts) == everything and sum(map(len, parts)) == len(everything)
+        assert dead == 2  # the bad line and the anonymous track: once, on shard 0
+    bad = segbill("send", "a.jsonl", "--to", "lago", "--dry-run", "--shard", "4/4")
+    assert bad.exit_code == 2 and "--shard '4/4' is not K/N with 0 <= K < N" in bad.stderr
+
+
+def test_a_dry_run_with_state_changes_nothing(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+    write(tmp_path / "a.jsonl", jsonl(*messages(20)))
+    send(segbill, fake.url, "a.jsonl", "--state", "s.db")
+    write(tmp_path / "b.jsonl", jsonl(*messages(30)))
+    preview = segbill("send", "b.jsonl", "--to", "lago", "--dry-run", "--state", "s.db")
+    assert [e["transaction_id"] for e in preview.events] == [f"m{i}" for i in range(20, 30)]
+    _, summary = send(segbill, fake.url, "b.jsonl", "--state", "s.db")
+    assert summary["delivered"] == 10  # the dry run claimed nothing
+
+
+def test_gzip_files_resume_from_their_checkpoint(tmp_path: Path, fake: FakePlatform) -> None:
+    """A run stopped by a fatal answer resumes mid-file; lines before the checkpoint are not re-read."""
+    write(tmp_path / "a.gz", jsonl(*messages(1000)), compress=True)
+    fake.latency = 0.02
+    env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+    command = [sys.executable, "-m", "segbill", "send", "a.gz", "--to", "lago", "--json", "--quiet", "--state", "s.db", "--concurrency", "1", "--batch-size", "50"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(lambda: len(fake.counts("lago")) >= 300)
+    fake.script(["401"])
+    out, _ = process.communicate(timeout=60)
+    first = orjson.loads(out)
+    assert process.returncode == 3 and first["delivered"] >= 300
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, check=False)
+    second = orjson.loads(rerun.stdout)
+    assert rerun.returncode == 0
+    assert second["read"] == 1000 - first["delivered"]  # resumed right after the last delivered batch
+    assert fake.counts("lago") == {f"m{i}": 1 for i in range(1000)}
+    assert set(fake.writes("lago").values()) == {1}
+
+
+def _wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_mid_run_then_rerun_every_event_is_stored_exactly_once(tmp_path: Path, signum: int) -> None:
+    with FakePlatform(api_key=KEY, latency=0.03) as fake:
+        write(tmp_path / "export" / "a.jsonl", jsonl(*messages(1500)))
+        write(tmp_path / "export" / "b.gz", jsonl(*messages(1500, prefix="b"), {"type": "page"}), compress=True)
+        env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+        command = [sys.executable, "-m", "segbill", "send", "export", "--to", "lago", "--json", "--quiet", "--state", "s.db", "--batch-size", "20", "--concurrency", "3"]
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _wait_for(lambda: len(fake.counts("lago")) >= 1800)  # into the second file
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=60)
+        assert b"Traceback" not in err
+        if signum == signal.SIGTERM:
+            assert process.returncode == 130
+            first = orjson.loads(out)
+            assert first["read"] == first["delivered"] + first["skipped"] + first["not_attempted"]
+        else:
+            assert process.returncode == -signal.SIGKILL
+        stored_before = len(fake.counts("lago"))
+        rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, check=False)
+        assert rerun.returncode == 0, rerun.stderr
+        second = orjson.loads(rerun.stdout)
+        assert second["files_already_done"] == 1  # a.jsonl was finished before the signal
+        assert second["read"] < 3001 - 1500
+        assert fake.counts("lago") == {**{f"m{i}": 1 for i in range(1500)}, **{f"b{i}": 1 for i in range(1500)}}
+        resent = [key for key, writes in fake.writes("lago").items() if writes > 1]
+        if signum == signal.SIGTERM:
+            assert resent == []  # a clean stop resends nothing
+        else:
+            assert len(resent) <= 3 * 20  # at worst the batches in flight, absorbed by the platform
+        assert stored_before <= 3000
