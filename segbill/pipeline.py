@@ -162,7 +162,8 @@ class Replay:
     def delivered(self, items: list[tuple[Record, str]], *, already: int = 0) -> None:
         self.tally.delivered += len(items)
         self.tally.already_delivered += already
-        self.state.delivered([key for _, key in items])
+        if not self.options.dry_run:  # a dry run keeps nothing; its claims stop repeats already
+            self.state.delivered([key for _, key in items])
         for record, _ in items:
             self._release(record)
 
@@ -174,7 +175,8 @@ class Replay:
         """Whether these reached the platform is unknown or they were never sent: they stay held,
         so the checkpoint stays before them and a rerun sends them (idempotently) again."""
         self.tally.not_attempted += len(items)
-        self.state.release([key for _, key in items])
+        if not self.options.dry_run:
+            self.state.release([key for _, key in items])
 
     def checkpoint(self) -> None:
         """Persist how far each file is finished, with the ledger, in one transaction."""

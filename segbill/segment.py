@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import orjson
@@ -115,7 +115,7 @@ def _records(
     value: Any, raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads
 ) -> list[Record]:
     if isinstance(value, dict):
-        if value.get(DEAD_LETTER_MARKER) == 1:
+        if value.get(DEAD_LETTER_MARKER) is not None and type(value[DEAD_LETTER_MARKER]) is int and value[DEAD_LETTER_MARKER] == 1:
             return [_replayed(value, raw, path, line, offset, end, loads)]
         batch = value.get("batch")
         if isinstance(batch, list) and "type" not in value:
@@ -214,15 +214,33 @@ _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 TIME_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
 
 
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MILLISECOND = timedelta(milliseconds=1)
+_MAX_MILLIS = 253402300800000  # 10000-01-01: past it, no platform can take the time
+
+
 def parse_time(value: Any) -> int | None:
     """An ISO 8601 time as Segment libraries write it -> milliseconds since the epoch (UTC).
 
     Accepts `Z` or offsets, any fraction (truncated to milliseconds), no fraction, unpadded
     dates and a space instead of `T`; a time without a zone is UTC. Numbers are refused: epoch
-    seconds and milliseconds cannot be told apart, and Segment never writes them.
+    seconds and milliseconds cannot be told apart, and Segment never writes them. So are times
+    before 1970 or after 9999: no billing event has one.
     """
     if not isinstance(value, str):
         return None
+    try:  # the usual forms, in C; the pattern below takes the rest (unpadded dates, nanoseconds)
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        millis = _parse_time_slowly(value)
+    else:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        millis = (moment - _EPOCH_UTC) // _MILLISECOND
+    return millis if millis is not None and 0 <= millis < _MAX_MILLIS else None
+
+
+def _parse_time_slowly(value: str) -> int | None:
     match = _TIME.fullmatch(value.strip())
     if match is None:
         return None
@@ -267,9 +285,8 @@ def iso_millis(millis: int) -> str:
 
 def unix_seconds(millis: int) -> str:
     """Milliseconds since the epoch -> `"1704067200.123"`, exact (no float on the way)."""
-    sign = "-" if millis < 0 else ""
-    seconds, ms = divmod(abs(millis), 1000)
-    return f"{sign}{seconds}.{ms:03d}"
+    seconds, ms = divmod(millis, 1000)
+    return f"{seconds}.{ms:03d}"
 
 
 # --- billable events ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 LAGO_KEYS = {"transaction_id", "external_subscription_id", "code", "timestamp", "properties", "precise_total_amount_cents"}
-LAGO_TIMESTAMP = re.compile(r"-?\d+\.\d{3}")
+LAGO_TIMESTAMP = re.compile(r"\d+\.\d{3}")
 HYPERLINE_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 
 

@@ -24,7 +24,8 @@ FORMS = [
     (" 2024-01-01T00:00:00Z ", 1704067200000),  # surrounding blanks
     ("2024-02-29T00:00:00Z", 1709164800000),  # leap day
     ("2024-01-01", 1704067200000),  # a date alone is midnight UTC
-    ("1969-12-31T23:59:59.999Z", -1),  # before the epoch stays exact
+    ("1970-01-01T00:00:00Z", 0),
+    ("9999-12-31T23:59:59.999Z", 253402300799999),
 ]
 
 
@@ -45,6 +46,9 @@ def test_time_forms(text: str, millis: int) -> None:
         "yesterday",
         "1704067200",
         "",
+        "1969-12-31T23:59:59.999Z",  # no billing event predates the epoch
+        "9999-12-31T23:59:59-01:00",  # past year 9999 once the offset is applied
+        "0001-01-01T00:00:00+01:00",
     ],
 )
 def test_unreadable_times(text: str) -> None:
@@ -63,7 +67,7 @@ def test_numbers_and_other_types_are_not_times(value: object) -> None:
         (1704067200123, "1704067200.123", "2024-01-01T00:00:00.123Z"),
         (1704067200000, "1704067200.000", "2024-01-01T00:00:00.000Z"),
         (1704067200005, "1704067200.005", "2024-01-01T00:00:00.005Z"),
-        (-1, "-0.001", "1969-12-31T23:59:59.999Z"),
+        (0, "0.000", "1970-01-01T00:00:00.000Z"),
     ],
 )
 def test_output_forms(millis: int, lago: str, hyperline: str) -> None:

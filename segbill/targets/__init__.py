@@ -4,6 +4,7 @@ batch request and reads its answers. A new platform is one new module and one en
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,18 +84,25 @@ def _scalars(values: list[Any]) -> bool:
     return True
 
 
+# orjson writes a float of 2**63 or more with an exponent of 18 or more (9.223372036854776e18).
+_LARGE_EXPONENT = re.compile(rb"\de(?:1[89]|[2-9]\d|\d{3})")
+
+
 def _json_text(value: Any) -> str:
-    _check_nested(value)
-    return dumps(value).decode()
+    text = dumps(value)
+    if _LARGE_EXPONENT.search(text):  # rare, and a string can match too: look closely
+        _check_nested(value)
+    return text.decode()
 
 
 def _check_nested(value: Any) -> None:
-    if type(value) is float:
+    kind = type(value)
+    if kind is float:
         check_exact(value)
-    elif type(value) is list:
+    elif kind is list:
         for item in value:
             _check_nested(item)
-    elif type(value) is dict:
+    elif kind is dict:
         for item in value.values():
             _check_nested(item)
 
