@@ -159,8 +159,17 @@ def send(
         typer.Option("--batch-size", min=1, help="Events per request. Default and maximum: Lago 100; Hyperline 1000, at most 5000.", show_default=False),
     ] = None,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", min=1, max=64, help="Requests in flight at once.")
-    ] = 4,
+        str,
+        typer.Option(
+            "--concurrency",
+            metavar="auto|N",
+            help="Requests in flight. auto grows and shrinks it from answer times and 429s (up to 32); N fixes it.",
+        ),
+    ] = "auto",
+    rate: Annotated[
+        Optional[float],
+        typer.Option("--rate", min=0.001, metavar="EVENTS/S", help="Send at most this many events per second.", show_default=False),
+    ] = None,
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each answer before retrying.")
     ] = 30.0,
@@ -214,7 +223,7 @@ def send(
     )
     if state is not None and not state.parent.is_dir():
         fail(f"--state {state}: the folder {state.parent} does not exist.")
-    delivery = None if dry_run_ else _delivery_options(options.target, api_url, api_key, batch_size, concurrency, timeout, max_retries, grace)
+    delivery = None if dry_run_ else _delivery_options(options.target, api_url, api_key, batch_size, concurrency, rate, timeout, max_retries, grace)
     try:
         replay = Replay(options, warn=warn)
     except StateBusy as error:
@@ -260,11 +269,15 @@ def _delivery_options(
     api_url: str | None,
     api_key: str | None,
     batch_size: int | None,
-    concurrency: int,
+    concurrency: str,
+    rate: float | None,
     timeout: float,
     max_retries: int,
     grace: float,
 ) -> DeliveryOptions:
+    if concurrency != "auto" and not (concurrency.isdigit() and 1 <= int(concurrency) <= 256):
+        fail(f"--concurrency {concurrency!r} is not auto or a number from 1 to 256.")
+    width = None if concurrency == "auto" else int(concurrency)
     url = api_url or os.environ.get(target.url_env) or target.default_url
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -277,7 +290,7 @@ def _delivery_options(
         fail(f"--batch-size {size} is over {target.label}'s limit of {target.max_batch} events per request.")
     if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS and not parts.hostname.startswith("127."):
         warn(f"warning: {parts.hostname} is reached over plain http: the API key travels unencrypted.")
-    return DeliveryOptions(url, key, size, concurrency, timeout, max_retries, grace)
+    return DeliveryOptions(url, key, size, width, timeout, max_retries, grace, rate)
 
 
 def _total_bytes(sources: list[Source]) -> int | None:

@@ -32,15 +32,20 @@ MAX_UNREACHABLE_BATCHES = 3  # batches in a row that exhausted their retries: th
 FATAL_STATUSES = {401: "rejected the API key", 403: "refused to let this API key write events", 404: "has no such endpoint"}
 
 
+AUTO_MAX_CONCURRENCY = 32
+PACE_MARGIN = 0.92  # pace at this share of a learned rate limit, so timer jitter never fills a window
+
+
 @dataclass(frozen=True)
 class DeliveryOptions:
     url: str
     api_key: str
     batch_size: int
-    concurrency: int = 4
+    concurrency: int | None = None  # requests in flight; None: adaptive
     timeout: float = 30.0
     max_retries: int = 10
     grace: float = 10.0
+    rate: float | None = None  # events per second, at most
 
 
 @dataclass(slots=True)
@@ -83,6 +88,97 @@ def wait_hint(headers: httpx.Headers) -> float | None:
     return None
 
 
+class Concurrency:
+    """Requests in flight: a fixed number, or adaptive like Vector's adaptive request concurrency.
+
+    Adaptive (AIMD): while the limit is in full use and answers come back no slower than usual,
+    it grows by one per round trip; a 429, a 5xx, a timeout or a doubled latency cuts it by 30%,
+    at most once per round trip.
+    """
+
+    def __init__(self, fixed: int | None) -> None:
+        self.adaptive = fixed is None
+        self.maximum = fixed or AUTO_MAX_CONCURRENCY
+        self.limit = float(fixed or 1)
+        self.in_flight = 0
+        self._freed = asyncio.Condition()
+        self._rtt: float | None = None  # moving average of answer times
+        self._last_cut = 0.0
+
+    async def acquire(self) -> None:
+        async with self._freed:
+            await self._freed.wait_for(lambda: self.in_flight < int(self.limit))
+            self.in_flight += 1
+
+    async def release(self, rtt: float | None, congested: bool) -> None:
+        """`rtt` None: no answer was awaited (stopped, cancelled), so nothing is learned."""
+        async with self._freed:
+            saturated = self.in_flight >= int(self.limit)
+            self.in_flight -= 1
+            if self.adaptive and rtt is not None:
+                self._adjust(rtt, congested, saturated)
+            self._freed.notify_all()
+
+    def _adjust(self, rtt: float, congested: bool, saturated: bool) -> None:
+        average = self._rtt
+        if congested or (average is not None and rtt > 2 * average):
+            now = time.monotonic()
+            if now - self._last_cut > (average or 0.0):
+                self.limit = max(1.0, self.limit * 0.7)
+                self._last_cut = now
+            return
+        self._rtt = rtt if average is None else 0.9 * average + 0.1 * rtt
+        if saturated:
+            self.limit = min(float(self.maximum), self.limit + 1 / self.limit)
+
+
+class Pacer:
+    """When each request may start: after any pause a 429 asked for, no faster than `--rate`,
+    and no faster than a rate limit the platform announces (X-RateLimit-Limit per window), so
+    a run stays just under the limit instead of bouncing off it."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.paused_until = 0.0
+        self._next = 0.0
+        self._spacing = 0.0  # seconds between request starts, from the announced limit
+        self._window = 0.0  # the longest reset time seen: the window's length
+
+    async def wait(self, events: int) -> None:
+        while True:
+            now = time.monotonic()
+            start = max(now, self._next, self.paused_until)
+            if start <= now:
+                break
+            await asyncio.sleep(start - now)
+        spacing = max(self._spacing, events / self.rate if self.rate else 0.0)
+        # Keep to the schedule: a start that woke late lets the next one catch up (by at most one
+        # request), or timer lateness would add up to a rate well below the limit.
+        self._next = max(self._next, now - spacing) + spacing
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+    def observe(self, headers: httpx.Headers) -> None:
+        limit = _number(headers.get("x-ratelimit-limit"))
+        remaining = _number(headers.get("x-ratelimit-remaining"))
+        reset = wait_hint(httpx.Headers({"x-ratelimit-reset": headers.get("x-ratelimit-reset", "")}))
+        if reset is None:
+            return
+        self._window = max(self._window, reset, 1.0)
+        if limit:
+            self._spacing = self._window / (limit * PACE_MARGIN)
+        if remaining is not None and remaining < 1:
+            self.pause(reset)  # spacing should prevent this; the window is spent, wait it out
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 class Sender:
     """Sends batches for one run. One 429 pauses every batch, not only the one that got it."""
 
@@ -95,7 +191,8 @@ class Sender:
         self.endpoint = options.url.rstrip("/") + target.batch_path
         self.host = urlsplit(options.url).netloc or options.url
         self.headers = {"Authorization": f"Bearer {options.api_key}", "Content-Type": "application/json"}
-        self.paused_until = 0.0
+        self.concurrency = Concurrency(options.concurrency)
+        self.pacer = Pacer(options.rate)
         self.unreachable_streak = 0
         self.stopped: str | None = None
 
@@ -163,35 +260,44 @@ class Sender:
         body = self.target.body([item.data for item in batch])
         attempt = 0
         while True:
-            await self._wait_for_pause()
-            if self.stopped is not None:
-                raise Fatal(self.stopped)
-            self.tally.requests += 1
-            wait: float | None = None
+            await self.concurrency.acquire()
+            answer_time: float | None = None  # only a real exchange teaches the adaptive limit
+            status = 0
             try:
-                response = await self.client.post(self.endpoint, content=body, headers=self.headers)
-            except httpx.TransportError as error:
-                last = _describe(error)
-            else:
-                status = response.status_code
-                if status in FATAL_STATUSES:
-                    raise Fatal(f"{self.host} {FATAL_STATUSES[status]} (HTTP {status} for {urlsplit(self.endpoint).path})")
-                if not retryable(status):
-                    return status, response.content
-                last = f"HTTP {status}"
-                if status == 429:
-                    wait = wait_hint(response.headers)
-                    wait = self._backoff(attempt + 1) if wait is None else wait
-                    self.paused_until = max(self.paused_until, time.monotonic() + wait)
+                await self.pacer.wait(len(batch))
+                if self.stopped is not None:
+                    raise Fatal(self.stopped)
+                self.tally.requests += 1
+                started = time.monotonic()
+                status, content, wait, last = await self._post(body)
+                answer_time = time.monotonic() - started
+            finally:
+                await self.concurrency.release(answer_time, congested=status == 0 or retryable(status))
+            if status and not retryable(status):
+                return status, content
             attempt += 1
             if attempt > self.options.max_retries:
                 raise Unreachable(last)
             self.tally.retries += 1
-            await asyncio.sleep(self._backoff(attempt) if wait is None else 0)
+            if wait is None:
+                await asyncio.sleep(self._backoff(attempt))
 
-    async def _wait_for_pause(self) -> None:
-        while (delay := self.paused_until - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
+    async def _post(self, body: bytes) -> tuple[int, bytes, float | None, str]:
+        """One request: (status or 0, content, the pause a 429 asked for, a description)."""
+        try:
+            response = await self.client.post(self.endpoint, content=body, headers=self.headers)
+        except httpx.TransportError as error:
+            return 0, b"", None, _describe(error)
+        status = response.status_code
+        if status in FATAL_STATUSES:
+            raise Fatal(f"{self.host} {FATAL_STATUSES[status]} (HTTP {status} for {urlsplit(self.endpoint).path})")
+        self.pacer.observe(response.headers)
+        wait = None
+        if status == 429:
+            hint = wait_hint(response.headers)
+            wait = self._backoff(1) if hint is None else hint
+            self.pacer.pause(wait)
+        return status, response.content, wait, f"HTTP {status}"
 
     @staticmethod
     def _backoff(attempt: int) -> float:
@@ -225,12 +331,13 @@ async def deliver_all(
     SIGINT/SIGTERM stops reading and lets requests in flight finish within `grace` seconds; a
     second signal (or the end of the grace) cancels them, and their events count as not attempted.
     """
-    limits = httpx.Limits(max_connections=options.concurrency, max_keepalive_connections=options.concurrency)
+    width = options.concurrency or AUTO_MAX_CONCURRENCY
+    limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
     client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(options.timeout), trust_env=False, transport=transport)
     async with client:
         sender = Sender(target, options, replay, client)
         tally = replay.tally
-        slots = asyncio.Semaphore(options.concurrency)
+        slots = asyncio.Semaphore(width)  # batches handed to senders; requests are limited inside
         running: set[asyncio.Task[None]] = set()
         batch: list[Item] = []
         ticker = asyncio.create_task(_tick(progress)) if progress is not None else None
