@@ -17,6 +17,7 @@ import typer
 from segbill import __version__
 from segbill.deadletter import DEFAULT_PATH
 from segbill.delivery import DeliveryOptions, deliver_all
+from segbill.inspection import inspect_command
 from segbill.pipeline import Options, Replay, dry_run
 from segbill.report import ExitCode, Progress, Tally, render
 from segbill.segment import parse_time
@@ -244,6 +245,9 @@ def send(
     _flush_stdout()
     _summarize(replay.tally, json_)
     raise typer.Exit(int(replay.tally.exit_code()))
+
+
+app.command("inspect")(inspect_command)
 
 
 def _time_option(name: str, value: str | None) -> int | None:

@@ -1,0 +1,802 @@
+"""`segbill inspect`: what an unknown export holds, before anything is sent.
+
+One streaming pass over the same inputs as `send` (files, folders, gzip by content, stdin), in
+memory bounded by the limits below whatever the input size. It answers the questions a first
+replay raises: which events there are and over which period, which field can serve as the
+customer id, which track messages `send` would dead-letter, what the properties look like, and
+whether repeated `messageId`s carry different times (Lago's ClickHouse event store would bill
+each copy).
+
+`--json` prints one object (the numbers are sample_data/'s):
+
+    {
+      "files": 10,                     # sources read (stdin counts as one)
+      "records": 197,                  # as `send` counts them: one per non-blank line, or per
+                                       # message of a line holding several
+      "interrupted": false,            # Ctrl-C: the report covers what was read until then
+      "types": {"track": 163, "identify": 11, "page": 8, ...},   # "(missing)": no usable type
+      "unreadable": {"not_json": {"count": 2, "examples": ["sample_data/events.jsonl:13", ...]}},
+      "track": {
+        "messages": 163, "first_time": "2024-01-05T00:31:27.833Z", "last_time": "...",
+        "without_user_id": 11,         # no usable userId: send dead-letters these by default
+        "without_message_id": 1,       # send derives a stable id from the message
+        "without_time": 0,             # send dead-letters these, and the next three
+        "without_event": 0,
+        "bad_properties": 0,           # "properties" is not an object
+        "property_conflicts": 0        # two properties flatten to the same key
+      },
+      "events": [EVENT, ...],          # most frequent first, at most limits.events of them
+      "other_events": EVENT | null,    # every name past limits.events, together ("name": null)
+      "customer_fields": [             # candidate customer ids, most frequent first
+        {"path": "userId", "messages": 152, "fraction": 0.9325, "unusable": 0,
+         "distinct": 30, "distinct_capped": false}   # capped: "distinct" is a lower bound
+      ],
+      "message_ids": {                 # track messages only
+        "repeated": 8,                 # messageIds seen more than once
+        "repeated_time_differs": 6,    # of those, seen with another event time than the first
+        "extra_copies": 8,             # messages past the first of each messageId
+        "ids_tracked": 154, "cap_hit": false,   # past the cap, new ids are not tracked
+        "examples": [{"message_id": "dc7a615d-...", "where": "sample_data/events.jsonl:26",
+                      "first_time": "2024-01-08T09:00:05.419Z", "time": "2024-01-08T09:00:05.422Z"}]
+      },
+      "limits": {"events": 1000, "properties_per_event": 200, "distinct_values": 100000,
+                 "message_ids": 5000000, "id_fields": 20}
+    }
+
+    EVENT = {"name": "API Call", "messages": 40, "first_time": "...", "last_time": "...",
+             "properties": [{"key": "usage.input_tokens", "present": 40, "fraction": 1.0,
+                             "types": {"integer": 40}}, ...],   # most present first
+             "untracked_properties": 0}   # occurrences of keys past limits.properties_per_event
+
+Memory at the default limits, whatever the input: at most 143 MB for messageIds (one more
+table of half that while it grows), about 7 MB per candidate field at the distinct cap, and
+the key tables of at most 1,000 events x 200 keys.
+
+Times are ISO 8601 UTC with milliseconds, or null when there is none. Property keys are dotted
+the way segbill flattens them (nested objects -> `a.b`); types are string, integer, number,
+boolean, array, object (an empty one) and null.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Annotated, Any, NoReturn, Optional
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from segbill.report import ExitCode
+from segbill.segment import (
+    InexactNumber,
+    Invalid,
+    Record,
+    check_exact,
+    event_time,
+    exact_message,
+    iso_millis,
+    read_line,
+)
+from segbill.sources import Source, UsageError, expand, read_lines
+
+MAX_EVENTS = 1000
+MAX_KEYS = 200
+MAX_DISTINCT = 100_000
+MAX_MESSAGE_IDS = 5_000_000
+MAX_ID_FIELDS = 20  # property keys found to look like customer ids
+MAX_EXAMPLES = 5
+
+# Candidate customer ids outside `properties`, always looked up. Inside `properties`, any
+# flattened key matching ID_KEY is a candidate (customer_id, subscription_id, account.id, orgId...).
+CUSTOMER_FIELDS = (
+    "userId",
+    "anonymousId",
+    "groupId",
+    "context.groupId",
+    "context.traits.groupId",
+    "context.traits.company_id",
+    "context.traits.company.id",
+    "context.traits.account_id",
+)
+ID_KEY = re.compile(
+    r"(?:account|customer|subscription|org|organi[sz]ation|workspace|tenant|team|company|group)[._]?id$",
+    re.IGNORECASE,
+)
+PROPERTIES = "properties."
+
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object", type(None): "null"}
+_NO_TIME = -(2**63)  # an unreadable time, in the message-id table
+
+
+class _MessageIds:
+    """Repeated messageIds, exactly, in flat arrays.
+
+    A dict of int -> int costs about 100 bytes per id and an export holds millions, so each id
+    is kept as its 64-bit hash (`hash()` of the text: SipHash; the chance of any collision among
+    5 million ids is under one in a million) in an open-addressing table of parallel arrays,
+    17 bytes a slot: 143 MB at most for the default 5 million ids. Past `capacity` ids new ids
+    are not kept (`full`); repeats of the ids kept are still found.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.tracked = 0
+        self.full = False
+        self.repeated = 0  # ids seen more than once
+        self.time_differs = 0  # of those, ids seen with another event time than their first
+        self.extra_copies = 0  # occurrences past the first of each id
+        self._allocate(1 << 12)
+
+    def _allocate(self, size: int) -> None:
+        self._mask = size - 1
+        self._keys = array("q", bytes(8 * size))  # 0: empty slot
+        self._times = array("q", bytes(8 * size))
+        self._state = bytearray(size)  # 0 seen once, 1 repeated, 2 repeated with another time
+
+    def add(self, message_id: str, millis: int | None) -> int | None:
+        """Count one occurrence. When it is the first to show another time than the id's first
+        occurrence, return that first time (`_NO_TIME` if it had none), for an example."""
+        key = hash(message_id) or 1
+        millis = _NO_TIME if millis is None else millis
+        keys, mask = self._keys, self._mask
+        slot = key & mask
+        while True:
+            found = keys[slot]
+            if found == key:
+                break
+            if found == 0:
+                self._insert(slot, key, millis)
+                return None
+            slot = (slot + 1) & mask
+        self.extra_copies += 1
+        state = self._state[slot]
+        if state == 0:
+            self.repeated += 1
+            self._state[slot] = state = 1
+        first = self._times[slot]
+        if state == 1 and first != millis:
+            self.time_differs += 1
+            self._state[slot] = 2
+            return first
+        return None
+
+    def _insert(self, slot: int, key: int, millis: int) -> None:
+        if self.tracked >= self.capacity:
+            self.full = True
+            return
+        self._keys[slot] = key
+        self._times[slot] = millis
+        self.tracked += 1
+        if self.tracked * 5 > len(self._keys) * 3:  # keep the load under 60%: probes stay short
+            self._grow()
+
+    def _grow(self) -> None:
+        old = zip(self._keys, self._times, self._state)
+        self._allocate(2 * len(self._keys))
+        keys, mask = self._keys, self._mask
+        for key, millis, state in old:
+            if key:
+                slot = key & mask
+                while keys[slot]:
+                    slot = (slot + 1) & mask
+                keys[slot] = key
+                self._times[slot] = millis
+                self._state[slot] = state
+
+
+@dataclass(slots=True)
+class _Field:
+    """A candidate customer id: in how many track messages it holds a usable id, and how many
+    distinct ids (hashes in a set, exact up to `cap`)."""
+
+    path: str
+    cap: int
+    messages: int = 0
+    unusable: int = 0  # present but not an id send accepts ("", a boolean, an object...)
+    values: set[int] = field(default_factory=set)
+    capped: bool = False
+
+    def count(self, value: Any) -> None:
+        text = _id_text(value)
+        if text is None:
+            self.unusable += 1
+            return
+        self.messages += 1
+        digest = hash(text)
+        if len(self.values) < self.cap:
+            self.values.add(digest)
+        elif not self.capped and digest not in self.values:
+            self.capped = True
+
+
+@dataclass(slots=True)
+class _Key:
+    present: int = 0
+    types: dict[str, int] = field(default_factory=dict)
+    candidate: _Field | None = None
+
+
+@dataclass(slots=True)
+class _Event:
+    name: str | None
+    messages: int = 0
+    first: int | None = None
+    last: int | None = None
+    keys: dict[str, _Key] = field(default_factory=dict)
+    untracked: int = 0
+
+
+@dataclass(slots=True)
+class _Track:
+    """What one track message says, read in full before anything is counted, so that a message
+    read again exactly (integers beyond 64 bits) is counted once."""
+
+    event: str | None
+    millis: int | None
+    message_id: str | None
+    properties_ok: bool
+    flat: list[tuple[str, Any]]
+    looked_up: list[tuple[_Field, Any]]
+
+
+class Inspection:
+    """Statistics over records, fed one at a time (`add`), in bounded memory."""
+
+    def __init__(
+        self,
+        *,
+        customer_from: str | None = None,
+        max_events: int = MAX_EVENTS,
+        max_keys: int = MAX_KEYS,
+        max_distinct: int = MAX_DISTINCT,
+        max_message_ids: int = MAX_MESSAGE_IDS,
+        max_id_fields: int = MAX_ID_FIELDS,
+    ) -> None:
+        self.limits = {
+            "events": max_events,
+            "properties_per_event": max_keys,
+            "distinct_values": max_distinct,
+            "message_ids": max_message_ids,
+            "id_fields": max_id_fields,
+        }
+        self.files = 0
+        self.records = 0
+        self.interrupted = False
+        self.types: dict[str, int] = {}
+        self.unreadable: dict[str, dict[str, Any]] = {}
+        self.track = 0
+        self.without_message_id = 0
+        self.without_time = 0
+        self.without_event = 0
+        self.bad_properties = 0
+        self.property_conflicts = 0
+        self.first: int | None = None
+        self.last: int | None = None
+        self._events: dict[str, _Event] = {}
+        self._other: _Event | None = None
+        self._customer_from = customer_from
+        paths = list(CUSTOMER_FIELDS)
+        if customer_from is not None and customer_from not in paths:
+            paths.append(customer_from)
+        self._fields = {path: _Field(path, max_distinct) for path in paths}
+        self._always_shown = {path for path in ("userId", customer_from) if path}
+        self._lookups = [(tuple(path.split(".")), self._fields[path]) for path in paths]
+        self._discovered = 0
+        self._ids = _MessageIds(max_message_ids)
+        self._id_examples: list[dict[str, Any]] = []
+
+    def read(self, sources: Iterable[Source]) -> None:
+        """Every record of every source, in order (the same records `send` reads)."""
+        for source in sources:
+            self.files += 1
+            for number, offset, end, data, problem in read_lines(source):
+                if problem is None:
+                    records = read_line(data, source.name, number, offset, end)
+                else:
+                    records = [Record(source.name, number, offset, end, data, invalid=problem)]
+                for record in records:
+                    self.add(record)
+
+    def add(self, record: Record) -> None:
+        self.records += 1
+        message = record.message
+        if message is None:
+            assert record.invalid is not None
+            self._unreadable(record.invalid.kind, record.where())
+            return
+        kind = message.get("type")
+        name = kind if isinstance(kind, str) and kind else "(missing)"
+        self.types[name] = self.types.get(name, 0) + 1
+        if kind != "track":
+            return
+        try:
+            track = self._read_track(message)
+        except InexactNumber:  # orjson read an integer beyond 64 bits as a float
+            track = self._read_track(exact_message(record))
+        self._count_track(track, record)
+
+    def _unreadable(self, kind: str, where: str) -> None:
+        entry = self.unreadable.setdefault(kind, {"count": 0, "examples": []})
+        entry["count"] += 1
+        if len(entry["examples"]) < MAX_EXAMPLES:
+            entry["examples"].append(where)
+
+    def _read_track(self, message: dict[str, Any]) -> _Track:
+        event = message.get("event")
+        try:
+            millis: int | None = event_time(message)
+        except Invalid:
+            millis = None
+        message_id = message.get("messageId")
+        if type(message_id) is int:
+            message_id = str(message_id)
+        elif type(message_id) is not str or not message_id:
+            message_id = None
+        properties = message.get("properties")
+        flat: list[tuple[str, Any]] = []
+        if type(properties) is dict:
+            _flatten(properties, "", flat)
+        looked_up = []
+        for path, candidate in self._lookups:
+            value: Any = message
+            for key in path:
+                value = value.get(key) if type(value) is dict else None
+            if value is not None:
+                if type(value) is float:
+                    check_exact(value)
+                looked_up.append((candidate, value))
+        return _Track(
+            event if isinstance(event, str) and event.strip() else None,
+            millis,
+            message_id,
+            properties is None or type(properties) is dict,
+            flat,
+            looked_up,
+        )
+
+    def _count_track(self, track: _Track, record: Record) -> None:
+        self.track += 1
+        millis = track.millis
+        if millis is None:
+            self.without_time += 1
+        else:
+            if self.first is None or millis < self.first:
+                self.first = millis
+            if self.last is None or millis > self.last:
+                self.last = millis
+        if track.message_id is None:
+            self.without_message_id += 1
+        else:
+            first = self._ids.add(track.message_id, millis)
+            if first is not None and len(self._id_examples) < MAX_EXAMPLES:
+                self._id_examples.append(
+                    {"message_id": track.message_id, "where": record.where(), "first_time": _iso(first), "time": _iso(millis)}
+                )
+        if not track.properties_ok:
+            self.bad_properties += 1
+        for candidate, value in track.looked_up:
+            candidate.count(value)
+        flat = track.flat
+        if len(flat) > 1 and len({key for key, _ in flat}) < len(flat):
+            self.property_conflicts += 1
+        if track.event is None:
+            self.without_event += 1
+            for key, value in flat:  # no event to describe, but its ids still count
+                self._count_id_property(key, value)
+            return
+        self._count_event(self._event(track.event), millis, flat)
+
+    def _event(self, name: str) -> _Event:
+        event = self._events.get(name)
+        if event is not None:
+            return event
+        if len(self._events) < self.limits["events"]:
+            event = self._events[name] = _Event(name)
+            return event
+        if self._other is None:
+            self._other = _Event(None)
+        return self._other
+
+    def _count_event(self, event: _Event, millis: int | None, flat: list[tuple[str, Any]]) -> None:
+        event.messages += 1
+        if millis is not None:
+            if event.first is None or millis < event.first:
+                event.first = millis
+            if event.last is None or millis > event.last:
+                event.last = millis
+        keys = event.keys
+        for key, value in flat:
+            stats = keys.get(key)
+            if stats is None:
+                if len(keys) >= self.limits["properties_per_event"]:
+                    event.untracked += 1
+                    self._count_id_property(key, value)
+                    continue
+                stats = keys[key] = _Key(candidate=self._candidate(key))
+            stats.present += 1
+            kind = _TYPE_NAMES[type(value)]
+            stats.types[kind] = stats.types.get(kind, 0) + 1
+            if stats.candidate is not None and value is not None:
+                stats.candidate.count(value)
+
+    def _count_id_property(self, key: str, value: Any) -> None:
+        """A property no event key table holds, which may still be a customer id."""
+        if value is not None:
+            candidate = self._candidate(key)
+            if candidate is not None:
+                candidate.count(value)
+
+    def _candidate(self, key: str) -> _Field | None:
+        """The candidate field a property key feeds, if its name looks like a customer id.
+        None for a path already looked up as a whole (`--customer-from properties.x`)."""
+        if not ID_KEY.search(key):
+            return None
+        path = PROPERTIES + key
+        if path in self._fields:
+            return None if path == self._customer_from else self._fields[path]
+        if self._discovered >= self.limits["id_fields"]:
+            return None
+        self._discovered += 1
+        candidate = self._fields[path] = _Field(path, self.limits["distinct_values"])
+        return candidate
+
+    def result(self) -> dict[str, Any]:
+        """The report as plain data (the `--json` shape in the module docstring)."""
+        events = sorted(self._events.values(), key=lambda event: (-event.messages, event.name))
+        fields = [
+            candidate
+            for candidate in self._fields.values()
+            if candidate.messages or candidate.unusable or candidate.path in self._always_shown
+        ]
+        fields.sort(key=lambda candidate: -candidate.messages)
+        ids = self._ids
+        return {
+            "files": self.files,
+            "records": self.records,
+            "interrupted": self.interrupted,
+            "types": dict(sorted(self.types.items(), key=lambda item: (-item[1], item[0]))),
+            "unreadable": dict(sorted(self.unreadable.items())),
+            "track": {
+                "messages": self.track,
+                "first_time": _iso(self.first),
+                "last_time": _iso(self.last),
+                "without_user_id": self.track - self._fields["userId"].messages,
+                "without_message_id": self.without_message_id,
+                "without_time": self.without_time,
+                "without_event": self.without_event,
+                "bad_properties": self.bad_properties,
+                "property_conflicts": self.property_conflicts,
+            },
+            "events": [_event_result(event) for event in events],
+            "other_events": None if self._other is None else _event_result(self._other),
+            "customer_fields": [
+                {
+                    "path": candidate.path,
+                    "messages": candidate.messages,
+                    "fraction": _fraction(candidate.messages, self.track),
+                    "unusable": candidate.unusable,
+                    "distinct": len(candidate.values),
+                    "distinct_capped": candidate.capped,
+                }
+                for candidate in fields
+            ],
+            "message_ids": {
+                "repeated": ids.repeated,
+                "repeated_time_differs": ids.time_differs,
+                "extra_copies": ids.extra_copies,
+                "ids_tracked": ids.tracked,
+                "cap_hit": ids.full,
+                "examples": self._id_examples,
+            },
+            "limits": dict(self.limits),
+        }
+
+
+def inspect_sources(sources: Iterable[Source], **options: Any) -> dict[str, Any]:
+    """Inspect sources in one pass; `options` are `Inspection`'s (customer_from, limits)."""
+    inspection = Inspection(**options)
+    inspection.read(sources)
+    return inspection.result()
+
+
+def _flatten(values: dict[str, Any], prefix: str, out: list[tuple[str, Any]]) -> None:
+    """Nested objects -> dotted keys, as segbill flattens properties; an empty object stays."""
+    for name, value in values.items():
+        kind = type(value)
+        if kind is dict and value:
+            _flatten(value, prefix + name + ".", out)
+            continue
+        if kind is float:
+            check_exact(value)
+        out.append((prefix + name, value))
+
+
+def _id_text(value: Any) -> str | None:
+    """The id `send` would bill a value as (numbers -> text), or None where it refuses one."""
+    kind = type(value)
+    if kind is str:
+        return value or None
+    if kind is int:
+        return str(value)
+    if kind is float and value.is_integer():
+        return str(int(value))
+    return None
+
+
+def _event_result(event: _Event) -> dict[str, Any]:
+    keys = sorted(event.keys.items(), key=lambda item: (-item[1].present, item[0]))
+    return {
+        "name": event.name,
+        "messages": event.messages,
+        "first_time": _iso(event.first),
+        "last_time": _iso(event.last),
+        "properties": [
+            {
+                "key": key,
+                "present": stats.present,
+                "fraction": _fraction(stats.present, event.messages),
+                "types": dict(sorted(stats.types.items(), key=lambda item: (-item[1], item[0]))),
+            }
+            for key, stats in keys
+        ],
+        "untracked_properties": event.untracked,
+    }
+
+
+def _fraction(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
+
+
+def _iso(millis: int | None) -> str | None:
+    if millis is None or millis == _NO_TIME:
+        return None
+    return iso_millis(millis)
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+SHOWN_EVENTS = 100  # the terminal and plain forms; --json has everything
+SHOWN_PROPERTY_EVENTS = 25
+_TIMES = {"first", "last"}  # columns rich must not cut: times are the point of them
+
+
+@dataclass
+class _Section:
+    title: str
+    columns: Sequence[str]  # a name starting with ">" is right-aligned (numbers)
+    rows: list[Sequence[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
+
+
+def _sections(result: dict[str, Any]) -> tuple[list[str], list[_Section]]:
+    """The report as a header and titled tables, for both the terminal and the plain form."""
+    track = result["track"]
+    unreadable = sum(entry["count"] for entry in result["unreadable"].values())
+    header = [
+        f"segbill inspect: {_n(result['records'])} records in {_n(result['files'])} file(s): "
+        f"{_n(result['records'] - unreadable)} messages, {_n(unreadable)} unreadable"
+    ]
+    if result["interrupted"]:
+        header.append("Interrupted: this report covers only what was read before Ctrl-C.")
+    sections = []
+
+    messages = sum(result["types"].values())
+    if messages:
+        types = _Section("Message types", ("type", ">messages", ">share"))
+        for name, count in result["types"].items():
+            types.rows.append((name, _n(count), _pct(_fraction(count, messages))))
+        sections.append(types)
+
+    if result["unreadable"]:
+        bad = _Section("Unreadable lines (send dead-letters them)", ("kind", ">lines", "first ones"))
+        for kind, entry in result["unreadable"].items():
+            bad.rows.append((kind, _n(entry["count"]), ", ".join(entry["examples"])))
+        sections.append(bad)
+
+    if not track["messages"]:
+        header.append("No track messages: nothing here would be billed.")
+        return header, sections
+    header.append(f"Track messages: {_n(track['messages'])}, from {track['first_time']} to {track['last_time']}.")
+
+    quality = _Section("Track message checks", ("check", ">messages", "what send does"))
+    quality.rows += [
+        ("without userId", _n(track["without_user_id"]), "dead-letters them, unless --customer-from names a field they have"),
+        ("without messageId", _n(track["without_message_id"]), "derives a stable id from the message"),
+        ("without a readable time", _n(track["without_time"]), "dead-letters them"),
+    ]
+    optional = (
+        ("without an event name", "without_event", "dead-letters them"),
+        ("properties not an object", "bad_properties", "dead-letters them"),
+        ("two properties, one flat key", "property_conflicts", "dead-letters them"),
+    )
+    quality.rows += [(label, _n(track[key]), note) for label, key, note in optional if track[key]]
+    sections.append(quality)
+
+    events = _Section("Events", ("event", ">messages", "first", "last"))
+    listed = result["events"] + ([result["other_events"]] if result["other_events"] else [])
+    for event in listed[:SHOWN_EVENTS]:
+        events.rows.append((_event_name(event), _n(event["messages"]), event["first_time"] or "-", event["last_time"] or "-"))
+    if len(listed) > SHOWN_EVENTS:
+        events.notes.append(f"... and {len(listed) - SHOWN_EVENTS} more (--json lists them all).")
+    if result["other_events"]:
+        events.notes.append(f"Names past the first {_n(result['limits']['events'])} are counted together as (other events).")
+    sections.append(events)
+
+    candidates = result["customer_fields"]
+    unusable = any(candidate["unusable"] for candidate in candidates)
+    fields = _Section(
+        "Customer id candidates (in track messages)",
+        ("field", ">messages", ">share", ">distinct") + ((">unusable",) if unusable else ()),
+    )
+    for candidate in candidates:
+        distinct = _n(candidate["distinct"]) + ("+" if candidate["distinct_capped"] else "")
+        row = (candidate["path"], _n(candidate["messages"]), _pct(candidate["fraction"]), distinct)
+        fields.rows.append(row + ((_n(candidate["unusable"]),) if unusable else ()))
+    if unusable:
+        fields.notes.append("unusable: present, but not an id send accepts (empty, a boolean, an object, a fraction).")
+    fields.notes.append("send bills on userId unless --customer-from names another field.")
+    sections.append(fields)
+
+    sections.append(_repeats_section(result["message_ids"], result["limits"]["message_ids"]))
+
+    for event in listed[:SHOWN_PROPERTY_EVENTS]:
+        keys = _Section(
+            f"Properties of {_event_name(event)} ({_n(event['messages'])} messages)", ("key", ">present", "types")
+        )
+        for key in event["properties"]:
+            types = ", ".join(
+                name if count == key["present"] else f"{name} {_pct(_fraction(count, key['present']))}"
+                for name, count in key["types"].items()
+            )
+            keys.rows.append((key["key"], _pct(key["fraction"]), types))
+        if not event["properties"]:
+            keys.notes.append("No properties.")
+        if event["untracked_properties"]:
+            keys.notes.append(
+                f"More keys than the first {_n(result['limits']['properties_per_event'])}: "
+                f"{_n(event['untracked_properties'])} occurrences not described."
+            )
+        sections.append(keys)
+    if len(listed) > SHOWN_PROPERTY_EVENTS:
+        sections[-1].notes.append(f"Properties of {len(listed) - SHOWN_PROPERTY_EVENTS} more events: see --json.")
+    return header, sections
+
+
+def _event_name(event: dict[str, Any]) -> str:
+    return "(other events)" if event["name"] is None else event["name"]
+
+
+def _repeats_section(ids: dict[str, Any], cap: int) -> _Section:
+    repeats = _Section("Repeated messageIds (track messages)", ("", ">messageIds"))
+    repeats.rows += [
+        ("seen more than once", _n(ids["repeated"])),
+        ("of those, with another event time", _n(ids["repeated_time_differs"])),
+        ("extra copies", _n(ids["extra_copies"])),
+    ]
+    if ids["repeated_time_differs"]:
+        repeats.notes.append(
+            "Lago's ClickHouse event store counts a repeat with another time as a second event: billed twice."
+        )
+        for example in ids["examples"]:
+            times = [example[key] or "no readable time" for key in ("time", "first_time")]
+            repeats.notes.append(f"  {example['where']}: {example['message_id']} at {times[0]}, first seen at {times[1]}")
+    elif ids["repeated"]:
+        repeats.notes.append("Every repeat has its first time: the platforms keep one copy of each messageId.")
+    if ids["cap_hit"]:
+        repeats.notes.append(f"Only the first {_n(cap)} messageIds were tracked: the counts above are lower bounds.")
+    return repeats
+
+
+def render(result: dict[str, Any], stream: IO[str], *, terminal: bool) -> None:
+    """Rich tables on a terminal; aligned plain text otherwise (files, pipes, logs)."""
+    header, sections = _sections(result)
+    if terminal:
+        console = Console(file=stream, highlight=False)
+        for line in header:
+            console.print(line, markup=False)
+        for section in sections:
+            table = Table(title=Text(section.title), title_justify="left", title_style="bold")
+            for name in section.columns:
+                number = name.startswith(">")
+                table.add_column(name.lstrip(">"), justify="right" if number else "left", no_wrap=number or name in _TIMES)
+            for row in section.rows:
+                table.add_row(*(Text(cell) for cell in row))  # names from the input are not markup
+            console.print()
+            console.print(table)
+            for note in section.notes:
+                console.print(note, markup=False)
+        return
+    lines = list(header)
+    for section in sections:
+        lines += ["", section.title]
+        table = [tuple(name.lstrip(">") for name in section.columns), *section.rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(section.columns))]
+        for row in table:
+            cells = [
+                cell.rjust(width) if name.startswith(">") else cell.ljust(width)
+                for cell, width, name in zip(row, widths, section.columns)
+            ]
+            lines.append(("  " + "  ".join(cells)).rstrip())
+        lines += [f"  {note}" for note in section.notes]
+    stream.write("\n".join(lines) + "\n")
+
+
+# --- command --------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"segbill: error: {message}", file=sys.stderr)
+    raise typer.Exit(int(ExitCode.USAGE))
+
+
+def inspect_command(
+    paths: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Files or folders of Segment exports, read exactly as send reads them (NDJSON, gzip or not; "
+            "folders recursively). '-' or nothing reads stdin.",
+            show_default=False,
+        ),
+    ] = None,
+    json_: Annotated[
+        bool,
+        typer.Option("--json", help="Print the report as one JSON object on stdout (its shape: segbill/inspection.py)."),
+    ] = False,
+    customer_from: Annotated[
+        Optional[str],
+        typer.Option(
+            "--customer-from",
+            metavar="PATH",
+            help="Also report this dotted path as a customer id candidate (how many track messages have it, "
+            "how many distinct values), for example properties.plan_key.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Describe a Segment export before sending it, in one pass: message types, unreadable lines,
+    events and their time range, which fields could be the customer id, property keys and types,
+    and repeated messageIds. Sends nothing.
+
+    Exit codes: 0 done; 2 usage error; 130 interrupted (the report covers what was read).
+    """
+    if customer_from is not None and not all(customer_from.split(".")):
+        _fail(f"--customer-from {customer_from!r} is not a dotted path such as userId or context.groupId.")
+    passed_over: list[Path] = []
+    try:
+        sources = expand(paths or [], stdin_is_terminal=sys.stdin.isatty(), passed_over=passed_over)
+    except UsageError as error:
+        _fail(str(error))
+    if passed_over:
+        shown = ", ".join(str(path) for path in passed_over[:5]) + (", ..." if len(passed_over) > 5 else "")
+        print(f"segbill: not reading {len(passed_over)} file(s) in folders that do not look like exports: {shown}", file=sys.stderr)
+    inspection = Inspection(customer_from=customer_from)
+    try:
+        inspection.read(sources)
+    except KeyboardInterrupt:
+        inspection.interrupted = True
+    result = inspection.result()
+    try:
+        if json_:
+            sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        else:
+            render(result, sys.stdout, terminal=sys.stdout.isatty())
+        sys.stdout.flush()
+    except BrokenPipeError:  # | head: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise typer.Exit(int(ExitCode.INTERRUPTED if inspection.interrupted else ExitCode.OK))
