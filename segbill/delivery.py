@@ -152,9 +152,11 @@ class Pacer:
                 break
             await asyncio.sleep(start - now)
         spacing = max(self._spacing, events / self.rate if self.rate else 0.0)
-        # Keep to the schedule: a start that woke late lets the next one catch up (by at most one
-        # request), or timer lateness would add up to a rate well below the limit.
-        self._next = max(self._next, now - spacing) + spacing
+        # Keep to the schedule: a start that woke a little late lets the next one catch up, or
+        # timer lateness would add up to a rate well below the limit. After a start or an idle
+        # spell the schedule begins again from now, so there is never a burst.
+        on_schedule = 0 < now - self._next < spacing
+        self._next = (self._next if on_schedule else now) + spacing
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
