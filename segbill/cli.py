@@ -18,6 +18,8 @@ from segbill import __version__
 from segbill.deadletter import DEFAULT_PATH
 from segbill.delivery import DeliveryOptions, deliver_all
 from segbill.inspection import inspect_command
+from segbill.mapping import ConfigError
+from segbill.mapping import load as load_mapping
 from segbill.pipeline import Options, Replay, dry_run
 from segbill.report import ExitCode, Progress, Tally, render
 from segbill.segment import parse_time
@@ -89,15 +91,34 @@ def send(
             "stand in a batch. Needs no API key and no network.",
         ),
     ] = False,
+    config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--config",
+            metavar="FILE",
+            help="A TOML mapping file: where each field comes from, which events are billable, code renames, "
+            "property rules. See the README; the flags below override it.",
+            show_default=False,
+        ),
+    ] = None,
     customer_from: Annotated[
-        str,
+        Optional[str],
         typer.Option(
             "--customer-from",
             metavar="PATH",
             help="Dotted path of the field holding the customer id (Lago external_subscription_id, Hyperline "
-            "customer_id), for example context.groupId or properties.subscription_id.",
+            "customer_id), for example context.groupId or properties.subscription_id. Default: userId.",
+            show_default=False,
         ),
-    ] = "userId",
+    ] = None,
+    event: Annotated[
+        Optional[list[str]],
+        typer.Option("--event", metavar="GLOB", help="Bill only events whose name matches (repeatable), e.g. 'API *'.", show_default=False),
+    ] = None,
+    exclude_event: Annotated[
+        Optional[list[str]],
+        typer.Option("--exclude-event", metavar="GLOB", help="Do not bill events whose name matches (repeatable).", show_default=False),
+    ] = None,
     dead_letter: Annotated[
         Path,
         typer.Option(
@@ -199,9 +220,12 @@ def send(
     Exit codes: 0 all delivered or skipped by rule; 1 finished, something was dead-lettered;
     2 usage error, nothing sent; 3 stopped early on a fatal error; 130 interrupted.
     """
-    path = tuple(customer_from.split("."))
-    if not all(path):
-        fail(f"--customer-from {customer_from!r} is not a dotted path such as userId or context.groupId.")
+    if config is not None and not config.is_file():
+        fail(f"--config {config}: no such file.")
+    try:
+        mapping = load_mapping(to.value, config, customer_from=customer_from, events=event, exclude_events=exclude_event)
+    except ConfigError as error:
+        fail(str(error))
     passed_over: list[Path] = []
     try:
         sources = expand(paths or [], stdin_is_terminal=sys.stdin.isatty(), passed_over=passed_over)
@@ -214,7 +238,7 @@ def send(
     options = Options(
         sources=sources,
         target=get_target(to.value),
-        customer_path=path,
+        mapping=mapping,
         dead_letter=dead_letter,
         dry_run=dry_run_,
         state=state,

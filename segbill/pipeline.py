@@ -17,7 +17,8 @@ from typing import IO, Any
 
 from segbill.deadletter import DEFAULT_PATH, DeadLetterFile
 from segbill.report import Tally
-from segbill.segment import Billable, InexactNumber, Invalid, Record, billable, dumps, exact_message, read_line
+from segbill.mapping import AMOUNT_FIELD, Mapping, Skipped
+from segbill.segment import Billable, InexactNumber, Invalid, Record, dumps, exact_message, read_line
 from segbill.sources import Source, read_lines
 from segbill.state import Claim, Frontier, State
 from segbill.targets import Target
@@ -33,7 +34,7 @@ CLAIM_CHUNK = 256
 class Options:
     sources: list[Source]
     target: Target
-    customer_path: tuple[str, ...] = ("userId",)
+    mapping: Mapping = field(default_factory=Mapping)
     dead_letter: Path = field(default_factory=lambda: Path(DEFAULT_PATH))
     dry_run: bool = False
     state: Path | None = None
@@ -69,7 +70,7 @@ class Replay:
         """(record, converted event, idempotency key) in input order, each new to the ledger; the
         caller owns their outcome once it takes one (`delivered`, `rejected`, `not_attempted`)."""
         target = self.options.target
-        customer_path = self.options.customer_path
+        mapping = self.options.mapping
         since, until, shard = self.options.since, self.options.until, self.options.shard
         tally = self.tally
         for source in self.options.sources:
@@ -94,17 +95,15 @@ class Replay:
                     if message is None:
                         self._unbillable(record, record.invalid.kind, record.invalid.reason)  # type: ignore[union-attr]
                         continue
-                    kind = message.get("type")
-                    if kind != "track":
-                        if shard is not None and shard[0] != 0:
-                            self.skip(record, "other_shard")
-                        elif isinstance(kind, str) and kind:
-                            self.skip(record, kind)
-                        else:
-                            self.dead_letter(record, "missing_type", "The message has no \"type\" (track, identify, page, ...).")
-                        continue
                     try:
-                        billable, event = to_event(record, message, target, customer_path)
+                        name = mapping.select(message)
+                        if name is None:
+                            self._not_billable(record, message.get("type"))
+                            continue
+                        billable, event = to_event(record, message, name, target, mapping)
+                    except Skipped as skipped:
+                        self.skip(record, skipped.reason)
+                        continue
                     except Invalid as invalid:
                         self._unbillable(record, invalid.kind, invalid.reason)
                         continue
@@ -137,6 +136,14 @@ class Replay:
                     f"{record.where()}: {key} was already sent with another event time; not sent again "
                     "(on Lago's ClickHouse store it would be billed twice)."
                 )
+
+    def _not_billable(self, record: Record, kind: Any) -> None:
+        if self.options.shard is not None and self.options.shard[0] != 0:
+            self.skip(record, "other_shard")
+        elif isinstance(kind, str) and kind:
+            self.skip(record, kind)
+        else:
+            self.dead_letter(record, "missing_type", "The message has no \"type\" (track, identify, page, ...).")
 
     def _unbillable(self, record: Record, kind: str, reason: str) -> None:
         """A record that can never be billed belongs to shard 0 alone, so shards do not repeat it."""
@@ -214,17 +221,27 @@ class Replay:
 
 
 def to_event(
-    record: Record, message: dict[str, Any], target: Target, customer_path: tuple[str, ...]
+    record: Record, message: dict[str, Any], name: str, target: Target, mapping: Mapping
 ) -> tuple[Billable, dict[str, Any]]:
-    """A track message -> its billable fields and the platform's event, or `Invalid`.
-    Integers beyond 64 bits stay exact."""
+    """A selected message -> its billable fields and the platform's event, or `Invalid`.
+    Integers beyond 64 bits stay exact: orjson's float for one triggers an exact re-parse."""
     try:
-        fields = billable(message, customer_path)
-        return fields, target.convert(fields)
+        return _convert(message, name, target, mapping)
     except InexactNumber:
         record.message = exact_message(record)
-        fields = billable(record.message, customer_path)
-        return fields, target.convert(fields)
+        return _convert(record.message, name, target, mapping)
+
+
+def _convert(message: dict[str, Any], name: str, target: Target, mapping: Mapping) -> tuple[Billable, dict[str, Any]]:
+    fields = mapping.billable(message, name)
+    event = target.convert(fields)
+    if mapping.shapes_properties:
+        key = target.properties_key
+        event[key] = mapping.shape(event[key], target.protected_key)
+    amount = mapping.amount_of(message)
+    if amount is not None:
+        event[AMOUNT_FIELD[target.name]] = amount
+    return fields, event
 
 
 def dry_run(replay: Replay, out: IO[bytes]) -> None:

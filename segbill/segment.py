@@ -303,22 +303,8 @@ class Billable:
     properties: dict[str, Any]
 
 
-def billable(message: dict[str, Any], customer_path: tuple[str, ...]) -> Billable:
-    """A track message -> the fields a billing event is made of, or `Invalid` saying why not."""
-    customer = _customer(_lookup(message, customer_path), ".".join(customer_path))
-    event = message.get("event")
-    if not isinstance(event, str) or not event.strip():
-        raise Invalid("missing_event", "The track message has no event name (\"event\").")
-    millis = event_time(message)
-    properties = message.get("properties")
-    if properties is None:
-        properties = {}
-    elif not isinstance(properties, dict):
-        raise Invalid("bad_properties", f"The message's \"properties\" is {_kind(properties)}, not an object.")
-    return Billable(message_id(message), customer, event, millis, properties)
-
-
-def _lookup(message: dict[str, Any], path: tuple[str, ...]) -> Any:
+def lookup(message: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at a dotted path (as a tuple of keys), or None."""
     value: Any = message
     for key in path:
         if not isinstance(value, dict):
@@ -327,7 +313,8 @@ def _lookup(message: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def _customer(value: Any, path: str) -> str:
+def customer_id(value: Any, where: str) -> str:
+    """A customer id as the platforms take it: a non-empty string; integers become strings."""
     if isinstance(value, str) and value:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
@@ -337,22 +324,27 @@ def _customer(value: Any, path: str) -> str:
             raise InexactNumber
         return str(int(value))
     if value is None or value == "":
-        raise Invalid("missing_customer", f"The track message has no customer id at \"{path}\".")
-    raise Invalid("missing_customer", f"The customer id at \"{path}\" is {_kind(value)}, not a string or an integer.")
+        raise Invalid("missing_customer", f"The track message has no customer id at \"{where}\".")
+    raise Invalid("missing_customer", f"The customer id at \"{where}\" is {_kind(value)}, not a string or an integer.")
 
 
-def event_time(message: dict[str, Any]) -> int:
-    """The time to bill on: `timestamp`, else `originalTimestamp`, else `receivedAt`."""
-    for field in TIME_FIELDS:
-        value = message.get(field)
+DEFAULT_TIME_PATHS = tuple((name,) for name in TIME_FIELDS)
+
+
+def event_time(message: dict[str, Any], paths: tuple[tuple[str, ...], ...] = DEFAULT_TIME_PATHS) -> int:
+    """The time to bill on: the first present of `paths`; by default `timestamp`, else
+    `originalTimestamp`, else `receivedAt`. An unreadable one is an error, not skipped."""
+    for path in paths:
+        value = lookup(message, path)
         if value is None or value == "":
             continue
         millis = parse_time(value)
         if millis is None:
             shown = value if isinstance(value, str) else dumps(value).decode()
-            raise Invalid("bad_time", f"The message's \"{field}\" ({shown[:60]!r}) is not a readable ISO 8601 time.")
+            raise Invalid("bad_time", f"The message's \"{'.'.join(path)}\" ({shown[:60]!r}) is not a readable ISO 8601 time.")
         return millis
-    raise Invalid("bad_time", "The message has no time (timestamp, originalTimestamp or receivedAt).")
+    names = ", ".join(".".join(path) for path in paths)
+    raise Invalid("bad_time", f"The message has no time ({names}).")
 
 
 def message_id(message: dict[str, Any]) -> str:
@@ -362,6 +354,11 @@ def message_id(message: dict[str, Any]) -> str:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    return derived_id(message)
+
+
+def derived_id(message: dict[str, Any]) -> str:
+    """A stable id for a message that has none: a hash of its whole content, keys sorted."""
     digest = hashlib.sha256(dumps(message, sort_keys=True)).hexdigest()
     return f"segbill-{digest[:32]}"
 

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
+from segbill.mapping import load
 from segbill.pipeline import to_event
 from segbill.segment import Invalid, Record, exact_message, message_id, read_line
 from segbill.targets import get_target
@@ -38,7 +39,10 @@ def convert(target: str, message: dict[str, Any], customer: str = "userId") -> d
     line = _huge_line(message) if "huge" in message else orjson.dumps(message)
     [record] = read_line(line, "t", 1, 0, len(line))
     assert record.message is not None
-    return to_event(record, record.message, get_target(target), tuple(customer.split(".")))[1]
+    mapping = load(target, customer_from=customer)
+    name = mapping.select(record.message)
+    assert name is not None
+    return to_event(record, record.message, name, get_target(target), mapping)[1]
 
 
 def _huge_line(message: dict[str, Any]) -> bytes:

@@ -37,6 +37,8 @@ class Target:
     key_env: str
     body: Callable[[list[bytes]], bytes]  # serialized events -> request body
     read_answer: Callable[[int, bytes, list[str]], Answer | None]  # status, body, the batch's keys
+    properties_key: str  # where an event keeps its (flattened) properties
+    protected_key: str | None = None  # a key in there that is not a property (Hyperline's record id)
 
 
 def flatten(properties: dict[str, Any], *, keep_scalar_lists: bool) -> dict[str, Any]:

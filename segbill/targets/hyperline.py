@@ -73,4 +73,6 @@ TARGET = Target(
     key_env="HYPERLINE_API_KEY",
     body=body,
     read_answer=read_answer,
+    properties_key="record",
+    protected_key="id",
 )

@@ -72,4 +72,5 @@ TARGET = Target(
     key_env="LAGO_API_KEY",
     body=body,
     read_answer=read_answer,
+    properties_key="properties",
 )

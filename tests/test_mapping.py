@@ -1,0 +1,153 @@
+"""The mapping file (--config) and the flags that override it, through `segbill send --dry-run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from segbill.mapping import snake_case
+
+from .conftest import jsonl, track, write
+
+API_CALL = track(
+    messageId="m1",
+    event="API Call",
+    userId="user-1",
+    context={"groupId": "acct-9"},
+    properties={"tokens": 1200, "model": {"name": "gpt", "tier": "pro"}, "debug": {"trace": "x"}, "amount": 12.5, "subscription_id": "sub_7"},
+)
+
+
+def dry(segbill, tmp_path: Path, config: str | None, messages: list[dict], target: str = "lago", *flags: str):
+    write(tmp_path / "in.jsonl", jsonl(*messages))
+    args = ["send", "in.jsonl", "--to", target, "--dry-run", "--json", *flags]
+    if config is not None:
+        write(tmp_path / "segbill.toml", config.encode())
+        args += ["--config", "segbill.toml"]
+    return segbill(*args)
+
+
+def test_fields_from_paths_fallbacks_and_constants(segbill, tmp_path: Path) -> None:
+    config = """
+[lago]
+transaction_id = ["properties.request_id", "messageId"]
+external_subscription_id = ["properties.missing", "properties.subscription_id", "userId"]
+timestamp = ["properties.occurred_at", "timestamp"]
+precise_total_amount_cents = "properties.amount"
+
+[hyperline]
+customer_id = { value = "cus_constant" }
+record_id = "messageId"
+"""
+    message = API_CALL | {"properties": API_CALL["properties"] | {"occurred_at": "2024-03-01T00:00:00Z"}}
+    [event] = dry(segbill, tmp_path, config, [message]).events
+    assert event["transaction_id"] == "m1"
+    assert event["external_subscription_id"] == "sub_7"
+    assert event["timestamp"] == "1709251200.000"
+    assert event["precise_total_amount_cents"] == "12.5"
+    [hyper] = dry(segbill, tmp_path, config, [message], "hyperline").events
+    assert hyper["customer_id"] == "cus_constant" and hyper["record"]["id"] == "m1"
+
+
+def test_event_selection_renames_and_snake_case(segbill, tmp_path: Path) -> None:
+    config = """
+[lago.events]
+billable_types = { page = "Page Viewed" }
+include = ["API *", "Page *", "Order *"]
+exclude = ["* (test)"]
+rename = { "API Call" = "api_calls" }
+other = "snake_case"
+"""
+    messages = [
+        API_CALL,
+        track(messageId="m2", event="Order Completed"),
+        track(messageId="m3", event="Order Completed (test)"),
+        track(messageId="m4", event="Signed Up"),
+        {"type": "page", "name": "Home", "userId": "user-1", "messageId": "m5", "timestamp": "2024-01-01T00:00:00Z"},
+        {"type": "identify", "userId": "user-1"},
+    ]
+    run = dry(segbill, tmp_path, config, messages)
+    assert [(e["transaction_id"], e["code"]) for e in run.events] == [("m1", "api_calls"), ("m2", "order_completed"), ("m5", "page_viewed")]
+    summary = orjson.loads(run.stderr.strip().splitlines()[-1])
+    assert summary["skipped_by_reason"] == {"excluded": 1, "identify": 1, "not_included": 1}
+
+
+def test_property_include_exclude_rename_and_constants(segbill, tmp_path: Path) -> None:
+    config = """
+[lago.properties]
+include = ["tokens", "model.*", "debug.*"]
+exclude = ["debug.*"]
+rename = { tokens = "total_tokens" }
+constants = { source = "segment", version = 2 }
+
+[hyperline.properties]
+include = ["id", "tokens"]
+"""
+    [event] = dry(segbill, tmp_path, config, [API_CALL]).events
+    assert event["properties"] == {"total_tokens": 1200, "model.name": "gpt", "model.tier": "pro", "source": "segment", "version": 2}
+    [hyper] = dry(segbill, tmp_path, config, [API_CALL], "hyperline").events
+    assert hyper["record"] == {"id": "m1", "tokens": 1200}  # the record id always stays
+
+
+def test_flags_override_the_file(segbill, tmp_path: Path) -> None:
+    config = """
+[lago]
+external_subscription_id = "userId"
+[lago.events]
+include = ["Nothing *"]
+"""
+    messages = [API_CALL, track(messageId="m2", event="Seat Added", context={"groupId": "acct-2"})]
+    run = dry(segbill, tmp_path, config, messages, "lago", "--customer-from", "context.groupId", "--event", "API *", "--event", "Seat *", "--exclude-event", "Seat *")
+    assert [(e["transaction_id"], e["external_subscription_id"]) for e in run.events] == [("m1", "acct-9")]
+
+
+def test_an_amount_that_is_not_a_number_is_dead_lettered(segbill, tmp_path: Path) -> None:
+    config = '[lago]\nprecise_total_amount_cents = "properties.amount"\n'
+    run = dry(segbill, tmp_path, config, [API_CALL | {"properties": {"amount": "twelve"}}])
+    assert run.exit_code == 1
+    assert run.dead_letters[0]["reason"] == "The amount at \"properties.amount\" ('twelve') is not a number."
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("[lago]\ncustomer = 'userId'\n", "segbill.toml: lago: unknown key 'customer'; known keys: code, events, external_subscription_id, precise_total_amount_cents, properties, timestamp, transaction_id."),
+        ("[stripe]\n", "segbill.toml: unknown table 'stripe'; the tables are [lago] and [hyperline]."),
+        ("[lago]\ncode = 3\n", "segbill.toml: lago.code: must be a dotted path, a list of paths to try in order, or { value = \"...\" }."),
+        ("[lago]\nexternal_subscription_id = ['userId', 'a..b']\n", "segbill.toml: lago.external_subscription_id[1]: 'a..b' is not a dotted path"),
+        ("[lago.events]\ninclude = 'API *'\n", "segbill.toml: lago.events.include: must be a list of globs, not str."),
+        ("[lago.events]\nexclude = ['[abc']\n", "segbill.toml: lago.events.exclude[0]: '[abc' is not a valid glob (an unclosed [ ])."),
+        ("[lago.events]\nother = 'camel'\n", "segbill.toml: lago.events.other: must be \"keep\" or \"snake_case\", not 'camel'."),
+        ("[lago.events]\nbillable_types = { track = 'x' }\n", "track is always billable"),
+        ("[lago.properties]\nconstants = { a = true }\n", "segbill.toml: lago.properties.constants.a: must be a string or a number."),
+        ("[hyperline]\nprecise_total_amount_cents = 'x'\n", "segbill.toml: hyperline: unknown key 'precise_total_amount_cents'"),
+        ("[lago]\ntimestamp = { value = 'soon' }\n", "segbill.toml: lago.timestamp.value: 'soon' is not an ISO 8601 time."),
+        ("[lago\n", "segbill.toml: not valid TOML"),
+    ],
+)
+def test_a_mistake_in_the_file_exits_2_naming_the_key(segbill, tmp_path: Path, config: str, message: str) -> None:
+    run = dry(segbill, tmp_path, config, [API_CALL])
+    assert run.exit_code == 2
+    assert message in run.stderr
+    assert run.stdout == ""
+
+
+def test_a_mistake_in_the_other_platforms_table_is_caught_too(segbill, tmp_path: Path) -> None:
+    run = dry(segbill, tmp_path, "[hyperline]\ncustomer = 'x'\n", [API_CALL], "lago")
+    assert run.exit_code == 2 and "hyperline: unknown key 'customer'" in run.stderr
+
+
+def test_a_missing_config_file_exits_2(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(API_CALL))
+    run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--config", "nope.toml")
+    assert run.exit_code == 2 and "--config nope.toml: no such file." in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("API Call", "api_call"), ("Order Completed", "order_completed"), ("pageView", "page_view"), ("HTTPRequest sent", "http_request_sent"), ("v2 Upload", "v2_upload"), ("already_snake", "already_snake")],
+)
+def test_snake_case(name: str, expected: str) -> None:
+    assert snake_case(name) == expected
