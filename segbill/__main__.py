@@ -1,3 +1,3 @@
-from segbill.cli import main
+from segbill import main
 
 main()

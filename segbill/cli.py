@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 from urllib.parse import urlsplit
 
 import orjson
@@ -16,7 +15,6 @@ import typer
 
 from segbill import __version__
 from segbill.deadletter import DEFAULT_PATH
-from segbill.delivery import DeliveryOptions, deliver_all
 from segbill.inspection import inspect_command
 from segbill.mapping import ConfigError
 from segbill.mapping import load as load_mapping
@@ -26,6 +24,9 @@ from segbill.segment import parse_time
 from segbill.sources import Source, UsageError, expand
 from segbill.state import StateBusy
 from segbill.targets import Target, get_target
+
+if TYPE_CHECKING:
+    from segbill.delivery import DeliveryOptions
 
 LOCAL_HOSTS = {"localhost", "::1", "[::1]"}
 
@@ -259,6 +260,10 @@ def send(
         if delivery is None:
             dry_run(replay, sys.stdout.buffer)
         else:
+            import asyncio
+
+            from segbill.delivery import deliver_all  # httpx and asyncio: only when sending
+
             terminal = sys.stderr.isatty()
             progress = None if quiet else Progress(replay.tally, _total_bytes(sources), sys.stderr, terminal=terminal)
             asyncio.run(deliver_all(replay, options.target, delivery, progress))
@@ -318,6 +323,8 @@ def _delivery_options(
         fail(f"--batch-size {size} is over {target.label}'s limit of {target.max_batch} events per request.")
     if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS and not parts.hostname.startswith("127."):
         warn(f"warning: {parts.hostname} is reached over plain http: the API key travels unencrypted.")
+    from segbill.delivery import DeliveryOptions
+
     return DeliveryOptions(url, key, size, width, timeout, max_retries, grace, rate)
 
 
