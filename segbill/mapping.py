@@ -51,11 +51,11 @@ class Source:
     constant: Any = None
 
     def read(self, message: dict[str, Any]) -> tuple[Any, str]:
-        """(value, the path it came from); (None, the first path) when none is present."""
+        """(value, the path it came from); (None, all the paths) when none is present."""
         if self.constant is not None:
             return self.constant, "the configured constant"
         for path in self.paths:
-            value = lookup(message, path)
+            value = message.get(path[0]) if len(path) == 1 else lookup(message, path)  # the usual case, fast
             if value is not None and value != "":
                 return value, ".".join(path)
         return None, " or ".join(".".join(path) for path in self.paths)

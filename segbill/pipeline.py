@@ -174,6 +174,11 @@ class Replay:
         for record, _ in items:
             self._release(record)
 
+    def delivered_one(self, record: Record) -> None:
+        """A dry run's printed event: counted, and final (a dry run keeps no ledger)."""
+        self.tally.delivered += 1
+        self._release(record)
+
     def rejected(self, record: Record, key: str, kind: str, reason: str) -> None:
         self.state.release([key])
         self.dead_letter(record, kind, reason)
@@ -251,27 +256,25 @@ def dry_run(replay: Replay, out: IO[bytes]) -> None:
     with _interruptible() as critical:
         for record, event, key in replay.events():
             line = dumps(event) + b"\n"
-            with critical:  # an event printed is an event counted, whenever a signal lands
-                try:
-                    write(line)
-                except BrokenPipeError:
-                    replay.not_attempted([(record, key)])
-                    tally.stopped = "stdout was closed"
-                    break
-                replay.delivered([(record, key)])
+            critical.inside = True  # an event printed is an event counted, whenever a signal lands
+            try:
+                write(line)
+            except BrokenPipeError:
+                replay.not_attempted([(record, key)])
+                tally.stopped = "stdout was closed"
+                break
+            replay.delivered_one(record)
+            critical.leave()
 
 
 class _Critical:
-    """Defers SIGINT/SIGTERM's KeyboardInterrupt to the end of a `with` block."""
+    """Defers SIGINT/SIGTERM's KeyboardInterrupt while `inside` is set, until `leave`."""
 
     def __init__(self) -> None:
         self.inside = False
         self.pending = False
 
-    def __enter__(self) -> None:
-        self.inside = True
-
-    def __exit__(self, *exc: object) -> None:
+    def leave(self) -> None:
         self.inside = False
         if self.pending:
             self.pending = False

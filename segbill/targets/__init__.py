@@ -56,12 +56,14 @@ def _flatten_into(flat: dict[str, Any], prefix: str, values: dict[str, Any], kee
     for name, value in values.items():
         key = prefix + name
         kind = type(value)
-        if kind is dict:
+        if kind is str or kind is int:  # most values: kept as they are
+            pass
+        elif kind is dict:
             _flatten_into(flat, key + ".", value, keep)
             continue
-        if value is None:
+        elif value is None:
             continue
-        if kind is float:
+        elif kind is float:
             value = check_exact(value)
         elif kind is bool:
             if not keep:
