@@ -7,7 +7,7 @@ import sqlite3
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 from urllib.parse import urlsplit
 
 import orjson
@@ -21,9 +21,10 @@ from segbill.mapping import load as load_mapping
 from segbill.pipeline import Options, Replay, dry_run
 from segbill.report import ExitCode, Progress, Tally, render
 from segbill.segment import parse_time
-from segbill.sources import Source, UsageError, expand
+from segbill.sources import Source
 from segbill.state import StateBusy
 from segbill.targets import Target, get_target
+from segbill.usage import fail, inputs, warn
 
 if TYPE_CHECKING:
     from segbill.delivery import DeliveryOptions
@@ -59,15 +60,6 @@ def _main(
     ] = None,
 ) -> None:
     """Replay Segment event exports into usage-based billing platforms (Lago, Hyperline)."""
-
-
-def fail(message: str, code: ExitCode = ExitCode.USAGE) -> NoReturn:
-    print(f"segbill: error: {message}", file=sys.stderr)
-    raise typer.Exit(int(code))
-
-
-def warn(message: str) -> None:
-    print(f"segbill: {message}", file=sys.stderr)
 
 
 @app.command()
@@ -227,14 +219,7 @@ def send(
         mapping = load_mapping(to.value, config, customer_from=customer_from, events=event, exclude_events=exclude_event)
     except ConfigError as error:
         fail(str(error))
-    passed_over: list[Path] = []
-    try:
-        sources = expand(paths or [], stdin_is_terminal=sys.stdin.isatty(), passed_over=passed_over)
-    except UsageError as error:
-        fail(str(error))
-    if passed_over:
-        shown = ", ".join(str(path) for path in passed_over[:5]) + (", ..." if len(passed_over) > 5 else "")
-        warn(f"not reading {len(passed_over)} file(s) in folders that do not look like exports: {shown}")
+    sources = inputs(paths)
     _check_dead_letter_path(dead_letter, sources)
     options = Options(
         sources=sources,
@@ -262,7 +247,9 @@ def send(
         else:
             import asyncio
 
-            from segbill.delivery import deliver_all  # httpx and asyncio: only when sending
+            from segbill.delivery import (
+                deliver_all,  # httpx and asyncio: only when sending
+            )
 
             terminal = sys.stderr.isatty()
             progress = None if quiet else Progress(replay.tally, _total_bytes(sources), sys.stderr, terminal=terminal)

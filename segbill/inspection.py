@@ -65,8 +65,7 @@ import sys
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Annotated, Any, NoReturn, Optional
+from typing import IO, Annotated, Any, Optional
 
 import orjson
 import typer
@@ -85,7 +84,8 @@ from segbill.segment import (
     iso_millis,
     read_line,
 )
-from segbill.sources import Source, UsageError, expand, read_lines
+from segbill.sources import Source, read_lines
+from segbill.usage import fail, inputs
 
 MAX_EVENTS = 1000
 MAX_KEYS = 200
@@ -740,11 +740,6 @@ def render(result: dict[str, Any], stream: IO[str], *, terminal: bool) -> None:
 # --- command --------------------------------------------------------------------------------
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"segbill: error: {message}", file=sys.stderr)
-    raise typer.Exit(int(ExitCode.USAGE))
-
-
 def inspect_command(
     paths: Annotated[
         Optional[list[str]],
@@ -776,15 +771,8 @@ def inspect_command(
     Exit codes: 0 done; 2 usage error; 130 interrupted (the report covers what was read).
     """
     if customer_from is not None and not all(customer_from.split(".")):
-        _fail(f"--customer-from {customer_from!r} is not a dotted path such as userId or context.groupId.")
-    passed_over: list[Path] = []
-    try:
-        sources = expand(paths or [], stdin_is_terminal=sys.stdin.isatty(), passed_over=passed_over)
-    except UsageError as error:
-        _fail(str(error))
-    if passed_over:
-        shown = ", ".join(str(path) for path in passed_over[:5]) + (", ..." if len(passed_over) > 5 else "")
-        print(f"segbill: not reading {len(passed_over)} file(s) in folders that do not look like exports: {shown}", file=sys.stderr)
+        fail(f"--customer-from {customer_from!r} is not a dotted path such as userId or context.groupId.")
+    sources = inputs(paths)
     inspection = Inspection(customer_from=customer_from)
     try:
         inspection.read(sources)

@@ -20,8 +20,8 @@ from segbill.segment import (
     InexactNumber,
     Invalid,
     customer_id,
-    event_time,
     derived_id,
+    event_time,
     lookup,
     parse_time,
 )

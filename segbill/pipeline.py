@@ -16,9 +16,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from segbill.deadletter import DEFAULT_PATH, DeadLetterFile
-from segbill.report import Tally
 from segbill.mapping import AMOUNT_FIELD, Mapping, Skipped
-from segbill.segment import Billable, InexactNumber, Invalid, Record, dumps, exact_message, read_line
+from segbill.report import Tally
+from segbill.segment import (
+    Billable,
+    InexactNumber,
+    Invalid,
+    Record,
+    dumps,
+    exact_message,
+    read_line,
+)
 from segbill.sources import Source, read_lines
 from segbill.state import Claim, Frontier, State
 from segbill.targets import Target

@@ -153,7 +153,13 @@ class Progress:
     def start(self) -> None:
         if not self.terminal:
             return
-        from rich.progress import BarColumn, DownloadColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+        from rich.progress import Progress as Bar
 
         self._bar = Bar(
             TextColumn("[bold]segbill"), BarColumn(), DownloadColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),

@@ -13,7 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from segbill.testing.fake_platform import POISON_ERROR, STATUS_FAULTS, FakePlatform, main
+from segbill.testing.fake_platform import (
+    POISON_ERROR,
+    STATUS_FAULTS,
+    FakePlatform,
+    main,
+)
 
 AUTH = {"Authorization": "Bearer test-key"}
 LAGO = "/api/v1/events/batch"
