@@ -205,13 +205,19 @@ class Frontier:
             self._last = (record.end, record.line)
 
     def release(self, record: Record) -> None:
-        self._held[record.offset][1] -= 1
+        entry = self._held[record.offset]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self._trim()  # finished lines leave at once: memory stays flat, checkpoint or not
+
+    def _trim(self) -> None:
+        held = self._held
+        while held and next(iter(held.values()))[1] == 0:
+            held.popitem(last=False)
 
     def position(self) -> Checkpoint:
-        held = self._held
-        while held:
-            offset, (line, count) = next(iter(held.items()))
-            if count > 0:
-                return Checkpoint(offset, line - 1, False)
-            held.popitem(last=False)
+        self._trim()
+        if self._held:
+            offset, (line, _) = next(iter(self._held.items()))
+            return Checkpoint(offset, line - 1, False)
         return Checkpoint(self._last[0], self._last[1], self.read_all)

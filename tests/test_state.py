@@ -229,3 +229,19 @@ def test_killed_mid_run_then_rerun_every_event_is_stored_exactly_once(tmp_path: 
         else:
             assert len(resent) <= 3 * 20  # at worst the batches in flight, absorbed by the platform
         assert stored_before <= 3000
+
+
+def test_the_frontier_forgets_finished_lines_so_memory_stays_flat() -> None:
+    from segbill.segment import Record
+    from segbill.state import Frontier
+
+    frontier = Frontier(None)
+    records = [Record("f", n, n * 10, n * 10 + 10, b"") for n in range(1, 1001)]
+    for record in records:
+        frontier.hold(record)
+    frontier.release(records[1])  # finished out of order: the first line still holds it back
+    assert frontier.position().offset == 10 and len(frontier._held) == 1000
+    for record in records[:1] + records[2:]:
+        frontier.release(record)
+    assert len(frontier._held) == 0
+    assert frontier.position().offset == 10010
