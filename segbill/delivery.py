@@ -33,7 +33,7 @@ FATAL_STATUSES = {401: "rejected the API key", 403: "refused to let this API key
 
 
 AUTO_MAX_CONCURRENCY = 32
-PACE_MARGIN = 0.92  # pace at this share of a learned rate limit, so timer jitter never fills a window
+PACE_MARGIN = 0.98  # pace at this share of an announced rate limit: timer jitter rarely fills a window
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,7 @@ class Pacer:
         self._next = 0.0
         self._spacing = 0.0  # seconds between request starts, from the announced limit
         self._window = 0.0  # the longest reset time seen: the window's length
+        self._window_opened: float | None = None  # answer time of the request that opened it
 
     async def wait(self, events: int) -> None:
         while True:
@@ -168,10 +169,19 @@ class Pacer:
         if reset is None:
             return
         self._window = max(self._window, reset, 1.0)
+        now = time.monotonic()
         if limit:
             self._spacing = self._window / (limit * PACE_MARGIN)
+            if remaining == limit - 1:
+                self._window_opened = now  # that request opened the window, at the latest now
         if remaining is not None and remaining < 1:
-            self.pause(reset)  # spacing should prevent this; the window is spent, wait it out
+            # The window is spent: wait for its end. Lago rounds Reset up to whole seconds, so
+            # when the window's first answer was seen, its opening plus the window is sooner
+            # (and never before the real end).
+            end = now + reset
+            if self._window_opened is not None:
+                end = min(end, max(now, self._window_opened + self._window))
+            self.paused_until = max(self.paused_until, end)
 
 
 def _number(value: str | None) -> float | None:

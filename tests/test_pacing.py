@@ -19,15 +19,29 @@ from .conftest import jsonl, track, write
 KEY = "sk-pacing-key"
 
 
-def test_the_pacer_learns_an_announced_limit_and_pauses_when_a_window_is_spent() -> None:
+def lago_headers(remaining: int, reset: int = 1) -> httpx.Headers:
+    return httpx.Headers({"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": str(reset)})
+
+
+def test_the_pacer_learns_an_announced_limit() -> None:
     pacer = Pacer(rate=None)
-    pacer.observe(httpx.Headers({"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "49", "X-RateLimit-Reset": "1"}))
+    pacer.observe(lago_headers(49))
     assert pacer._spacing == pytest.approx(1 / (50 * delivery.PACE_MARGIN))
     assert pacer.paused_until == 0.0
-    before = time.monotonic()
-    pacer.observe(httpx.Headers({"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "2"}))
-    assert pacer.paused_until >= before + 2
+    pacer.observe(lago_headers(30, reset=2))
     assert pacer._spacing == pytest.approx(2 / (50 * delivery.PACE_MARGIN))  # the window is 2 s long
+
+
+def test_a_spent_window_is_waited_out_until_it_ends_not_for_a_rounded_up_reset() -> None:
+    pacer = Pacer(rate=None)
+    opened = time.monotonic()
+    pacer.observe(lago_headers(49))  # this answer's request opened the window
+    pacer.observe(lago_headers(0, reset=1))
+    assert opened + 1 <= pacer.paused_until <= time.monotonic() + 1
+    unknown = Pacer(rate=None)  # the window's opening was never seen: wait the whole Reset
+    before = time.monotonic()
+    unknown.observe(lago_headers(0, reset=3))
+    assert unknown.paused_until >= before + 3
 
 
 def test_the_pacer_ignores_answers_without_rate_headers() -> None:
