@@ -139,13 +139,14 @@ class Progress:
     def bytes_done(self) -> int:
         return sum(self._done.values())
 
-    def _line(self) -> str:
+    def _line(self, *, short: bool = False) -> str:
         tally = self.tally
         elapsed = max(time.monotonic() - tally.started, 1e-9)
-        text = (
-            f"read {tally.read:,}, delivered {tally.delivered:,}, dead-lettered {sum(tally.dead_lettered.values()):,}, "
-            f"{tally.read / elapsed:,.0f} records/s"
-        )
+        dead = sum(tally.dead_lettered.values())
+        rate = tally.read / elapsed
+        if short:  # beside the bar, which shows the bytes and the time already
+            return f"read {tally.read:,} · delivered {tally.delivered:,} · dead {dead:,} · {rate:,.0f}/s"
+        text = f"read {tally.read:,}, delivered {tally.delivered:,}, dead-lettered {dead:,}, {rate:,.0f} records/s"
         if self.total_bytes:
             text += f", {100 * self.bytes_done / self.total_bytes:.0f}% of the input"
         return text
@@ -162,15 +163,15 @@ class Progress:
         from rich.progress import Progress as Bar
 
         self._bar = Bar(
-            TextColumn("[bold]segbill"), BarColumn(), DownloadColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
+            BarColumn(bar_width=24), DownloadColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
             console=Console(file=self.stream, stderr=True), transient=True,
         )
-        self._task = self._bar.add_task(self._line(), total=self.total_bytes)
+        self._task = self._bar.add_task(self._line(short=True), total=self.total_bytes)
         self._bar.start()
 
     def tick(self) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.bytes_done, description=self._line())
+            self._bar.update(self._task, completed=self.bytes_done, description=self._line(short=True))
         else:
             self.stream.write(f"segbill: {self._line()}\n")
             self.stream.flush()
