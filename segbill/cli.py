@@ -239,6 +239,8 @@ def send(
         replay = Replay(options, warn=warn)
     except StateBusy as error:
         fail(str(error))
+    except OSError as error:
+        fail(f"--state {state}: {error.strerror or error}.")
     except sqlite3.DatabaseError as error:
         fail(f"--state {state} is not a segbill state file ({error}).")
     try:
@@ -325,6 +327,9 @@ def _check_dead_letter_path(dead_letter: Path, sources: list[Source]) -> None:
         fail(f"--dead-letter {dead_letter} is a folder; give a file path.")
     if not dead_letter.parent.is_dir():
         fail(f"--dead-letter {dead_letter}: the folder {dead_letter.parent} does not exist.")
+    writable = os.access(dead_letter, os.W_OK) if dead_letter.exists() else os.access(dead_letter.parent, os.W_OK)
+    if not writable:
+        fail(f"--dead-letter {dead_letter}: cannot write there (permission denied); pass --dead-letter PATH.")
     if not dead_letter.exists():
         return
     for source in sources:

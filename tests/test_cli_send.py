@@ -255,3 +255,20 @@ def test_subprocess_interrupted_exits_130_with_a_summary(tmp_path: Path) -> None
     assert b"Traceback" not in stderr
     summary = orjson.loads(stderr.splitlines()[-1])
     assert summary["read"] == 1 and summary["converted"] == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_an_unwritable_dead_letter_folder_exits_2_before_reading(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", b"bad\n")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--dead-letter", str(locked / "dl.jsonl"))
+    assert run.exit_code == 2 and "cannot write there" in run.stderr
+
+
+def test_a_state_path_that_cannot_be_opened_exits_2(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(GOOD[0]))
+    (tmp_path / "folder.db").mkdir()
+    run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--state", "folder.db")
+    assert run.exit_code == 2 and run.stderr.startswith("segbill: error: --state folder.db: ")
+    assert "Traceback" not in run.stderr
