@@ -247,11 +247,10 @@ def send(
         if delivery is None:
             dry_run(replay, sys.stdout.buffer)
         else:
+            # httpx and asyncio are imported only when sending.
             import asyncio
 
-            from segbill.delivery import (
-                deliver_all,  # httpx and asyncio: only when sending
-            )
+            from segbill.delivery import deliver_all
 
             terminal = sys.stderr.isatty()
             progress = None if quiet else Progress(replay.tally, _total_bytes(sources), sys.stderr, terminal=terminal)

@@ -13,7 +13,7 @@ import random
 import signal
 import time
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -39,7 +39,7 @@ PACE_MARGIN = 0.98  # pace at this share of an announced rate limit: timer jitte
 @dataclass(frozen=True)
 class DeliveryOptions:
     url: str
-    api_key: str
+    api_key: str = field(repr=False)  # never in a repr, so never in an error message
     batch_size: int
     concurrency: int | None = None  # requests in flight; None: adaptive
     timeout: float = 30.0

@@ -123,3 +123,8 @@ def test_wait_hints_from_both_platforms() -> None:
     past = formatdate(time.time() - 60, usegmt=True)
     assert wait_hint(httpx.Headers({"Retry-After": "soon", "X-RateLimit-Reset": past})) == 0.0
     assert wait_hint(httpx.Headers({})) is None
+
+
+def test_the_api_key_is_not_in_the_delivery_options_repr() -> None:
+    options = DeliveryOptions(url="https://billing.test", api_key="sk-live-very-secret", batch_size=10)
+    assert "sk-live-very-secret" not in repr(options) and "sk-live-very-secret" not in str(options)
