@@ -298,7 +298,7 @@ class Sender:
         """One request: (status or 0, content, the pause a 429 asked for, a description)."""
         try:
             response = await self.client.post(self.endpoint, content=body, headers=self.headers)
-        except httpx.TransportError as error:
+        except httpx.RequestError as error:  # transport errors, timeouts, an undecodable answer
             return 0, b"", None, _describe(error)
         status = response.status_code
         if status in FATAL_STATUSES:
@@ -320,7 +320,7 @@ def _pairs(items: list[Item]) -> list[tuple[Record, str]]:
     return [(item.record, item.key) for item in items]
 
 
-def _describe(error: httpx.TransportError) -> str:
+def _describe(error: httpx.RequestError) -> str:
     kind = type(error).__name__
     text = str(error)
     return f"{kind}: {text}" if text else kind

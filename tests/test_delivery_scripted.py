@@ -55,11 +55,12 @@ def test_every_retry_resends_the_identical_body(tmp_path: Path) -> None:
         httpx.Response(503),
         httpx.ConnectError("refused"),
         httpx.ReadTimeout("slow"),
+        httpx.DecodingError("garbled gzip answer"),
         httpx.Response(429, headers={"X-RateLimit-Reset": "0"}),
         httpx.Response(200, json={"events": []}),
     ])
-    assert len({request.content for request in seen}) == 1 and len(seen) == 5
-    assert replay.tally.delivered == 5 and replay.tally.retries == 4 and replay.tally.requests == 5
+    assert len({request.content for request in seen}) == 1 and len(seen) == 6
+    assert replay.tally.delivered == 5 and replay.tally.retries == 5 and replay.tally.requests == 6
 
 
 def test_501_and_other_unexpected_statuses_are_dead_lettered_not_retried(tmp_path: Path) -> None:
