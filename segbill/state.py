@@ -111,10 +111,6 @@ class State:
         """Keys that were not delivered: a repeat, a rerun or a replay may send them again."""
         self.db.executemany("DELETE FROM ledger WHERE target = ? AND key = ? AND delivered = 0", [(self.target, key) for key in keys])
 
-    def sent_millis(self, key: str) -> int | None:
-        row = self.db.execute("SELECT millis FROM ledger WHERE target = ? AND key = ? AND delivered = 1", (self.target, key)).fetchone()
-        return None if row is None else row[0]
-
     # -- checkpoints -----------------------------------------------------------------------------
 
     def checkpoint(self, source: Source) -> Checkpoint | None:

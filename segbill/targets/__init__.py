@@ -111,9 +111,6 @@ def _check_nested(value: Any) -> None:
             _check_nested(item)
 
 
-TARGET_NAMES = ("lago", "hyperline")
-
-
 def get_target(name: str) -> Target:
     """Import only the platform in use."""
     if name == "lago":
