@@ -34,6 +34,8 @@ FATAL_STATUSES = {401: "rejected the API key", 403: "refused to let this API key
 
 AUTO_MAX_CONCURRENCY = 32
 PACE_MARGIN = 0.98  # pace at this share of an announced rate limit: timer jitter rarely fills a window
+LEARNED_DECAY = 0.99995  # per accepted request: a pace learned from 429s relaxes ~5% per 1,000
+MIN_LEARNING_SAMPLE = 10  # accepted requests before a 429 for the pace it implies to be trusted
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,9 @@ class Pacer:
         self.paused_until = 0.0
         self._next = 0.0
         self._spacing = 0.0  # seconds between request starts, from the announced limit
+        self._learned = 0.0  # the same, learned from 429s when no limit is announced
+        self._accepted = 0  # requests answered without a 429 since the last one
+        self._first_accepted: float | None = None
         self._window = 0.0  # the longest reset time seen: the window's length
         self._window_opened: float | None = None  # answer time of the request that opened it
 
@@ -152,7 +157,7 @@ class Pacer:
             if start <= now:
                 break
             await asyncio.sleep(start - now)
-        spacing = max(self._spacing, events / self.rate if self.rate else 0.0)
+        spacing = max(self._spacing, self._learned, events / self.rate if self.rate else 0.0)
         # Keep to the schedule: a start that woke a little late lets the next one catch up, or
         # timer lateness would add up to a rate well below the limit. After a start or an idle
         # spell the schedule begins again from now, so there is never a burst.
@@ -161,6 +166,25 @@ class Pacer:
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+    def accepted(self) -> None:
+        self._accepted += 1
+        if self._first_accepted is None:
+            self._first_accepted = time.monotonic()
+        self._learned *= LEARNED_DECAY
+
+    def throttled(self, wait: float) -> None:
+        """A 429 asked for `wait` seconds. Hyperline announces its limit only this way: the
+        requests accepted since the last 429, over the time they took plus the wait, is the
+        rate its window allows. A pace is learned from it unless the platform announces one;
+        it relaxes with every accepted request, so a sporadic 429 does not slow a run for good."""
+        now = time.monotonic()
+        if not self._spacing and self._accepted >= MIN_LEARNING_SAMPLE and self._first_accepted is not None:
+            window = now - self._first_accepted + wait
+            self._learned = max(self._learned, window / (self._accepted * PACE_MARGIN))
+        self._accepted = 0
+        self._first_accepted = None
+        self.pause(wait)
 
     def observe(self, headers: httpx.Headers) -> None:
         limit = _number(headers.get("x-ratelimit-limit"))
@@ -308,7 +332,9 @@ class Sender:
         if status == 429:
             hint = wait_hint(response.headers)
             wait = self._backoff(1) if hint is None else hint
-            self.pacer.pause(wait)
+            self.pacer.throttled(wait)
+        else:
+            self.pacer.accepted()
         return status, response.content, wait, f"HTTP {status}"
 
     @staticmethod

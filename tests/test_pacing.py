@@ -120,3 +120,31 @@ def test_a_bad_concurrency_exits_2(segbill, tmp_path: Path, value: str) -> None:
     write(tmp_path / "in.jsonl", jsonl(track()))
     run = segbill("send", "in.jsonl", "--to", "lago", "--concurrency", value, env={"LAGO_API_KEY": KEY})
     assert run.exit_code == 2 and "--concurrency" in run.stderr
+
+
+def test_a_pace_is_learned_from_a_429_when_no_limit_is_announced() -> None:
+    pacer = Pacer(rate=None)
+    for _ in range(40):
+        pacer.accepted()
+    pacer.throttled(2.0)  # 40 accepted, then "wait 2 s": about 20 requests a second at most
+    assert pacer._learned == pytest.approx(2.0 / (40 * delivery.PACE_MARGIN), rel=0.05)
+    assert pacer.paused_until >= time.monotonic() + 1.9
+    learned = pacer._learned
+    for _ in range(1000):
+        pacer.accepted()
+    assert pacer._learned == pytest.approx(learned * delivery.LEARNED_DECAY**1000)  # it relaxes
+
+
+def test_nothing_is_learned_from_a_small_sample_or_when_the_limit_is_announced() -> None:
+    sporadic = Pacer(rate=None)
+    for _ in range(delivery.MIN_LEARNING_SAMPLE - 1):
+        sporadic.accepted()
+    sporadic.throttled(1.0)
+    assert sporadic._learned == 0.0
+    announced = Pacer(rate=None)
+    announced.observe(lago_headers(49))
+    for _ in range(100):
+        announced.accepted()
+    announced.throttled(1.0)
+    assert announced._learned == 0.0
+
