@@ -93,15 +93,15 @@ def wait_hint(headers: httpx.Headers) -> float | None:
 class Concurrency:
     """Requests in flight: a fixed number, or adaptive like Vector's adaptive request concurrency.
 
-    Adaptive (AIMD): while the limit is in full use and answers come back no slower than usual,
-    it grows by one per round trip; a 429, a 5xx, a timeout or a doubled latency cuts it by 30%,
+    Adaptive (AIMD), starting at 4: while the limit is in full use and answers come back no
+    slower than usual, it grows by one per round trip; a 429, a 5xx, a timeout or a doubled latency cuts it by 30%,
     at most once per round trip.
     """
 
     def __init__(self, fixed: int | None) -> None:
         self.adaptive = fixed is None
         self.maximum = fixed or AUTO_MAX_CONCURRENCY
-        self.limit = float(fixed or 1)
+        self.limit = float(fixed or 4)
         self.in_flight = 0
         self._freed = asyncio.Condition()
         self._rtt: float | None = None  # moving average of answer times
