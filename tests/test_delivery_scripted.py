@@ -129,3 +129,23 @@ def test_wait_hints_from_both_platforms() -> None:
 def test_the_api_key_is_not_in_the_delivery_options_repr() -> None:
     options = DeliveryOptions(url="https://billing.test", api_key="sk-live-very-secret", batch_size=10)
     assert "sk-live-very-secret" not in repr(options) and "sk-live-very-secret" not in str(options)
+
+
+def test_progress_without_a_terminal_is_one_plain_line_per_tick() -> None:
+    import io
+
+    from segbill.report import Progress, Tally
+
+    tally = Tally(target="lago", dry_run=False)
+    tally.read, tally.delivered = 1500, 1200
+    tally.dead_lettered["rejected"] = 3
+    stream = io.StringIO()
+    progress = Progress(tally, total_bytes=1000, stream=stream, terminal=False)
+    assert progress.interval == 10.0  # cron logs get a line every 10 s, not a bar
+    progress.on_bytes("a.jsonl", 250)
+    progress.start()
+    progress.tick()
+    progress.stop()
+    [line] = stream.getvalue().splitlines()
+    assert line.startswith("segbill: read 1,500, delivered 1,200, dead-lettered 3, ")
+    assert line.endswith("records/s, 25% of the input")
