@@ -1,6 +1,7 @@
-"""Segment messages: one raw line -> records, and a track message -> a billable event.
+"""Segment messages: one raw line -> records; times, ids and customer ids as Segment writes them.
 
-Everything that knows the shape of a Segment message or the forms its times take lives here.
+Everything that knows the shape of a Segment message or the forms its times take lives here;
+`mapping.py` uses it to decide what a message bills as.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def _records(
     value: Any, raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads
 ) -> list[Record]:
     if isinstance(value, dict):
-        if value.get(DEAD_LETTER_MARKER) is not None and type(value[DEAD_LETTER_MARKER]) is int and value[DEAD_LETTER_MARKER] == 1:
+        marker = value.get(DEAD_LETTER_MARKER)
+        if type(marker) is int and marker == 1:  # not True, not 1.0: only segbill's own marker
             return [_replayed(value, raw, path, line, offset, end, loads)]
         batch = value.get("batch")
         if isinstance(batch, list) and "type" not in value:

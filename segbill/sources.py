@@ -77,9 +77,15 @@ def expand(args: list[str], *, stdin_is_terminal: bool, passed_over: list[Path] 
     return sources
 
 
+def _unreadable_folder(error: OSError) -> None:
+    raise UsageError(f"{error.filename}: cannot read this folder ({error.strerror}).")
+
+
 def _walk(root: Path, passed_over: list[Path] | None) -> list[Path]:
+    """Files below `root`, sorted. Symlinked folders are not followed (no cycles); a folder that
+    cannot be read is an error, not a silent gap in a backfill."""
     files: list[Path] = []
-    for folder, dirs, names in os.walk(root):
+    for folder, dirs, names in os.walk(root, onerror=_unreadable_folder):
         dirs[:] = sorted(name for name in dirs if not name.startswith("."))
         for name in sorted(names):
             if name.startswith("."):

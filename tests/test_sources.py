@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,30 @@ def test_usage_errors_come_before_anything_is_read(args: list[str], terminal: bo
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         expand(args, stdin_is_terminal=terminal)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any folder")
+def test_an_unreadable_subfolder_is_a_usage_error_not_a_silent_gap(tmp_path: Path) -> None:
+    write(tmp_path / "x" / "ok" / "a.jsonl", b"{}\n")
+    locked = tmp_path / "x" / "locked"
+    locked.mkdir()
+    write(locked / "b.jsonl", b"{}\n")
+    locked.chmod(0)
+    try:
+        with pytest.raises(UsageError, match="cannot read this folder"):
+            expand([str(tmp_path / "x")], stdin_is_terminal=False)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_folder_walk_error_stops_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same as above, for root (CI): os.walk reports what it could not read through onerror."""
+    write(tmp_path / "x" / "a.jsonl", b"{}\n")
+
+    def walk(top, onerror=None, **kwargs):
+        onerror(PermissionError(13, "Permission denied", str(tmp_path / "x" / "locked")))
+        yield str(top), [], ["a.jsonl"]
+
+    monkeypatch.setattr("segbill.sources.os.walk", walk)
+    with pytest.raises(UsageError, match=r"x/locked: cannot read this folder \(Permission denied\)\."):
+        expand([str(tmp_path / "x")], stdin_is_terminal=False)
