@@ -75,10 +75,16 @@ class State:
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
         self.checkpoints_changed: dict[str, tuple[Source, Checkpoint]] = {}
+        self._fingerprints: dict[Path, str] = {}  # per run: a file is hashed once, not per commit
 
     @property
     def persistent(self) -> bool:
         return self.path is not None
+
+    def _fingerprint(self, path: Path) -> str:
+        if path not in self._fingerprints:
+            self._fingerprints[path] = fingerprint(path)
+        return self._fingerprints[path]
 
     # -- the duplicate index -----------------------------------------------------------------
 
@@ -120,7 +126,7 @@ class State:
         row = self.db.execute(
             "SELECT size, fingerprint, offset, line, complete FROM checkpoints WHERE path = ?", (_key(source),)
         ).fetchone()
-        if row is None or row[0] != source.size or row[1] != fingerprint(source.path):
+        if row is None or row[0] != source.size or row[1] != self._fingerprint(source.path):
             return None
         return Checkpoint(row[2], row[3], bool(row[4]))
 
@@ -136,7 +142,7 @@ class State:
             assert source.path is not None
             self.db.execute(
                 "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, datetime('now'))",
-                (key, source.size, fingerprint(source.path), checkpoint.offset, checkpoint.line, int(checkpoint.complete)),
+                (key, source.size, self._fingerprint(source.path), checkpoint.offset, checkpoint.line, int(checkpoint.complete)),
             )
         self.checkpoints_changed.clear()
         self.db.execute("COMMIT")
@@ -160,15 +166,10 @@ def _key(source: Source) -> str:
     return str(source.path.resolve())
 
 
-_fingerprints: dict[Path, str] = {}
-
-
 def fingerprint(path: Path) -> str:
     """A hash of the file's first bytes: a different file at the same path is not resumed."""
-    if path not in _fingerprints:
-        with open(path, "rb") as handle:
-            _fingerprints[path] = hashlib.sha256(handle.read(FINGERPRINT_BYTES)).hexdigest()
-    return _fingerprints[path]
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read(FINGERPRINT_BYTES)).hexdigest()
 
 
 def _lock(path: Path) -> int:
