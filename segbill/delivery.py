@@ -94,8 +94,8 @@ class Concurrency:
     """Requests in flight: a fixed number, or adaptive like Vector's adaptive request concurrency.
 
     Adaptive (AIMD), starting at 4: while the limit is in full use and answers come back no
-    slower than usual, it grows by one per round trip; a 429, a 5xx, a timeout or a doubled latency cuts it by 30%,
-    at most once per round trip.
+    slower than usual, it grows by one per round trip; a 429, a 5xx, a timeout or a doubled
+    latency cuts it by 30%, at most once per round trip.
     """
 
     def __init__(self, fixed: int | None) -> None:

@@ -236,6 +236,8 @@ def _table(config: Path, target: str, table: Any) -> Mapping:
     for name, slot in fields.items():
         if name in table:
             changes[slot] = _source(table[name], f"{where}.{name}", time=slot == "time")
+            if slot == "id" and changes[slot].constant is not None:
+                raise ConfigError(f"{where}.{name}: the idempotency key cannot be a constant: every event after the first would be a duplicate.")
     amount = AMOUNT_FIELD.get(target)
     if amount and amount in table:
         changes["amount"] = _source(table[amount], f"{where}.{amount}", time=False)

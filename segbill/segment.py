@@ -349,16 +349,6 @@ def event_time(message: dict[str, Any], paths: tuple[tuple[str, ...], ...] = DEF
     raise Invalid("bad_time", f"The message has no time ({names}).")
 
 
-def message_id(message: dict[str, Any]) -> str:
-    """`messageId`, or an id derived from the whole message so that every run derives the same."""
-    value = message.get("messageId")
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return derived_id(message)
-
-
 def derived_id(message: dict[str, Any]) -> str:
     """A stable id for a message that has none: a hash of its whole content, keys sorted."""
     digest = hashlib.sha256(dumps(message, sort_keys=True)).hexdigest()

@@ -125,6 +125,7 @@ def test_an_amount_that_is_not_a_number_is_dead_lettered(segbill, tmp_path: Path
         ("[hyperline]\nprecise_total_amount_cents = 'x'\n", "segbill.toml: hyperline: unknown key 'precise_total_amount_cents'"),
         ("[lago]\ntimestamp = { value = 'soon' }\n", "segbill.toml: lago.timestamp.value: 'soon' is not an ISO 8601 time."),
         ("[lago\n", "segbill.toml: not valid TOML"),
+        ("[lago]\ntransaction_id = { value = 'x' }\n", "segbill.toml: lago.transaction_id: the idempotency key cannot be a constant"),
     ],
 )
 def test_a_mistake_in_the_file_exits_2_naming_the_key(segbill, tmp_path: Path, config: str, message: str) -> None:
