@@ -24,6 +24,7 @@ class DeadLetterFile:
         self.path = path
         self.target = target
         self._handle: BinaryIO | None = None
+        self._unsynced = False
 
     def write(self, record: Record, reason: str) -> None:
         entry: dict[str, Any] = {
@@ -45,11 +46,13 @@ class DeadLetterFile:
             self._handle = _open_private(self.path)
         self._handle.write(dumps(entry) + b"\n")
         self._handle.flush()
+        self._unsynced = True
 
     def sync(self) -> None:
         """Flush to disk: a checkpoint may only pass a dead-lettered record once it is durable."""
-        if self._handle is not None:
+        if self._handle is not None and self._unsynced:
             os.fsync(self._handle.fileno())
+            self._unsynced = False
 
     def close(self) -> None:
         if self._handle is not None:

@@ -44,10 +44,6 @@ class Tally:
     def finish(self) -> None:
         self.elapsed = time.monotonic() - self.started
 
-    @property
-    def accounted(self) -> int:
-        return self.delivered + sum(self.skipped.values()) + sum(self.dead_lettered.values()) + self.not_attempted
-
     def exit_code(self) -> ExitCode:
         if self.interrupted:
             return ExitCode.INTERRUPTED
