@@ -82,9 +82,8 @@ from segbill.segment import (
     event_time,
     exact_message,
     iso_millis,
-    read_line,
 )
-from segbill.sources import Source, read_lines
+from segbill.sources import Source, read_records
 from segbill.usage import fail, inputs
 
 MAX_EVENTS = 1000
@@ -297,13 +296,8 @@ class Inspection:
         """Every record of every source, in order (the same records `send` reads)."""
         for source in sources:
             self.files += 1
-            for number, offset, end, data, problem in read_lines(source):
-                if problem is None:
-                    records = read_line(data, source.name, number, offset, end)
-                else:
-                    records = [Record(source.name, number, offset, end, data, invalid=problem)]
-                for record in records:
-                    self.add(record)
+            for record in read_records(source):
+                self.add(record)
 
     def add(self, record: Record) -> None:
         self.records += 1

@@ -25,9 +25,8 @@ from segbill.segment import (
     Record,
     dumps,
     exact_message,
-    read_line,
 )
-from segbill.sources import Source, read_lines
+from segbill.sources import Source, read_records
 from segbill.state import Claim, Frontier, State
 from segbill.targets import Target
 
@@ -91,40 +90,35 @@ class Replay:
             chunk = 1 if source.is_stdin else CLAIM_CHUNK
             progress = (lambda done, name=source.name: on_progress(name, done)) if on_progress else None
             position = {"offset": start.offset, "line": start.line} if start else {}
-            for number, offset, end, data, problem in read_lines(source, progress, **position):
-                if problem is None:
-                    records = read_line(data, source.name, number, offset, end)
+            for record in read_records(source, progress, **position):
+                tally.read += 1
+                frontier.hold(record)
+                message = record.message
+                if message is None:
+                    self._unbillable(record, record.invalid.kind, record.invalid.reason)  # type: ignore[union-attr]
+                    continue
+                try:
+                    name = mapping.select(message)
+                    if name is None:
+                        self._not_billable(record, message.get("type"))
+                        continue
+                    billable, event = to_event(record, message, name, target, mapping)
+                except Skipped as skipped:
+                    self.skip(record, skipped.reason)
+                    continue
+                except Invalid as invalid:
+                    self._unbillable(record, invalid.kind, invalid.reason)
+                    continue
+                if shard is not None and shard_of(billable.customer, shard[1]) != shard[0]:
+                    self.skip(record, "other_shard")
+                elif since is not None and billable.millis < since:
+                    self.skip(record, "before_since")
+                elif until is not None and billable.millis >= until:
+                    self.skip(record, "after_until")
                 else:
-                    records = [Record(source.name, number, offset, end, data, invalid=problem)]
-                for record in records:
-                    tally.read += 1
-                    frontier.hold(record)
-                    message = record.message
-                    if message is None:
-                        self._unbillable(record, record.invalid.kind, record.invalid.reason)  # type: ignore[union-attr]
-                        continue
-                    try:
-                        name = mapping.select(message)
-                        if name is None:
-                            self._not_billable(record, message.get("type"))
-                            continue
-                        billable, event = to_event(record, message, name, target, mapping)
-                    except Skipped as skipped:
-                        self.skip(record, skipped.reason)
-                        continue
-                    except Invalid as invalid:
-                        self._unbillable(record, invalid.kind, invalid.reason)
-                        continue
-                    if shard is not None and shard_of(billable.customer, shard[1]) != shard[0]:
-                        self.skip(record, "other_shard")
-                    elif since is not None and billable.millis < since:
-                        self.skip(record, "before_since")
-                    elif until is not None and billable.millis >= until:
-                        self.skip(record, "after_until")
-                    else:
-                        self._pending.append((record, event, billable.millis))
-                        if len(self._pending) >= chunk:
-                            yield from self._claimed()
+                    self._pending.append((record, event, billable.millis))
+                    if len(self._pending) >= chunk:
+                        yield from self._claimed()
             yield from self._claimed()
             frontier.read_all = True
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from segbill.segment import UTF8_BOM, Invalid
+from segbill.segment import UTF8_BOM, Invalid, Record, read_line
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
@@ -123,6 +123,17 @@ def read_lines(
         yield from _split(stream.read1, raw, progress, offset, line)  # type: ignore[attr-defined]
     finally:
         close()
+
+
+def read_records(
+    source: Source, on_progress: Callable[[int], None] | None = None, *, offset: int = 0, line: int = 0
+) -> Iterator[Record]:
+    """Every record of a source, in order: the messages of each line, or why a line is unreadable."""
+    for number, start, end, data, problem in read_lines(source, on_progress, offset=offset, line=line):
+        if problem is None:
+            yield from read_line(data, source.name, number, start, end)
+        else:
+            yield Record(source.name, number, start, end, data, invalid=problem)
 
 
 def _skip(stream: BinaryIO, raw: BinaryIO, offset: int) -> None:

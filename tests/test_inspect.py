@@ -377,15 +377,15 @@ def test_usage_errors_exit_2_without_a_traceback(args: tuple[str, ...]) -> None:
 
 
 def test_ctrl_c_prints_what_was_read_and_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = inspection_module.read_lines
+    real = inspection_module.read_records
 
     def interrupted(source: Any) -> Iterator[Any]:
-        for number, line in enumerate(real(source), 1):
+        for number, record in enumerate(real(source), 1):
             if number == 3:
                 raise KeyboardInterrupt
-            yield line
+            yield record
 
-    monkeypatch.setattr(inspection_module, "read_lines", interrupted)
+    monkeypatch.setattr(inspection_module, "read_records", interrupted)
     result = run(str(EVENTS), "--json")
     assert result.exit_code == 130
     parsed = orjson.loads(result.stdout)
