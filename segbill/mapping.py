@@ -9,13 +9,18 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from segbill.segment import (
     DEFAULT_TIME_PATHS,
+    EPOCH_UTC,
+    MAX_MILLIS,
+    MILLISECOND,
     Billable,
     InexactNumber,
     Invalid,
@@ -32,8 +37,12 @@ FIELDS = {
     "hyperline": {"record_id": "id", "customer_id": "customer", "event_type": "event", "timestamp": "time"},
 }
 AMOUNT_FIELD = {"lago": "precise_total_amount_cents"}
+MAX_CACHED_NAMES = 10_000  # event names whose code is remembered (names are few; memory stays flat)
 EVENT_KEYS = {"billable_types", "include", "exclude", "rename", "other"}
 PROPERTY_KEYS = {"include", "exclude", "rename", "constants"}
+
+
+_fromisoformat = datetime.fromisoformat
 
 
 class ConfigError(Exception):
@@ -59,6 +68,13 @@ class Source:
             if value is not None and value != "":
                 return value, ".".join(path)
         return None, " or ".join(".".join(path) for path in self.paths)
+
+
+def _single_key(source: Source) -> str | None:
+    """The key of a field read from one top-level key (the usual case), else None."""
+    if source.constant is None and len(source.paths) == 1 and len(source.paths[0]) == 1:
+        return source.paths[0][0]
+    return None
 
 
 def _paths(*names: str) -> Source:
@@ -99,11 +115,15 @@ class Mapping:
             name = self.billable_types[kind]
         else:
             return None
+        self._included(name)
+        return name
+
+    def _included(self, name: str) -> None:
+        """Raise `Skipped` for an event name the include/exclude rules leave out."""
         if self.include and not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.include):
             raise Skipped("not_included")
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude):
             raise Skipped("excluded")
-        return name
 
     def billable(self, message: dict[str, Any], name: str) -> Billable:
         """A selected message -> the fields a billing event is made of, or `Invalid` saying why not."""
@@ -131,6 +151,66 @@ class Mapping:
         if self.time.constant is not None:
             return parse_time(self.time.constant)  # type: ignore[return-value]  # checked when loaded
         return event_time(message, self.time.paths)
+
+    def fast_billable(self) -> Callable[[dict[str, Any]], Billable | None] | None:
+        """`select` and `billable` for the usual track message in a few dict lookups, or None when
+        this mapping has no usual case (a field from a nested path, a fallback or a constant).
+
+        The function returns None for anything unusual (another type, a missing or odd field, a
+        time `fromisoformat` cannot read): the caller then takes the general path, which gives
+        the same answer or says what is wrong. It raises `Skipped` as `select` does."""
+        keys = [_single_key(source) for source in (self.id, self.customer, self.event)]
+        time_paths = self.time.paths
+        if None in keys or self.time.constant is not None or not time_paths or len(time_paths[0]) != 1:
+            return None
+        id_key, customer_key, event_key = keys
+        time_key = time_paths[0][0]
+        codes: dict[str, str | Skipped] = {}  # event name -> its code, or why it is left out
+
+        def code_of(name: str) -> str | Skipped:
+            try:
+                self._included(name)
+            except Skipped as skipped:
+                return skipped
+            return self.rename.get(name) or (snake_case(name) if self.snake_case else name)
+
+        def fields(message: dict[str, Any]) -> Billable | None:
+            if message.get("type") != "track":
+                return None
+            name = message.get(event_key)
+            if type(name) is not str:
+                return None
+            code = codes.get(name)
+            if code is None:
+                if not name.strip():
+                    return None
+                code = code_of(name)
+                if len(codes) < MAX_CACHED_NAMES:
+                    codes[name] = code
+            if type(code) is Skipped:
+                raise code
+            customer = message.get(customer_key)
+            ident = message.get(id_key)
+            when = message.get(time_key)
+            if type(customer) is not str or not customer or type(ident) is not str or not ident or type(when) is not str:
+                return None
+            try:
+                moment = _fromisoformat(when)
+            except ValueError:
+                return None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            millis = (moment - EPOCH_UTC) // MILLISECOND
+            if not 0 <= millis < MAX_MILLIS:
+                return None
+            properties = message.get("properties")
+            if type(properties) is not dict:
+                if properties is not None:
+                    return None
+                properties = {}
+            return Billable(ident, customer, code, millis, properties)  # type: ignore[arg-type]
+
+        return fields
 
     def shape(self, flat: dict[str, Any], protected: str | None = None) -> dict[str, Any]:
         """Property include/exclude/rename/constants, on the flattened (dotted) keys."""

@@ -15,18 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from orjson import loads
+
 from segbill.deadletter import DEFAULT_PATH, DeadLetterFile
 from segbill.mapping import AMOUNT_FIELD, Mapping, Skipped
 from segbill.report import Tally
 from segbill.segment import (
+    DEAD_LETTER_MARKER,
     Billable,
     InexactNumber,
     Invalid,
     Record,
     dumps,
     exact_message,
+    records_of,
 )
-from segbill.sources import Source, read_records
+from segbill.sources import Source, line_records, read_blocks
 from segbill.state import Claim, Frontier, State
 from segbill.targets import Target
 
@@ -72,14 +76,18 @@ class Replay:
         self._warnings = 0
         self._frontiers: dict[str, tuple[Source, Frontier]] = {}
         self._pending: deque[tuple[Record, dict[str, Any], int]] = deque()  # (record, event, millis)
+        self._quick = options.mapping.fast_billable()
+        # Checkpoints exist only with --state outside a dry run: only then is each record held
+        # until its outcome is final.
+        self._tracking = self.state.persistent and not options.dry_run
 
     def events(self, on_progress: Callable[[str, int], None] | None = None) -> Iterator[tuple[Record, dict[str, Any], str]]:
         """(record, converted event, idempotency key) in input order, each new to the ledger; the
         caller owns their outcome once it takes one (`delivered`, `rejected`, `not_attempted`)."""
-        target = self.options.target
-        mapping = self.options.mapping
-        since, until, shard = self.options.since, self.options.until, self.options.shard
         tally = self.tally
+        pending = self._pending
+        take = self._take
+        tracking = self._tracking
         for source in self.options.sources:
             start = self.state.checkpoint(source)
             if start is not None and start.complete:
@@ -87,40 +95,72 @@ class Replay:
                 continue
             frontier = Frontier(start)
             self._frontiers[source.name] = (source, frontier)
+            hold = frontier.hold if tracking else None
             chunk = 1 if source.is_stdin else CLAIM_CHUNK
             progress = (lambda done, name=source.name: on_progress(name, done)) if on_progress else None
             position = {"offset": start.offset, "line": start.line} if start else {}
-            for record in read_records(source, progress, **position):
-                tally.read += 1
-                frontier.hold(record)
-                message = record.message
-                if message is None:
-                    self._unbillable(record, record.invalid.kind, record.invalid.reason)  # type: ignore[union-attr]
-                    continue
-                try:
-                    name = mapping.select(message)
-                    if name is None:
-                        self._not_billable(record, message.get("type"))
-                        continue
-                    billable, event = to_event(record, message, name, target, mapping)
-                except Skipped as skipped:
-                    self.skip(record, skipped.reason)
-                    continue
-                except Invalid as invalid:
-                    self._unbillable(record, invalid.kind, invalid.reason)
-                    continue
-                if shard is not None and shard_of(billable.customer, shard[1]) != shard[0]:
-                    self.skip(record, "other_shard")
-                elif since is not None and billable.millis < since:
-                    self.skip(record, "before_since")
-                elif until is not None and billable.millis >= until:
-                    self.skip(record, "after_until")
-                else:
-                    self._pending.append((record, event, billable.millis))
-                    if len(self._pending) >= chunk:
-                        yield from self._claimed()
+            path = source.name
+            for block in read_blocks(source, progress, **position):
+                for number, offset, end, data, problem in block:
+                    if problem is None:
+                        try:
+                            value = loads(data)
+                        except ValueError:
+                            records = line_records(path, number, offset, end, data, problem)
+                        else:
+                            if type(value) is dict and type(value.get("type")) is str and DEAD_LETTER_MARKER not in value:
+                                records = [Record(path, number, offset, end, data, value)]  # a message: the usual line
+                            else:
+                                records = records_of(value, data, path, number, offset, end)
+                    else:
+                        records = line_records(path, number, offset, end, data, problem)
+                    for record in records:
+                        tally.read += 1
+                        if hold is not None:
+                            hold(record)
+                        item = take(record)
+                        if item is not None:
+                            pending.append(item)
+                            if len(pending) >= chunk:
+                                yield from self._claimed()
             yield from self._claimed()
             frontier.read_all = True
+
+    def _take(self, record: Record) -> tuple[Record, dict[str, Any], int] | None:
+        """A record read -> (record, converted event, event time) for the ledger, or its outcome now."""
+        message = record.message
+        if message is None:
+            self._unbillable(record, record.invalid.kind, record.invalid.reason)  # type: ignore[union-attr]
+            return None
+        try:
+            fields = self._quick(message) if self._quick is not None else None
+            if fields is not None:
+                try:
+                    event = _event(fields, message, self.options.target, self.options.mapping)
+                except InexactNumber:
+                    fields = None  # the general path parses the line again, exactly
+            if fields is None:
+                name = self.options.mapping.select(message)
+                if name is None:
+                    self._not_billable(record, message.get("type"))
+                    return None
+                fields, event = to_event(record, message, name, self.options.target, self.options.mapping)
+        except Skipped as skipped:
+            self.skip(record, skipped.reason)
+            return None
+        except Invalid as invalid:
+            self._unbillable(record, invalid.kind, invalid.reason)
+            return None
+        since, until, shard = self.options.since, self.options.until, self.options.shard
+        if shard is not None and shard_of(fields.customer, shard[1]) != shard[0]:
+            self.skip(record, "other_shard")
+        elif since is not None and fields.millis < since:
+            self.skip(record, "before_since")
+        elif until is not None and fields.millis >= until:
+            self.skip(record, "after_until")
+        else:
+            return record, event, fields.millis
+        return None
 
     def _claimed(self) -> Iterator[tuple[Record, dict[str, Any], str]]:
         """Check the buffered events against the ledger and this run's claims; yield the new ones."""
@@ -204,7 +244,8 @@ class Replay:
         self.state.commit()
 
     def _release(self, record: Record) -> None:
-        self._frontiers[record.path][1].release(record)
+        if self._tracking:
+            self._frontiers[record.path][1].release(record)
 
     def _notice(self, message: str) -> None:
         if self._warn is None:
@@ -241,6 +282,10 @@ def to_event(
 
 def _convert(message: dict[str, Any], name: str, target: Target, mapping: Mapping) -> tuple[Billable, dict[str, Any]]:
     fields = mapping.billable(message, name)
+    return fields, _event(fields, message, target, mapping)
+
+
+def _event(fields: Billable, message: dict[str, Any], target: Target, mapping: Mapping) -> dict[str, Any]:
     event = target.convert(fields)
     if mapping.shapes_properties:
         key = target.properties_key
@@ -248,7 +293,7 @@ def _convert(message: dict[str, Any], name: str, target: Target, mapping: Mappin
     amount = mapping.amount_of(message)
     if amount is not None:
         event[AMOUNT_FIELD[target.name]] = amount
-    return fields, event
+    return event
 
 
 def dry_run(replay: Replay, out: IO[bytes]) -> None:

@@ -21,7 +21,7 @@ UTF8_BOM = b"\xef\xbb\xbf"
 
 # orjson reads integers beyond 64 bits as floats; a float this large may be such an integer, so
 # the line is parsed again with the standard library, which keeps every integer exact.
-_INEXACT_FLOAT = float(2**63)
+INEXACT_FLOAT = float(2**63)
 
 
 class Invalid(Exception):
@@ -92,7 +92,7 @@ def read_line(raw: bytes, path: str, line: int, offset: int, end: int, loads: Lo
         value = loads(raw)
     except ValueError as error:  # orjson's and the standard library's decode errors, bad UTF-8
         return [Record(path, line, offset, end, raw, invalid=_unreadable(raw, error))]
-    return _records(value, raw, path, line, offset, end, loads)
+    return records_of(value, raw, path, line, offset, end, loads)
 
 
 def exact_message(record: Record) -> dict[str, Any]:
@@ -112,9 +112,11 @@ def _unreadable(raw: bytes, error: Exception) -> Invalid:
     return Invalid("not_json", f"The line is not valid JSON ({detail}).")
 
 
-def _records(
-    value: Any, raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads
+def records_of(
+    value: Any, raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads = orjson.loads
 ) -> list[Record]:
+    """The records of one parsed line: a message, an envelope's or array's messages, a dead-letter
+    entry's original, or why the value is not a message."""
     if isinstance(value, dict):
         marker = value.get(DEAD_LETTER_MARKER)
         if type(marker) is int and marker == 1:  # not True, not 1.0: only segbill's own marker
@@ -216,9 +218,9 @@ _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 TIME_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
 
 
-_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MILLISECOND = timedelta(milliseconds=1)
-_MAX_MILLIS = 253402300800000  # 10000-01-01: past it, no platform can take the time
+EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MILLISECOND = timedelta(milliseconds=1)
+MAX_MILLIS = 253402300800000  # 10000-01-01: past it, no platform can take the time
 
 
 def parse_time(value: Any) -> int | None:
@@ -238,8 +240,8 @@ def parse_time(value: Any) -> int | None:
     else:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
-        millis = (moment - _EPOCH_UTC) // _MILLISECOND
-    return millis if millis is not None and 0 <= millis < _MAX_MILLIS else None
+        millis = (moment - EPOCH_UTC) // MILLISECOND
+    return millis if millis is not None and 0 <= millis < MAX_MILLIS else None
 
 
 def _parse_time_slowly(value: str) -> int | None:
@@ -322,7 +324,7 @@ def customer_id(value: Any, where: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, float) and value.is_integer():
-        if abs(value) >= _INEXACT_FLOAT:
+        if abs(value) >= INEXACT_FLOAT:
             raise InexactNumber
         return str(int(value))
     if value is None or value == "":
@@ -357,6 +359,6 @@ def derived_id(message: dict[str, Any]) -> str:
 
 def check_exact(value: float) -> float:
     """Return a float property unless it may be an integer orjson could not hold exactly."""
-    if abs(value) >= _INEXACT_FLOAT:
+    if abs(value) >= INEXACT_FLOAT:
         raise InexactNumber
     return value

@@ -105,8 +105,17 @@ Line = tuple[int, int, int, bytes, Invalid | None]
 def read_lines(
     source: Source, on_progress: Callable[[int], None] | None = None, *, offset: int = 0, line: int = 0
 ) -> Iterator[Line]:
-    """Every non-blank line of a source with its number and offsets, in order, starting after
-    `line` lines and `offset` bytes (of decompressed data) when resuming.
+    """Every non-blank line of a source with its number and offsets, in order (see `read_blocks`)."""
+    for block in read_blocks(source, on_progress, offset=offset, line=line):
+        yield from block
+
+
+def read_blocks(
+    source: Source, on_progress: Callable[[int], None] | None = None, *, offset: int = 0, line: int = 0
+) -> Iterator[list[Line]]:
+    """The non-blank lines of a source with their numbers and offsets, in order, a block of lines
+    per read (a pipe's block is what it had), starting after `line` lines and `offset` bytes (of
+    decompressed data) when resuming.
 
     A line over `MAX_LINE_BYTES` is reported (with its head) instead of being held in memory. A
     truncated or corrupt gzip stream ends with one unreadable line naming where it broke.
@@ -130,10 +139,13 @@ def read_records(
 ) -> Iterator[Record]:
     """Every record of a source, in order: the messages of each line, or why a line is unreadable."""
     for number, start, end, data, problem in read_lines(source, on_progress, offset=offset, line=line):
-        if problem is None:
-            yield from read_line(data, source.name, number, start, end)
-        else:
-            yield Record(source.name, number, start, end, data, invalid=problem)
+        yield from line_records(source.name, number, start, end, data, problem)
+
+
+def line_records(path: str, number: int, start: int, end: int, data: bytes, problem: Invalid | None) -> list[Record]:
+    if problem is None:
+        return read_line(data, path, number, start, end)
+    return [Record(path, number, start, end, data, invalid=problem)]
 
 
 def _skip(stream: BinaryIO, raw: BinaryIO, offset: int) -> None:
@@ -167,7 +179,7 @@ def _decompressing(raw: BinaryIO) -> BinaryIO:
 
 def _split(
     read: Callable[[int], bytes], raw: BinaryIO, on_progress: Callable[[int], None] | None, offset: int, number: int
-) -> Iterator[Line]:
+) -> Iterator[list[Line]]:
     """`offset` is where the current (pending) line starts; `number` counts the lines before it."""
     pending = b""
     long_head: bytes | None = None  # the start of a line too long to keep, while skipping it
@@ -180,9 +192,9 @@ def _split(
             broken = "ends early: the file is truncated" if isinstance(error, EOFError) else f"is corrupt ({error})"
             reason = f"The gzip data {broken} after line {number}; the rest of the file is lost. Download it again and replay it."
             if long_head is not None:
-                yield number + 1, offset, offset + long_size, long_head, Invalid("bad_gzip", reason)
+                yield [(number + 1, offset, offset + long_size, long_head, Invalid("bad_gzip", reason))]
             else:
-                yield number + 1, offset, offset + len(pending), pending, Invalid("bad_gzip", reason)
+                yield [(number + 1, offset, offset + len(pending), pending, Invalid("bad_gzip", reason))]
             return
         if on_progress is not None:
             on_progress(raw.tell())
@@ -193,6 +205,7 @@ def _split(
             if chunk.startswith(UTF8_BOM):
                 chunk = chunk[len(UTF8_BOM):]
                 offset = len(UTF8_BOM)
+        block: list[Line] = []
         if long_head is not None:
             cut = chunk.find(b"\n")
             if cut < 0:
@@ -201,26 +214,29 @@ def _split(
             long_size += cut
             number += 1
             end = offset + long_size + 1
-            yield number, offset, end, long_head, _too_long(long_size)
+            block.append((number, offset, end, long_head, _too_long(long_size)))
             long_head = None
             offset = end
             chunk = chunk[cut + 1:]
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
+        append = block.append
         for line in lines:
             number += 1
             end = offset + len(line) + 1
             if len(line) > MAX_LINE_BYTES:
-                yield number, offset, end, line[:_RAW_HEAD], _too_long(len(line))
-            elif line.strip():
-                yield number, offset, end, line, None
+                append((number, offset, end, line[:_RAW_HEAD], _too_long(len(line))))
+            elif line and not line.isspace():
+                append((number, offset, end, line, None))
             offset = end
         if len(pending) > MAX_LINE_BYTES:
             long_head, long_size, pending = pending[:_RAW_HEAD], len(pending), b""
+        if block:
+            yield block
     if long_head is not None:
-        yield number + 1, offset, offset + long_size, long_head, _too_long(long_size)
+        yield [(number + 1, offset, offset + long_size, long_head, _too_long(long_size))]
     elif pending.strip():
-        yield number + 1, offset, offset + len(pending), pending, None
+        yield [(number + 1, offset, offset + len(pending), pending, None)]
 
 
 def _too_long(size: int) -> Invalid:

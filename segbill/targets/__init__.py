@@ -9,7 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from segbill.segment import Billable, Invalid, check_exact, dumps
+from segbill.segment import (
+    INEXACT_FLOAT,
+    Billable,
+    InexactNumber,
+    Invalid,
+    check_exact,
+    dumps,
+)
 
 
 @dataclass
@@ -53,24 +60,28 @@ def flatten(properties: dict[str, Any], *, keep_scalar_lists: bool) -> dict[str,
 
 
 def _flatten_into(flat: dict[str, Any], prefix: str, values: dict[str, Any], keep: bool) -> None:
+    # Two keys can only collide once a nested object has added dotted keys (or below the top).
+    nested = bool(prefix)
     for name, value in values.items():
-        key = prefix + name
         kind = type(value)
         if kind is str or kind is int:  # most values: kept as they are
             pass
         elif kind is dict:
-            _flatten_into(flat, key + ".", value, keep)
+            _flatten_into(flat, prefix + name + ".", value, keep)
+            nested = True
             continue
         elif value is None:
             continue
         elif kind is float:
-            value = check_exact(value)
+            if not -INEXACT_FLOAT < value < INEXACT_FLOAT:
+                raise InexactNumber
         elif kind is bool:
             if not keep:
                 value = "true" if value else "false"
         elif kind is list:
             value = value if keep and _scalars(value) else _json_text(value)
-        if key in flat:
+        key = prefix + name if prefix else name
+        if nested and key in flat:
             raise Invalid(
                 "property_conflict",
                 f"Two properties become \"{key}\" once nested objects are flattened; rename one.",
