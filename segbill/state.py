@@ -111,6 +111,8 @@ class State:
         return verdicts
 
     def delivered(self, keys: list[str]) -> None:
+        if not self.persistent:  # a run's own index: a claim is only ever released if undelivered
+            return
         self.db.executemany("UPDATE ledger SET delivered = 1 WHERE target = ? AND key = ?", [(self.target, key) for key in keys])
 
     def release(self, keys: list[str]) -> None:
@@ -135,8 +137,9 @@ class State:
             self.checkpoints_changed[_key(source)] = (source, checkpoint)
 
     def commit(self) -> None:
-        """Make the ledger and the checkpoints durable together (a dry run keeps nothing)."""
-        if self.read_only:
+        """Make the ledger and the checkpoints durable together (a dry run keeps nothing, nor
+        does a run without --state)."""
+        if self.read_only or not self.persistent:
             return
         for key, (source, checkpoint) in self.checkpoints_changed.items():
             assert source.path is not None
@@ -149,7 +152,7 @@ class State:
         self.db.execute("BEGIN")
 
     def close(self) -> None:
-        if self.read_only:
+        if self.read_only or not self.persistent:  # nothing to keep: the temporary file goes
             self.db.execute("ROLLBACK")
         else:
             self.db.execute("DELETE FROM ledger WHERE delivered = 0")
