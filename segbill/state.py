@@ -25,6 +25,8 @@ from segbill.segment import Record
 from segbill.sources import Source
 
 FINGERPRINT_BYTES = 65536
+# INSERT ... RETURNING (SQLite 3.35+) claims a chunk of keys in one statement.
+RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
     target TEXT NOT NULL, key TEXT NOT NULL, millis INTEGER NOT NULL, delivered INTEGER NOT NULL,
@@ -90,12 +92,39 @@ class State:
 
     def claim(self, keys: list[tuple[str, int]]) -> list[Claim]:
         """For each (key, millis): NEW (now claimed for this run) or why it must not be sent."""
+        if not RETURNING:
+            return self._claim_in_two_steps(keys)
+        inserted: set[str] = set()
+        for start in range(0, len(keys), 300):  # one statement inserts up to 300 rows, each once
+            chunk = keys[start : start + 300]
+            values = ",".join(["(?, ?, ?, 0)"] * len(chunk))
+            params = [item for key, millis in chunk for item in (self.target, key, millis)]
+            rows = self.db.execute(f"INSERT INTO ledger VALUES {values} ON CONFLICT DO NOTHING RETURNING key", params)
+            inserted.update(row[0] for row in rows)
+        if len(inserted) == len(keys):
+            return [Claim.NEW] * len(keys)
+        known = self._millis([key for key, _ in keys if key not in inserted])  # stored before
+        verdicts = []
+        for key, millis in keys:
+            if key in inserted and key not in known:  # the first occurrence, inserted just now
+                known[key] = millis
+                verdicts.append(Claim.NEW)
+            else:
+                verdicts.append(Claim.DUPLICATE if known[key] == millis else Claim.SHIFTED)
+        return verdicts
+
+    def _millis(self, keys: list[str]) -> dict[str, int]:
         found: dict[str, int] = {}
         for start in range(0, len(keys), 500):
-            chunk = [key for key, _ in keys[start : start + 500]]
+            chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self.db.execute(f"SELECT key, millis FROM ledger WHERE target = ? AND key IN ({marks})", [self.target, *chunk])
             found.update(rows.fetchall())
+        return found
+
+    def _claim_in_two_steps(self, keys: list[tuple[str, int]]) -> list[Claim]:
+        """`claim` for SQLite before 3.35 (no RETURNING): look the keys up, then insert the new."""
+        found = self._millis([key for key, _ in keys])
         verdicts = []
         new = []
         for key, millis in keys:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from segbill import delivery
+from segbill import delivery, state
 from segbill.state import State
 from segbill.testing.fake_platform import FakePlatform
 
@@ -25,6 +25,12 @@ KEY = "sk-state-test-key"
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(delivery, "BACKOFF_BASE", 0.01)
+
+
+@pytest.fixture(params=[True, False], ids=["insert-returning", "sqlite-before-3.35"])
+def claim_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways of claiming keys: INSERT ... RETURNING, and the lookup-then-insert fallback."""
+    monkeypatch.setattr(state, "RETURNING", request.param)
 
 
 def messages(count: int, prefix: str = "m") -> list[dict[str, Any]]:
@@ -73,6 +79,7 @@ def test_a_file_that_grew_is_read_again_and_its_delivered_events_are_duplicates(
     assert set(fake.writes("lago").values()) == {1} and len(fake.writes("lago")) == 150
 
 
+@pytest.mark.usefixtures("claim_method")
 def test_overlapping_exports_and_a_shifted_repeat_are_each_sent_once(segbill, tmp_path: Path, fake: FakePlatform) -> None:
     write(tmp_path / "day1.jsonl", jsonl(*messages(60)))
     shifted = track(messageId="m5", userId="cus_5", timestamp="2024-01-06T00:00:00.003Z")  # m5 + 3 ms
@@ -89,6 +96,7 @@ def test_overlapping_exports_and_a_shifted_repeat_are_each_sent_once(segbill, tm
     assert summary["skipped_by_reason"] == {"duplicate_shifted": 1}
 
 
+@pytest.mark.usefixtures("claim_method")
 def test_without_state_repeats_within_a_run_are_still_dropped(segbill, tmp_path: Path, fake: FakePlatform) -> None:
     write(tmp_path / "a.jsonl", jsonl(*messages(50), *messages(50)))
     run, summary = send(segbill, fake.url, "a.jsonl")
