@@ -77,6 +77,9 @@ class Replay:
         self._frontiers: dict[str, tuple[Source, Frontier]] = {}
         self._pending: deque[tuple[Record, dict[str, Any], int]] = deque()  # (record, event, millis)
         self._quick = options.mapping.fast_billable()
+        mapping = options.mapping
+        plain = not mapping.shapes_properties and mapping.amount is None
+        self._plain = options.target.convert if plain else None  # the event is the platform's format alone
         # Checkpoints exist only with --state outside a dry run: only then is each record held
         # until its outcome is final.
         self._tracking = self.state.persistent and not options.dry_run
@@ -136,7 +139,10 @@ class Replay:
             fields = self._quick(message) if self._quick is not None else None
             if fields is not None:
                 try:
-                    event = _event(fields, message, self.options.target, self.options.mapping)
+                    if self._plain is not None:
+                        event = self._plain(fields)
+                    else:
+                        event = _event(fields, message, self.options.target, self.options.mapping)
                 except InexactNumber:
                     fields = None  # the general path parses the line again, exactly
             if fields is None:
@@ -161,6 +167,12 @@ class Replay:
         else:
             return record, event, fields.millis
         return None
+
+    @property
+    def ready(self) -> bool:
+        """Whether `events` holds claimed events still to hand out: the next one (if any of them
+        is new) comes without reading more input."""
+        return bool(self._pending)
 
     def _claimed(self) -> Iterator[tuple[Record, dict[str, Any], str]]:
         """Check the buffered events against the ledger and this run's claims; yield the new ones."""
@@ -215,11 +227,6 @@ class Replay:
             self.state.delivered([key for _, key in items])
         for record, _ in items:
             self._release(record)
-
-    def delivered_one(self, record: Record) -> None:
-        """A dry run's printed event: counted, and final (a dry run keeps no ledger)."""
-        self.tally.delivered += 1
-        self._release(record)
 
     def rejected(self, record: Record, key: str, kind: str, reason: str) -> None:
         self.state.release([key])
@@ -297,21 +304,40 @@ def _event(fields: Billable, message: dict[str, Any], target: Target, mapping: M
 
 
 def dry_run(replay: Replay, out: IO[bytes]) -> None:
-    """Print each converted event exactly as it would stand in a batch, one per line."""
-    tally = replay.tally
-    write = out.write
+    """Print each converted event exactly as it would stand in a batch, one per line.
+
+    Events are written a claimed chunk at a time (one by one from stdin, so a pipe flows)."""
+    lines: list[bytes] = []
+    items: list[tuple[Record, str]] = []
     with _interruptible() as critical:
-        for record, event, key in replay.events():
-            line = dumps(event) + b"\n"
-            critical.inside = True  # an event printed is an event counted, whenever a signal lands
-            try:
-                write(line)
-            except BrokenPipeError:
-                replay.not_attempted([(record, key)])
-                tally.stopped = "stdout was closed"
-                break
-            replay.delivered_one(record)
-            critical.leave()
+        try:
+            for record, event, key in replay.events():
+                lines.append(dumps(event))
+                items.append((record, key))
+                if not replay.ready and not _print(replay, out, lines, items, critical):
+                    break
+            else:
+                _print(replay, out, lines, items, critical)
+        finally:
+            replay.not_attempted(items)  # read, never printed: interrupted, or stdout closed
+
+
+def _print(replay: Replay, out: IO[bytes], lines: list[bytes], items: list[tuple[Record, str]], critical: _Critical) -> bool:
+    """Write and count the events held (emptying both lists); False once stdout is closed."""
+    if not items:
+        return True
+    critical.inside = True  # events printed are events counted, whenever a signal lands
+    try:
+        out.write(b"\n".join(lines) + b"\n")
+    except BrokenPipeError:
+        replay.tally.stopped = "stdout was closed"
+        critical.leave()
+        return False
+    replay.delivered(items)
+    lines.clear()
+    items.clear()
+    critical.leave()
+    return True
 
 
 class _Critical:
