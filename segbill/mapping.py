@@ -165,14 +165,20 @@ class Mapping:
             return None
         id_key, customer_key, event_key = keys
         time_key = time_paths[0][0]
-        codes: dict[str, str | Skipped] = {}  # event name -> its code, or why it is left out
+        codes: dict[str, str] = {}  # event name -> its code
+        left_out: dict[str, str] = {}  # event name -> why the include/exclude rules leave it out
 
-        def code_of(name: str) -> str | Skipped:
+        def code_of(name: str) -> str:
             try:
                 self._included(name)
             except Skipped as skipped:
-                return skipped
-            return self.rename.get(name) or (snake_case(name) if self.snake_case else name)
+                if len(left_out) < MAX_CACHED_NAMES:
+                    left_out[name] = skipped.reason
+                raise
+            code = self.rename.get(name) or (snake_case(name) if self.snake_case else name)
+            if len(codes) < MAX_CACHED_NAMES:
+                codes[name] = code
+            return code
 
         def fields(message: dict[str, Any]) -> Billable | None:
             if message.get("type") != "track":
@@ -182,13 +188,12 @@ class Mapping:
                 return None
             code = codes.get(name)
             if code is None:
+                reason = left_out.get(name)
+                if reason is not None:
+                    raise Skipped(reason)  # a new one each time: a raised exception keeps its traceback
                 if not name.strip():
                     return None
                 code = code_of(name)
-                if len(codes) < MAX_CACHED_NAMES:
-                    codes[name] = code
-            if type(code) is Skipped:
-                raise code
             customer = message.get(customer_key)
             ident = message.get(id_key)
             when = message.get(time_key)

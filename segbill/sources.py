@@ -143,6 +143,7 @@ def read_records(
 
 
 def line_records(path: str, number: int, start: int, end: int, data: bytes, problem: Invalid | None) -> list[Record]:
+    """The records of one line as `read_lines` gives it: parsed, or why it could not be read."""
     if problem is None:
         return read_line(data, path, number, start, end)
     return [Record(path, number, start, end, data, invalid=problem)]
