@@ -116,3 +116,21 @@ def test_generated_exports_get_the_general_paths_answers(segbill, monkeypatch, t
     fast, general = run_both(segbill, monkeypatch, "send", "export.jsonl", "--to", target, "--dry-run")
     assert_same(fast, general)
     assert len(fast.events) > 1500
+
+
+def test_a_left_out_event_does_not_grow_a_traceback_per_message() -> None:
+    """Raising one cached exception again and again chains every raise into its traceback."""
+    from segbill.mapping import Skipped, load
+
+    fields = load("lago", events=["API *"]).fast_billable()
+    assert fields is not None
+    depths = []
+    for _ in range(50):
+        try:
+            fields(track(event="Internal Ping"))
+        except Skipped as skipped:
+            depth, tb = 0, skipped.__traceback__
+            while tb is not None:
+                depth, tb = depth + 1, tb.tb_next
+            depths.append(depth)
+    assert len(depths) == 50 and len(set(depths[1:])) == 1 and depths[-1] <= depths[0]  # no growth
