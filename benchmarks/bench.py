@@ -260,6 +260,9 @@ def row_dry_run(sizes: Sizes, work: Path) -> list[Row]:
         runs.append(result.wall)
     floor_s, segbill_s = statistics.median(floors), statistics.median(runs)
     ratio = floor_s / segbill_s
+    log("row 1: the stripped conversion loop (information)")
+    stripped = json.loads(run([PY, __file__, "_stripped", str(path)]).stdout)
+    stripped_ratio = floor_s / stripped["seconds"]
     return [
         Row(
             "1",
@@ -270,7 +273,18 @@ def row_dry_run(sizes: Sizes, work: Path) -> list[Row]:
             f">= {TARGET_DRY}",
             ratio >= TARGET_DRY,
             {"messages": sizes.speed, "mib": mib, "segbill_seconds": runs, "floor_seconds": floors, "ratio": ratio, "summary": summary},
-        )
+        ),
+        Row(
+            "1b (info)",
+            "the least a Python converter does: the floor's loop plus five fields, a time, flattened properties and "
+            "`orjson.dumps` of a Lago event, one write per 1 MiB read (no checks, no duplicate index, no dead letters)",
+            f"{stripped['seconds']:.2f} s ({stripped['events']:,} events)",
+            f"orjson.loads per line: {floor_s:.2f} s",
+            f"{stripped_ratio:.2f}",
+            "none (how near row 1's target a pure-Python converter can get here)",
+            None,
+            {"seconds": stripped["seconds"], "events": stripped["events"], "ratio": stripped_ratio},
+        ),
     ]
 
 
@@ -540,6 +554,49 @@ def worker_floor(path: str) -> None:
     print(json.dumps({"seconds": time.perf_counter() - started, "lines": lines}))
 
 
+def worker_stripped(path: str) -> None:
+    """Row 1b: the floor's loop plus only what any converter must do for a valid Lago event,
+    timed the same way (in its own process, start-up excluded). No input is checked."""
+    from datetime import datetime, timedelta, timezone
+
+    import orjson
+
+    loads, dumps = orjson.loads, orjson.dumps
+    epoch, millisecond, fromiso = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(milliseconds=1), datetime.fromisoformat
+    events = 0
+    started = time.perf_counter()
+    with open(path, "rb") as source, open(os.devnull, "wb") as out:
+        pending = b""
+        while chunk := source.read1(1 << 20):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            printed = []
+            for line in lines:
+                message = loads(line)
+                customer = message.get("userId")
+                if message.get("type") != "track" or not customer:
+                    continue
+                millis = (fromiso(message["timestamp"]) - epoch) // millisecond
+                flat: dict[str, Any] = {}
+                for name, value in (message.get("properties") or {}).items():
+                    if type(value) is dict:
+                        for inner, item in value.items():
+                            if item is not None:
+                                flat[f"{name}.{inner}"] = item if type(item) is not list else dumps(item).decode()
+                    elif type(value) is list:
+                        flat[name] = dumps(value).decode()
+                    elif type(value) is bool:
+                        flat[name] = "true" if value else "false"
+                    elif value is not None:
+                        flat[name] = value
+                seconds, ms = divmod(millis, 1000)
+                printed.append(dumps({"transaction_id": message["messageId"], "external_subscription_id": customer,
+                                      "code": message["event"], "timestamp": f"{seconds}.{ms:03d}", "properties": flat}))
+            events += len(printed)
+            out.write(b"\n".join(printed) + b"\n")
+    print(json.dumps({"seconds": time.perf_counter() - started, "events": events}))
+
+
 def worker_baseline(kind: str, url: str, events_path: str) -> None:
     import orjson
 
@@ -633,6 +690,9 @@ def markdown(info: dict[str, Any], rows: list[Row], mode: str, notes: list[str])
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_floor":
         worker_floor(sys.argv[2])
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "_stripped":
+        worker_stripped(sys.argv[2])
         return 0
     if len(sys.argv) > 3 and sys.argv[1] == "_rss" and sys.argv[3] == "--":
         return worker_rss(sys.argv[2], sys.argv[4:])

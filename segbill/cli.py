@@ -24,7 +24,7 @@ from segbill.segment import parse_time
 from segbill.sources import Source
 from segbill.state import StateBusy
 from segbill.targets import Target, get_target
-from segbill.usage import fail, inputs, warn
+from segbill.usage import fail, inputs, streaming_gc, warn
 
 if TYPE_CHECKING:
     from segbill.delivery import DeliveryOptions
@@ -245,7 +245,8 @@ def send(
         fail(f"--state {state} is not a segbill state file ({error}).")
     try:
         if delivery is None:
-            dry_run(replay, sys.stdout.buffer)
+            with streaming_gc():
+                dry_run(replay, sys.stdout.buffer)
         else:
             # httpx and asyncio are imported only when sending.
             import asyncio
@@ -254,7 +255,8 @@ def send(
 
             terminal = sys.stderr.isatty()
             progress = None if quiet else Progress(replay.tally, _total_bytes(sources), sys.stderr, terminal=terminal)
-            asyncio.run(deliver_all(replay, options.target, delivery, progress))
+            with streaming_gc():
+                asyncio.run(deliver_all(replay, options.target, delivery, progress))
     except KeyboardInterrupt:
         replay.tally.interrupted = True
     finally:

@@ -84,7 +84,7 @@ from segbill.segment import (
     iso_millis,
 )
 from segbill.sources import Source, read_records
-from segbill.usage import fail, inputs
+from segbill.usage import fail, inputs, streaming_gc
 
 MAX_EVENTS = 1000
 MAX_KEYS = 200
@@ -769,7 +769,8 @@ def inspect_command(
     sources = inputs(paths)
     inspection = Inspection(customer_from=customer_from)
     try:
-        inspection.read(sources)
+        with streaming_gc():
+            inspection.read(sources)
     except KeyboardInterrupt:
         inspection.interrupted = True
     result = inspection.result()

@@ -1,8 +1,12 @@
-"""What every command says to people: usage errors, notices, and reading the paths it was given."""
+"""What every command shares: usage errors, notices, reading the paths it was given, and how the
+process collects its garbage."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -32,3 +36,27 @@ def inputs(paths: list[str] | None) -> list[Source]:
         shown = ", ".join(str(path) for path in passed_over[:5]) + (", ..." if len(passed_over) > 5 else "")
         warn(f"not reading {len(passed_over)} file(s) in folders that do not look like exports: {shown}")
     return sources
+
+
+# Young objects tracked before the cyclic collector runs (CPython's default is 700).
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+@contextlib.contextmanager
+def streaming_gc() -> Iterator[None]:
+    """Keep the cyclic garbage collector out of the way of a streaming run.
+
+    Messages, records and events are trees: reference counting frees each one as soon as it is
+    done. The cyclic collector still walked them every 700 allocations, and every object the
+    imports created on each full pass: 5% of a dry run's CPU, and pauses of up to 50 ms that
+    made paced requests late. Start-up objects are frozen out of its sight and it runs about 70
+    times less often; the rare cycles (a retried request's exception) are still collected.
+    """
+    previous = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
