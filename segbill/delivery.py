@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import math
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -35,6 +37,7 @@ FATAL_STATUSES = {401: "rejected the API key", 403: "refused to let this API key
 AUTO_MAX_CONCURRENCY = 32
 PACE_MARGIN = 0.97  # of an announced limit: at 98% a 1-s window of 50 fills (50th request at 0.9996 s)
 LEARNED_DECAY = 0.99995  # per accepted request: a pace learned from 429s relaxes ~5% per 1,000
+MAX_RESET_VALUES = 64  # distinct reset lengths remembered (a platform announces one or two)
 MIN_LEARNING_SAMPLE = 10  # accepted requests before a 429 for the pace it implies to be trusted
 
 
@@ -147,7 +150,8 @@ class Pacer:
         self._learned = 0.0  # the same, learned from 429s when no limit is announced
         self._accepted = 0  # requests answered without a 429 since the last one
         self._first_accepted: float | None = None
-        self._window = 0.0  # the longest reset time seen: the window's length
+        self._window = 0.0  # the window's length, from the resets announced (`_window_length`)
+        self._resets: Counter[int] = Counter()  # reset (whole seconds, rounded up) -> answers announcing it
         self._window_opened: float | None = None  # answer time of the request that opened it
 
     async def wait(self, events: int) -> None:
@@ -192,7 +196,7 @@ class Pacer:
         reset = wait_hint(httpx.Headers({"x-ratelimit-reset": headers.get("x-ratelimit-reset", "")}))
         if reset is None:
             return
-        self._window = max(self._window, reset, 1.0)
+        self._window = self._window_length(reset)
         now = time.monotonic()
         if limit:
             self._spacing = self._window / (limit * PACE_MARGIN)
@@ -206,6 +210,17 @@ class Pacer:
             if self._window_opened is not None:
                 end = min(end, max(now, self._window_opened + self._window))
             self.paused_until = max(self.paused_until, end)
+
+
+    def _window_length(self, reset: float) -> float:
+        """The longest reset announced twice or more (or the longest yet, before any repeats):
+        one odd answer, such as a reset rounded up past the window, must not set the pace of
+        the whole run (a 2 s window where the real one is 1 s halves it). At least 1 s."""
+        seconds = math.ceil(reset)
+        if seconds in self._resets or len(self._resets) < MAX_RESET_VALUES:
+            self._resets[seconds] += 1
+        confirmed = [value for value, count in self._resets.items() if count >= 2]
+        return float(max(max(confirmed or self._resets), 1))
 
 
 def _number(value: str | None) -> float | None:

@@ -377,6 +377,16 @@ def test_lago_rate_limit_fixed_one_second_windows() -> None:
         assert client.post("/nothing").headers.get("x-ratelimit-limit") is None
 
 
+def test_a_request_served_out_of_arrival_order_is_never_told_a_reset_past_the_window() -> None:
+    """Connections are served by threads: a request that arrived just before another opened the
+    window may be counted after it. Its reset must still be at most the 1 s window."""
+    with FakePlatform(lago_rate_limit=50) as fake:
+        opened = time.monotonic()
+        fake._dispatch("POST", "/api/v1/events/batch", {"authorization": "Bearer test-key"}, b'{"events":[]}', opened)
+        late = fake._dispatch("POST", "/api/v1/events/batch", {"authorization": "Bearer test-key"}, b'{"events":[]}', opened - 0.001)
+        assert late.headers["X-RateLimit-Reset"] == "1" and late.headers["X-RateLimit-Remaining"] == "48"
+
+
 def test_hyperline_rate_limit_per_ten_second_window() -> None:
     with FakePlatform(hyperline_rate_limit=2) as fake, connect(fake) as client:
         responses = [client.post(HYPERLINE, json=[hyperline_event(str(i))]) for i in range(3)]

@@ -148,3 +148,19 @@ def test_nothing_is_learned_from_a_small_sample_or_when_the_limit_is_announced()
     announced.throttled(1.0)
     assert announced._learned == 0.0
 
+
+
+def test_one_odd_reset_does_not_set_the_pace_for_the_run() -> None:
+    """A reset rounded up past a 1 s window (2) once must not halve the pace for good."""
+    pacer = Pacer(rate=None)
+    for remaining in (49, 48, 47):
+        pacer.observe(lago_headers(remaining))
+    pacer.observe(lago_headers(46, reset=2))
+    assert pacer._spacing == pytest.approx(1 / (50 * delivery.PACE_MARGIN))
+    for remaining in range(45, 40, -1):
+        pacer.observe(lago_headers(remaining))
+    assert pacer._spacing == pytest.approx(1 / (50 * delivery.PACE_MARGIN))
+    longer = Pacer(rate=None)  # a window that really is longer is announced again and again
+    for remaining in (49, 48, 47):
+        longer.observe(lago_headers(remaining, reset=2))
+    assert longer._spacing == pytest.approx(2 / (50 * delivery.PACE_MARGIN))

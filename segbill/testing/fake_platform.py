@@ -103,7 +103,9 @@ class _Window:
         """(requests left, seconds until the window resets), without using a request."""
         if now >= self.start + self.length:
             return self.limit, self.length
-        return self.limit - self.used, self.start + self.length - now
+        # A request that arrived just before another one opened the window is served in it: its
+        # reset is still at most the window (Lago never announces more).
+        return self.limit - self.used, min(self.length, self.start + self.length - now)
 
 
 class FakePlatform:
