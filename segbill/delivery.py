@@ -34,7 +34,7 @@ MAX_UNREACHABLE_BATCHES = 3  # batches in a row that exhausted their retries: th
 FATAL_STATUSES = {401: "rejected the API key", 403: "refused to let this API key write events", 404: "has no such endpoint"}
 
 
-AUTO_MAX_CONCURRENCY = 32
+AUTO_MAX_CONCURRENCY = 16  # enough for 50 requests/s over 300 ms answers; each one in flight is a 429 when a window runs out
 PACE_MARGIN = 0.97  # of an announced limit: at 98% a 1-s window of 50 fills (50th request at 0.9996 s)
 LEARNED_DECAY = 0.99995  # per accepted request: a pace learned from 429s relaxes ~5% per 1,000
 MAX_RESET_VALUES = 64  # distinct reset lengths remembered (a platform announces one or two)
@@ -184,7 +184,9 @@ class Pacer:
         it relaxes with every accepted request, so a sporadic 429 does not slow a run for good."""
         now = time.monotonic()
         if not self._spacing and self._accepted >= MIN_LEARNING_SAMPLE and self._first_accepted is not None:
-            window = now - self._first_accepted + wait
+            # A Retry-After in whole seconds is rounded up: by half a second, on average.
+            rounding = 0.5 if wait >= 1 and float(wait).is_integer() else 0.0
+            window = now - self._first_accepted + wait - rounding
             self._learned = max(self._learned, window / (self._accepted * PACE_MARGIN))
         self._accepted = 0
         self._first_accepted = None

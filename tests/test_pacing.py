@@ -127,8 +127,14 @@ def test_a_pace_is_learned_from_a_429_when_no_limit_is_announced() -> None:
     for _ in range(40):
         pacer.accepted()
     pacer.throttled(2.0)  # 40 accepted, then "wait 2 s": about 20 requests a second at most
-    assert pacer._learned == pytest.approx(2.0 / (40 * delivery.PACE_MARGIN), rel=0.05)
-    assert pacer.paused_until >= time.monotonic() + 1.9
+    # A whole-second Retry-After is rounded up: the window is taken as half a second shorter.
+    assert pacer._learned == pytest.approx(1.5 / (40 * delivery.PACE_MARGIN), rel=0.05)
+    assert pacer.paused_until >= time.monotonic() + 1.9  # the pause itself is the full 2 s
+    exact = Pacer(rate=None)  # a reset date gives a fraction of a second: nothing to correct
+    for _ in range(40):
+        exact.accepted()
+    exact.throttled(1.75)
+    assert exact._learned == pytest.approx(1.75 / (40 * delivery.PACE_MARGIN), rel=0.05)
     learned = pacer._learned
     for _ in range(1000):
         pacer.accepted()
