@@ -213,7 +213,6 @@ class Pacer:
                 end = min(end, max(now, self._window_opened + self._window))
             self.paused_until = max(self.paused_until, end)
 
-
     def _window_length(self, reset: float) -> float:
         """The longest reset announced twice or more (or the longest yet, before any repeats):
         one odd answer, such as a reset rounded up past the window, must not set the pace of
