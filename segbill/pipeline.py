@@ -329,6 +329,7 @@ def _print(replay: Replay, out: IO[bytes], lines: list[bytes], items: list[tuple
     critical.inside = True  # events printed are events counted, whenever a signal lands
     try:
         out.write(b"\n".join(lines) + b"\n")
+        out.flush()  # a pipe's reader sees each chunk (each event from stdin) as it is printed
     except BrokenPipeError:
         replay.tally.stopped = "stdout was closed"
         critical.leave()

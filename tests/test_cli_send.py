@@ -216,8 +216,10 @@ def test_every_command_and_option_has_help_text() -> None:
             assert getattr(param, "help", None), f"{name} {param.name}"
 
 
-def _subprocess(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _subprocess(*args: str, unbuffered: bool = True, **kwargs) -> subprocess.Popen:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     return subprocess.Popen([sys.executable, "-m", "segbill", *args], env=env, **kwargs)
 
 
@@ -244,7 +246,9 @@ def test_subprocess_dry_run_and_a_reader_that_goes_away(tmp_path: Path) -> None:
 
 
 def test_subprocess_interrupted_exits_130_with_a_summary(tmp_path: Path) -> None:
-    process = _subprocess("send", "--to", "lago", "--dry-run", "--json", "--dead-letter", str(tmp_path / "d"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Buffered stdout, as in a user's pipe: an event from stdin is printed as soon as it is read.
+    process = _subprocess("send", "--to", "lago", "--dry-run", "--json", "--dead-letter", str(tmp_path / "d"), unbuffered=False,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write(jsonl(GOOD[0]))
     process.stdin.flush()
@@ -272,3 +276,14 @@ def test_a_state_path_that_cannot_be_opened_exits_2(segbill, tmp_path: Path) -> 
     run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--state", "folder.db")
     assert run.exit_code == 2 and run.stderr.startswith("segbill: error: --state folder.db: ")
     assert "Traceback" not in run.stderr
+
+
+def test_the_garbage_collector_settings_are_restored_after_a_run(segbill, tmp_path: Path) -> None:
+    """send tunes the cyclic collector for the run only: a program embedding the CLI gets its own
+    settings back."""
+    import gc
+
+    before = gc.get_threshold(), gc.get_freeze_count()
+    write(tmp_path / "in.jsonl", jsonl(*GOOD))
+    assert segbill("send", "in.jsonl", "--to", "lago", "--dry-run").exit_code == 0
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
