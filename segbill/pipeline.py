@@ -76,6 +76,7 @@ class Replay:
         self._warnings = 0
         self._frontiers: dict[str, tuple[Source, Frontier]] = {}
         self._pending: deque[tuple[Record, dict[str, Any], int]] = deque()  # (record, event, millis)
+        self._fresh: deque[tuple[Record, dict[str, Any], str]] = deque()  # claimed, not yet handed out
         self._quick = options.mapping.fast_billable()
         mapping = options.mapping
         plain = not mapping.shapes_properties and mapping.amount is None
@@ -170,19 +171,19 @@ class Replay:
 
     @property
     def ready(self) -> bool:
-        """Whether `events` holds claimed events still to hand out: the next one (if any of them
-        is new) comes without reading more input."""
-        return bool(self._pending)
+        """Whether `events` holds new events still to hand out, without reading more input."""
+        return bool(self._fresh)
 
     def _claimed(self) -> Iterator[tuple[Record, dict[str, Any], str]]:
-        """Check the buffered events against the ledger and this run's claims; yield the new ones."""
-        pending = self._pending
+        """Check the buffered events against the ledger and this run's claims: repeats get their
+        outcome at once, then the new ones are handed out."""
+        pending, fresh = self._pending, self._fresh
         key_of = self.options.target.key
         keys = [(key_of(event), millis) for _, event, millis in pending]
         for (key, _), verdict in zip(keys, self.state.claim(keys)):
             record, event, _ = pending.popleft()
             if verdict is Claim.NEW:
-                yield record, event, key
+                fresh.append((record, event, key))
                 continue
             self.skip(record, verdict.value)
             if verdict is Claim.SHIFTED:
@@ -190,6 +191,8 @@ class Replay:
                     f"{record.where()}: {key} was already sent with another event time; not sent again "
                     "(on Lago's ClickHouse store it would be billed twice)."
                 )
+        while fresh:
+            yield fresh.popleft()
 
     def _not_billable(self, record: Record, kind: Any) -> None:
         if self.options.shard is not None and self.options.shard[0] != 0:
@@ -265,8 +268,9 @@ class Replay:
 
     def close(self) -> None:
         """Count events read but never handed out as not attempted, then save everything."""
-        self.tally.not_attempted += len(self._pending)
+        self.tally.not_attempted += len(self._pending) + len(self._fresh)
         self._pending.clear()
+        self._fresh.clear()
         try:
             self.checkpoint()
         finally:
