@@ -159,11 +159,12 @@ class Mapping:
         The function returns None for anything unusual (another type, a missing or odd field, a
         time `fromisoformat` cannot read): the caller then takes the general path, which gives
         the same answer or says what is wrong. It raises `Skipped` as `select` does."""
-        keys = [_single_key(source) for source in (self.id, self.customer, self.event)]
+        id_key, customer_key, event_key = [_single_key(source) for source in (self.id, self.customer, self.event)]
         time_paths = self.time.paths
-        if None in keys or self.time.constant is not None or not time_paths or len(time_paths[0]) != 1:
+        if id_key is None or customer_key is None or event_key is None:
             return None
-        id_key, customer_key, event_key = keys
+        if self.time.constant is not None or not time_paths or len(time_paths[0]) != 1:
+            return None
         time_key = time_paths[0][0]
         codes: dict[str, str] = {}  # event name -> its code
         left_out: dict[str, str] = {}  # event name -> why the include/exclude rules leave it out

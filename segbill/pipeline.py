@@ -109,8 +109,8 @@ class Replay:
                     if problem is None:
                         try:
                             value = loads(data)
-                        except ValueError:
-                            records = line_records(path, number, offset, end, data, problem)
+                        except ValueError:  # the general path says why
+                            records = line_records(path, number, offset, end, data, None)
                         else:
                             if type(value) is dict and type(value.get("type")) is str and DEAD_LETTER_MARKER not in value:
                                 records = [Record(path, number, offset, end, data, value)]  # a message: the usual line
