@@ -15,22 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from orjson import loads
-
 from segbill.deadletter import DEFAULT_PATH, DeadLetterFile
 from segbill.mapping import AMOUNT_FIELD, Mapping, Skipped
 from segbill.report import Tally
 from segbill.segment import (
-    DEAD_LETTER_MARKER,
     Billable,
     InexactNumber,
     Invalid,
     Record,
     dumps,
     exact_message,
-    records_of,
 )
-from segbill.sources import Source, line_records, read_blocks
+from segbill.sources import Source, read_records
 from segbill.state import Claim, Frontier, State
 from segbill.targets import Target
 
@@ -78,9 +74,6 @@ class Replay:
         self._pending: deque[tuple[Record, dict[str, Any], int]] = deque()  # (record, event, millis)
         self._fresh: deque[tuple[Record, dict[str, Any], str]] = deque()  # claimed, not yet handed out
         self._quick = options.mapping.fast_billable()
-        mapping = options.mapping
-        plain = not mapping.shapes_properties and mapping.amount is None
-        self._plain = options.target.convert if plain else None  # the event is the platform's format alone
         # Checkpoints exist only with --state outside a dry run: only then is each record held
         # until its outcome is final.
         self._tracking = self.state.persistent and not options.dry_run
@@ -103,30 +96,15 @@ class Replay:
             chunk = 1 if source.is_stdin else CLAIM_CHUNK
             progress = (lambda done, name=source.name: on_progress(name, done)) if on_progress else None
             position = {"offset": start.offset, "line": start.line} if start else {}
-            path = source.name
-            for block in read_blocks(source, progress, **position):
-                for number, offset, end, data, problem in block:
-                    if problem is None:
-                        try:
-                            value = loads(data)
-                        except ValueError:  # the general path says why
-                            records = line_records(path, number, offset, end, data, None)
-                        else:
-                            if type(value) is dict and type(value.get("type")) is str and DEAD_LETTER_MARKER not in value:
-                                records = [Record(path, number, offset, end, data, value)]  # a message: the usual line
-                            else:
-                                records = records_of(value, data, path, number, offset, end)
-                    else:
-                        records = line_records(path, number, offset, end, data, problem)
-                    for record in records:
-                        tally.read += 1
-                        if hold is not None:
-                            hold(record)
-                        item = take(record)
-                        if item is not None:
-                            pending.append(item)
-                            if len(pending) >= chunk:
-                                yield from self._claimed()
+            for record in read_records(source, progress, **position):
+                tally.read += 1
+                if hold is not None:
+                    hold(record)
+                item = take(record)
+                if item is not None:
+                    pending.append(item)
+                    if len(pending) >= chunk:
+                        yield from self._claimed()
             yield from self._claimed()
             frontier.read_all = True
 
@@ -140,10 +118,7 @@ class Replay:
             fields = self._quick(message) if self._quick is not None else None
             if fields is not None:
                 try:
-                    if self._plain is not None:
-                        event = self._plain(fields)
-                    else:
-                        event = _event(fields, message, self.options.target, self.options.mapping)
+                    event = _event(fields, message, self.options.target, self.options.mapping)
                 except InexactNumber:
                     fields = None  # the general path parses the line again, exactly
             if fields is None:

@@ -117,6 +117,8 @@ def records_of(
 ) -> list[Record]:
     """The records of one parsed line: a message, an envelope's or array's messages, a dead-letter
     entry's original, or why the value is not a message."""
+    if type(value) is dict and type(value.get("type")) is str and DEAD_LETTER_MARKER not in value:
+        return [Record(path, line, offset, end, raw, value)]  # a message: the usual line
     if isinstance(value, dict):
         marker = value.get(DEAD_LETTER_MARKER)
         if type(marker) is int and marker == 1:  # not True, not 1.0: only segbill's own marker

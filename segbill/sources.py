@@ -105,17 +105,8 @@ Line = tuple[int, int, int, bytes, Invalid | None]
 def read_lines(
     source: Source, on_progress: Callable[[int], None] | None = None, *, offset: int = 0, line: int = 0
 ) -> Iterator[Line]:
-    """Every non-blank line of a source with its number and offsets, in order (see `read_blocks`)."""
-    for block in read_blocks(source, on_progress, offset=offset, line=line):
-        yield from block
-
-
-def read_blocks(
-    source: Source, on_progress: Callable[[int], None] | None = None, *, offset: int = 0, line: int = 0
-) -> Iterator[list[Line]]:
-    """The non-blank lines of a source with their numbers and offsets, in order, a block of lines
-    per read (a pipe's block is what it had), starting after `line` lines and `offset` bytes (of
-    decompressed data) when resuming.
+    """Every non-blank line of a source with its number and offsets, in order, starting after
+    `line` lines and `offset` bytes (of decompressed data) when resuming.
 
     A line over `MAX_LINE_BYTES` is reported (with its head) instead of being held in memory. A
     truncated or corrupt gzip stream ends with one unreadable line naming where it broke.
@@ -129,7 +120,8 @@ def read_blocks(
         if offset:
             _skip(stream, raw, offset)
         progress = None if source.is_stdin else on_progress
-        yield from _split(stream.read1, raw, progress, offset, line)  # type: ignore[attr-defined]
+        for block in _split(stream.read1, raw, progress, offset, line):  # type: ignore[attr-defined]
+            yield from block
     finally:
         close()
 
@@ -139,14 +131,10 @@ def read_records(
 ) -> Iterator[Record]:
     """Every record of a source, in order: the messages of each line, or why a line is unreadable."""
     for number, start, end, data, problem in read_lines(source, on_progress, offset=offset, line=line):
-        yield from line_records(source.name, number, start, end, data, problem)
-
-
-def line_records(path: str, number: int, start: int, end: int, data: bytes, problem: Invalid | None) -> list[Record]:
-    """The records of one line as `read_lines` gives it: parsed, or why it could not be read."""
-    if problem is None:
-        return read_line(data, path, number, start, end)
-    return [Record(path, number, start, end, data, invalid=problem)]
+        if problem is None:
+            yield from read_line(data, source.name, number, start, end)
+        else:
+            yield Record(source.name, number, start, end, data, invalid=problem)
 
 
 def _skip(stream: BinaryIO, raw: BinaryIO, offset: int) -> None:
@@ -181,7 +169,8 @@ def _decompressing(raw: BinaryIO) -> BinaryIO:
 def _split(
     read: Callable[[int], bytes], raw: BinaryIO, on_progress: Callable[[int], None] | None, offset: int, number: int
 ) -> Iterator[list[Line]]:
-    """`offset` is where the current (pending) line starts; `number` counts the lines before it."""
+    """The lines of each read, as one list. `offset` is where the current (pending) line starts;
+    `number` counts the lines before it."""
     pending = b""
     long_head: bytes | None = None  # the start of a line too long to keep, while skipping it
     long_size = 0
