@@ -11,16 +11,12 @@ import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from segbill.segment import (
     DEFAULT_TIME_PATHS,
-    EPOCH_UTC,
-    MAX_MILLIS,
-    MILLISECOND,
     Billable,
     InexactNumber,
     Invalid,
@@ -40,9 +36,6 @@ AMOUNT_FIELD = {"lago": "precise_total_amount_cents"}
 MAX_CACHED_NAMES = 10_000  # event names whose code is remembered (names are few; memory stays flat)
 EVENT_KEYS = {"billable_types", "include", "exclude", "rename", "other"}
 PROPERTY_KEYS = {"include", "exclude", "rename", "constants"}
-
-
-_fromisoformat = datetime.fromisoformat
 
 
 class ConfigError(Exception):
@@ -135,8 +128,11 @@ class Mapping:
             properties = {}
         elif not isinstance(properties, dict):
             raise Invalid("bad_properties", "The message's \"properties\" is not an object.")
-        code = self.rename.get(name) or (snake_case(name) if self.snake_case else name)
-        return Billable(self._id(message), customer, code, millis, properties)
+        return Billable(self._id(message), customer, self._code(name), millis, properties)
+
+    def _code(self, name: str) -> str:
+        """The event's code on the platform: renamed, snake_cased, or the Segment name as is."""
+        return self.rename.get(name) or (snake_case(name) if self.snake_case else name)
 
     def _id(self, message: dict[str, Any]) -> str:
         """The idempotency key; with none present, one derived from the whole message."""
@@ -156,8 +152,8 @@ class Mapping:
         """`select` and `billable` for the usual track message in a few dict lookups, or None when
         this mapping has no usual case (a field from a nested path, a fallback or a constant).
 
-        The function returns None for anything unusual (another type, a missing or odd field, a
-        time `fromisoformat` cannot read): the caller then takes the general path, which gives
+        The function returns None for anything unusual (another type, a missing or odd field, an
+        unreadable time): the caller then takes the general path, which gives
         the same answer or says what is wrong. It raises `Skipped` as `select` does."""
         id_key, customer_key, event_key = [_single_key(source) for source in (self.id, self.customer, self.event)]
         time_paths = self.time.paths
@@ -176,7 +172,7 @@ class Mapping:
                 if len(left_out) < MAX_CACHED_NAMES:
                     left_out[name] = skipped.reason
                 raise
-            code = self.rename.get(name) or (snake_case(name) if self.snake_case else name)
+            code = self._code(name)
             if len(codes) < MAX_CACHED_NAMES:
                 codes[name] = code
             return code
@@ -198,16 +194,10 @@ class Mapping:
             customer = message.get(customer_key)
             ident = message.get(id_key)
             when = message.get(time_key)
-            if type(customer) is not str or not customer or type(ident) is not str or not ident or type(when) is not str:
+            if type(customer) is not str or not customer or type(ident) is not str or not ident:
                 return None
-            try:
-                moment = _fromisoformat(when)
-            except ValueError:
-                return None
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=timezone.utc)
-            millis = (moment - EPOCH_UTC) // MILLISECOND
-            if not 0 <= millis < MAX_MILLIS:
+            millis = parse_time(when)
+            if millis is None:
                 return None
             properties = message.get("properties")
             if type(properties) is not dict:

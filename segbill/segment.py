@@ -220,9 +220,9 @@ _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 TIME_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
 
 
-EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
-MILLISECOND = timedelta(milliseconds=1)
-MAX_MILLIS = 253402300800000  # 10000-01-01: past it, no platform can take the time
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MILLISECOND = timedelta(milliseconds=1)
+_MAX_MILLIS = 253402300800000  # 10000-01-01: past it, no platform can take the time
 
 
 def parse_time(value: Any) -> int | None:
@@ -242,8 +242,8 @@ def parse_time(value: Any) -> int | None:
     else:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
-        millis = (moment - EPOCH_UTC) // MILLISECOND
-    return millis if millis is not None and 0 <= millis < MAX_MILLIS else None
+        millis = (moment - _EPOCH_UTC) // _MILLISECOND
+    return millis if millis is not None and 0 <= millis < _MAX_MILLIS else None
 
 
 def _parse_time_slowly(value: str) -> int | None:
