@@ -21,7 +21,7 @@ UTF8_BOM = b"\xef\xbb\xbf"
 
 # orjson reads integers beyond 64 bits as floats; a float this large may be such an integer, so
 # the line is parsed again with the standard library, which keeps every integer exact.
-INEXACT_FLOAT = float(2**63)
+_INEXACT_FLOAT = float(2**63)
 
 
 class Invalid(Exception):
@@ -326,7 +326,7 @@ def customer_id(value: Any, where: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, float) and value.is_integer():
-        if abs(value) >= INEXACT_FLOAT:
+        if abs(value) >= _INEXACT_FLOAT:
             raise InexactNumber
         return str(int(value))
     if value is None or value == "":
@@ -361,6 +361,6 @@ def derived_id(message: dict[str, Any]) -> str:
 
 def check_exact(value: float) -> float:
     """Return a float property unless it may be an integer orjson could not hold exactly."""
-    if abs(value) >= INEXACT_FLOAT:
+    if abs(value) >= _INEXACT_FLOAT:
         raise InexactNumber
     return value
