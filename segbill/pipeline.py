@@ -74,9 +74,9 @@ class Replay:
         self._pending: deque[tuple[Record, dict[str, Any], int]] = deque()  # (record, event, millis)
         self._fresh: deque[tuple[Record, dict[str, Any], str]] = deque()  # claimed, not yet handed out
         self._quick = options.mapping.fast_billable()
-        # Checkpoints exist only with --state outside a dry run: only then is each record held
-        # until its outcome is final.
-        self._tracking = self.state.persistent and not options.dry_run
+        # Checkpoints exist only when the state is kept: only then is each record held until its
+        # outcome is final.
+        self._tracking = self.state.keeps
 
     def events(self, on_progress: Callable[[str, int], None] | None = None) -> Iterator[tuple[Record, dict[str, Any], str]]:
         """(record, converted event, idempotency key) in input order, each new to the ledger; the
@@ -201,8 +201,7 @@ class Replay:
     def delivered(self, items: list[tuple[Record, str]], *, already: int = 0) -> None:
         self.tally.delivered += len(items)
         self.tally.already_delivered += already
-        if not self.options.dry_run:  # a dry run keeps nothing; its claims stop repeats already
-            self.state.delivered([key for _, key in items])
+        self.state.delivered([key for _, key in items])
         for record, _ in items:
             self._release(record)
 
@@ -219,7 +218,7 @@ class Replay:
 
     def checkpoint(self) -> None:
         """Persist how far each file is finished, with the ledger, in one transaction."""
-        if self.state.persistent and not self.options.dry_run:
+        if self._tracking:
             self.dead_letters.sync()  # a checkpoint past a dead letter needs the letter on disk
             for name, (source, frontier) in list(self._frontiers.items()):
                 position = frontier.position()

@@ -83,6 +83,12 @@ class State:
     def persistent(self) -> bool:
         return self.path is not None
 
+    @property
+    def keeps(self) -> bool:
+        """Whether this run writes anything back: --state, and not a dry run. Otherwise the
+        index only has to stop repeats within the run: no delivered marks, no commits."""
+        return self.path is not None and not self.read_only
+
     def _fingerprint(self, path: Path) -> str:
         if path not in self._fingerprints:
             self._fingerprints[path] = fingerprint(path)
@@ -140,7 +146,7 @@ class State:
         return verdicts
 
     def delivered(self, keys: list[str]) -> None:
-        if not self.persistent:  # a run's own index: a claim is only ever released if undelivered
+        if not self.keeps:  # a claim is only ever released if undelivered: no mark needed
             return
         self.db.executemany("UPDATE ledger SET delivered = 1 WHERE target = ? AND key = ?", [(self.target, key) for key in keys])
 
@@ -168,7 +174,7 @@ class State:
     def commit(self) -> None:
         """Make the ledger and the checkpoints durable together (a dry run keeps nothing, nor
         does a run without --state)."""
-        if self.read_only or not self.persistent:
+        if not self.keeps:
             return
         for key, (source, checkpoint) in self.checkpoints_changed.items():
             assert source.path is not None
@@ -181,7 +187,7 @@ class State:
         self.db.execute("BEGIN")
 
     def close(self) -> None:
-        if self.read_only or not self.persistent:  # nothing to keep: the temporary file goes
+        if not self.keeps:  # nothing to keep (a temporary file goes with the connection)
             self.db.execute("ROLLBACK")
         else:
             self.db.execute("DELETE FROM ledger WHERE delivered = 0")
