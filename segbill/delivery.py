@@ -150,7 +150,6 @@ class Pacer:
         self._learned = 0.0  # the same, learned from 429s when no limit is announced
         self._accepted = 0  # requests answered without a 429 since the last one
         self._first_accepted: float | None = None
-        self._window = 0.0  # the window's length, from the resets announced (`_window_length`)
         self._resets: Counter[int] = Counter()  # reset (whole seconds, rounded up) -> answers announcing it
         self._window_opened: float | None = None  # answer time of the request that opened it
 
@@ -198,10 +197,10 @@ class Pacer:
         reset = wait_hint(httpx.Headers({"x-ratelimit-reset": headers.get("x-ratelimit-reset", "")}))
         if reset is None:
             return
-        self._window = self._window_length(reset)
+        window = self._window_length(reset)
         now = time.monotonic()
         if limit:
-            self._spacing = self._window / (limit * PACE_MARGIN)
+            self._spacing = window / (limit * PACE_MARGIN)
             if remaining == limit - 1:
                 self._window_opened = now  # that request opened the window, at the latest now
         if remaining is not None and remaining < 1:
@@ -210,7 +209,7 @@ class Pacer:
             # (and never before the real end).
             end = now + reset
             if self._window_opened is not None:
-                end = min(end, max(now, self._window_opened + self._window))
+                end = min(end, max(now, self._window_opened + window))
             self.paused_until = max(self.paused_until, end)
 
     def _window_length(self, reset: float) -> float:
