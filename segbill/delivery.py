@@ -14,8 +14,9 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -34,7 +35,12 @@ MAX_UNREACHABLE_BATCHES = 3  # batches in a row that exhausted their retries: th
 FATAL_STATUSES = {401: "rejected the API key", 403: "refused to let this API key write events", 404: "has no such endpoint"}
 
 
-AUTO_MAX_CONCURRENCY = 16  # enough for 50 requests/s over 300 ms answers; each one in flight is a 429 when a window runs out
+AUTO_CONCURRENCY = 16  # the adaptive cap without an announced limit, and at least with one: 50 requests/s over 300 ms answers
+AUTO_MAX_CONCURRENCY = 64  # the hard ceiling (connections, and batches held): 500 requests/s over 125 ms answers
+IN_FLIGHT_HEADROOM = 1.25  # requests in flight for an announced pace: pace x answer time, plus a quarter
+MAX_WAIT = 60.0  # the longest pause a rate-limit header can cause: a window is seconds long (Hyperline's: 10 s)
+EPOCH_SECONDS = 1e9  # a reset number from here on is a date in epoch seconds (since 2001), not a wait
+EPOCH_MILLIS = 1e11  # ... and from here on, in epoch milliseconds (since 1973; as seconds it would be year 5138)
 PACE_MARGIN = 0.97  # of an announced limit: at 98% a 1-s window of 50 fills (50th request at 0.9996 s)
 LEARNED_DECAY = 0.99995  # per accepted request: a pace learned from 429s relaxes ~5% per 1,000
 MAX_RESET_VALUES = 64  # distinct reset lengths remembered (a platform announces one or two)
@@ -75,22 +81,53 @@ def retryable(status: int) -> bool:
 
 
 def wait_hint(headers: httpx.Headers) -> float | None:
-    """Seconds a 429 asks to wait: Retry-After (seconds or HTTP date, Hyperline) or Lago's
-    X-RateLimit-Reset (seconds until the window resets; Hyperline sends a date there)."""
+    """Seconds a 429 asks to wait: Retry-After (Hyperline), else X-RateLimit-Reset (Lago)."""
     for name in ("retry-after", "x-ratelimit-reset"):
-        value = headers.get(name)
-        if not value:
-            continue
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
+        seconds = seconds_until(headers.get(name))
+        if seconds is not None:
+            return seconds
+    return None
+
+
+def seconds_until(value: str | None) -> float | None:
+    """Seconds until the moment a rate-limit header names, whatever its form: seconds to wait
+    (Retry-After, Lago's reset), or a date (Hyperline's reset, whose format is not documented):
+    epoch seconds or milliseconds, told apart by size, an HTTP date or ISO 8601. Clamped to
+    0..MAX_WAIT, so one odd header can never stall a run; None when it is no time at all."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        when = _date(value)
+        if when is None:
+            return None
+        seconds = when - time.time()
+    else:
+        if not math.isfinite(number):
+            return None
+        if number >= EPOCH_MILLIS:
+            seconds = number / 1000 - time.time()
+        elif number >= EPOCH_SECONDS:
+            seconds = number - time.time()
+        else:
+            seconds = number
+    return min(max(seconds, 0.0), MAX_WAIT)
+
+
+def _date(value: str) -> float | None:
+    """An ISO 8601 or HTTP date as epoch seconds (UTC when no zone is given), or None."""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            continue
-        return max(0.0, when.timestamp() - time.time())
-    return None
+        except (TypeError, ValueError, IndexError):
+            return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
 
 
 class Concurrency:
@@ -98,12 +135,13 @@ class Concurrency:
 
     Adaptive (AIMD), starting at 4: while the limit is in full use and answers come back no
     slower than usual, it grows by one per round trip; a 429, a 5xx, a timeout or a doubled
-    latency cuts it by 30%, at most once per round trip.
+    latency cuts it by 30%, at most once per round trip. It grows up to what the platform's
+    announced pace needs over the usual answer time (`ceiling`).
     """
 
     def __init__(self, fixed: int | None) -> None:
         self.adaptive = fixed is None
-        self.maximum = fixed or AUTO_MAX_CONCURRENCY
+        self.maximum = fixed or AUTO_CONCURRENCY
         self.limit = float(fixed or 4)
         self.in_flight = 0
         self._freed = asyncio.Condition()
@@ -136,6 +174,16 @@ class Concurrency:
         if saturated:
             self.limit = min(float(self.maximum), self.limit + 1 / self.limit)
 
+    def ceiling(self, pace: float | None) -> None:
+        """Size the adaptive cap from the pace (requests/s) the platform announces: enough
+        requests in flight to keep it over the usual answer time, at least AUTO_CONCURRENCY
+        (so 50 requests/s keeps 16) and never more than AUTO_MAX_CONCURRENCY."""
+        if not self.adaptive or pace is None or self._rtt is None:
+            return
+        needed = math.ceil(pace * self._rtt * IN_FLIGHT_HEADROOM)
+        self.maximum = min(AUTO_MAX_CONCURRENCY, max(AUTO_CONCURRENCY, needed))
+        self.limit = min(self.limit, float(self.maximum))
+
 
 class Pacer:
     """When each request may start: after any pause a 429 asked for, no faster than `--rate`,
@@ -152,6 +200,7 @@ class Pacer:
         self._first_accepted: float | None = None
         self._resets: Counter[int] = Counter()  # reset (whole seconds, rounded up) -> answers announcing it
         self._window_opened: float | None = None  # answer time of the request that opened it
+        self._cycle = math.inf  # the shortest time seen between two windows' openings
 
     async def wait(self, events: int) -> None:
         while True:
@@ -191,22 +240,29 @@ class Pacer:
         self._first_accepted = None
         self.pause(wait)
 
+    @property
+    def pace(self) -> float | None:
+        """Requests per second the announced limit allows (with the margin), if one was announced."""
+        return 1 / self._spacing if self._spacing else None
+
     def observe(self, headers: httpx.Headers) -> None:
         limit = _number(headers.get("x-ratelimit-limit"))
         remaining = _number(headers.get("x-ratelimit-remaining"))
-        reset = wait_hint(httpx.Headers({"x-ratelimit-reset": headers.get("x-ratelimit-reset", "")}))
+        reset = seconds_until(headers.get("x-ratelimit-reset"))
         if reset is None:
             return
-        window = self._window_length(reset)
         now = time.monotonic()
+        if limit and remaining == limit - 1:  # that request opened a window, at the latest now
+            if self._window_opened is not None:
+                self._cycle = min(self._cycle, now - self._window_opened)
+            self._window_opened = now
+        window = self._window_length(reset)
         if limit:
             self._spacing = window / (limit * PACE_MARGIN)
-            if remaining == limit - 1:
-                self._window_opened = now  # that request opened the window, at the latest now
         if remaining is not None and remaining < 1:
-            # The window is spent: wait for its end. Lago rounds Reset up to whole seconds, so
-            # when the window's first answer was seen, its opening plus the window is sooner
-            # (and never before the real end).
+            # The window is spent: wait for its end. A reset in whole seconds (or a date rounded
+            # to one) can overshoot it; the window's opening plus its length cannot, when the
+            # answer that opened it was seen.
             end = now + reset
             if self._window_opened is not None:
                 end = min(end, max(now, self._window_opened + window))
@@ -215,12 +271,16 @@ class Pacer:
     def _window_length(self, reset: float) -> float:
         """The longest reset announced twice or more (or the longest yet, before any repeats):
         one odd answer, such as a reset rounded up past the window, must not set the pace of
-        the whole run (a 2 s window where the real one is 1 s halves it). At least 1 s."""
+        the whole run (a 2 s window where the real one is 1 s halves it). A date rounded up to
+        a whole second announces up to a second more on every answer (11 s for a 10 s window):
+        the shortest time seen between two windows' openings corrects that, since a window never
+        opens before the previous one has ended. At least 1 s."""
         seconds = math.ceil(reset)
         if seconds in self._resets or len(self._resets) < MAX_RESET_VALUES:
             self._resets[seconds] += 1
         confirmed = [value for value, count in self._resets.items() if count >= 2]
-        return float(max(max(confirmed or self._resets), 1))
+        announced = float(max(max(confirmed or self._resets), 1))
+        return self._cycle if announced / 2 <= self._cycle <= announced - 0.5 else announced
 
 
 def _number(value: str | None) -> float | None:
@@ -318,6 +378,8 @@ class Sender:
                 await self.pacer.wait(len(batch))
                 if self.stopped is not None:
                     raise Fatal(self.stopped)
+                if attempt == 0:
+                    self.replay.sending([item.key for item in batch])
                 self.tally.requests += 1
                 started = time.monotonic()
                 status, content, wait, last = await self._post(body)
@@ -343,6 +405,7 @@ class Sender:
         if status in FATAL_STATUSES:
             raise Fatal(f"{self.host} {FATAL_STATUSES[status]} (HTTP {status} for {urlsplit(self.endpoint).path})")
         self.pacer.observe(response.headers)
+        self.concurrency.ceiling(self.pacer.pace)
         wait = None
         if status == 429:
             hint = wait_hint(response.headers)
@@ -381,6 +444,8 @@ async def deliver_all(
 ) -> None:
     """Read, batch and deliver everything; at most `concurrency` requests in flight.
 
+    Events sent by an earlier run without an answer (maybe stored) travel only with the others
+    of that same request, never beside new events (see `State.sending`).
     SIGINT/SIGTERM stops reading and lets requests in flight finish within `grace` seconds; a
     second signal (or the end of the grace) cancels them, and their events count as not attempted.
     """
@@ -390,31 +455,54 @@ async def deliver_all(
     async with client:
         sender = Sender(target, options, replay, client)
         tally = replay.tally
-        slots = asyncio.Semaphore(width)  # batches handed to senders; requests are limited inside
         running: set[asyncio.Task[None]] = set()
         batch: list[Item] = []
+        resend: list[Item] = []  # all sent together before, in request `resent_from`
+        resent_from: int | None = None
         ticker = asyncio.create_task(_tick(progress)) if progress is not None else None
+
+        async def hand(items: list[Item]) -> None:
+            """Start a sender on `items`, once fewer batches are out than requests may be in flight
+            (nothing awaited after that: a cancelled hand-off leaves them with the caller)."""
+            await asyncio.sleep(0)  # let answers be read between batches
+            while len(running) >= sender.concurrency.maximum:
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            task = asyncio.create_task(sender.deliver(items))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
         with _signals(sender, tally, options.grace):
             try:
-                for record, event, key in replay.events(progress.on_bytes if progress is not None else None):
-                    batch.append(Item(record, key, dumps(event)))
-                    if len(batch) >= options.batch_size:
-                        await slots.acquire()
-                        _start(sender.deliver(batch), running, slots)
-                        batch = []
-                        await asyncio.sleep(0)  # let answers be read between batches
+                for record, event, key, sent_in in replay.events(progress.on_bytes if progress is not None else None):
+                    item = Item(record, key, dumps(event))
+                    if resend and sent_in != resent_from:
+                        await hand(resend)
+                        resend = []
+                    if sent_in is None:
+                        batch.append(item)
+                        if len(batch) >= options.batch_size:
+                            await hand(batch)
+                            batch = []
+                    else:
+                        resend.append(item)
+                        resent_from = sent_in
+                        if len(resend) >= options.batch_size:
+                            await hand(resend)
+                            resend = []
                     if sender.stopped is not None:
                         break
+                if resend and sender.stopped is None:
+                    await hand(resend)
+                    resend = []
                 if batch and sender.stopped is None:
-                    await slots.acquire()
-                    _start(sender.deliver(batch), running, slots)
+                    await hand(batch)
                     batch = []
                 await asyncio.gather(*running)
             except asyncio.CancelledError:
                 for task in running:
                     task.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
-            replay.not_attempted(_pairs(batch))
+            replay.not_attempted(_pairs(resend + batch))
         if ticker is not None:
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
@@ -430,17 +518,6 @@ async def _tick(progress: Progress) -> None:
             progress.tick()
     finally:
         progress.stop()
-
-
-def _start(work: Coroutine[None, None, None], running: set[asyncio.Task[None]], slots: asyncio.Semaphore) -> None:
-    task = asyncio.create_task(work)
-    running.add(task)
-
-    def finished(done: asyncio.Task[None]) -> None:
-        running.discard(done)
-        slots.release()
-
-    task.add_done_callback(finished)
 
 
 @contextlib.contextmanager

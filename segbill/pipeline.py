@@ -72,15 +72,16 @@ class Replay:
         self._warnings = 0
         self._frontiers: dict[str, tuple[Source, Frontier]] = {}
         self._pending: deque[tuple[Record, dict[str, Any], int]] = deque()  # (record, event, millis)
-        self._fresh: deque[tuple[Record, dict[str, Any], str]] = deque()  # claimed, not yet handed out
+        self._fresh: deque[tuple[Record, dict[str, Any], str, int | None]] = deque()  # claimed, not yet handed out
         self._quick = options.mapping.fast_billable()
         # Checkpoints exist only when the state is kept: only then is each record held until its
         # outcome is final.
         self._tracking = self.state.keeps
 
-    def events(self, on_progress: Callable[[str, int], None] | None = None) -> Iterator[tuple[Record, dict[str, Any], str]]:
-        """(record, converted event, idempotency key) in input order, each new to the ledger; the
-        caller owns their outcome once it takes one (`delivered`, `rejected`, `not_attempted`)."""
+    def events(self, on_progress: Callable[[str, int], None] | None = None) -> Iterator[tuple[Record, dict[str, Any], str, int | None]]:
+        """(record, converted event, idempotency key, sent in) in input order, each new to the
+        ledger or sent before without an answer (`sent in` then names that request, else None);
+        the caller owns their outcome once it takes one (`delivered`, `rejected`, `not_attempted`)."""
         tally = self.tally
         pending = self._pending
         take = self._take
@@ -149,7 +150,7 @@ class Replay:
         """Whether `events` holds new events still to hand out, without reading more input."""
         return bool(self._fresh)
 
-    def _claimed(self) -> Iterator[tuple[Record, dict[str, Any], str]]:
+    def _claimed(self) -> Iterator[tuple[Record, dict[str, Any], str, int | None]]:
         """Check the buffered events against the ledger and this run's claims: repeats get their
         outcome at once, then the new ones are handed out."""
         pending, fresh = self._pending, self._fresh
@@ -158,7 +159,10 @@ class Replay:
         for (key, _), verdict in zip(keys, self.state.claim(keys)):
             record, event, _ = pending.popleft()
             if verdict is Claim.NEW:
-                fresh.append((record, event, key))
+                fresh.append((record, event, key, None))
+                continue
+            if verdict is Claim.RESEND:
+                fresh.append((record, event, key, self.state.resending[key]))
                 continue
             self.skip(record, verdict.value)
             if verdict is Claim.SHIFTED:
@@ -206,7 +210,8 @@ class Replay:
             self._release(record)
 
     def rejected(self, record: Record, key: str, kind: str, reason: str) -> None:
-        self.state.release([key])
+        """`kind` "rejected": the platform refused it; otherwise (unreachable) it may be stored."""
+        self.state.release([key], refused=kind == "rejected")
         self.dead_letter(record, kind, reason)
 
     def not_attempted(self, items: list[tuple[Record, str]]) -> None:
@@ -215,6 +220,10 @@ class Replay:
         self.tally.not_attempted += len(items)
         if not self.options.dry_run:
             self.state.release([key for _, key in items])
+
+    def sending(self, keys: list[str]) -> None:
+        """These events are about to leave in one request (see `State.sending`)."""
+        self.state.sending(keys)
 
     def checkpoint(self) -> None:
         """Persist how far each file is finished, with the ledger, in one transaction."""
@@ -289,7 +298,7 @@ def dry_run(replay: Replay, out: IO[bytes]) -> None:
     items: list[tuple[Record, str]] = []
     with _interruptible() as critical:
         try:
-            for record, event, key in replay.events():
+            for record, event, key, _ in replay.events():
                 lines.append(dumps(event))
                 items.append((record, key))
                 if not replay.ready and not _print(replay, out, lines, items, critical):

@@ -4,8 +4,10 @@ With `--state PATH` it persists between runs; without, a temporary SQLite file s
 run's duplicate index, so memory stays flat however many message ids a run sees.
 
 - ledger: (target, key) -> the event time (ms) the key was sent with, and whether the platform
-  acknowledged it. Rows with `delivered = 0` are this run's claims on keys in flight; they are
-  removed if the event is not delivered, and at the start of the next run.
+  acknowledged it. Rows with `delivered = 0` are this run's claims on keys not yet sent; they are
+  removed if the event is not delivered, and at the start of the next run. A negative `delivered`
+  names the request an event was last sent in, before its answer came: whether it is stored is
+  unknown (see `sending`), so the row outlives the run.
 - checkpoints: per input file (path, size, fingerprint of its first bytes): the byte offset and
   line number before which every record has its final outcome, and whether the file is done.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import random
 import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -47,6 +50,7 @@ class Claim(Enum):
     NEW = "new"
     DUPLICATE = "duplicate"  # the same key was sent (or is in flight) with the same time
     SHIFTED = "duplicate_shifted"  # the same key with another time: Lago's ClickHouse would count both
+    RESEND = "resend"  # sent before without an answer: maybe stored, so never batched with new events
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class State:
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
         self.checkpoints_changed: dict[str, tuple[Source, Checkpoint]] = {}
+        self.resending: dict[str, int] = {}  # RESEND keys claimed by this run -> the request they were sent in
         self._fingerprints: dict[Path, str] = {}  # per run: a file is hashed once, not per commit
 
     @property
@@ -109,50 +114,76 @@ class State:
             inserted.update(row[0] for row in rows)
         if len(inserted) == len(keys):
             return [Claim.NEW] * len(keys)
-        known = self._millis([key for key, _ in keys if key not in inserted])  # stored before
+        known = self._rows([key for key, _ in keys if key not in inserted])  # stored before
         verdicts = []
         for key, millis in keys:
             if key in inserted and key not in known:  # the first occurrence, inserted just now
-                known[key] = millis
+                known[key] = (millis, 0)
                 verdicts.append(Claim.NEW)
             else:
-                verdicts.append(Claim.DUPLICATE if known[key] == millis else Claim.SHIFTED)
+                verdicts.append(self._repeat(key, millis, *known[key]))
         return verdicts
 
-    def _millis(self, keys: list[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
+    def _repeat(self, key: str, millis: int, known_millis: int, delivered: int) -> Claim:
+        """The verdict on a key the ledger holds: a repeat, unless an earlier run sent it and
+        never heard back (the first time this run meets it)."""
+        if known_millis != millis:
+            return Claim.SHIFTED
+        if delivered < 0 and key not in self.resending:
+            self.resending[key] = -delivered
+            return Claim.RESEND
+        return Claim.DUPLICATE
+
+    def _rows(self, keys: list[str]) -> dict[str, tuple[int, int]]:
+        found: dict[str, tuple[int, int]] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(f"SELECT key, millis FROM ledger WHERE target = ? AND key IN ({marks})", [self.target, *chunk])
-            found.update(rows.fetchall())
+            rows = self.db.execute(f"SELECT key, millis, delivered FROM ledger WHERE target = ? AND key IN ({marks})", [self.target, *chunk])
+            found.update((key, (millis, delivered)) for key, millis, delivered in rows)
         return found
 
     def _claim_in_two_steps(self, keys: list[tuple[str, int]]) -> list[Claim]:
         """`claim` for SQLite before 3.35 (no RETURNING): look the keys up, then insert the new."""
-        found = self._millis([key for key, _ in keys])
+        found = self._rows([key for key, _ in keys])
         verdicts = []
         new = []
         for key, millis in keys:
             known = found.get(key)
             if known is None:
-                found[key] = millis
+                found[key] = (millis, 0)
                 new.append((self.target, key, millis))
                 verdicts.append(Claim.NEW)
             else:
-                verdicts.append(Claim.DUPLICATE if known == millis else Claim.SHIFTED)
+                verdicts.append(self._repeat(key, millis, *known))
         if new:
             self.db.executemany("INSERT INTO ledger VALUES (?, ?, ?, 0)", new)
         return verdicts
+
+    def sending(self, keys: list[str]) -> None:
+        """Mark keys as sent together in one request, durably, before it leaves. If its answer
+        never comes (a kill, a lost answer, a stop), they may be stored: a later run resends
+        them together, never beside new events, because a Lago before v1.39 refusing a batch
+        for a duplicate still stores its other events (without their fees or wallet updates)."""
+        if not self.keeps:
+            return
+        request = -random.getrandbits(62) - 1
+        self.db.executemany(
+            "UPDATE ledger SET delivered = ? WHERE target = ? AND key = ? AND delivered <> 1",
+            [(request, self.target, key) for key in keys],
+        )
+        self.commit()
 
     def delivered(self, keys: list[str]) -> None:
         if not self.keeps:  # a claim is only ever released if undelivered: no mark needed
             return
         self.db.executemany("UPDATE ledger SET delivered = 1 WHERE target = ? AND key = ?", [(self.target, key) for key in keys])
 
-    def release(self, keys: list[str]) -> None:
-        """Keys that were not delivered: a repeat, a rerun or a replay may send them again."""
-        self.db.executemany("DELETE FROM ledger WHERE target = ? AND key = ? AND delivered = 0", [(self.target, key) for key in keys])
+    def release(self, keys: list[str], *, refused: bool = False) -> None:
+        """Keys that were not delivered: a repeat, a rerun or a replay may send them again. Keys
+        sent without an answer stay marked as such, unless the platform `refused` them."""
+        kept = "delivered <> 1" if refused else "delivered = 0"
+        self.db.executemany(f"DELETE FROM ledger WHERE target = ? AND key = ? AND {kept}", [(self.target, key) for key in keys])
 
     # -- checkpoints -----------------------------------------------------------------------------
 
