@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -15,8 +16,10 @@ import pytest
 
 from segbill.testing.fake_platform import (
     POISON_ERROR,
+    RESET_FORMATS,
     STATUS_FAULTS,
     FakePlatform,
+    ResetFormat,
     main,
 )
 
@@ -73,7 +76,7 @@ def test_missing_or_wrong_key_is_401_in_each_platform_format(fake: FakePlatform)
 
 def test_unknown_path_is_404(client: httpx.Client) -> None:
     response = client.post("/api/v2/events", json={})
-    assert (response.status_code, response.json()) == (404, {"status": 404, "error": "Not Found"})
+    assert (response.status_code, response.json()) == (404, {"status": 404, "error": "Not Found", "code": "resource_not_found"})
     assert client.get(LAGO).status_code == 404
 
 
@@ -125,7 +128,7 @@ def test_lago_batch_is_all_or_nothing_with_errors_keyed_by_index() -> None:
             lago_event("bad-3", code=None),
             lago_event("poisoned"),
             lago_event("", properties={"nested": {"a": 1}}),
-            lago_event("bad-6", properties={"flag": True}),
+            lago_event("ok-6", properties={"flag": True, "nested": {"a": [1, None]}, "big": 2**70}),
         ]
         response = send_lago(client, *events)
         assert response.status_code == 422
@@ -137,13 +140,13 @@ def test_lago_batch_is_all_or_nothing_with_errors_keyed_by_index() -> None:
                 "1": {"timestamp": ["invalid_format"]},
                 "3": {"code": ["value_is_mandatory"]},
                 "4": POISON_ERROR,
-                "5": {"transaction_id": ["value_is_mandatory"], "properties": ["invalid_value"]},
-                "6": {"properties": ["invalid_value"]},
+                "5": {"transaction_id": ["value_is_mandatory"]},
             },
         }
         assert fake.events("lago") == []
-        assert send_lago(client, events[0], events[2]).status_code == 200
-        assert fake.counts("lago") == {"ok-0": 1, "ok-2": 1}
+        # Lago accepts any property shape: no path answers a `properties` error.
+        assert send_lago(client, events[0], events[2], events[6]).status_code == 200
+        assert fake.counts("lago") == {"ok-0": 1, "ok-2": 1, "ok-6": 1}
 
 
 def test_lago_batch_size_limits() -> None:
@@ -154,6 +157,9 @@ def test_lago_batch_size_limits() -> None:
         assert (too_many.status_code, too_many.json()["error_details"]) == (422, {"events": ["too_many_events"]})
         assert send_lago(client, *(lago_event(str(i)) for i in range(3))).status_code == 200
         assert client.post(LAGO, content=b"not json").status_code == 400
+        for events in ({"0": lago_event()}, "t-0", 7):
+            not_an_array = client.post(LAGO, json={"events": events})
+            assert (not_an_array.status_code, not_an_array.json()["error_details"]) == (422, {"events": ["no_events"]})
 
 
 def test_lago_postgres_resend_is_value_already_exist_and_rejects_the_batch(fake: FakePlatform, client: httpx.Client) -> None:
@@ -170,8 +176,8 @@ def test_lago_duplicates_are_checked_only_after_other_errors_and_within_a_batch(
     send_lago(client, lago_event("t-0"))
     other_error = send_lago(client, lago_event("t-0"), lago_event("t-1", code=""))
     assert other_error.json()["error_details"] == {"1": {"code": ["value_is_mandatory"]}}
-    twice = send_lago(client, lago_event("t-2"), lago_event("t-2"))
-    assert twice.json()["error_details"] == {"1": {"transaction_id": ["value_already_exist"]}}
+    twice = send_lago(client, lago_event("t-2"), lago_event("t-2", external_subscription_id="sub-2"))
+    assert twice.json()["error_details"] == {"1": {"transaction_id": ["value_already_exist"]}}  # by id alone
 
 
 def test_lago_clickhouse_replaces_same_timestamp_but_counts_a_shifted_one_twice() -> None:
@@ -183,6 +189,22 @@ def test_lago_clickhouse_replaces_same_timestamp_but_counts_a_shifted_one_twice(
         assert send_lago(client, lago_event("t-0", timestamp="1704067201.100")).status_code == 200
         assert fake.counts("lago") == {"t-0": 2}
         assert fake.writes("lago") == {"t-0": 3}
+        # The key is (subscription, code, timestamp to the millisecond, transaction_id).
+        assert send_lago(client, lago_event("t-0", timestamp="1704067201.1009")).status_code == 200
+        assert fake.counts("lago") == {"t-0": 2}
+        assert send_lago(client, lago_event("t-0", timestamp="1704067201.100", code="other")).status_code == 200
+        assert fake.counts("lago") == {"t-0": 3}
+
+
+def test_lago_before_v1_39_stores_the_rest_of_a_batch_refused_for_a_duplicate() -> None:
+    with FakePlatform(lago_pre_v1_39=True) as fake, connect(fake) as client:
+        assert send_lago(client, lago_event("t-0")).status_code == 200
+        refused = send_lago(client, lago_event("t-1"), lago_event("t-0"), lago_event("t-2"))
+        assert (refused.status_code, refused.json()["error_details"]) == (422, {"1": {"transaction_id": ["value_already_exist"]}})
+        assert fake.counts("lago") == {"t-0": 1, "t-1": 1, "t-2": 1}
+        assert fake.stored_by_refused_batches() == ["t-1", "t-2"]
+        invalid = send_lago(client, lago_event("t-3"), lago_event("t-4", code=""))
+        assert invalid.status_code == 422 and "t-3" not in fake.counts("lago")  # other errors still store nothing
 
 
 def test_lago_single_event_endpoint(fake: FakePlatform, client: httpx.Client) -> None:
@@ -305,8 +327,9 @@ def test_scripted_429_carries_each_platform_headers() -> None:
         assert lago.status_code == 429 and "retry-after" not in lago.headers
         assert (lago.headers["x-ratelimit-limit"], lago.headers["x-ratelimit-remaining"], lago.headers["x-ratelimit-reset"]) == ("50", "0", "3")
         assert (hyperline.status_code, hyperline.text, hyperline.headers["retry-after"]) == (429, "Too many requests", "3")
-        reset_at = parsedate_to_datetime(hyperline.headers["x-ratelimit-reset"]).timestamp()
-        assert 1 <= reset_at - time.time() <= 4
+        assert (hyperline.headers["x-ratelimit-limit"], hyperline.headers["x-ratelimit-remaining"]) == ("1000", "0")
+        reset_at = reset_epoch(hyperline.headers["x-ratelimit-reset"], "epoch-seconds")
+        assert 2 <= reset_at - time.time() <= 4
         assert fake.throttled() == 2 and fake.throttled("lago") == 1
 
 
@@ -387,16 +410,40 @@ def test_a_request_served_out_of_arrival_order_is_never_told_a_reset_past_the_wi
         assert late.headers["X-RateLimit-Reset"] == "1" and late.headers["X-RateLimit-Remaining"] == "48"
 
 
-def test_hyperline_rate_limit_per_ten_second_window() -> None:
-    with FakePlatform(hyperline_rate_limit=2) as fake, connect(fake) as client:
-        responses = [client.post(HYPERLINE, json=[hyperline_event(str(i))]) for i in range(3)]
-        assert [r.status_code for r in responses] == [201, 201, 429]
+def reset_epoch(value: str, form: ResetFormat) -> float:
+    """Hyperline's reset date, read in the form it was asked for."""
+    if form == "epoch-seconds":
+        assert re.fullmatch(r"\d{10}", value)
+        return int(value)
+    if form == "epoch-ms":
+        assert re.fullmatch(r"\d{13}", value)
+        return int(value) / 1000
+    if form == "http-date":
+        return parsedate_to_datetime(value).timestamp()
+    assert value.endswith("Z")
+    return datetime.fromisoformat(value).timestamp()
+
+
+@pytest.mark.parametrize("form", RESET_FORMATS)
+def test_hyperline_announces_its_ten_second_window_on_every_answer(form: ResetFormat) -> None:
+    with FakePlatform(hyperline_rate_limit=2, hyperline_reset_format=form) as fake, connect(fake) as client:
+        responses = [client.post(HYPERLINE, content=b"not json"), *(client.post(HYPERLINE, json=[hyperline_event(str(i))]) for i in range(2))]
+        assert [r.status_code for r in responses] == [400, 201, 429]
+        assert [r.headers["x-ratelimit-remaining"] for r in responses] == ["1", "0", "0"]
+        assert all(r.headers["x-ratelimit-limit"] == "2" for r in responses)
+        for response in responses:
+            assert 8 <= reset_epoch(response.headers["x-ratelimit-reset"], form) - time.time() <= 11  # rounded to a second at most
         assert responses[2].text == "Too many requests"
         assert 9 <= int(responses[2].headers["retry-after"]) <= 10
-        parsedate_to_datetime(responses[2].headers["x-ratelimit-reset"])
-        assert fake.throttled("hyperline") == 1 and fake.counts("hyperline") == {"0": 1, "1": 1}
-        # Lago is not limited by Hyperline's window.
-        assert send_lago(client, lago_event()).status_code == 200
+        assert fake.throttled("hyperline") == 1 and fake.counts("hyperline") == {"0": 1}
+        # Lago is not limited by Hyperline's window, and does not announce it.
+        lago = send_lago(client, lago_event())
+        assert lago.status_code == 200 and "x-ratelimit-limit" not in lago.headers
+
+
+def test_the_fake_hyperline_has_the_real_limit_by_default(fake: FakePlatform, client: httpx.Client) -> None:
+    response = client.post(HYPERLINE, json=[hyperline_event()])
+    assert (response.headers["x-ratelimit-limit"], response.headers["x-ratelimit-remaining"]) == ("1000", "999")
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -409,7 +456,7 @@ def test_cli_refuses_a_non_loopback_host(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_cli_serves_until_interrupted_and_prints_the_count() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "segbill.testing.fake_platform", "--port", "0", "--api-key", "k"],
+        [sys.executable, "-m", "segbill.testing.fake_platform", "--port", "0", "--api-key", "k", "--hyperline-reset-format", "iso8601", "--lago-pre-v1-39"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -419,8 +466,12 @@ def test_cli_serves_until_interrupted_and_prints_the_count() -> None:
         assert url
         response = httpx.post(url[0] + LAGO, json={"events": [lago_event()]}, headers={"Authorization": "Bearer k"})
         assert response.status_code == 200
+        refused = httpx.post(url[0] + LAGO, json={"events": [lago_event("t-1"), lago_event()]}, headers={"Authorization": "Bearer k"})
+        assert refused.status_code == 422  # and, as before Lago v1.39, t-1 is stored
+        hyperline = httpx.post(url[0] + "/v1/events", json=hyperline_event(), headers={"Authorization": "Bearer k"})
+        assert reset_epoch(hyperline.headers["x-ratelimit-reset"], "iso8601") > time.time()
         process.terminate()
         out, _ = process.communicate(timeout=5)
     finally:
         process.kill()
-    assert "stored 1 Lago and 0 Hyperline events" in out
+    assert "stored 2 Lago and 1 Hyperline events" in out

@@ -1,10 +1,12 @@
 """A fake Lago and Hyperline ingest server on loopback: for segbill's tests, its benchmarks, and for
 trying segbill without an account (`python -m segbill.testing.fake_platform --port 8080`).
 
-It imitates what docs/api-facts.md records of the real platforms (validation, all-or-nothing Lago
-batches, duplicates per Lago store, Hyperline partial failures and idempotent upserts, rate
-limits and their headers), and injects faults, scripted or at seeded random rates, so a client's
-"every event stored exactly once" promise can be checked end to end.
+It imitates what the real platforms do, as their code and references show (Lago: lago-api v1.51,
+its OpenAPI spec and Go events-processor; Hyperline: its API reference): validation, all-or-nothing
+Lago batches (or, as before Lago v1.39, batches refused for a duplicate that store their other
+events), duplicates per Lago store, Hyperline partial failures and idempotent upserts, rate limits
+and their headers. It injects faults, scripted or at seeded random rates, so a client's "every
+event stored exactly once" promise can be checked end to end.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
+from datetime import datetime, timezone
+from decimal import ROUND_FLOOR, Decimal
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +36,11 @@ import orjson
 
 Platform = Literal["lago", "hyperline"]
 Store = Literal["postgres", "clickhouse"]
+ResetFormat = Literal["epoch-seconds", "epoch-ms", "http-date", "iso8601"]
+RESET_FORMATS: tuple[ResetFormat, ...] = ("epoch-seconds", "epoch-ms", "http-date", "iso8601")
+"""Forms of Hyperline's X-RateLimit-Reset, "the date and time when the window resets" (its docs
+do not fix one). Epoch seconds are rounded up, as express-rate-limit does; dates to the second
+are rounded down (toUTCString)."""
 
 STATUS_FAULTS = frozenset({"400", "401", "403", "404", "408", "429", "500", "501", "502", "503"})
 """Faults answered with that HTTP status, in the platform's own error format."""
@@ -42,13 +49,16 @@ DROP_FAULTS = frozenset({"reset", "lost", "hang"})
 FAULTS = STATUS_FAULTS | DROP_FAULTS
 
 LAGO_CLOUD_BATCH_RATE = 50
-"""Cloud's batch limit per second: the X-RateLimit-Limit of a scripted 429 when none is set."""
+"""Lago Cloud's documented limit for "all other endpoints" (the batch endpoint is not named):
+the X-RateLimit-Limit of a scripted 429 when no limit is set."""
 LAGO_SINGLE_RATE_FACTOR = 10
-"""Cloud allows 500/s on the single-event endpoint against 50/s on the batch one."""
+"""Lago Cloud documents 500/s for `POST /events` against 50/s for all other endpoints."""
 LAGO_FIELDS = ("transaction_id", "external_subscription_id", "code", "timestamp", "properties", "precise_total_amount_cents")
 """The only event keys Lago keeps; the rest (external_customer_id included) are dropped."""
 HYPERLINE_MAX_BATCH = 5000
 HYPERLINE_WINDOW = 10.0
+HYPERLINE_RATE_LIMIT = 1000
+"""Hyperline ingest: 1,000 requests per 10 s window, announced on every answer."""
 POISON_ERROR = "expression_evaluation_failed: undefined variable in expression"
 
 _LAGO_PATH = re.compile(r"(?:/[^/]+)*/api/v1/events(?P<batch>/batch)?/?")
@@ -126,7 +136,9 @@ class FakePlatform:
         lago_store: Store = "postgres",
         lago_rate_limit: int | None = None,
         lago_poison: Iterable[str] = (),
-        hyperline_rate_limit: int | None = None,
+        lago_pre_v1_39: bool = False,
+        hyperline_rate_limit: int | None = HYPERLINE_RATE_LIMIT,
+        hyperline_reset_format: ResetFormat = "epoch-seconds",
         hyperline_customers: Collection[str] | None = None,
         hyperline_malformed: Iterable[str] = (),
         latency: float = 0.0,
@@ -137,6 +149,8 @@ class FakePlatform:
     ) -> None:
         if lago_store not in ("postgres", "clickhouse"):
             raise ValueError(f"lago_store must be 'postgres' or 'clickhouse', not {lago_store!r}")
+        if hyperline_reset_format not in RESET_FORMATS:
+            raise ValueError(f"hyperline_reset_format must be one of {RESET_FORMATS}, not {hyperline_reset_format!r}")
         self.faults = dict(faults or {})
         _check_faults(self.faults)
         if sum(self.faults.values()) > 1 or any(p < 0 for p in self.faults.values()):
@@ -148,7 +162,9 @@ class FakePlatform:
         self.lago_store = lago_store
         self.lago_rate_limit = lago_rate_limit
         self.lago_poison = set(lago_poison)
+        self.lago_pre_v1_39 = lago_pre_v1_39
         self.hyperline_rate_limit = hyperline_rate_limit
+        self.hyperline_reset_format = hyperline_reset_format
         self.hyperline_customers = None if hyperline_customers is None else set(hyperline_customers)
         self.hyperline_malformed = set(hyperline_malformed)
         self.latency = latency
@@ -202,6 +218,7 @@ class FakePlatform:
             self._lago_rows: dict[tuple[Any, ...], dict[str, Any]] = {}
             self._hyperline_rows: dict[tuple[str, str], Any] = {}
             self._writes: dict[Platform, Counter[str]] = {"lago": Counter(), "hyperline": Counter()}
+            self._stored_by_refused: list[str] = []
             self._requests: list[Request] = []
             self._windows: dict[str, _Window] = {}
             if self.lago_rate_limit:
@@ -236,6 +253,11 @@ class FakePlatform:
         with self._lock:
             return dict(self._writes[platform])
 
+    def stored_by_refused_batches(self) -> list[str]:
+        """Lago transaction ids stored by a batch answered 422 (only `lago_pre_v1_39` does that)."""
+        with self._lock:
+            return list(self._stored_by_refused)
+
     def requests(self, platform: Platform | None = None) -> list[Request]:
         with self._lock:
             return [r for r in self._requests if platform is None or r.platform == platform]
@@ -269,8 +291,9 @@ class FakePlatform:
                 outcome = self._fault_reply(platform, endpoint, int(fault))
             else:
                 outcome = self._serve(platform, endpoint, headers, payload, arrival)
-            if isinstance(outcome, _Reply) and platform == "lago" and self.lago_rate_limit and "X-RateLimit-Limit" not in outcome.headers:
-                outcome.headers.update(self._lago_limit_headers(endpoint, arrival))
+            window_name = _window_name(platform, endpoint)
+            if isinstance(outcome, _Reply) and platform is not None and window_name in self._windows and "X-RateLimit-Limit" not in outcome.headers:
+                outcome.headers.update(self._limit_headers(window_name, arrival))
             if fault == "lost":
                 outcome = fault
             status = outcome.status if isinstance(outcome, _Reply) else None
@@ -291,7 +314,7 @@ class FakePlatform:
 
     def _serve(self, platform: Platform | None, endpoint: str, headers: dict[str, str], payload: Any, now: float) -> _Reply:
         if platform is None:
-            return _lago_error(404)
+            return _lago_error(404, code="resource_not_found")
         if headers.get("authorization") != f"Bearer {self.api_key}":
             return _lago_error(401) if platform == "lago" else _message(401, "Missing authentication token")
         window = self._windows.get(_window_name(platform, endpoint))
@@ -309,26 +332,45 @@ class FakePlatform:
             return _message(status, "Missing authentication token" if status == 401 else HTTPStatus(status).phrase)
         if status == 403:
             return _lago_error(403, code="write_action_not_allowed_for_event")
+        if status == 404:
+            return _lago_error(404, code="resource_not_found")
         return _lago_error(status)
 
     def _too_many(self, platform: Platform | None, endpoint: str, reset_in: float, now: float | None) -> _Reply:
         """429 as each platform sends it: Lago with its X-RateLimit-* trio and no Retry-After,
-        Hyperline with Retry-After, a reset date and a plain-text body. `now` None: injected."""
+        Hyperline with the trio, Retry-After and a plain-text body. `now` None: injected."""
         seconds = math.ceil(reset_in)
         if platform == "hyperline":
-            headers = {"Retry-After": str(seconds), "X-RateLimit-Reset": formatdate(time.time() + reset_in, usegmt=True)}
+            limit = self.hyperline_rate_limit or HYPERLINE_RATE_LIMIT
+            headers = {"Retry-After": str(seconds), **self._hyperline_trio(limit, 0, reset_in)}
             return _Reply(429, b"Too many requests", headers, "text/plain")
         if now is None:
             limit = self.lago_rate_limit or LAGO_CLOUD_BATCH_RATE
             headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(seconds)}
         else:
-            headers = self._lago_limit_headers(endpoint, now)
+            headers = self._limit_headers(_window_name("lago", endpoint), now)
         return _Reply(429, orjson.dumps({"status": 429, "error": "Too Many Requests"}), headers)
 
-    def _lago_limit_headers(self, endpoint: str, now: float) -> dict[str, str]:
-        window = self._windows[_window_name("lago", endpoint)]
+    def _limit_headers(self, window_name: str, now: float) -> dict[str, str]:
+        window = self._windows[window_name]
         remaining, reset_in = window.state(now)
+        if window_name == "hyperline":
+            return self._hyperline_trio(window.limit, remaining, reset_in)
         return {"X-RateLimit-Limit": str(window.limit), "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": str(math.ceil(reset_in))}
+
+    def _hyperline_trio(self, limit: int, remaining: int, reset_in: float) -> dict[str, str]:
+        """Hyperline's limit headers; the reset as a date in the configured form."""
+        reset_at = time.time() + reset_in
+        form = self.hyperline_reset_format
+        if form == "epoch-seconds":
+            reset = str(math.ceil(reset_at))
+        elif form == "epoch-ms":
+            reset = str(math.ceil(reset_at * 1000))
+        elif form == "http-date":
+            reset = formatdate(reset_at, usegmt=True)
+        else:
+            reset = datetime.fromtimestamp(reset_at, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": reset}
 
     # -- Lago ----------------------------------------------------------------------------------
 
@@ -344,10 +386,8 @@ class FakePlatform:
                 return _lago_invalid(outcome["0"])
             return _json(200, {"event": outcome[0]})
         events = payload.get("events")
-        if not events:
+        if not events or not isinstance(events, list):
             return _lago_invalid({"events": ["no_events"]})
-        if not isinstance(events, list):
-            return _lago_error(400)
         if len(events) > self.lago_batch_limit:
             return _lago_invalid({"events": ["too_many_events"]})
         outcome = self._lago_store_events(events)
@@ -357,24 +397,31 @@ class FakePlatform:
 
     def _lago_store_events(self, events: list[Any]) -> dict[str, Any] | list[dict[str, Any]]:
         """Store all events, or none: the errors keyed by index, duplicates looked for only
-        once every event is otherwise valid."""
+        once every event is otherwise valid. Before Lago v1.39 (`lago_pre_v1_39`), a batch
+        refused for duplicates still stored its other events."""
         errors = {str(i): error for i, event in enumerate(events) if (error := self._lago_event_error(event))}
         if errors:
             return errors
         received = time.time()
         rows = [_lago_row(event, received, self.lago_store) for event in events]
-        if self.lago_store == "postgres":
-            seen: set[tuple[Any, ...]] = set()
-            for i, (key, _) in enumerate(rows):
-                if key in self._lago_rows or key in seen:
-                    errors[str(i)] = {"transaction_id": ["value_already_exist"]}
-                seen.add(key)
-            if errors:
-                return errors
-        for key, row in rows:
+        seen: set[str] = set()  # within one batch, a repeat is found by transaction_id alone
+        duplicates: set[int] = set()
+        for i, (key, row) in enumerate(rows):
+            transaction_id = str(row["transaction_id"])
+            if transaction_id in seen or (self.lago_store == "postgres" and key in self._lago_rows):
+                duplicates.add(i)
+                errors[str(i)] = {"transaction_id": ["value_already_exist"]}
+            seen.add(transaction_id)
+        if errors and not self.lago_pre_v1_39:
+            return errors
+        for i, (key, row) in enumerate(rows):
+            if i in duplicates:
+                continue
             self._lago_rows[key] = row
             self._writes["lago"][key[1]] += 1
-        return [row for _, row in rows]
+            if errors:
+                self._stored_by_refused.append(key[1])
+        return errors or [row for _, row in rows]
 
     def _lago_event_error(self, event: Any) -> dict[str, list[str]] | str | None:
         """One event's errors; a bad timestamp hides the others, as in lago-api."""
@@ -390,9 +437,6 @@ class FakePlatform:
         code = event.get("code")
         if not (isinstance(code, str) and code):
             errors["code"] = ["value_is_mandatory"]
-        properties = event.get("properties")
-        if properties is not None and not (isinstance(properties, dict) and all(map(_lago_value_ok, properties.values()))):
-            errors["properties"] = ["invalid_value"]
         if errors:
             return errors
         if code in self.lago_poison or str(transaction_id) in self.lago_poison:
@@ -511,20 +555,18 @@ def _lago_timestamp_ok(value: Any) -> bool:
     return isinstance(value, str) and _NUMBER.fullmatch(value.strip()) is not None
 
 
-def _lago_value_ok(value: Any) -> bool:
-    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
-
-
 def _lago_row(event: dict[str, Any], received: float, store: Store) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """(store key, stored event). Postgres keys on (subscription, transaction_id); ClickHouse
-    adds the timestamp, so a resend with another timestamp is a second event."""
+    """(store key, stored event). Postgres keys on (subscription, transaction_id); ClickHouse on
+    (subscription, code, timestamp to the millisecond, transaction_id), so a resend with another
+    timestamp is a second event."""
     row = {name: event[name] for name in LAGO_FIELDS if name in event}
     if row.get("timestamp") is None:
         row["timestamp"] = received
     subscription = row.get("external_subscription_id")
     key: tuple[Any, ...] = (None if subscription is None else str(subscription), str(row["transaction_id"]))
     if store == "clickhouse":
-        key += (Decimal(str(row["timestamp"]).strip()),)
+        millis = Decimal(str(row["timestamp"]).strip()).quantize(Decimal("0.001"), rounding=ROUND_FLOOR)
+        key += (row["code"], millis)
     return key, row
 
 
@@ -585,7 +627,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         outcome = fake._dispatch(self.command, self.path, headers, body, arrival)
         if fake.latency:
-            time.sleep(fake.latency)
+            self.server.closing.wait(fake.latency)  # a stopped fake answers at once
         if isinstance(outcome, _Reply):
             self._send(outcome)
             return
@@ -692,7 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default="test-key", help="the Bearer key to accept (default test-key)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added before each answer")
     parser.add_argument("--lago-rate-limit", type=int, help="Lago batch requests per second (Cloud: 50)")
-    parser.add_argument("--hyperline-rate-limit", type=int, help="Hyperline requests per 10 s (real: 1000)")
+    parser.add_argument("--hyperline-rate-limit", type=int, default=HYPERLINE_RATE_LIMIT, help="Hyperline requests per 10 s (default, as the real one: 1000)")
+    parser.add_argument("--hyperline-reset-format", choices=RESET_FORMATS, default="epoch-seconds", help="the form of Hyperline's X-RateLimit-Reset date")
+    parser.add_argument("--lago-pre-v1-39", action="store_true", help="a batch refused for a duplicate stores its other events, as before Lago v1.39")
     parser.add_argument("--lago-store", choices=("postgres", "clickhouse"), default="postgres")
     parser.add_argument("--lago-batch-limit", type=int, default=100)
     parser.add_argument("--fault", type=_fault_rate, action="append", default=[], metavar="NAME=RATE", help=f"random fault rate, repeatable; names: {', '.join(sorted(FAULTS))}")
@@ -706,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
             latency=args.latency,
             lago_rate_limit=args.lago_rate_limit,
             hyperline_rate_limit=args.hyperline_rate_limit,
+            hyperline_reset_format=args.hyperline_reset_format,
+            lago_pre_v1_39=args.lago_pre_v1_39,
             lago_store=args.lago_store,
             lago_batch_limit=args.lago_batch_limit,
             faults=dict(args.fault),
