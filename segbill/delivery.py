@@ -37,7 +37,6 @@ FATAL_STATUSES = {401: "rejected the API key", 403: "refused to let this API key
 
 AUTO_CONCURRENCY = 16  # the adaptive cap without an announced limit, and at least with one: 50 requests/s over 300 ms answers
 AUTO_MAX_CONCURRENCY = 64  # the hard ceiling (connections, and batches held): 500 requests/s over 125 ms answers
-IN_FLIGHT_HEADROOM = 1.25  # requests in flight for an announced pace: pace x answer time, plus a quarter
 MAX_WAIT = 60.0  # the longest pause a rate-limit header can cause: a window is seconds long (Hyperline's: 10 s)
 EPOCH_SECONDS = 1e9  # a reset number from here on is a date in epoch seconds (since 2001), not a wait
 EPOCH_MILLIS = 1e11  # ... and from here on, in epoch milliseconds (since 1973; as seconds it would be year 5138)
@@ -180,7 +179,7 @@ class Concurrency:
         (so 50 requests/s keeps 16) and never more than AUTO_MAX_CONCURRENCY."""
         if not self.adaptive or pace is None or self._rtt is None:
             return
-        needed = math.ceil(pace * self._rtt * IN_FLIGHT_HEADROOM)
+        needed = math.ceil(pace * self._rtt) + 1  # one spare: answers vary
         self.maximum = min(AUTO_MAX_CONCURRENCY, max(AUTO_CONCURRENCY, needed))
         self.limit = min(self.limit, float(self.maximum))
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from datetime import datetime, timezone
+from email.utils import formatdate
 from pathlib import Path
 
 import httpx
@@ -11,8 +14,8 @@ import orjson
 import pytest
 
 from segbill import delivery
-from segbill.delivery import Concurrency, Pacer
-from segbill.testing.fake_platform import FakePlatform
+from segbill.delivery import MAX_WAIT, Concurrency, Pacer, seconds_until, wait_hint
+from segbill.testing.fake_platform import RESET_FORMATS, FakePlatform, ResetFormat
 
 from .conftest import jsonl, track, write
 
@@ -170,3 +173,151 @@ def test_one_odd_reset_does_not_set_the_pace_for_the_run() -> None:
     for remaining in (49, 48, 47):
         longer.observe(lago_headers(remaining, reset=2))
     assert longer._spacing == pytest.approx(2 / (50 * delivery.PACE_MARGIN))
+
+
+# -- X-RateLimit-Reset in every form ---------------------------------------------------------------
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_a_reset_is_read_as_seconds_until_it_whatever_its_form() -> None:
+    soon = time.time() + 5
+    forms = [
+        "5",  # seconds to wait (Lago)
+        str(math.ceil(soon)),  # epoch seconds
+        str(math.ceil(soon * 1000)),  # epoch milliseconds
+        formatdate(math.ceil(soon), usegmt=True),  # HTTP date
+        iso(soon),  # ISO 8601
+        iso(soon).replace("Z", "+00:00"),
+        datetime.fromtimestamp(soon, timezone.utc).replace(tzinfo=None).isoformat(),  # no zone: UTC
+    ]
+    for value in forms:
+        seconds = seconds_until(value)
+        assert seconds is not None and 3.5 <= seconds <= 6.1, value
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("-3", 0.0),  # negative
+        ("0", 0.0),
+        ("1796061616", 0.0),  # an epoch second already past
+        ("1700000000000", 0.0),  # an epoch millisecond already past
+        ("Thu, 01 Jan 2015 00:00:00 GMT", 0.0),  # a past HTTP date
+        ("2015-01-01T00:00:00Z", 0.0),  # a past ISO date
+        ("86400", MAX_WAIT),  # a day to wait
+        ("999999999", MAX_WAIT),  # just below an epoch second: 31 years
+        ("4102444800", MAX_WAIT),  # 2100 in epoch seconds
+        ("4102444800000", MAX_WAIT),  # 2100 in epoch milliseconds
+        ("1e300", MAX_WAIT),
+        ("9999-12-31T23:59:59Z", MAX_WAIT),
+        ("nan", None),
+        ("inf", None),
+        ("-inf", None),
+        ("soon", None),
+        ("", None),
+        ("  ", None),
+        ("12:00", None),
+        ("Thu, 99 Foo 2026", None),
+    ],
+)
+def test_absurd_resets_never_mean_a_long_wait(value: str, expected: float | None) -> None:
+    assert seconds_until(value) == expected
+
+
+def test_a_429_never_asks_for_more_than_the_cap() -> None:
+    assert wait_hint(httpx.Headers({"Retry-After": "3600"})) == MAX_WAIT
+    assert wait_hint(httpx.Headers({"Retry-After": "garbage", "X-RateLimit-Reset": "1796061616"})) == 0.0
+
+
+def test_an_epoch_reset_on_a_spent_window_pauses_until_its_end_not_for_57_years() -> None:
+    pacer = Pacer(rate=None)
+    before = time.monotonic()
+    ends = str(math.ceil(time.time() + 8))
+    pacer.observe(httpx.Headers({"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": ends}))
+    assert before + 6 <= pacer.paused_until <= time.monotonic() + 9
+    assert pacer._spacing <= 9 / (1000 * delivery.PACE_MARGIN)  # about 10 ms, not 21 days
+
+
+class Clock:
+    """Wall and monotonic time that move only when told, for the pacer's arithmetic."""
+
+    def __init__(self) -> None:
+        self.now = 1_796_000_000.4
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now - 1_700_000_000
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_reset_date_rounded_up_to_the_second_does_not_slow_the_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch seconds rounded up announce up to 11 s for a 10 s window; the time between two
+    windows' openings shows the real length."""
+    clock = Clock()
+    monkeypatch.setattr(delivery, "time", clock)
+    pacer = Pacer(rate=None)
+
+    def window(opened: float) -> None:
+        end = str(math.ceil(opened + 10))
+        for remaining in (999, 700, 400, 100):
+            pacer.observe(httpx.Headers({"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": end}))
+            clock.advance(2.5)
+
+    window(clock.now)
+    assert pacer._spacing == pytest.approx(11 / (1000 * delivery.PACE_MARGIN))  # 10.6 s rounded up, announced twice
+    clock.advance(0.02)  # the next window opens with the next request
+    window(clock.now)
+    assert pacer._spacing == pytest.approx(10.02 / (1000 * delivery.PACE_MARGIN))
+
+
+def test_the_pacer_reads_each_form_of_the_fake_hyperline_window() -> None:
+    for form in RESET_FORMATS:
+        with FakePlatform(hyperline_rate_limit=3, hyperline_reset_format=form) as fake, httpx.Client(base_url=fake.url) as client:
+            pacer = Pacer(rate=None)
+            for i in range(3):
+                answer = client.post("/v1/events/batch", json=[], headers={"Authorization": "Bearer test-key"})
+                pacer.observe(answer.headers)
+            assert answer.headers["x-ratelimit-remaining"] == "0"
+            pause = pacer.paused_until - time.monotonic()
+            assert 8 <= pause <= 11, form  # the window's end (rounded up to a second at most)
+            window = pacer._spacing * 3 * delivery.PACE_MARGIN
+            assert window == pytest.approx(10) or (form == "epoch-seconds" and window == pytest.approx(11)), form
+
+
+@pytest.mark.parametrize("form", RESET_FORMATS)
+def test_a_send_to_hyperline_keeps_pace_whatever_the_reset_form(segbill, tmp_path: Path, form: ResetFormat) -> None:
+    """Every answer announces the 10 s window with a date in `form`: the run keeps the pace it
+    allows (no 429) and finishes with every event stored once."""
+    write(tmp_path / "in.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(60))))
+    with FakePlatform(api_key=KEY, hyperline_rate_limit=1000, hyperline_reset_format=form) as fake:
+        env = {"HYPERLINE_API_URL": fake.url, "HYPERLINE_API_KEY": KEY}
+        run = segbill("send", "in.jsonl", "--to", "hyperline", "--json", "--quiet", "--batch-size", "2", env=env)
+        assert run.exit_code == 0, run.stderr
+        assert orjson.loads(run.stdout)["delivered"] == 60
+        assert fake.counts("hyperline") == {f"m{i}": 1 for i in range(60)}
+        assert len(fake.requests("hyperline")) == 30 and fake.throttled("hyperline") == 0
+
+
+def test_the_auto_concurrency_cap_follows_the_announced_pace() -> None:
+    async def cap(pace: float | None, answer_time: float) -> int:
+        limit = Concurrency(None)
+        await limit.acquire()
+        await limit.release(answer_time, congested=False)
+        limit.ceiling(pace)
+        return limit.maximum
+
+    assert asyncio.run(cap(None, 0.3)) == delivery.AUTO_CONCURRENCY  # nothing announced
+    assert asyncio.run(cap(50 * delivery.PACE_MARGIN, 0.3)) == 16  # Lago's 50/s, as before
+    assert asyncio.run(cap(500 * delivery.PACE_MARGIN, 0.08)) == 40  # 500/s over 80 ms answers
+    assert asyncio.run(cap(500 * delivery.PACE_MARGIN, 2.0)) == delivery.AUTO_MAX_CONCURRENCY
+    fixed = Concurrency(3)
+    fixed.ceiling(1000.0)
+    assert fixed.maximum == 3
+
