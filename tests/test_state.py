@@ -239,6 +239,50 @@ def test_killed_mid_run_then_rerun_every_event_is_stored_exactly_once(tmp_path: 
         assert stored_before <= 3000
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_rerun_never_batches_maybe_stored_events_with_new_ones(segbill, tmp_path: Path, signum: int) -> None:
+    """A Lago before v1.39 refusing a batch for a duplicate still stores its other events,
+    without their fees or wallet updates. Events sent without an answer (a stop, a kill) go back
+    only with the others of their request, even when a rerun changes the batch size."""
+    with FakePlatform(api_key=KEY, lago_pre_v1_39=True, latency=60) as fake:
+        write(tmp_path / "a.jsonl", jsonl(*messages(100)))
+        env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+        command = [sys.executable, "-m", "segbill", "send", "a.jsonl", "--to", "lago", "--quiet", "--state", "s.db", "--grace", "0"]
+        process = subprocess.Popen([*command, "--batch-size", "10", "--concurrency", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _wait_for(lambda: len(fake.counts("lago")) >= 20)  # two batches stored, their answers a minute away
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+        assert b"Traceback" not in err
+        assert fake.counts("lago") == {f"m{i}": 1 for i in range(20)}
+        fake.latency = 0
+        rerun, summary = send(segbill, fake.url, "a.jsonl", "--state", "s.db", "--batch-size", "25")
+        assert rerun.exit_code == 0, rerun.stderr
+        assert (summary["delivered"], summary["already_delivered"]) == (100, 20)
+        assert fake.stored_by_refused_batches() == []  # no new event went in a batch with a stored one
+        assert fake.counts("lago") == {f"m{i}": 1 for i in range(100)}
+        assert sorted(request.events for request in fake.requests("lago")[2:]) == [5, 10, 10, 25, 25, 25]  # as first sent, then new
+
+
+def test_keys_sent_without_an_answer_are_resent_once_with_their_request(tmp_path: Path, claim_method: None) -> None:
+    from segbill.state import Claim
+
+    ledger = State(tmp_path / "s.db", "lago")
+    ledger.claim([("a", 1), ("b", 2), ("c", 3), ("d", 4)])
+    ledger.sending(["a", "b"])
+    ledger.sending(["d"])
+    ledger.close()  # c was claimed, never sent: forgotten; a, b and d may be stored
+    again = State(tmp_path / "s.db", "lago")
+    verdicts = again.claim([("a", 1), ("b", 2), ("c", 3), ("d", 4), ("a", 1), ("b", 9)])
+    assert verdicts == [Claim.RESEND, Claim.RESEND, Claim.NEW, Claim.RESEND, Claim.DUPLICATE, Claim.SHIFTED]
+    assert again.resending["a"] == again.resending["b"] != again.resending["d"]
+    again.release(["a"], refused=True)  # the platform refused it: not stored
+    again.release(["b"])  # not attempted this time: still maybe stored
+    again.close()
+    third = State(tmp_path / "s.db", "lago")
+    assert third.claim([("a", 1), ("b", 2)]) == [Claim.NEW, Claim.RESEND]
+    third.close()
+
+
 def test_the_frontier_forgets_finished_lines_so_memory_stays_flat() -> None:
     from segbill.segment import Record
     from segbill.state import Frontier
