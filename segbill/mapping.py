@@ -26,6 +26,7 @@ from segbill.segment import (
     lookup,
     parse_time,
 )
+from segbill.targets import MAX_EXACT_INT
 
 # The platform's field -> the Billable slot it fills.
 FIELDS = {
@@ -35,7 +36,7 @@ FIELDS = {
 AMOUNT_FIELD = {"lago": "precise_total_amount_cents"}
 MAX_CACHED_NAMES = 10_000  # event names whose code is remembered (names are few; memory stays flat)
 EVENT_KEYS = {"billable_types", "include", "exclude", "rename", "other"}
-PROPERTY_KEYS = {"include", "exclude", "rename", "constants"}
+PROPERTY_KEYS = {"include", "exclude", "rename", "constants", "separator"}
 
 
 class ConfigError(Exception):
@@ -90,6 +91,7 @@ class Mapping:
     property_exclude: tuple[str, ...] = ()
     property_rename: dict[str, str] = field(default_factory=dict)
     property_constants: dict[str, Any] = field(default_factory=dict)
+    separator: str = "."  # joins nested property keys: "model_name" is reachable from a Lago custom expression
 
     @property
     def shapes_properties(self) -> bool:
@@ -347,7 +349,13 @@ def _table(config: Path, target: str, table: Any) -> Mapping:
         for key, value in constants.items():
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise ConfigError(f"{where}.properties.constants.{key}: must be a string or a number.")
-        changes["property_constants"] = dict(constants)
+        exact = {key: str(value) if type(value) is int and abs(value) > MAX_EXACT_INT else value for key, value in constants.items()}
+        changes["property_constants"] = exact
+    if "separator" in properties:
+        separator = properties["separator"]
+        if not isinstance(separator, str) or not separator:
+            raise ConfigError(f"{where}.properties.separator: must be a non-empty string such as \"_\", not {separator!r}.")
+        changes["separator"] = separator
     return replace(mapping, **changes)
 
 

@@ -280,7 +280,7 @@ def _convert(message: dict[str, Any], name: str, target: Target, mapping: Mappin
 
 
 def _event(fields: Billable, message: dict[str, Any], target: Target, mapping: Mapping) -> dict[str, Any]:
-    event = target.convert(fields)
+    event = target.convert(fields, mapping.separator)
     if mapping.shapes_properties:
         key = target.properties_key
         event[key] = mapping.shape(event[key], target.protected_key)

@@ -73,7 +73,7 @@ def test_lago_golden() -> None:
             "nullable": "[1,null]",
             "empty_list": "[]",
             "unicode": "héllo 世界 🚀",
-            "big": 2**60 + 1,
+            "big": "1152921504606846977",  # beyond 2**53: exact only as text
         },
     }
     ASSERT_SCHEMA["lago"](event)
@@ -100,7 +100,7 @@ def test_hyperline_golden() -> None:
             "nullable": "[1,null]",
             "empty_list": [],
             "unicode": "héllo 世界 🚀",
-            "big": 2**60 + 1,
+            "big": "1152921504606846977",  # beyond 2**53: exact only as text
         },
     }
     ASSERT_SCHEMA["hyperline"](event)
@@ -111,8 +111,20 @@ def test_integers_beyond_64_bits_stay_exact(target: str) -> None:
     """orjson would read these as floats; the exact re-parse keeps every digit."""
     event = convert(target, track(properties=None, huge=True))
     values = event["properties"] if target == "lago" else event["record"]
-    assert values["huge"] == 123456789012345678901234567890
-    assert values["neg"] == -99999999999999999999
+    assert values["huge"] == "123456789012345678901234567890"
+    assert values["neg"] == "-99999999999999999999"
+
+
+@pytest.mark.parametrize("target", ["lago", "hyperline"])
+def test_integers_beyond_2_53_are_sent_as_decimal_strings(target: str) -> None:
+    """Lago's ClickHouse pipeline and Hyperline read JSON numbers as float64: past 2**53 a number
+    would change; its decimal text does not."""
+    properties = {"safe": 2**53, "negative_safe": -(2**53), "over": 2**53 + 1, "under": -(2**53) - 1, "list": [1, 2**53 + 1, "x"], "deep": {"n": 2**63 - 1}}
+    event = convert(target, track(properties=properties))
+    values = event["properties"] if target == "lago" else event["record"]
+    assert values["safe"] == 2**53 and values["negative_safe"] == -(2**53)
+    assert (values["over"], values["under"], values["deep.n"]) == ("9007199254740993", "-9007199254740993", "9223372036854775807")
+    assert values["list"] == ('[1,9007199254740993,"x"]' if target == "lago" else [1, "9007199254740993", "x"])
 
 
 def test_the_exact_reparse_finds_the_right_message_in_an_envelope() -> None:

@@ -50,6 +50,8 @@ ODD_MESSAGES: list[Any] = [
     track(messageId="m-deep", properties={"a": {"b": {"c": [1, {"d": None}]}, "e": None}, "f": True, "g": 1.5}),
     track(messageId="m-big-float", properties={"n": BIG * 4, "small": 1e300 / 1e300}),
     track(messageId="m-big-in-list", properties={"xs": [1, BIG * 2]}),
+    track(messageId="m-past-2-53", properties={"n": 2**53 + 1, "m": -(2**53), "xs": [2**60, True], "o": {"p": -(2**62)}}),
+    track(messageId="m-conflict-3", properties={"a_b": 1, "a": {"b": 2}}),  # a conflict with the "_" separator
     track(messageId="m-renamed", event="Order Completed"),
     track(messageId="m-excluded", event="Internal Ping"),
     {"type": "identify", "userId": "u", "messageId": "id-1"},
@@ -68,6 +70,9 @@ billable_types = { page = "page_viewed" }
 exclude = ["Internal *"]
 rename = { "Order Completed" = "order" }
 other = "snake_case"
+
+[lago.properties]
+separator = "_"
 """
 
 

@@ -91,6 +91,24 @@ include = ["id", "tokens"]
     assert hyper["record"] == {"id": "m1", "tokens": 1200}  # the record id always stays
 
 
+def test_a_separator_flattens_to_keys_a_lago_expression_can_name(segbill, tmp_path: Path) -> None:
+    config = """
+[lago.properties]
+separator = "_"
+include = ["tokens", "model_*"]
+constants = { big = 9007199254740993 }
+
+[hyperline.properties]
+separator = "__"
+"""
+    [event] = dry(segbill, tmp_path, config, [API_CALL]).events
+    assert event["properties"] == {"tokens": 1200, "model_name": "gpt", "model_tier": "pro", "big": "9007199254740993"}
+    [hyper] = dry(segbill, tmp_path, config, [API_CALL], "hyperline").events
+    assert hyper["record"]["model__name"] == "gpt" and hyper["record"]["debug__trace"] == "x"
+    conflict = dry(segbill, tmp_path, config, [track(properties={"model_name": 1, "model": {"name": 2}})])
+    assert conflict.exit_code == 1 and conflict.dead_letters[0]["reason"].startswith('Two properties become "model_name"')
+
+
 def test_flags_override_the_file(segbill, tmp_path: Path) -> None:
     config = """
 [lago]
@@ -122,6 +140,8 @@ def test_an_amount_that_is_not_a_number_is_dead_lettered(segbill, tmp_path: Path
         ("[lago.events]\nother = 'camel'\n", "segbill.toml: lago.events.other: must be \"keep\" or \"snake_case\", not 'camel'."),
         ("[lago.events]\nbillable_types = { track = 'x' }\n", "track is always billable"),
         ("[lago.properties]\nconstants = { a = true }\n", "segbill.toml: lago.properties.constants.a: must be a string or a number."),
+        ("[lago.properties]\nseparator = ''\n", "segbill.toml: lago.properties.separator: must be a non-empty string such as \"_\", not ''."),
+        ("[hyperline.properties]\nseparator = 1\n", "segbill.toml: hyperline.properties.separator: must be a non-empty string"),
         ("[hyperline]\nprecise_total_amount_cents = 'x'\n", "segbill.toml: hyperline: unknown key 'precise_total_amount_cents'"),
         ("[lago]\ntimestamp = { value = 'soon' }\n", "segbill.toml: lago.timestamp.value: 'soon' is not an ISO 8601 time."),
         ("[lago\n", "segbill.toml: not valid TOML"),

@@ -11,6 +11,11 @@ from typing import Any
 
 from segbill.segment import Billable, Invalid, check_exact, dumps
 
+MAX_EXACT_INT = 2**53
+"""Beyond it a JSON number is inexact in float64: Lago's ClickHouse pipeline (its Go
+events-processor) and Hyperline (JavaScript) both decode numbers so. Such integers are sent as
+decimal strings, which every store keeps exact (Lago's numeric filters read the text)."""
+
 
 @dataclass
 class Answer:
@@ -27,7 +32,7 @@ class Answer:
 class Target:
     name: str
     label: str
-    convert: Callable[[Billable], dict[str, Any]]
+    convert: Callable[[Billable, str], dict[str, Any]]  # (billable, flattening separator) -> event
     key: Callable[[dict[str, Any]], str]  # the idempotency key of a converted event
     batch_path: str
     max_batch: int
@@ -41,26 +46,30 @@ class Target:
     protected_key: str | None = None  # a key in there that is not a property (Hyperline's record id)
 
 
-def flatten(properties: dict[str, Any], *, keep_scalar_lists: bool) -> dict[str, Any]:
-    """Nested objects -> dotted keys; nulls dropped; lists kept only where the platform takes them.
+def flatten(properties: dict[str, Any], *, keep_scalar_lists: bool, separator: str = ".") -> dict[str, Any]:
+    """Nested objects -> keys joined by `separator` ("model.name"); nulls dropped; integers
+    beyond 2**53 as decimal strings; lists kept only where the platform takes them.
 
     Lists of scalars stay lists when `keep_scalar_lists` (booleans then stay booleans too);
     otherwise booleans become "true"/"false" and lists become their JSON text.
     """
     flat: dict[str, Any] = {}
-    _flatten_into(flat, "", properties, keep_scalar_lists)
+    _flatten_into(flat, "", properties, keep_scalar_lists, separator)
     return flat
 
 
-def _flatten_into(flat: dict[str, Any], prefix: str, values: dict[str, Any], keep: bool) -> None:
-    # Two keys can only collide once a nested object has added dotted keys (or below the top).
+def _flatten_into(flat: dict[str, Any], prefix: str, values: dict[str, Any], keep: bool, separator: str) -> None:
+    # Two keys can only collide once a nested object has added joined keys (or below the top).
     nested = bool(prefix)
     for name, value in values.items():
         kind = type(value)
-        if kind is str or kind is int:  # most values: kept as they are
+        if kind is str:  # most values: kept as they are
             pass
+        elif kind is int:
+            if not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+                value = str(value)
         elif kind is dict:
-            _flatten_into(flat, prefix + name + ".", value, keep)
+            _flatten_into(flat, prefix + name + separator, value, keep, separator)
             nested = True
             continue
         elif value is None:
@@ -71,7 +80,7 @@ def _flatten_into(flat: dict[str, Any], prefix: str, values: dict[str, Any], kee
             if not keep:
                 value = "true" if value else "false"
         elif kind is list:
-            value = value if keep and _scalars(value) else _json_text(value)
+            value = _exact_ints(value) if keep and _scalars(value) else _json_text(value)
         key = prefix + name if prefix else name
         if nested and key in flat:
             raise Invalid(
@@ -79,6 +88,17 @@ def _flatten_into(flat: dict[str, Any], prefix: str, values: dict[str, Any], kee
                 f"Two properties become \"{key}\" once nested objects are flattened; rename one.",
             )
         flat[key] = value
+
+
+def _exact_ints(values: list[Any]) -> list[Any]:
+    """A list of scalars kept as a list, its integers beyond 2**53 as decimal strings."""
+    if not any(map(_inexact, values)):
+        return values
+    return [str(value) if _inexact(value) else value for value in values]
+
+
+def _inexact(value: Any) -> bool:
+    return type(value) is int and not -MAX_EXACT_INT <= value <= MAX_EXACT_INT
 
 
 def _scalars(values: list[Any]) -> bool:

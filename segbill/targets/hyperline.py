@@ -14,9 +14,9 @@ RENAMED_ID = "properties.id"
 NO_REASON = "Rejected by Hyperline, which gives no reason; check that the customer exists."
 
 
-def convert(billable: Billable) -> dict[str, Any]:
+def convert(billable: Billable, separator: str) -> dict[str, Any]:
     """Hyperline takes scalars, booleans and lists of scalars in `record`, never nested objects."""
-    properties = flatten(billable.properties, keep_scalar_lists=True)
+    properties = flatten(billable.properties, keep_scalar_lists=True, separator=separator)
     if "id" in properties:
         if RENAMED_ID in properties:
             raise Invalid("property_conflict", f"Properties \"id\" and \"{RENAMED_ID}\" would both be \"{RENAMED_ID}\"; rename one.")

@@ -12,7 +12,7 @@ from segbill.targets import Answer, Target, flatten
 DUPLICATE = {"transaction_id": ["value_already_exist"]}
 
 
-def convert(billable: Billable) -> dict[str, Any]:
+def convert(billable: Billable, separator: str) -> dict[str, Any]:
     """Lago ignores unknown and camelCase keys, reads ISO times as errors, and milliseconds as
     seconds: so snake_case keys, and the time as a seconds string with a millisecond fraction."""
     return {
@@ -20,7 +20,7 @@ def convert(billable: Billable) -> dict[str, Any]:
         "external_subscription_id": billable.customer,
         "code": billable.event,
         "timestamp": unix_seconds(billable.millis),
-        "properties": flatten(billable.properties, keep_scalar_lists=False),
+        "properties": flatten(billable.properties, keep_scalar_lists=False, separator=separator),
     }
 
 
