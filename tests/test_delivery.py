@@ -1,4 +1,4 @@
-"""Delivery against fake Lago and Hyperline servers on 127.0.0.1 that behave as api-facts says.
+"""Delivery against fake Lago and Hyperline servers on 127.0.0.1 that behave as the real ones do.
 
 Every test checks the three promises: nothing lost, nothing stored twice, and the API key in no
 output and no dead-letter line.

@@ -39,8 +39,8 @@ Store = Literal["postgres", "clickhouse"]
 ResetFormat = Literal["epoch-seconds", "epoch-ms", "http-date", "iso8601"]
 RESET_FORMATS: tuple[ResetFormat, ...] = ("epoch-seconds", "epoch-ms", "http-date", "iso8601")
 """Forms of Hyperline's X-RateLimit-Reset, "the date and time when the window resets" (its docs
-do not fix one). Epoch seconds are rounded up, as express-rate-limit does; dates to the second
-are rounded down (toUTCString)."""
+do not fix one). Epoch seconds are rounded up (as the common Node limiter express-rate-limit
+does: the hardest case for a client's pacing), HTTP dates rounded down to the second."""
 
 STATUS_FAULTS = frozenset({"400", "401", "403", "404", "408", "429", "500", "501", "502", "503"})
 """Faults answered with that HTTP status, in the platform's own error format."""
