@@ -168,10 +168,10 @@ class State:
         if not self.keeps:
             return
         request = -random.getrandbits(62) - 1
-        self.db.executemany(
-            "UPDATE ledger SET delivered = ? WHERE target = ? AND key = ? AND delivered <> 1",
-            [(request, self.target, key) for key in keys],
-        )
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(f"UPDATE ledger SET delivered = ? WHERE target = ? AND key IN ({marks}) AND delivered <> 1", [request, self.target, *chunk])
         self.commit()
 
     def delivered(self, keys: list[str]) -> None:
