@@ -26,7 +26,7 @@ from segbill.segment import (
     lookup,
     parse_time,
 )
-from segbill.targets import MAX_EXACT_INT
+from segbill.targets import exact
 
 # The platform's field -> the Billable slot it fills.
 FIELDS = {
@@ -349,8 +349,7 @@ def _table(config: Path, target: str, table: Any) -> Mapping:
         for key, value in constants.items():
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise ConfigError(f"{where}.properties.constants.{key}: must be a string or a number.")
-        exact = {key: str(value) if type(value) is int and abs(value) > MAX_EXACT_INT else value for key, value in constants.items()}
-        changes["property_constants"] = exact
+        changes["property_constants"] = {key: exact(value) for key, value in constants.items()}
     if "separator" in properties:
         separator = properties["separator"]
         if not isinstance(separator, str) or not separator:

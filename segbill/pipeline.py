@@ -216,7 +216,8 @@ class Replay:
 
     def not_attempted(self, items: list[tuple[Record, str]]) -> None:
         """Whether these reached the platform is unknown or they were never sent: they stay held,
-        so the checkpoint stays before them and a rerun sends them (idempotently) again."""
+        so the checkpoint stays before them and a rerun sends them (idempotently) again; those
+        that were sent stay marked so (see `State.sending`)."""
         self.tally.not_attempted += len(items)
         if not self.options.dry_run:
             self.state.release([key for _, key in items])

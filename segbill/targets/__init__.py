@@ -90,11 +90,16 @@ def _flatten_into(flat: dict[str, Any], prefix: str, values: dict[str, Any], kee
         flat[key] = value
 
 
+def exact(value: Any) -> Any:
+    """An integer beyond 2**53 as its decimal text (see MAX_EXACT_INT); anything else as it is."""
+    return str(value) if _inexact(value) else value
+
+
 def _exact_ints(values: list[Any]) -> list[Any]:
     """A list of scalars kept as a list, its integers beyond 2**53 as decimal strings."""
     if not any(map(_inexact, values)):
         return values
-    return [str(value) if _inexact(value) else value for value in values]
+    return [exact(value) for value in values]
 
 
 def _inexact(value: Any) -> bool:
