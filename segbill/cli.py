@@ -178,7 +178,7 @@ def send(
         typer.Option(
             "--concurrency",
             metavar="auto|N",
-            help="Requests in flight. auto grows and shrinks it from answer times and 429s (up to 16); N fixes it.",
+            help="Requests in flight. auto grows and shrinks it from answer times and 429s (up to 16, or what an announced limit needs, at most 64); N fixes it.",
         ),
     ] = "auto",
     rate: Annotated[

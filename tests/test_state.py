@@ -263,6 +263,23 @@ def test_a_rerun_never_batches_maybe_stored_events_with_new_ones(segbill, tmp_pa
         assert sorted(request.events for request in fake.requests("lago")[2:]) == [5, 10, 10, 25, 25, 25]  # as first sent, then new
 
 
+def test_a_dead_letter_replay_never_batches_maybe_stored_events_with_new_ones(segbill, tmp_path: Path) -> None:
+    """A batch whose answer was lost and whose retries then failed is dead-lettered, but may be
+    stored: replayed beside new events, it still travels alone."""
+    with FakePlatform(api_key=KEY, lago_pre_v1_39=True) as fake:
+        write(tmp_path / "a.jsonl", jsonl(*messages(30)))
+        fake.script(["lost", "503", "503"])  # the first batch is stored, then its retries fail
+        first, summary = send(segbill, fake.url, "a.jsonl", "--state", "s.db", "--batch-size", "10", "--concurrency", "1", "--max-retries", "2")
+        assert first.exit_code == 1 and summary["dead_lettered_by_reason"] == {"unreachable": 10}
+        (tmp_path / "dead.jsonl").rename(tmp_path / "retry.jsonl")
+        write(tmp_path / "b.jsonl", jsonl(*messages(30, prefix="b")))
+        replay, summary = send(segbill, fake.url, "retry.jsonl", "b.jsonl", "--state", "s.db", "--batch-size", "25")
+        assert replay.exit_code == 0, replay.stderr
+        assert (summary["delivered"], summary["already_delivered"]) == (40, 10)
+        assert fake.stored_by_refused_batches() == []
+        assert fake.counts("lago") == {**{f"m{i}": 1 for i in range(30)}, **{f"b{i}": 1 for i in range(30)}}
+
+
 def test_keys_sent_without_an_answer_are_resent_once_with_their_request(tmp_path: Path, claim_method: None) -> None:
     from segbill.state import Claim
 
