@@ -239,6 +239,11 @@ def test_an_epoch_reset_on_a_spent_window_pauses_until_its_end_not_for_57_years(
     pacer.observe(httpx.Headers({"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": ends}))
     assert before + 6 <= pacer.paused_until <= time.monotonic() + 9
     assert pacer._spacing <= 9 / (1000 * delivery.PACE_MARGIN)  # about 10 ms, not 21 days
+    for absurd in ("4102444800", "4102444800000", "9999-12-31T23:59:59Z", "1e300"):
+        odd = Pacer(rate=None)
+        odd.observe(httpx.Headers({"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": absurd}))
+        assert odd.paused_until <= time.monotonic() + MAX_WAIT
+        assert odd._spacing <= MAX_WAIT / (1000 * delivery.PACE_MARGIN)
 
 
 class Clock:
