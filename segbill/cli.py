@@ -14,7 +14,7 @@ import orjson
 import typer
 
 from segbill import __version__
-from segbill.deadletter import DEFAULT_PATH
+from segbill.deadletter import DEFAULT_PATH, written_by_dry_runs
 from segbill.inspection import inspect_command
 from segbill.mapping import ConfigError
 from segbill.mapping import load as load_mapping
@@ -22,7 +22,7 @@ from segbill.pipeline import Options, Replay, dry_run
 from segbill.report import ExitCode, Progress, Tally, render
 from segbill.segment import parse_time
 from segbill.sources import Source
-from segbill.state import StateBusy
+from segbill.state import OtherDestination, StateBusy
 from segbill.targets import Target, get_target
 from segbill.usage import fail, inputs, streaming_gc, warn
 
@@ -113,14 +113,16 @@ def send(
         typer.Option("--exclude-event", metavar="GLOB", help="Do not bill events whose name matches (repeatable).", show_default=False),
     ] = None,
     dead_letter: Annotated[
-        Path,
+        Optional[Path],
         typer.Option(
             "--dead-letter",
             metavar="PATH",
-            help="Where records that cannot be delivered go, one JSON line each with the reason (appended; "
-            "created only when needed, readable by you only). Replay it with segbill send.",
+            help=f"Where records that cannot be delivered go, one JSON line each with the reason (appended; "
+            f"created only when needed, readable by you only). Replay it with segbill send. Default: {DEFAULT_PATH}; "
+            "a dry run writes none unless given one, and then replaces it.",
+            show_default=False,
         ),
-    ] = Path(DEFAULT_PATH),
+    ] = None,
     state: Annotated[
         Optional[Path],
         typer.Option(
@@ -220,7 +222,12 @@ def send(
     except ConfigError as error:
         fail(str(error))
     sources = inputs(paths)
-    _check_dead_letter_path(dead_letter, sources)
+    if dead_letter is None and not dry_run_:
+        dead_letter = Path(DEFAULT_PATH)
+    if dead_letter is not None:
+        _check_dead_letter_path(dead_letter, sources)
+        if dry_run_:
+            _replace_dry_run_dead_letters(dead_letter)
     options = Options(
         sources=sources,
         target=get_target(to.value),
@@ -235,9 +242,11 @@ def send(
     if state is not None and not state.parent.is_dir():
         fail(f"--state {state}: the folder {state.parent} does not exist.")
     delivery = None if dry_run_ else _delivery_options(options.target, api_url, api_key, batch_size, concurrency, rate, timeout, max_retries, grace)
+    if delivery is not None:
+        options.url = _destination(delivery.url)
     try:
         replay = Replay(options, warn=warn)
-    except StateBusy as error:
+    except (StateBusy, OtherDestination) as error:
         fail(str(error))
     except OSError as error:
         fail(f"--state {state}: {error.strerror or error}.")
@@ -340,6 +349,22 @@ def _check_dead_letter_path(dead_letter: Path, sources: list[Source]) -> None:
                 f"{source.name} is both an input and the dead-letter file. Move it first "
                 f"(mv {source.name} {retry}) or pass another --dead-letter."
             )
+
+
+def _replace_dry_run_dead_letters(dead_letter: Path) -> None:
+    """A dry run's dead-letter file holds that dry run alone: an earlier preview is replaced,
+    a send's dead letters never are."""
+    if not dead_letter.exists():
+        return
+    if not written_by_dry_runs(dead_letter):
+        fail(f"--dead-letter {dead_letter} holds dead letters of a send; a dry run replaces its file: name another one.")
+    dead_letter.unlink()
+
+
+def _destination(url: str) -> str:
+    """The URL as the state remembers it: the same host written another way is the same place."""
+    parts = urlsplit(url)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
 
 
 def _flush_stdout() -> None:

@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
+
 from segbill.segment import DEAD_LETTER_MARKER, Record, dumps
 
 DEFAULT_PATH = "segbill-dead-letter.jsonl"
@@ -20,9 +22,11 @@ DEFAULT_PATH = "segbill-dead-letter.jsonl"
 class DeadLetterFile:
     """Appends entries; the file is created (readable by its owner only) on the first entry."""
 
-    def __init__(self, path: Path, target: str) -> None:
+    def __init__(self, path: Path, target: str, *, dry_run: bool = False) -> None:
+        """`dry_run`: entries say so, and a later dry run may replace the file (see `is_dry_run`)."""
         self.path = path
         self.target = target
+        self.dry_run = dry_run
         self._handle: BinaryIO | None = None
         self._unsynced = False
 
@@ -34,6 +38,8 @@ class DeadLetterFile:
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "source": record.source(),
         }
+        if self.dry_run:
+            entry["dry_run"] = True
         if record.first_source is not None and record.first_source != entry["source"]:
             entry["first_source"] = record.first_source
         if record.message is not None:
@@ -58,6 +64,20 @@ class DeadLetterFile:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+def written_by_dry_runs(path: Path) -> bool:
+    """Whether an existing dead-letter file holds a dry run's preview (or nothing), which a new
+    dry run replaces; a send's dead letters are never overwritten."""
+    with open(path, "rb") as handle:
+        first = handle.readline()
+    if not first.strip():
+        return True
+    try:
+        entry = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(entry, dict) and entry.get("dry_run") is True
 
 
 def _open_private(path: Path) -> BinaryIO:

@@ -42,12 +42,26 @@ class Options:
     sources: list[Source]
     target: Target
     mapping: Mapping = field(default_factory=Mapping)
-    dead_letter: Path = field(default_factory=lambda: Path(DEFAULT_PATH))
+    dead_letter: Path | None = field(default_factory=lambda: Path(DEFAULT_PATH))  # None: counted, not written
     dry_run: bool = False
     state: Path | None = None
     since: int | None = None  # event time bounds in ms: since <= time < until
     until: int | None = None
     shard: tuple[int, int] | None = None  # (K, N): this run bills the customers of shard K of N
+    url: str | None = None  # where the events go; None in a dry run
+
+    def conversion(self) -> str:
+        """Names how records become events (platform and mapping): a record dead-lettered under
+        one conversion is dead-lettered under it again, so a later pass does not write it twice."""
+        return _digest(self.target.name, repr(self.mapping))
+
+    def selection(self) -> str:
+        """Names which records a run bills and how: each selection has its own checkpoints."""
+        return _digest(self.conversion(), repr((self.since, self.until, self.shard)))
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def shard_of(customer: str, shards: int) -> int:
@@ -66,8 +80,11 @@ class Replay:
     def __init__(self, options: Options, warn: Callable[[str], None] | None = None) -> None:
         self.options = options
         self.tally = Tally(target=options.target.name, dry_run=options.dry_run)
-        self.dead_letters = DeadLetterFile(options.dead_letter, options.target.name)
-        self.state = State(options.state, options.target.name, read_only=options.dry_run)
+        self.dead_letters = None if options.dead_letter is None else DeadLetterFile(options.dead_letter, options.target.name, dry_run=options.dry_run)
+        self._conversion = options.conversion()
+        self.state = State(options.state, options.target.name, read_only=options.dry_run, selection=options.selection(), url=options.url)
+        self.tally.state_file = None if options.state is None else str(options.state)
+        self._files: dict[str, str] = {}  # source name -> file identity, for its dead letters
         self._warn = warn
         self._warnings = 0
         self._frontiers: dict[str, tuple[Source, Frontier]] = {}
@@ -91,6 +108,9 @@ class Replay:
             if start is not None and start.complete:
                 tally.files_already_done += 1
                 continue
+            if start is not None and start.line:
+                tally.resumed_at.append(f"{source.name}:{start.line + 1}")
+            earlier = self._earlier_dead_letters(source, start.offset if start else 0)
             frontier = Frontier(start)
             self._frontiers[source.name] = (source, frontier)
             hold = frontier.hold if tracking else None
@@ -101,6 +121,9 @@ class Replay:
                 tally.read += 1
                 if hold is not None:
                     hold(record)
+                if earlier is not None and earlier.holds(record):
+                    self.skip(record, "dead_lettered_before")
+                    continue
                 item = take(record)
                 if item is not None:
                     pending.append(item)
@@ -108,6 +131,14 @@ class Replay:
                         yield from self._claimed()
             yield from self._claimed()
             frontier.read_all = True
+
+    def _earlier_dead_letters(self, source: Source, offset: int) -> _EarlierDeadLetters | None:
+        file = self.state.file_identity(source)
+        if file is None:
+            return None
+        self._files[source.name] = file
+        earlier = _EarlierDeadLetters(self.state.earlier_dead_letters(file, (self._conversion, ""), offset))
+        return earlier if earlier.any else None
 
     def _take(self, record: Record) -> tuple[Record, dict[str, Any], int] | None:
         """A record read -> (record, converted event, event time) for the ledger, or its outcome now."""
@@ -166,9 +197,10 @@ class Replay:
                 continue
             self.skip(record, verdict.value)
             if verdict is Claim.SHIFTED:
+                seen = "came before" if self.options.dry_run else "was already sent"
                 self._notice(
-                    f"{record.where()}: {key} was already sent with another event time; not sent again "
-                    "(on Lago's ClickHouse store it would be billed twice)."
+                    f"{record.where()}: {key} {seen} with another event time; not sent again "
+                    f"({self.options.target.shifted_repeat})."
                 )
         while fresh:
             yield fresh.popleft()
@@ -194,9 +226,13 @@ class Replay:
         self._release(record)
 
     def dead_letter(self, record: Record, kind: str, reason: str) -> None:
-        self.dead_letters.write(record, reason)
+        if self.dead_letters is not None:
+            self.dead_letters.write(record, reason)
+            self.tally.dead_letter_file = str(self.options.dead_letter)
+            file = self._files.get(record.path)
+            if file is not None:  # a line no message came from fails whatever the mapping
+                self.state.dead_lettered(file, "" if record.message is None else self._conversion, record)
         self.tally.dead_lettered[kind] += 1
-        self.tally.dead_letter_file = str(self.options.dead_letter)
         self._release(record)
         self._notice(f"{record.where()}: {reason}")
 
@@ -229,7 +265,8 @@ class Replay:
     def checkpoint(self) -> None:
         """Persist how far each file is finished, with the ledger, in one transaction."""
         if self._tracking:
-            self.dead_letters.sync()  # a checkpoint past a dead letter needs the letter on disk
+            if self.dead_letters is not None:
+                self.dead_letters.sync()  # a checkpoint past a dead letter needs the letter on disk
             for name, (source, frontier) in list(self._frontiers.items()):
                 position = frontier.position()
                 self.state.set_checkpoint(source, position)
@@ -248,7 +285,8 @@ class Replay:
         if self._warnings <= MAX_WARNINGS:
             self._warn(message)
         elif self._warnings == MAX_WARNINGS + 1:
-            self._warn(f"more notices are not shown; see the summary and {self.options.dead_letter}")
+            where = f" and {self.options.dead_letter}" if self.options.dead_letter is not None else ""
+            self._warn(f"more notices are not shown; see the summary{where}")
 
     def close(self) -> None:
         """Count events read but never handed out as not attempted, then save everything."""
@@ -259,8 +297,25 @@ class Replay:
             self.checkpoint()
         finally:
             self.state.close()
-            self.dead_letters.close()
+            if self.dead_letters is not None:
+                self.dead_letters.close()
             self.tally.finish()
+
+
+class _EarlierDeadLetters:
+    """Walks an earlier run's dead letters of one file beside the records read from it (both in
+    file order), so a record dead-lettered before is known without a query per record."""
+
+    def __init__(self, positions: Iterator[tuple[int, int]]) -> None:
+        self._positions = positions
+        self._next = next(positions, None)
+        self.any = self._next is not None
+
+    def holds(self, record: Record) -> bool:
+        position = (record.offset, -1 if record.index is None else record.index)
+        while self._next is not None and self._next < position:
+            self._next = next(self._positions, None)
+        return self._next == position
 
 
 def to_event(

@@ -40,6 +40,8 @@ class Tally:
     interrupted: bool = False
     dead_letter_file: str | None = None
     files_already_done: int = 0  # skipped whole: a checkpoint says every record had its outcome
+    resumed_at: list[str] = field(default_factory=list)  # "file:line" where a file was resumed
+    state_file: str | None = None
 
     def finish(self) -> None:
         self.elapsed = time.monotonic() - self.started
@@ -71,9 +73,14 @@ class Tally:
             "events_per_second": round(self.read / elapsed, 1) if elapsed > 0 else None,
             "dead_letter_file": self.dead_letter_file,
             "files_already_done": self.files_already_done,
+            "resumed_at": self.resumed_at,
+            "interrupted": self.interrupted,
             "stopped": self.stopped,
             "exit_code": int(self.exit_code()),
         }
+
+
+RESUMED_SHOWN = 3  # files named in the human summary's "resumed at"; --json lists them all
 
 
 def _breakdown(counts: Counter[str]) -> str:
@@ -87,6 +94,10 @@ def render(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
     rows: list[tuple[str, str, str]] = [
         ("read", f"{tally.read:,}", "records: one per non-blank line, or per message in a batch line"),
         (done, f"{tally.delivered:,}", "printed to stdout" if tally.dry_run else ""),
+    ]
+    if tally.already_delivered:
+        rows.append(("already delivered", f"{tally.already_delivered:,}", "of those delivered: the platform held them already"))
+    rows += [
         ("skipped", f"{data['skipped']:,}", _breakdown(tally.skipped)),
         ("dead-lettered", f"{data['dead_lettered']:,}", _breakdown(tally.dead_lettered)),
     ]
@@ -94,24 +105,52 @@ def render(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
         rows.append(("not attempted", f"{tally.not_attempted:,}", ""))
     if not tally.dry_run:
         rows.append(("requests", f"{tally.requests:,}", f"{tally.retries:,} retries"))
+    if tally.files_already_done:
+        rows.append(("files skipped", f"{tally.files_already_done:,}", f"finished by an earlier run with --state {tally.state_file}"))
+    if tally.resumed_at:
+        more = len(tally.resumed_at) - RESUMED_SHOWN
+        rows.append(("resumed at", ", ".join(tally.resumed_at[:RESUMED_SHOWN]), f"and {more:,} more files" if more > 0 else "file:line"))
     rate = data["events_per_second"]
     rows.append(("elapsed", f"{data['elapsed_seconds']:.2f} s", f"{rate:,.0f} records/s" if rate else ""))
     mode = "dry run" if tally.dry_run else "send"
     title = f"segbill {mode} to {tally.target}"
-    if tally.stopped:
+    if tally.interrupted:
+        title += ": interrupted"
+    elif tally.stopped:
         title += f": stopped early ({tally.stopped})"
     if tally.dead_letter_file and tally.dead_lettered:
         rows.append(("dead-letter file", tally.dead_letter_file, "replay it with segbill send"))
+    elif tally.dead_lettered and tally.dry_run:
+        rows.append(("dead-letter file", "not written", "a dry run writes one only with --dead-letter PATH"))
+    advice = _next_step(tally)
     if terminal:
         table = Table(title=title, show_header=False, title_justify="left")
         for name, value, note in rows:
             table.add_row(name, value, note)
-        Console(file=stream, stderr=True).print(table)
+        console = Console(file=stream, stderr=True)
+        console.print(table)
+        if advice:
+            console.print(advice, markup=False, highlight=False)
         return
     stream.write(title + "\n")
     for name, value, note in rows:
         stream.write(f"  {name:<16} {value}{'  (' + note + ')' if note else ''}\n")
+    if advice:
+        stream.write(advice + "\n")
     stream.flush()
+
+
+def _next_step(tally: Tally) -> str | None:
+    """How to finish a send that stopped early: the same command, resumed by --state."""
+    if tally.dry_run or not (tally.interrupted or tally.stopped):
+        return None
+    first = "To resume, run" if tally.interrupted else "Once the cause is fixed, run"
+    if tally.state_file:
+        return f"{first} the same command again: --state {tally.state_file} continues where this run stopped."
+    return (
+        f"{first} the same command again: without --state it reads everything again (the platform keeps "
+        "one copy of each event); add --state FILE to make the next run resumable."
+    )
 
 
 class Progress:

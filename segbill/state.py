@@ -8,8 +8,12 @@ run's duplicate index, so memory stays flat however many message ids a run sees.
   removed if the event is not delivered, and at the start of the next run. A negative `delivered`
   names the request an event was last sent in, before its answer came: whether it is stored is
   unknown (see `sending`), so the row outlives the run.
-- checkpoints: per input file (path, size, fingerprint of its first bytes): the byte offset and
-  line number before which every record has its final outcome, and whether the file is done.
+- checkpoints: per selection (the options that decide which records a run bills, and how) and
+  input file (path, size, fingerprint of its first bytes): the byte offset and line number before
+  which every record has its final outcome, and whether the file is done.
+- dead_letters: the position of every record dead-lettered, so that no later run writes it again
+  (a read-ahead past the checkpoint, or another selection, reads it again).
+- destinations: where the ledger's events were delivered; it holds for no other destination.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import random
 import sqlite3
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -36,14 +41,28 @@ CREATE TABLE IF NOT EXISTS ledger (
     PRIMARY KEY (target, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
-    path TEXT PRIMARY KEY, size INTEGER NOT NULL, fingerprint TEXT NOT NULL,
-    offset INTEGER NOT NULL, line INTEGER NOT NULL, complete INTEGER NOT NULL, updated TEXT NOT NULL
+    selection TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL, fingerprint TEXT NOT NULL,
+    offset INTEGER NOT NULL, line INTEGER NOT NULL, complete INTEGER NOT NULL, updated TEXT NOT NULL,
+    PRIMARY KEY (selection, path)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    file TEXT NOT NULL, conversion TEXT NOT NULL, offset INTEGER NOT NULL, position INTEGER NOT NULL,
+    PRIMARY KEY (file, conversion, offset, position)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS destinations (
+    target TEXT NOT NULL, url TEXT NOT NULL, since TEXT NOT NULL, PRIMARY KEY (target, url)
 );
 """
+# Dead letters remembered per page of a re-read file: memory stays flat however many there are.
+DEAD_LETTER_PAGE = 1000
 
 
 class StateBusy(Exception):
     """Another run holds the state file."""
+
+
+class OtherDestination(Exception):
+    """The state's ledger holds deliveries to another platform or URL than this run's."""
 
 
 class Claim(Enum):
@@ -61,11 +80,17 @@ class Checkpoint:
 
 
 class State:
-    def __init__(self, path: Path | None, target: str, *, read_only: bool = False) -> None:
-        """`read_only` (a dry run): duplicates and checkpoints are read, nothing is kept."""
+    def __init__(
+        self, path: Path | None, target: str, *, read_only: bool = False, selection: str = "", url: str | None = None
+    ) -> None:
+        """`read_only` (a dry run): duplicates and checkpoints are read, nothing is kept.
+        `selection` names the checkpoints this run reads and writes; `url` is where it delivers
+        (None in a dry run): a state that delivered elsewhere raises `OtherDestination`."""
         self.path = path
         self.target = target
         self.read_only = read_only
+        self.selection = selection
+        self.url = url
         self._lock_fd: int | None = None
         if path is not None:
             self._lock_fd = _lock(path)
@@ -77,12 +102,33 @@ class State:
         else:
             self.db.execute("PRAGMA journal_mode=OFF")
             self.db.execute("PRAGMA synchronous=OFF")
+        _drop_unselected_checkpoints(self.db)
         self.db.executescript(_SCHEMA)
+        self._check_destination()
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
         self.checkpoints_changed: dict[str, tuple[Source, Checkpoint]] = {}
         self.resending: dict[str, int] = {}  # RESEND keys claimed by this run -> the request they were sent in
         self._fingerprints: dict[Path, str] = {}  # per run: a file is hashed once, not per commit
+
+    def _check_destination(self) -> None:
+        """Refuse a state whose ledger was delivered to another platform or URL: its duplicates
+        and checkpoints say nothing about this destination, and a mistyped --to or --api-url
+        would otherwise send a whole backfill to the wrong place."""
+        if self.path is None:
+            return
+        rows = self.db.execute("SELECT target, url FROM destinations").fetchall()
+        if not rows:  # a state from before destinations were kept: its ledger names the platform
+            other = self.db.execute("SELECT target FROM ledger WHERE target < ? OR target > ? LIMIT 1", (self.target, self.target)).fetchone()
+            rows = [(other[0], "")] if other else []
+        for target, url in rows:
+            if target != self.target or (self.url is not None and url and url != self.url):
+                was = f"{target} at {url}" if url else target
+                now = f"{self.target} at {self.url}" if self.url else self.target
+                raise OtherDestination(
+                    f"--state {self.path} holds deliveries to {was}; this run would send to {now}. "
+                    "Use a new --state file for another destination (the platform ignores events it already holds)."
+                )
 
     @property
     def persistent(self) -> bool:
@@ -177,6 +223,8 @@ class State:
     def delivered(self, keys: list[str]) -> None:
         if not self.keeps:  # a claim is only ever released if undelivered: no mark needed
             return
+        if self.url is not None and keys:
+            self.db.execute("INSERT OR IGNORE INTO destinations VALUES (?, ?, datetime('now'))", (self.target, self.url))
         self.db.executemany("UPDATE ledger SET delivered = 1 WHERE target = ? AND key = ?", [(self.target, key) for key in keys])
 
     def release(self, keys: list[str], *, refused: bool = False) -> None:
@@ -192,7 +240,8 @@ class State:
         if source.path is None or not self.persistent:
             return None
         row = self.db.execute(
-            "SELECT size, fingerprint, offset, line, complete FROM checkpoints WHERE path = ?", (_key(source),)
+            "SELECT size, fingerprint, offset, line, complete FROM checkpoints WHERE selection = ? AND path = ?",
+            (self.selection, _key(source)),
         ).fetchone()
         if row is None or row[0] != source.size or row[1] != self._fingerprint(source.path):
             return None
@@ -202,6 +251,39 @@ class State:
         if source.path is not None and self.persistent:
             self.checkpoints_changed[_key(source)] = (source, checkpoint)
 
+    # -- dead letters ------------------------------------------------------------------------------
+
+    def file_identity(self, source: Source) -> str | None:
+        """Names one version of a file (path, size, first bytes), for its dead letters."""
+        if source.path is None or not self.persistent:
+            return None
+        text = f"{_key(source)}\0{source.size}\0{self._fingerprint(source.path)}"
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+    def dead_lettered(self, file: str, conversion: str, record: Record) -> None:
+        """Remember a record written to the dead-letter file, kept with the next checkpoint."""
+        if self.keeps:
+            self.db.execute(
+                "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?)",
+                (file, conversion, record.offset, -1 if record.index is None else record.index),
+            )
+
+    def earlier_dead_letters(self, file: str, conversions: tuple[str, ...], offset: int) -> Iterator[tuple[int, int]]:
+        """(line offset, position in the line; -1 for a line of one message) of the records of
+        `file` at or past `offset` that an earlier run dead-lettered, in order, a page at a time."""
+        marks = ",".join("?" * len(conversions))
+        after = (offset, -2)
+        while True:
+            rows = self.db.execute(
+                f"SELECT DISTINCT offset, position FROM dead_letters WHERE file = ? AND conversion IN ({marks}) "
+                "AND (offset, position) > (?, ?) ORDER BY offset, position LIMIT ?",
+                (file, *conversions, *after, DEAD_LETTER_PAGE),
+            ).fetchall()
+            yield from rows
+            if len(rows) < DEAD_LETTER_PAGE:
+                return
+            after = rows[-1]
+
     def commit(self) -> None:
         """Make the ledger and the checkpoints durable together (a dry run keeps nothing, nor
         does a run without --state)."""
@@ -210,8 +292,8 @@ class State:
         for key, (source, checkpoint) in self.checkpoints_changed.items():
             assert source.path is not None
             self.db.execute(
-                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, datetime('now'))",
-                (key, source.size, self._fingerprint(source.path), checkpoint.offset, checkpoint.line, int(checkpoint.complete)),
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, datetime('now'))",
+                (self.selection, key, source.size, self._fingerprint(source.path), checkpoint.offset, checkpoint.line, int(checkpoint.complete)),
             )
         self.checkpoints_changed.clear()
         self.db.execute("COMMIT")
@@ -228,6 +310,14 @@ class State:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _drop_unselected_checkpoints(db: sqlite3.Connection) -> None:
+    """Checkpoints of segbill 0.1 do not say which selection made them: they are dropped, so the
+    files are read again (the ledger still stops every delivered event)."""
+    columns = [row[1] for row in db.execute("PRAGMA table_info(checkpoints)")]
+    if columns and "selection" not in columns:
+        db.execute("DROP TABLE checkpoints")
 
 
 def _key(source: Source) -> str:

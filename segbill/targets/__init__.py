@@ -44,6 +44,7 @@ class Target:
     read_answer: Callable[[int, bytes, list[str]], Answer | None]  # status, body, the batch's keys
     properties_key: str  # where an event keeps its (flattened) properties
     protected_key: str | None = None  # a key in there that is not a property (Hyperline's record id)
+    shifted_repeat: str = ""  # what the platform would do with an id sent again at another time
 
 
 def flatten(properties: dict[str, Any], *, keep_scalar_lists: bool, separator: str = ".") -> dict[str, Any]:

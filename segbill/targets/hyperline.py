@@ -75,4 +75,5 @@ TARGET = Target(
     read_answer=read_answer,
     properties_key="record",
     protected_key="id",
+    shifted_repeat="Hyperline would move the stored event to the other time",
 )

@@ -73,4 +73,5 @@ TARGET = Target(
     body=body,
     read_answer=read_answer,
     properties_key="properties",
+    shifted_repeat="on Lago's ClickHouse store it would be billed twice",
 )
