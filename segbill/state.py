@@ -102,9 +102,13 @@ class State:
         else:
             self.db.execute("PRAGMA journal_mode=OFF")
             self.db.execute("PRAGMA synchronous=OFF")
-        _drop_unselected_checkpoints(self.db)
-        self.db.executescript(_SCHEMA)
-        self._check_destination()
+        try:
+            _drop_unselected_checkpoints(self.db)
+            self.db.executescript(_SCHEMA)
+            self._check_destination()
+        except BaseException:
+            self._release_lock()
+            raise
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
         self.checkpoints_changed: dict[str, tuple[Source, Checkpoint]] = {}
@@ -306,6 +310,9 @@ class State:
             self.db.execute("DELETE FROM ledger WHERE delivered = 0")
             self.commit()
             self.db.execute("COMMIT")
+        self._release_lock()
+
+    def _release_lock(self) -> None:
         self.db.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
