@@ -198,8 +198,9 @@ class Replay:
             self.skip(record, verdict.value)
             if verdict is Claim.SHIFTED:
                 seen = "came before" if self.options.dry_run else "was already sent"
+                skipped = "a send would skip it" if self.options.dry_run else "not sent again"
                 self._notice(
-                    f"{record.where()}: {key} {seen} with another event time; not sent again "
+                    f"{record.where()}: {key} {seen} with another event time; {skipped} "
                     f"({self.options.target.shifted_repeat})."
                 )
         while fresh:

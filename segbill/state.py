@@ -91,6 +91,7 @@ class State:
         self.read_only = read_only
         self.selection = selection
         self.url = url
+        self._destination_kept = False
         self._lock_fd: int | None = None
         if path is not None:
             self._lock_fd = _lock(path)
@@ -227,8 +228,9 @@ class State:
     def delivered(self, keys: list[str]) -> None:
         if not self.keeps:  # a claim is only ever released if undelivered: no mark needed
             return
-        if self.url is not None and keys:
+        if self.url is not None and keys and not self._destination_kept:
             self.db.execute("INSERT OR IGNORE INTO destinations VALUES (?, ?, datetime('now'))", (self.target, self.url))
+            self._destination_kept = True
         self.db.executemany("UPDATE ledger SET delivered = 1 WHERE target = ? AND key = ?", [(self.target, key) for key in keys])
 
     def release(self, keys: list[str], *, refused: bool = False) -> None:

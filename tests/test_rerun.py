@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 
 from segbill import delivery
 from segbill.cli import app
+from segbill.state import fingerprint
 from segbill.testing.fake_platform import FakePlatform
 
 from .conftest import jsonl, track, write
@@ -296,7 +298,7 @@ def test_an_interrupted_send_says_so_and_how_to_resume(tmp_path: Path) -> None:
     [
         ("hyperline", [], "not sent again (Hyperline would move the stored event to the other time)", "ClickHouse"),
         ("lago", [], "not sent again (on Lago's ClickHouse store it would be billed twice)", "Hyperline"),
-        ("hyperline", ["--dry-run"], "m1 came before with another event time; not sent again", "already sent"),
+        ("hyperline", ["--dry-run"], "m1 came before with another event time; a send would skip it (Hyperline", "already sent"),
     ],
 )
 def test_a_shifted_repeat_is_explained_in_the_platforms_terms(
@@ -306,3 +308,23 @@ def test_a_shifted_repeat_is_explained_in_the_platforms_terms(
     run, _ = send(segbill, fake.url, "a.jsonl", *dry_run, to=to, human=True)
     assert says in run.stderr and never not in run.stderr
     assert "skipped          1  (duplicate_shifted 1)" in run.stderr
+
+
+def test_a_state_from_before_selections_reads_its_files_again_and_keeps_its_ledger(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+    path = write(tmp_path / "a.jsonl", jsonl(*export(10)))
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.executescript(
+        "CREATE TABLE ledger (target TEXT NOT NULL, key TEXT NOT NULL, millis INTEGER NOT NULL, delivered INTEGER NOT NULL,"
+        " PRIMARY KEY (target, key)) WITHOUT ROWID;"
+        "CREATE TABLE checkpoints (path TEXT PRIMARY KEY, size INTEGER NOT NULL, fingerprint TEXT NOT NULL,"
+        " offset INTEGER NOT NULL, line INTEGER NOT NULL, complete INTEGER NOT NULL, updated TEXT NOT NULL);"
+    )
+    db.execute("INSERT INTO ledger VALUES ('lago', 'm0', 1704067200000, 1)")
+    db.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, 10, 1, datetime('now'))", (str(path.resolve()), path.stat().st_size, fingerprint(path), path.stat().st_size))
+    db.commit()
+    db.close()
+    refused = segbill("send", "a.jsonl", "--to", "hyperline", "--dry-run", "--state", "s.db", dead_letter="x.jsonl")
+    assert refused.exit_code == 2 and "--state s.db holds deliveries to lago; this run would send to hyperline." in refused.stderr
+    _, summary = send(segbill, fake.url, "a.jsonl", "--state", "s.db", "--until", "2024-01-20")
+    assert summary["read"] == 10 and summary["skipped_by_reason"] == {"duplicate": 1}
+    assert summary["delivered"] == 8
