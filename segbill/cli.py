@@ -128,8 +128,9 @@ def send(
         typer.Option(
             "--state",
             metavar="PATH",
-            help="SQLite file that makes runs resumable and exactly-once: per-file checkpoints and a ledger of "
-            "delivered events. A rerun skips what is finished and never resends a delivered event. One run at a time.",
+            help="SQLite file that makes runs resumable and exactly-once: checkpoints per file and selection, a ledger "
+            "of delivered events, the dead letters written. A rerun skips what is finished and never resends a delivered "
+            "event nor rewrites a dead letter. One destination per file; one run at a time.",
             show_default=False,
         ),
     ] = None,

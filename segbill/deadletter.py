@@ -23,7 +23,7 @@ class DeadLetterFile:
     """Appends entries; the file is created (readable by its owner only) on the first entry."""
 
     def __init__(self, path: Path, target: str, *, dry_run: bool = False) -> None:
-        """`dry_run`: entries say so, and a later dry run may replace the file (see `is_dry_run`)."""
+        """`dry_run`: entries say so, and a later dry run may replace the file (`written_by_dry_runs`)."""
         self.path = path
         self.target = target
         self.dry_run = dry_run

@@ -108,7 +108,7 @@ class State:
             self.db.executescript(_SCHEMA)
             self._check_destination()
         except BaseException:
-            self._release_lock()
+            self._disconnect()
             raise
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
@@ -312,9 +312,10 @@ class State:
             self.db.execute("DELETE FROM ledger WHERE delivered = 0")
             self.commit()
             self.db.execute("COMMIT")
-        self._release_lock()
+        self._disconnect()
 
-    def _release_lock(self) -> None:
+    def _disconnect(self) -> None:
+        """Close the database and drop the lock, so another run (or another try) may use the file."""
         self.db.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
