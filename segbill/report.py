@@ -109,7 +109,7 @@ def render(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
         rows.append(("files skipped", f"{tally.files_already_done:,}", f"finished by an earlier run with --state {tally.state_file}"))
     if tally.resumed_at:
         more = len(tally.resumed_at) - RESUMED_SHOWN
-        rows.append(("resumed at", ", ".join(tally.resumed_at[:RESUMED_SHOWN]), f"and {more:,} more files" if more > 0 else "file:line"))
+        rows.append(("resumed at", ", ".join(tally.resumed_at[:RESUMED_SHOWN]), f"and {more:,} more file{'s' if more > 1 else ''}" if more > 0 else "file:line"))
     rate = data["events_per_second"]
     rows.append(("elapsed", f"{data['elapsed_seconds']:.2f} s", f"{rate:,.0f} records/s" if rate else ""))
     mode = "dry run" if tally.dry_run else "send"
