@@ -18,7 +18,7 @@ from segbill.deadletter import DEFAULT_PATH, written_by_dry_runs
 from segbill.inspection import inspect_command
 from segbill.mapping import ConfigError
 from segbill.mapping import load as load_mapping
-from segbill.pipeline import Options, Replay, dry_run
+from segbill.pipeline import STORAGE_ERRORS, Options, Replay, dry_run
 from segbill.report import ExitCode, Progress, Tally, render
 from segbill.segment import parse_time
 from segbill.sources import Source
@@ -269,8 +269,13 @@ def send(
                 asyncio.run(deliver_all(replay, options.target, delivery, progress))
     except KeyboardInterrupt:
         replay.tally.interrupted = True
+    except STORAGE_ERRORS as error:
+        replay.storage_failed(error)
     finally:
         replay.close()
+    if replay.failure is not None:
+        resume = f", which resumes from {state}" if state else ""
+        print(f"segbill: error: {replay.failure}. Nothing is lost: once it can be written, run the same command again{resume}.", file=sys.stderr)
     _flush_stdout()
     _summarize(replay.tally, json_)
     raise typer.Exit(int(replay.tally.exit_code()))

@@ -7,16 +7,22 @@ file back and replays the original `record` (or re-reads `raw`, the original tex
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import orjson
 
 from segbill.segment import DEAD_LETTER_MARKER, Record, dumps
 
 DEFAULT_PATH = "segbill-dead-letter.jsonl"
+
+
+class DeadLetterWriteError(Exception):
+    """The dead-letter file cannot be written (a full disk, a lost volume): the run must stop, as
+    a record can only leave with a dead letter that is on disk."""
 
 
 class DeadLetterFile:
@@ -29,6 +35,7 @@ class DeadLetterFile:
         self.dry_run = dry_run
         self._handle: BinaryIO | None = None
         self._unsynced = False
+        self._failure: str | None = None  # why the file cannot be written, once a write failed
 
     def write(self, record: Record, reason: str) -> None:
         entry: dict[str, Any] = {
@@ -48,22 +55,47 @@ class DeadLetterFile:
             entry["raw"] = record.raw.rstrip(b"\r").decode("utf-8", "replace")
             if not _is_utf8(record.raw):
                 entry["raw_base64"] = base64.b64encode(record.raw).decode("ascii")
-        if self._handle is None:
-            self._handle = _open_private(self.path)
-        self._handle.write(dumps(entry) + b"\n")
-        self._handle.flush()
+        self._check()
+        try:
+            if self._handle is None:
+                self._handle = _open_private(self.path)
+            self._handle.write(dumps(entry) + b"\n")
+            self._handle.flush()
+        except OSError as error:
+            self._fail(error)
         self._unsynced = True
 
     def sync(self) -> None:
         """Flush to disk: a checkpoint may only pass a dead-lettered record once it is durable."""
+        self._check()
         if self._handle is not None and self._unsynced:
-            os.fsync(self._handle.fileno())
+            try:
+                os.fsync(self._handle.fileno())
+            except OSError as error:
+                self._fail(error)
             self._unsynced = False
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            try:
+                handle.close()
+            except OSError as error:
+                self._fail(error)
+
+    def _check(self) -> None:
+        """After one failed write, every write and sync fails: entries after a lost one must not
+        reach the file as if nothing had happened."""
+        if self._failure is not None:
+            raise DeadLetterWriteError(self._failure)
+
+    def _fail(self, error: OSError) -> NoReturn:
+        self._failure = f"cannot write the dead-letter file {self.path} ({error.strerror or error})"
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            with contextlib.suppress(OSError):  # the unwritten entry stays in the buffer: drop it
+                handle.close()
+        raise DeadLetterWriteError(self._failure) from None
 
 
 def written_by_dry_runs(path: Path) -> bool:

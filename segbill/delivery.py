@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from segbill.pipeline import STORAGE_ERRORS
 from segbill.segment import Record, dumps
 from segbill.targets import Answer, Target
 
@@ -311,6 +312,15 @@ class Sender:
             self.stopped = reason
 
     async def deliver(self, items: list[Item]) -> None:
+        """Send one batch until each event has its outcome; when outcomes cannot be written (a
+        full disk), stop the run: a rerun redoes what was not recorded."""
+        try:
+            await self._deliver(items)
+        except STORAGE_ERRORS as error:
+            self.replay.storage_failed(error)
+            self.stop(str(self.replay.failure))
+
+    async def _deliver(self, items: list[Item]) -> None:
         """Send one batch until each event has its outcome, resending the valid rest of a refused batch."""
         queue = [items]
         while queue:
@@ -501,6 +511,10 @@ async def deliver_all(
                 for task in running:
                     task.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
+            except STORAGE_ERRORS as error:  # a dead letter or a claim could not be written
+                replay.storage_failed(error)
+                sender.stop(str(replay.failure))
+                await asyncio.gather(*running)
             replay.not_attempted(_pairs(resend + batch))
         if ticker is not None:
             ticker.cancel()

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import signal
+import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from segbill.deadletter import DEFAULT_PATH, DeadLetterFile
+from segbill.deadletter import DEFAULT_PATH, DeadLetterFile, DeadLetterWriteError
 from segbill.mapping import AMOUNT_FIELD, Mapping, Skipped
 from segbill.report import Tally
 from segbill.segment import (
@@ -35,6 +36,8 @@ MAX_WARNINGS = 20
 # Converted events are checked against the duplicate index this many at a time (one per event
 # on stdin, so that a slow pipe still flows).
 CLAIM_CHUNK = 256
+# What a full disk or a lost volume raises while a run writes its dead letters or its state.
+STORAGE_ERRORS = (DeadLetterWriteError, sqlite3.Error)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class Replay:
         self._files: dict[str, str] = {}  # source name -> file identity, for its dead letters
         self._warn = warn
         self._warnings = 0
+        self.failure: str | None = None  # why a dead-letter or state write failed, if one did
         self._frontiers: dict[str, tuple[Source, Frontier]] = {}
         self._pending: deque[tuple[Record, dict[str, Any], int]] = deque()  # (record, event, millis)
         self._fresh: deque[tuple[Record, dict[str, Any], str, int | None]] = deque()  # claimed, not yet handed out
@@ -256,7 +260,7 @@ class Replay:
         so the checkpoint stays before them and a rerun sends them (idempotently) again; those
         that were sent stay marked so (see `State.sending`)."""
         self.tally.not_attempted += len(items)
-        if not self.options.dry_run:
+        if not self.options.dry_run and self.failure is None:  # after a failed write the state is not saved
             self.state.release([key for _, key in items])
 
     def sending(self, keys: list[str]) -> None:
@@ -289,18 +293,36 @@ class Replay:
             where = f" and {self.options.dead_letter}" if self.options.dead_letter is not None else ""
             self._warn(f"more notices are not shown; see the summary{where}")
 
+    def storage_failed(self, error: Exception) -> None:
+        """A dead-letter or state write failed: the run stops (the first failure is the reason).
+        Nothing is lost: a checkpoint never passes a record whose outcome was not written."""
+        if isinstance(error, sqlite3.Error):
+            where = f"the state file {self.options.state}" if self.options.state else "the run's temporary duplicate index"
+            reason = f"cannot write {where} ({error})"
+        else:
+            reason = str(error)
+        if self.failure is None:
+            self.failure = reason
+        if self.tally.stopped is None:
+            self.tally.stopped = reason
+
     def close(self) -> None:
-        """Count events read but never handed out as not attempted, then save everything."""
+        """Count events read but never handed out as not attempted, then save everything. After
+        a storage failure, records whose outcome could not be written count as not attempted."""
         self.tally.not_attempted += len(self._pending) + len(self._fresh)
         self._pending.clear()
         self._fresh.clear()
-        try:
-            self.checkpoint()
-        finally:
-            self.state.close()
-            if self.dead_letters is not None:
-                self.dead_letters.close()
-            self.tally.finish()
+        steps = [self.checkpoint, lambda: self.state.close(save=self.failure is None)]
+        if self.dead_letters is not None:
+            steps.append(self.dead_letters.close)
+        for step in steps:
+            try:
+                step()
+            except STORAGE_ERRORS as error:
+                self.storage_failed(error)
+        if self.failure is not None:
+            self.tally.not_attempted += self.tally.unsettled
+        self.tally.finish()
 
 
 class _EarlierDeadLetters:

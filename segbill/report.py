@@ -46,6 +46,11 @@ class Tally:
     def finish(self) -> None:
         self.elapsed = time.monotonic() - self.started
 
+    @property
+    def unsettled(self) -> int:
+        """Records read whose outcome is not counted (yet)."""
+        return self.read - self.delivered - sum(self.skipped.values()) - sum(self.dead_lettered.values()) - self.not_attempted
+
     def exit_code(self) -> ExitCode:
         if self.interrupted:
             return ExitCode.INTERRUPTED

@@ -305,14 +305,18 @@ class State:
         self.db.execute("COMMIT")
         self.db.execute("BEGIN")
 
-    def close(self) -> None:
-        if not self.keeps:  # nothing to keep (a temporary file goes with the connection)
-            self.db.execute("ROLLBACK")
-        else:
-            self.db.execute("DELETE FROM ledger WHERE delivered = 0")
-            self.commit()
-            self.db.execute("COMMIT")
-        self._disconnect()
+    def close(self, *, save: bool = True) -> None:
+        """Save (not after a failed write: SQLite may have rolled part of it back) and let go of
+        the file; the lock is released even when saving fails (a full disk)."""
+        try:
+            if not self.keeps or not save:  # nothing to keep (a temporary file goes with the connection)
+                self.db.rollback()
+            else:
+                self.db.execute("DELETE FROM ledger WHERE delivered = 0")
+                self.commit()
+                self.db.execute("COMMIT")
+        finally:
+            self._disconnect()
 
     def _disconnect(self) -> None:
         """Close the database and drop the lock, so another run (or another try) may use the file."""

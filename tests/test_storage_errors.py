@@ -1,0 +1,103 @@
+"""A full disk under the dead-letter file or the state: one line, the summary, exit 3, and a rerun
+that finishes the job with every event stored once.
+
+The failures are real: /dev/full answers every write with ENOSPC, and RLIMIT_FSIZE (in a
+subprocess) makes SQLite's writes past the limit fail with EFBIG, the same path a full disk takes.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from segbill.testing.fake_platform import FakePlatform
+
+from .conftest import jsonl, track, write
+
+KEY = "sk-test-full-disk"
+DEV_FULL = Path("/dev/full")
+needs_dev_full = pytest.mark.skipif(not DEV_FULL.exists(), reason="no /dev/full on this system")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakePlatform]:
+    with FakePlatform(api_key=KEY, retry_after=0) as platform:
+        yield platform
+
+
+def export(path: Path, count: int) -> list[str]:
+    """`count` track messages with a line that is not JSON in the middle; their message ids."""
+    messages = [track(messageId=f"m{i}", userId=f"cus_{i % 7}") for i in range(count)]
+    write(path, jsonl(*messages[: count // 2]) + b"not json\n" + jsonl(*messages[count // 2 :]))
+    return [message["messageId"] for message in messages]
+
+
+def segbill_process(args: list[str], url: str, file_size_limit: int | None = None) -> subprocess.CompletedProcess[bytes]:
+    def limit() -> None:  # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG
+        assert file_size_limit is not None
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    env = {**os.environ, "LAGO_API_URL": url, "LAGO_API_KEY": KEY}
+    return subprocess.run(
+        [sys.executable, "-m", "segbill", *args], env=env, capture_output=True, check=False, timeout=120,
+        preexec_fn=limit if file_size_limit else None,
+    )
+
+
+def assert_stopped_cleanly(process: subprocess.CompletedProcess[bytes], words: str) -> dict:
+    stderr = process.stderr.decode()
+    assert process.returncode == 3, stderr
+    assert "Traceback" not in stderr and "Task exception" not in stderr and "internal error" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("segbill: error:")]
+    assert len(errors) == 1 and words in errors[0] and "run the same command again" in errors[0]
+    summary = orjson.loads(process.stdout)
+    assert words in summary["stopped"] and summary["exit_code"] == 3
+    assert summary["read"] == summary["delivered"] + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"]
+    return summary
+
+
+@needs_dev_full
+def test_a_full_disk_under_the_dead_letter_file_stops_a_send_with_the_summary(tmp_path: Path, fake: FakePlatform) -> None:
+    ids = export(tmp_path / "in.jsonl", 3000)
+    fake.lago_poison = {"m10", "m2500"}  # refused by Lago: their dead letters cannot be written
+    args = ["send", str(tmp_path / "in.jsonl"), "--to", "lago", "--json", "--quiet", "--state", str(tmp_path / "s.db")]
+    full = segbill_process([*args, "--dead-letter", str(DEV_FULL)], fake.url)
+    summary = assert_stopped_cleanly(full, "cannot write the dead-letter file /dev/full (No space left on device)")
+    assert summary["not_attempted"] > 0
+    rerun = segbill_process([*args, "--dead-letter", str(tmp_path / "dead.jsonl")], fake.url)
+    assert rerun.returncode == 1, rerun.stderr.decode()
+    assert fake.counts("lago") == {id: 1 for id in ids if id not in fake.lago_poison}
+    reasons = {(entry["source"]["line"], entry["reason"][:8]) for entry in map(orjson.loads, (tmp_path / "dead.jsonl").read_bytes().splitlines())}
+    assert reasons == {(11, "Rejected"), (1501, "The line"), (2502, "Rejected")}
+
+
+@needs_dev_full
+def test_a_full_disk_under_the_dead_letter_file_stops_a_dry_run_with_the_summary(segbill, tmp_path: Path) -> None:
+    export(tmp_path / "in.jsonl", 10)
+    run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--json", dead_letter=str(DEV_FULL))
+    assert run.exit_code == 3
+    assert run.stderr.count("segbill: error: cannot write the dead-letter file /dev/full (No space left on device).") == 1
+    summary = orjson.loads(run.stderr.splitlines()[-1])
+    assert summary["stopped"].startswith("cannot write the dead-letter file") and summary["read"] == 6
+    assert summary["converted"] == len(run.events) and summary["not_attempted"] == 6 - len(run.events)  # held events too
+
+
+@pytest.mark.parametrize("limit", [40_000, 150_000])  # before the first checkpoint, and after some
+def test_a_full_disk_under_the_state_stops_with_the_summary_and_the_rerun_resumes(tmp_path: Path, fake: FakePlatform, limit: int) -> None:
+    ids = export(tmp_path / "in.jsonl", 3000)
+    args = ["send", str(tmp_path / "in.jsonl"), "--to", "lago", "--json", "--quiet", "--state", str(tmp_path / "s.db"),
+            "--dead-letter", str(tmp_path / "dead.jsonl")]
+    full = segbill_process(args, fake.url, file_size_limit=limit)
+    summary = assert_stopped_cleanly(full, f"cannot write the state file {tmp_path / 's.db'} (")
+    assert 0 < summary["delivered"] < 3000 and summary["not_attempted"] > 0
+    rerun = segbill_process(args, fake.url)
+    assert rerun.returncode == 1, rerun.stderr.decode()  # the line that is not JSON
+    assert orjson.loads(rerun.stdout)["dead_lettered_by_reason"] == {"not_json": 1}
+    assert fake.counts("lago") == dict.fromkeys(ids, 1)
