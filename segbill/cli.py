@@ -216,6 +216,8 @@ def send(
     Exit codes: 0 all delivered or skipped by rule; 1 finished, something was dead-lettered;
     2 usage error, nothing sent; 3 stopped early on a fatal error; 130 interrupted.
     """
+    if config is not None and config.is_dir():
+        fail(f"--config {config} is a folder; give the mapping file itself (segbill.toml).")
     if config is not None and not config.is_file():
         fail(f"--config {config}: no such file.")
     try:
@@ -240,9 +242,14 @@ def send(
         until=_time_option("--until", until),
         shard=_shard_option(shard),
     )
+    if options.since is not None and options.until is not None and options.since >= options.until:
+        fail(f"--since {since} is not before --until {until}: no event could be selected.")
+    width = _concurrency_option(concurrency)
+    if api_url == "":
+        fail(f"--api-url is empty (an unset variable?); give the platform's URL, or leave the option out for {options.target.default_url}.")
     if state is not None and not state.parent.is_dir():
         fail(f"--state {state}: the folder {state.parent} does not exist.")
-    delivery = None if dry_run_ else _delivery_options(options.target, api_url, api_key, batch_size, concurrency, rate, timeout, max_retries, grace)
+    delivery = None if dry_run_ else _delivery_options(options.target, api_url, api_key, batch_size, width, rate, timeout, max_retries, grace)
     if delivery is not None:
         options.url = _destination(delivery.url)
     try:
@@ -276,6 +283,9 @@ def send(
     if replay.failure is not None:
         resume = f", which resumes from {state}" if state else ""
         print(f"segbill: error: {replay.failure}. Nothing is lost: once it can be written, run the same command again{resume}.", file=sys.stderr)
+    if replay.tally.exit_code() is ExitCode.USAGE:
+        names = ", ".join(source.name for source in sources[:3]) + (", ..." if len(sources) > 3 else "")
+        print(f"segbill: error: no records in {names}: the input is empty.", file=sys.stderr)
     _flush_stdout()
     _summarize(replay.tally, json_)
     raise typer.Exit(int(replay.tally.exit_code()))
@@ -302,20 +312,28 @@ def _shard_option(value: str | None) -> tuple[int, int] | None:
     return int(k), int(n)
 
 
+def _concurrency_option(value: str) -> int | None:
+    """Requests in flight: None for auto. Checked in a dry run too: a wrong option is never ignored."""
+    if value == "auto":
+        return None
+    if not (value.isdigit() and 1 <= int(value) <= 256):
+        fail(f"--concurrency {value!r} is not auto or a number from 1 to 256.")
+    return int(value)
+
+
 def _delivery_options(
     target: Target,
     api_url: str | None,
     api_key: str | None,
     batch_size: int | None,
-    concurrency: str,
+    width: int | None,
     rate: float | None,
     timeout: float,
     max_retries: int,
     grace: float,
 ) -> DeliveryOptions:
-    if concurrency != "auto" and not (concurrency.isdigit() and 1 <= int(concurrency) <= 256):
-        fail(f"--concurrency {concurrency!r} is not auto or a number from 1 to 256.")
-    width = None if concurrency == "auto" else int(concurrency)
+    if api_url is None and os.environ.get(target.url_env) == "":
+        fail(f"${target.url_env} is set but empty; unset it to send to {target.default_url}, or set it to the platform's URL.")
     url = api_url or os.environ.get(target.url_env) or target.default_url
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -343,10 +361,16 @@ def _check_dead_letter_path(dead_letter: Path, sources: list[Source]) -> None:
         fail(f"--dead-letter {dead_letter} is a folder; give a file path.")
     if not dead_letter.parent.is_dir():
         fail(f"--dead-letter {dead_letter}: the folder {dead_letter.parent} does not exist.")
-    writable = os.access(dead_letter, os.W_OK) if dead_letter.exists() else os.access(dead_letter.parent, os.W_OK)
-    if not writable:
-        fail(f"--dead-letter {dead_letter}: cannot write there (permission denied); pass --dead-letter PATH.")
-    if not dead_letter.exists():
+    existed = dead_letter.exists()
+    try:  # really open it (access() says yes to root, and knows nothing of /proc or read-only mounts)
+        if existed:
+            os.close(os.open(dead_letter, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))  # a FIFO must not block
+        else:
+            os.close(os.open(dead_letter, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            dead_letter.unlink()  # created only when something is written
+    except OSError as error:
+        fail(f"--dead-letter {dead_letter}: cannot write there ({error.strerror}); pass --dead-letter PATH.")
+    if not existed:
         return
     for source in sources:
         if source.path is not None and source.path.resolve() == dead_letter.resolve():

@@ -47,6 +47,12 @@ class Tally:
         self.elapsed = time.monotonic() - self.started
 
     @property
+    def empty(self) -> bool:
+        """Nothing was read, and no checkpoint said the input was done before: an empty file or
+        pipe must not look like success to cron."""
+        return self.read == 0 and not self.files_already_done
+
+    @property
     def unsettled(self) -> int:
         """Records read whose outcome is not counted (yet)."""
         return self.read - self.delivered - sum(self.skipped.values()) - sum(self.dead_lettered.values()) - self.not_attempted
@@ -56,6 +62,8 @@ class Tally:
             return ExitCode.INTERRUPTED
         if self.stopped is not None:
             return ExitCode.FATAL
+        if self.empty:
+            return ExitCode.USAGE
         return ExitCode.DEAD_LETTERED if self.dead_lettered else ExitCode.OK
 
     def as_dict(self) -> dict[str, Any]:

@@ -66,6 +66,8 @@ def expand(args: list[str], *, stdin_is_terminal: bool, passed_over: list[Path] 
         if not path.exists():
             raise UsageError(f"{arg}: no such file or directory.")
         files = _walk(path, passed_over) if path.is_dir() else [path]
+        if not files:  # an empty folder, or a volume that is not mounted: never a quiet success
+            raise UsageError(f"{arg}: no exports in this folder (no .gz, .json, .jsonl, .ndjson or extensionless files); is it the right folder, and is it mounted?")
         for file in files:
             resolved = file.resolve()
             if resolved in seen:

@@ -208,6 +208,6 @@ def test_a_batch_size_over_the_platform_limit_exits_2(segbill, tmp_path: Path) -
 
 def test_plain_http_to_a_remote_host_warns_that_the_key_travels_unencrypted(segbill) -> None:
     run = segbill("send", "--to", "lago", "--api-url", "http://billing.example.com", input=b"", env={"LAGO_API_KEY": KEY})
-    assert run.exit_code == 0  # empty input: nothing is sent anywhere
+    assert run.exit_code == 2  # empty input: nothing is sent anywhere
     assert "billing.example.com is reached over plain http: the API key travels unencrypted" in run.stderr
     assert KEY not in run.stderr

@@ -1,0 +1,97 @@
+"""Mistakes a user makes on the command line exit 2 with one line before anything is read or sent,
+and an input with nothing in it never looks like success to cron."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from segbill.testing.fake_platform import FakePlatform
+
+from .conftest import jsonl, track, write
+
+KEY = "sk-test-usage"
+
+
+def assert_usage_error(run, words: str) -> None:
+    assert run.exit_code == 2, run.stderr
+    assert f"segbill: error: {words}" in run.stderr
+    assert run.stdout == "" and not run.dead_letter.exists()
+
+
+@pytest.fixture
+def export(tmp_path: Path) -> Path:
+    return write(tmp_path / "in.jsonl", jsonl(track(messageId="m1"), track(messageId="m2")) + b"not json\n")
+
+
+def test_a_dead_letter_path_that_cannot_be_created_is_a_usage_error(segbill, export: Path) -> None:
+    run = segbill("send", str(export), "--to", "lago", "--dry-run", dead_letter="/proc/x")
+    assert run.exit_code == 2 and run.stdout == ""
+    assert "segbill: error: --dead-letter /proc/x: cannot write there (No such file or directory)" in run.stderr
+
+
+def test_the_probe_leaves_no_dead_letter_file_behind(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "good.jsonl", jsonl(track()))
+    run = segbill("send", "good.jsonl", "--to", "lago", "--dry-run")
+    assert run.exit_code == 0 and not run.dead_letter.exists()
+
+
+def test_an_empty_api_url_is_a_usage_error_not_the_production_host(segbill, export: Path) -> None:
+    """`--api-url "$LAGO_URL"` with the variable unset: the empty value used to mean the default."""
+    with FakePlatform(api_key=KEY) as fake:
+        run = segbill("send", str(export), "--to", "lago", "--api-url", "", env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY})
+        assert fake.requests() == []
+    assert_usage_error(run, "--api-url is empty (an unset variable?)")
+
+
+@pytest.mark.parametrize(("target", "variable"), [("lago", "LAGO_API_URL"), ("hyperline", "HYPERLINE_API_URL")])
+def test_an_empty_url_variable_is_a_usage_error(segbill, export: Path, target: str, variable: str) -> None:
+    key = "LAGO_API_KEY" if target == "lago" else "HYPERLINE_API_KEY"
+    run = segbill("send", str(export), "--to", target, env={variable: "", key: KEY})
+    assert_usage_error(run, f"${variable} is set but empty")
+
+
+@pytest.mark.parametrize(("since", "until"), [("2024-02-01", "2024-01-01"), ("2024-01-07", "2024-01-07"), ("2024-01-07T00:00:00+01:00", "2024-01-06T23:00:00Z")])
+def test_since_at_or_after_until_is_a_usage_error(segbill, export: Path, since: str, until: str) -> None:
+    run = segbill("send", str(export), "--to", "lago", "--dry-run", "--since", since, "--until", until)
+    assert_usage_error(run, f"--since {since} is not before --until {until}")
+
+
+@pytest.mark.parametrize("value", ["0", "many", "257"])
+def test_a_dry_run_checks_concurrency_too(segbill, export: Path, value: str) -> None:
+    run = segbill("send", str(export), "--to", "lago", "--dry-run", "--concurrency", value)
+    assert_usage_error(run, f"--concurrency {value!r} is not auto or a number from 1 to 256")
+
+
+def test_a_config_naming_a_folder_says_it_is_a_folder(segbill, export: Path, tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    run = segbill("send", str(export), "--to", "lago", "--dry-run", "--config", "conf")
+    assert_usage_error(run, "--config conf is a folder")
+
+
+@pytest.mark.parametrize("command", ["send", "inspect"])
+@pytest.mark.parametrize("contents", [[], ["README.md", "manifest.txt"]])
+def test_a_folder_holding_no_exports_is_a_usage_error_naming_it(segbill, tmp_path: Path, command: str, contents: list[str]) -> None:
+    mount = tmp_path / "mnt" / "exports"  # an unmounted volume's mount point is an empty folder
+    mount.mkdir(parents=True)
+    for name in contents:
+        (mount / name).write_text("not an export\n")
+    run = segbill(command, str(mount), *(["--to", "lago", "--dry-run"] if command == "send" else []))
+    assert_usage_error(run, f"{mount}: no exports in this folder")
+
+
+@pytest.mark.parametrize("source", ["empty file", "blank lines", "stdin"])
+def test_an_input_with_no_records_exits_2_with_the_summary(segbill, tmp_path: Path, source: str) -> None:
+    if source == "stdin":
+        run = segbill("send", "--to", "lago", "--dry-run", "--json", input=b"")
+        name = "<stdin>"
+    else:
+        write(tmp_path / "empty.jsonl", b"" if source == "empty file" else b"\n  \n\n")
+        run = segbill("send", "empty.jsonl", "--to", "lago", "--dry-run", "--json")
+        name = "empty.jsonl"
+    assert run.exit_code == 2
+    assert f"segbill: error: no records in {name}: the input is empty." in run.stderr
+    summary = orjson.loads(run.stderr.splitlines()[-1])
+    assert summary["read"] == 0 and summary["exit_code"] == 2
