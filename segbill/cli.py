@@ -224,6 +224,8 @@ def send(
         mapping = load_mapping(to.value, config, customer_from=customer_from, events=event, exclude_events=exclude_event)
     except ConfigError as error:
         fail(str(error))
+    for note in mapping.notes:
+        warn(f"warning: {note}")
     sources = inputs(paths)
     if dead_letter is None and not dry_run_:
         dead_letter = Path(DEFAULT_PATH)
@@ -283,6 +285,7 @@ def send(
     if replay.failure is not None:
         resume = f", which resumes from {state}" if state else ""
         print(f"segbill: error: {replay.failure}. Nothing is lost: once it can be written, run the same command again{resume}.", file=sys.stderr)
+    replay.tally.warnings += [*mapping.notes, *(_unused_rename(name) for name in mapping.unused_renames())]
     if replay.tally.exit_code() is ExitCode.USAGE:
         names = ", ".join(source.name for source in sources[:3]) + (", ..." if len(sources) > 3 else "")
         print(f"segbill: error: no records in {names}: the input is empty.", file=sys.stderr)
@@ -292,6 +295,10 @@ def send(
 
 
 app.command("inspect")(inspect_command)
+
+
+def _unused_rename(name: str) -> str:
+    return f'rename "{name}" matched no event read: names are matched exactly, case included (segbill inspect lists them).'
 
 
 def _time_option(name: str, value: str | None) -> int | None:

@@ -92,6 +92,8 @@ class Mapping:
     property_rename: dict[str, str] = field(default_factory=dict)
     property_constants: dict[str, Any] = field(default_factory=dict)
     separator: str = "."  # joins nested property keys: "model_name" is reachable from a Lago custom expression
+    notes: tuple[str, ...] = ()  # what the user should hear about this mapping (said at start and in the summary)
+    renamed: set[str] = field(default_factory=set, compare=False, repr=False)  # `rename` keys that matched an event
 
     @property
     def shapes_properties(self) -> bool:
@@ -111,7 +113,13 @@ class Mapping:
         else:
             return None
         self._included(name)
+        if name in self.rename:
+            self.renamed.add(name)
         return name
+
+    def unused_renames(self) -> list[str]:
+        """`rename` rules that matched no event so far: usually a name spelt another way."""
+        return [name for name in self.rename if name not in self.renamed]
 
     def _included(self, name: str) -> None:
         """Raise `Skipped` for an event name the include/exclude rules leave out."""
@@ -174,6 +182,8 @@ class Mapping:
                 if len(left_out) < MAX_CACHED_NAMES:
                     left_out[name] = skipped.reason
                 raise
+            if name in self.rename:
+                self.renamed.add(name)
             code = self._code(name)
             if len(codes) < MAX_CACHED_NAMES:
                 codes[name] = code
@@ -298,7 +308,10 @@ def _from_file(config: Path, target: str) -> Mapping:
     if unknown:
         raise ConfigError(f"{config}: unknown table {sorted(unknown)[0]!r}; the tables are [lago] and [hyperline].")
     mappings = {name: _table(config, name, data[name]) for name in data}  # check every table
-    return mappings.get(target, Mapping())
+    if target not in mappings:
+        tables = " and ".join(f"[{name}]" for name in mappings) or "no table"
+        return Mapping(notes=(f"{config} has no [{target}] table (it has {tables}): {target} gets the default mapping.",))
+    return mappings[target]
 
 
 def _table(config: Path, target: str, table: Any) -> Mapping:

@@ -42,6 +42,7 @@ class Tally:
     files_already_done: int = 0  # skipped whole: a checkpoint says every record had its outcome
     resumed_at: list[str] = field(default_factory=list)  # "file:line" where a file was resumed
     state_file: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what may not be what the user meant (a mapping unused)
 
     def finish(self) -> None:
         self.elapsed = time.monotonic() - self.started
@@ -89,6 +90,7 @@ class Tally:
             "resumed_at": self.resumed_at,
             "interrupted": self.interrupted,
             "stopped": self.stopped,
+            "warnings": self.warnings,
             "exit_code": int(self.exit_code()),
         }
 
@@ -135,6 +137,7 @@ def render(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
         rows.append(("dead-letter file", tally.dead_letter_file, "replay it with segbill send"))
     elif tally.dead_lettered and tally.dry_run:
         rows.append(("dead-letter file", "not written", "a dry run writes one only with --dead-letter PATH"))
+    rows.extend(("warning", text, "") for text in tally.warnings)
     advice = _next_step(tally)
     if terminal:
         table = Table(title=title, show_header=False, title_justify="left")

@@ -68,7 +68,7 @@ CONFIG = """
 [lago.events]
 billable_types = { page = "page_viewed" }
 exclude = ["Internal *"]
-rename = { "Order Completed" = "order" }
+rename = { "Order Completed" = "order", "Page viewed" = "never_matched" }
 other = "snake_case"
 
 [lago.properties]
@@ -112,6 +112,8 @@ def test_odd_messages_get_the_general_paths_answers(segbill, monkeypatch, tmp_pa
     assert_same(fast, general)
     summary = orjson.loads(fast.stderr.strip().splitlines()[-1])
     assert summary["converted"] >= 8 and summary["dead_lettered"] >= 8 and summary["skipped"] >= 3  # every outcome is exercised
+    if "--config" in options:  # the rename hits agree: one rule matched, the other did not
+        assert [warning.split(" matched")[0] for warning in summary["warnings"]] == ['rename "Page viewed"']
 
 
 @pytest.mark.parametrize("target", ["lago", "hyperline"])
