@@ -463,6 +463,8 @@ async def deliver_all(
     client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(options.timeout), trust_env=False, transport=transport)
     async with client:
         sender = Sender(target, options, replay, client)
+        if progress is not None:
+            progress.pause_left = lambda: sender.pacer.paused_until - time.monotonic()
         tally = replay.tally
         running: set[asyncio.Task[None]] = set()
         batch: list[Item] = []

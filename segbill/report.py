@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import secrets
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from enum import IntEnum
 from typing import IO, Any
 
@@ -36,6 +40,9 @@ class Tally:
     retries: int = 0
     started: float = field(default_factory=time.monotonic)
     elapsed: float | None = None
+    run_id: str = field(default_factory=lambda: secrets.token_hex(3))  # ties progress lines and the summary to one run
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    ended_at: datetime | None = None
     stopped: str | None = None  # why the run ended early, if it did
     interrupted: bool = False
     dead_letter_file: str | None = None
@@ -46,6 +53,7 @@ class Tally:
 
     def finish(self) -> None:
         self.elapsed = time.monotonic() - self.started
+        self.ended_at = datetime.now(timezone.utc)
 
     @property
     def empty(self) -> bool:
@@ -71,6 +79,9 @@ class Tally:
         elapsed = self.elapsed if self.elapsed is not None else time.monotonic() - self.started
         done = "converted" if self.dry_run else "delivered"
         return {
+            "run_id": self.run_id,
+            "started_at": iso_time(self.started_at),
+            "ended_at": iso_time(self.ended_at) if self.ended_at else None,
             "target": self.target,
             "dry_run": self.dry_run,
             "read": self.read,
@@ -96,6 +107,11 @@ class Tally:
 
 
 RESUMED_SHOWN = 3  # files named in the human summary's "resumed at"; --json lists them all
+
+
+def iso_time(moment: datetime) -> str:
+    """ISO 8601 UTC to the second, as logs and the --json summary write it."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _breakdown(counts: Counter[str]) -> str:
@@ -127,6 +143,7 @@ def render(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
         rows.append(("resumed at", ", ".join(tally.resumed_at[:RESUMED_SHOWN]), f"and {more:,} more file{'s' if more > 1 else ''}" if more > 0 else "file:line"))
     rate = data["events_per_second"]
     rows.append(("elapsed", f"{data['elapsed_seconds']:.2f} s", f"{rate:,.0f} records/s" if rate else ""))
+    rows.append(("run", tally.run_id, f"{data['started_at']} to {data['ended_at']}"))
     mode = "dry run" if tally.dry_run else "send"
     title = f"segbill {mode} to {tally.target}"
     if tally.interrupted:
@@ -170,8 +187,9 @@ def _next_step(tally: Tally) -> str | None:
 
 
 class Progress:
-    """Live progress on stderr: a rich bar on a terminal (by bytes for files, so it has an end),
-    a plain line every `every` seconds otherwise (cron logs)."""
+    """Live progress on stderr: on a terminal, a rich bar (by bytes for files, so it has an end and
+    an ETA; by records on stdin) over a line of counts; otherwise a plain, timestamped line every
+    `every` seconds (cron logs), tagged with the run id the summary also carries."""
 
     def __init__(self, tally: Tally, total_bytes: int | None, stream: IO[str], *, terminal: bool, every: float = 10.0) -> None:
         self.tally = tally
@@ -179,6 +197,8 @@ class Progress:
         self.stream = stream
         self.terminal = terminal
         self.every = every
+        # Seconds sending is still paused by a rate limit; the sender sets it (its Pacer knows).
+        self.pause_left: Callable[[], float] | None = None
         self._done: dict[str, int] = {}
         self._bar: Any = None
         self._task: Any = None
@@ -190,17 +210,34 @@ class Progress:
     def bytes_done(self) -> int:
         return sum(self._done.values())
 
-    def _line(self, *, short: bool = False) -> str:
+    def _counts(self) -> list[str]:
         tally = self.tally
         elapsed = max(time.monotonic() - tally.started, 1e-9)
-        dead = sum(tally.dead_lettered.values())
-        rate = tally.read / elapsed
-        if short:  # beside the bar, which shows the bytes and the time already
-            return f"read {tally.read:,} · delivered {tally.delivered:,} · dead {dead:,} · {rate:,.0f}/s"
-        text = f"read {tally.read:,}, delivered {tally.delivered:,}, dead-lettered {dead:,}, {rate:,.0f} records/s"
+        parts = [
+            f"read {tally.read:,}",
+            f"delivered {tally.delivered:,}",
+            f"skipped {sum(tally.skipped.values()):,}",
+            f"dead-lettered {sum(tally.dead_lettered.values()):,}",
+            f"{tally.read / elapsed:,.0f} records/s",
+        ]
+        if tally.retries:
+            parts.append(f"{tally.retries:,} retries")
+        paused = self.pause_left() if self.pause_left is not None else 0.0
+        if paused > 0:
+            parts.append(f"waiting: rate limit ({math.ceil(paused)} s)")
+        return parts
+
+    def line(self) -> str:
+        """The plain progress line: when, which run, how far, how long, then the counts."""
+        elapsed = time.monotonic() - self.tally.started
+        head = [f"elapsed {_clock(elapsed)}"]
+        done = self.bytes_done
         if self.total_bytes:
-            text += f", {100 * self.bytes_done / self.total_bytes:.0f}% of the input"
-        return text
+            head.insert(0, f"{100 * done / self.total_bytes:.0f}% of the input")
+            if done:
+                head.append(f"ETA {_clock(elapsed * (self.total_bytes - done) / done)}")
+        now = iso_time(datetime.now(timezone.utc))
+        return f"{now} segbill[{self.tally.run_id}]: {', '.join(head)}; {', '.join(self._counts())}"
 
     def start(self) -> None:
         if not self.terminal:
@@ -208,23 +245,32 @@ class Progress:
         from rich.progress import (
             BarColumn,
             DownloadColumn,
+            TaskProgressColumn,
             TextColumn,
             TimeElapsedColumn,
+            TimeRemainingColumn,
         )
-        from rich.progress import Progress as Bar
 
-        self._bar = Bar(
-            BarColumn(bar_width=24), DownloadColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
-            console=Console(file=self.stream, stderr=True), transient=True,
-        )
-        self._task = self._bar.add_task(self._line(short=True), total=self.total_bytes)
+        if self.total_bytes is None:  # stdin: no end is known, so count records
+            columns: list[Any] = [BarColumn(bar_width=24), TextColumn("{task.completed:,} records"), TimeElapsedColumn()]
+        else:
+            columns = [
+                BarColumn(bar_width=24), TaskProgressColumn(), DownloadColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                TextColumn("elapsed"), TimeElapsedColumn(),
+            ]
+        console = Console(file=self.stream, stderr=True, force_terminal=True)
+        self._bar = _bar_with_counts()(*columns, console=console, transient=True, auto_refresh=False)
+        self._task = self._bar.add_task("", total=self.total_bytes)
         self._bar.start()
+        self.tick()
 
     def tick(self) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.bytes_done, description=self._line(short=True))
+            self._bar.counts = " · ".join(self._counts())
+            done = self.tally.read if self.total_bytes is None else self.bytes_done
+            self._bar.update(self._task, completed=done, refresh=True)
         else:
-            self.stream.write(f"segbill: {self._line()}\n")
+            self.stream.write(self.line() + "\n")
             self.stream.flush()
 
     @property
@@ -235,3 +281,25 @@ class Progress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+def _clock(seconds: float) -> str:
+    """1:02:03, as rich's bar writes times."""
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def _bar_with_counts() -> Any:
+    """rich's bar with a line of counts under it (rich is imported only when a bar is shown)."""
+    from rich.console import RenderableType
+    from rich.progress import Progress as Bar
+    from rich.text import Text
+
+    class BarWithCounts(Bar):
+        counts = ""
+
+        def get_renderables(self) -> Iterable[RenderableType]:
+            yield from super().get_renderables()
+            yield Text(self.counts)
+
+    return BarWithCounts

@@ -147,5 +147,5 @@ def test_progress_without_a_terminal_is_one_plain_line_per_tick() -> None:
     progress.tick()
     progress.stop()
     [line] = stream.getvalue().splitlines()
-    assert line.startswith("segbill: read 1,500, delivered 1,200, dead-lettered 3, ")
-    assert line.endswith("records/s, 25% of the input")
+    assert f" segbill[{tally.run_id}]: 25% of the input, elapsed 0:00:00, ETA 0:00:00; " in line
+    assert "read 1,500, delivered 1,200, skipped 0, dead-lettered 3, " in line and line.endswith("records/s")

@@ -84,13 +84,16 @@ def run_both(segbill, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Any,
     return fast, general
 
 
+RUN_KEYS = {"run_id", "started_at", "ended_at"}
+
+
 def untimed(stderr: str) -> list[Any]:
-    """stderr's lines, with the summary's timings (the only thing allowed to differ) left out."""
+    """stderr's lines, with the summary's timings and run id (the only things allowed to differ) left out."""
     lines: list[Any] = []
     for line in stderr.splitlines():
         if line.startswith("{"):
-            lines.append({k: v for k, v in orjson.loads(line).items() if "second" not in k})
-        elif not line.lstrip().startswith("elapsed"):
+            lines.append({k: v for k, v in orjson.loads(line).items() if "second" not in k and k not in RUN_KEYS})
+        elif not line.lstrip().startswith(("elapsed", "run ")):
             lines.append(line)
     return lines
 

@@ -1,0 +1,106 @@
+"""Progress that helps: how far, how long still, what happened so far, and why it is waiting; in
+plain timestamped lines tied to their run for cron logs, and in the text of the terminal bar."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from segbill.delivery import DeliveryOptions, deliver_all
+from segbill.pipeline import Options, Replay
+from segbill.report import Progress, Tally
+from segbill.sources import Source
+from segbill.targets import get_target
+from segbill.testing.fake_platform import FakePlatform
+
+from .conftest import jsonl, track, write
+
+ISO_UTC = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def busy_tally() -> Tally:
+    tally = Tally(target="lago", dry_run=False)
+    tally.read, tally.delivered, tally.retries = 1234, 1200, 2
+    tally.skipped["identify"] = 30
+    tally.dead_lettered["rejected"] = 4
+    return tally
+
+
+def bar_text(tally: Tally, total: int | None, paused: float, monkeypatch: pytest.MonkeyPatch) -> str:
+    """What the terminal bar shows, as a terminal 160 columns wide would (escape codes removed)."""
+    monkeypatch.setenv("COLUMNS", "160")
+    stream = io.StringIO()
+    progress = Progress(tally, total, stream, terminal=True)
+    progress.pause_left = lambda: paused
+    progress.on_bytes("a.jsonl", 2_500_000)
+    progress.start()
+    progress.tick()
+    progress.stop()
+    return ANSI.sub("", stream.getvalue())
+
+
+def test_the_bar_shows_how_far_the_eta_the_counts_and_a_rate_limit_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = bar_text(busy_tally(), 10_000_000, 11.2, monkeypatch)
+    assert re.search(r"25% 2\.5/10\.0 MB ETA (-:--:--|\d:\d\d:\d\d) elapsed 0:00:0\d", text)
+    assert "read 1,234 · delivered 1,200 · skipped 30 · dead-lettered 4 · " in text
+    assert "records/s · 2 retries · waiting: rate limit (12 s)" in text
+
+
+def test_the_bar_on_stdin_counts_records_and_shows_no_wait_when_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = bar_text(busy_tally(), None, 0.0, monkeypatch)
+    assert "1,234 records" in text and "?" not in text and "bytes" not in text
+    assert "waiting" not in text
+
+
+def test_a_plain_line_has_the_time_the_run_how_far_how_long_and_the_counts() -> None:
+    tally = busy_tally()
+    stream = io.StringIO()
+    progress = Progress(tally, 10_000, stream, terminal=False)
+    progress.pause_left = lambda: 0.4
+    progress.on_bytes("a.jsonl", 4_000)
+    progress.tick()
+    pattern = (
+        rf"{ISO_UTC} segbill\[{tally.run_id}\]: 40% of the input, elapsed 0:00:00, ETA 0:00:00; "
+        r"read 1,234, delivered 1,200, skipped 30, dead-lettered 4, [\d,]+ records/s, 2 retries, waiting: rate limit \(1 s\)\n"
+    )
+    assert re.fullmatch(pattern, stream.getvalue())
+    assert re.fullmatch(r"[0-9a-f]{6}", tally.run_id) and Tally("lago", False).run_id != tally.run_id
+
+
+def test_a_plain_line_on_stdin_has_no_percentage_nor_eta() -> None:
+    stream = io.StringIO()
+    Progress(busy_tally(), None, stream, terminal=False).tick()
+    line = stream.getvalue()
+    assert "elapsed 0:00:00; read 1,234, " in line and "%" not in line and "ETA" not in line
+
+
+def test_a_rate_limit_pause_of_a_real_send_shows_in_the_progress_lines(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(2000))))
+    target = get_target("lago")
+    replay = Replay(Options(sources=[Source(str(path), path, path.stat().st_size)], target=target, dead_letter=tmp_path / "d.jsonl"))
+    stream = io.StringIO()
+    progress = Progress(replay.tally, path.stat().st_size, stream, terminal=False, every=0.05)
+    with FakePlatform(api_key="k", retry_after=1) as fake:
+        fake.script(["429"])  # Retry-After: 1 pauses every sender for a second
+        asyncio.run(deliver_all(replay, target, DeliveryOptions(fake.url, "k", 100), progress))
+    replay.close()
+    assert replay.tally.delivered == 2000
+    assert any(line.endswith("waiting: rate limit (1 s)") for line in stream.getvalue().splitlines())
+
+
+def test_the_json_summary_has_the_run_id_and_its_start_and_end_times(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(track()))
+    run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--json")
+    summary = orjson.loads(run.stderr.splitlines()[-1])
+    assert re.fullmatch(r"[0-9a-f]{6}", summary["run_id"])
+    assert re.fullmatch(ISO_UTC, summary["started_at"]) and re.fullmatch(ISO_UTC, summary["ended_at"])
+    assert datetime.fromisoformat(summary["started_at"]) <= datetime.fromisoformat(summary["ended_at"])
+    human = segbill("send", "in.jsonl", "--to", "lago", "--dry-run")
+    assert re.search(rf"\n  run              [0-9a-f]{{6}}  \({ISO_UTC} to {ISO_UTC}\)\n", human.stderr)
