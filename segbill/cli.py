@@ -285,7 +285,9 @@ def send(
     if replay.failure is not None:
         resume = f", which resumes from {state}" if state else ""
         print(f"segbill: error: {replay.failure}. Nothing is lost: once it can be written, run the same command again{resume}.", file=sys.stderr)
-    replay.tally.warnings += [*mapping.notes, *(_unused_rename(name) for name in mapping.unused_renames())]
+    replay.tally.warnings += mapping.notes
+    if replay.tally.read:  # with nothing read, every rule matched nothing: not worth saying
+        replay.tally.warnings += [_unused_rename(name) for name in mapping.unused_renames()]
     if replay.tally.exit_code() is ExitCode.USAGE:
         names = ", ".join(source.name for source in sources[:3]) + (", ..." if len(sources) > 3 else "")
         print(f"segbill: error: no records in {names}: the input is empty.", file=sys.stderr)

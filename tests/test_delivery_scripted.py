@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -147,5 +148,5 @@ def test_progress_without_a_terminal_is_one_plain_line_per_tick() -> None:
     progress.tick()
     progress.stop()
     [line] = stream.getvalue().splitlines()
-    assert f" segbill[{tally.run_id}]: 25% of the input, elapsed 0:00:00, ETA 0:00:00; " in line
+    assert re.search(rf" segbill\[{tally.run_id}\]: 25% of the input, elapsed 0:00:0\d, ETA 0:00:\d\d; ", line)
     assert "read 1,500, delivered 1,200, skipped 0, dead-lettered 3, " in line and line.endswith("records/s")
