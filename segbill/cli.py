@@ -409,16 +409,22 @@ def _destination(url: str) -> str:
 def _flush_stdout() -> None:
     try:
         sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader went away (| head): point stdout at /dev/null so exit does not complain.
+    except OSError:
+        # The reader went away (| head) or the disk is full: point stdout at /dev/null so exit
+        # does not complain.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _summarize(tally: Tally, as_json: bool) -> None:
     if as_json:
+        summary = orjson.dumps(tally.as_dict()).decode() + "\n"
         stream = sys.stderr if tally.dry_run else sys.stdout
-        stream.write(orjson.dumps(tally.as_dict()).decode() + "\n")
-        stream.flush()
+        try:
+            stream.write(summary)
+            stream.flush()
+        except OSError as error:  # stdout on a full disk (--json >> runs.jsonl): keep it in the log
+            _flush_stdout()
+            sys.stderr.write(f"segbill: error: cannot write the summary to stdout ({error.strerror}); here it is:\n{summary}")
         return
     render(tally, sys.stderr, terminal=sys.stderr.isatty())
 

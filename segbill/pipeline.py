@@ -396,8 +396,8 @@ def _print(replay: Replay, out: IO[bytes], lines: list[bytes], items: list[tuple
     try:
         out.write(b"\n".join(lines) + b"\n")
         out.flush()  # a pipe's reader sees each chunk (each event from stdin) as it is printed
-    except BrokenPipeError:
-        replay.tally.stopped = "stdout was closed"
+    except OSError as error:  # the reader went away (| head), or a full disk under > file
+        replay.tally.stopped = "stdout was closed" if isinstance(error, BrokenPipeError) else f"cannot write to stdout ({error.strerror})"
         critical.leave()
         return False
     replay.delivered(items)

@@ -101,3 +101,34 @@ def test_a_full_disk_under_the_state_stops_with_the_summary_and_the_rerun_resume
     assert rerun.returncode == 1, rerun.stderr.decode()  # the line that is not JSON
     assert orjson.loads(rerun.stdout)["dead_lettered_by_reason"] == {"not_json": 1}
     assert fake.counts("lago") == dict.fromkeys(ids, 1)
+
+
+@needs_dev_full
+def test_a_dry_run_onto_a_full_disk_stops_with_the_summary(tmp_path: Path) -> None:
+    export(tmp_path / "in.jsonl", 3000)
+    with DEV_FULL.open("wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "segbill", "send", str(tmp_path / "in.jsonl"), "--to", "lago", "--dry-run", "--json",
+             "--dead-letter", str(tmp_path / "dead.jsonl")],
+            stdout=full, stderr=subprocess.PIPE, check=False, timeout=120,
+        )
+    assert done.returncode == 3 and b"Traceback" not in done.stderr and b"internal error" not in done.stderr
+    summary = orjson.loads(done.stderr.splitlines()[-1])
+    assert summary["stopped"] == "cannot write to stdout (No space left on device)" and summary["converted"] == 0
+    assert summary["not_attempted"] > 0 and summary["read"] == summary["not_attempted"] + summary["dead_lettered"]
+
+
+@needs_dev_full
+def test_a_json_summary_that_cannot_reach_stdout_goes_to_stderr(tmp_path: Path, fake: FakePlatform) -> None:
+    """`--json >> runs.jsonl` on a full disk: the run's record stays in the log."""
+    export(tmp_path / "in.jsonl", 300)
+    with DEV_FULL.open("wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "segbill", "send", str(tmp_path / "in.jsonl"), "--to", "lago", "--json", "--quiet",
+             "--dead-letter", str(tmp_path / "dead.jsonl")],
+            env={**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}, stdout=full, stderr=subprocess.PIPE, check=False, timeout=120,
+        )
+    assert done.returncode == 1 and b"Traceback" not in done.stderr and b"internal error" not in done.stderr  # the line that is not JSON
+    *_, error, last = done.stderr.decode().splitlines()
+    assert error == "segbill: error: cannot write the summary to stdout (No space left on device); here it is:"
+    assert orjson.loads(last)["delivered"] == 300 == len(fake.counts("lago"))
