@@ -8,7 +8,6 @@ subprocess) makes SQLite's writes past the limit fail with EFBIG, the same path 
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,16 +38,18 @@ def export(path: Path, count: int) -> list[str]:
     return [message["messageId"] for message in messages]
 
 
-def segbill_process(args: list[str], url: str, file_size_limit: int | None = None) -> subprocess.CompletedProcess[bytes]:
-    def limit() -> None:  # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG
-        assert file_size_limit is not None
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+# `python -m segbill` with a file-size limit, set in the child itself (preexec_fn is unsafe beside
+# the fake's threads). Python ignores SIGXFSZ, so a write past the limit fails with EFBIG.
+LIMITED = (
+    "import resource, runpy, sys; limit = int(sys.argv.pop(1)); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); runpy.run_module('segbill', run_name='__main__')"
+)
 
+
+def segbill_process(args: list[str], url: str, file_size_limit: int | None = None) -> subprocess.CompletedProcess[bytes]:
+    command = ["-c", LIMITED, str(file_size_limit)] if file_size_limit else ["-m", "segbill"]
     env = {**os.environ, "LAGO_API_URL": url, "LAGO_API_KEY": KEY}
-    return subprocess.run(
-        [sys.executable, "-m", "segbill", *args], env=env, capture_output=True, check=False, timeout=120,
-        preexec_fn=limit if file_size_limit else None,
-    )
+    return subprocess.run([sys.executable, *command, *args], env=env, capture_output=True, check=False, timeout=120)
 
 
 def assert_stopped_cleanly(process: subprocess.CompletedProcess[bytes], words: str) -> dict:
