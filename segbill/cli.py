@@ -375,8 +375,9 @@ def _check_dead_letter_path(dead_letter: Path, sources: list[Source]) -> None:
         if existed:
             os.close(os.open(dead_letter, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))  # a FIFO must not block
         else:
-            os.close(os.open(dead_letter, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            dead_letter.unlink()  # created only when something is written
+            target = dead_letter.resolve()  # a symlink to a file still to be created: probe that file
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            target.unlink()  # created only when something is written
     except OSError as error:
         fail(f"--dead-letter {dead_letter}: cannot write there ({error.strerror}); pass --dead-letter PATH.")
     if not existed:

@@ -95,3 +95,10 @@ def test_an_input_with_no_records_exits_2_with_the_summary(segbill, tmp_path: Pa
     assert f"segbill: error: no records in {name}: the input is empty." in run.stderr
     summary = orjson.loads(run.stderr.splitlines()[-1])
     assert summary["read"] == 0 and summary["exit_code"] == 2
+
+
+def test_a_dead_letter_symlink_to_a_file_yet_to_be_made_is_followed(segbill, export: Path, tmp_path: Path) -> None:
+    (tmp_path / "link.jsonl").symlink_to("target.jsonl")
+    run = segbill("send", str(export), "--to", "lago", "--dry-run", dead_letter="link.jsonl")
+    assert run.exit_code == 1 and len(run.dead_letters) == 1  # read through the link
+    assert (tmp_path / "link.jsonl").is_symlink() and (tmp_path / "target.jsonl").is_file()
