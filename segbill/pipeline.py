@@ -269,6 +269,8 @@ class Replay:
 
     def checkpoint(self) -> None:
         """Persist how far each file is finished, with the ledger, in one transaction."""
+        if self.failure is not None:  # SQLite may have rolled the transaction back: each write would commit alone
+            return
         if self._tracking:
             if self.dead_letters is not None:
                 self.dead_letters.sync()  # a checkpoint past a dead letter needs the letter on disk
