@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -260,6 +261,9 @@ def send(
         fail(str(error))
     except OSError as error:
         fail(f"--state {state}: {error.strerror or error}.")
+    except sqlite3.OperationalError as error:  # a full disk or a file-size limit, before anything is read
+        where = f"--state {state}" if state else f"the run's temporary duplicate index in {tempfile.gettempdir()}"
+        fail(f"{where}: cannot be written ({error}).")
     except sqlite3.DatabaseError as error:
         fail(f"--state {state} is not a segbill state file ({error}).")
     try:
@@ -284,7 +288,8 @@ def send(
         replay.close()
     if replay.failure is not None:
         resume = f", which resumes from {state}" if state else ""
-        print(f"segbill: error: {replay.failure}. Nothing is lost: once it can be written, run the same command again{resume}.", file=sys.stderr)
+        how = f" once it can be written, run the same command again{resume}" if json_ else " the summary says how to finish"
+        print(f"segbill: error: {replay.failure}. Nothing is lost:{how}.", file=sys.stderr)
     replay.tally.warnings += mapping.notes
     if replay.tally.read:  # with nothing read, every rule matched nothing: not worth saying
         replay.tally.warnings += [_unused_rename(name) for name in mapping.unused_renames()]
@@ -393,8 +398,9 @@ def _check_dead_letter_path(dead_letter: Path, sources: list[Source]) -> None:
 
 def _replace_dry_run_dead_letters(dead_letter: Path) -> None:
     """A dry run's dead-letter file holds that dry run alone: an earlier preview is replaced,
-    a send's dead letters never are."""
-    if not dead_letter.exists():
+    a send's dead letters never are. Only a regular file is replaced: /dev/null or a FIFO is
+    written as it is (reading /dev/full for a first line would never end)."""
+    if not dead_letter.is_file():
         return
     if not written_by_dry_runs(dead_letter):
         fail(f"--dead-letter {dead_letter} holds dead letters of a send; a dry run replaces its file: name another one.")

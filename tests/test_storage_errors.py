@@ -90,7 +90,7 @@ def test_a_full_disk_under_the_dead_letter_file_stops_a_dry_run_with_the_summary
     assert summary["converted"] == len(run.events) and summary["not_attempted"] == 6 - len(run.events)  # held events too
 
 
-@pytest.mark.parametrize(("limit", "checkpointed"), [(40_000, False), (150_000, True)])  # the first commit fails, or a later one
+@pytest.mark.parametrize(("limit", "checkpointed"), [(80_000, False), (150_000, True)])  # the first checkpoint fails, or a later one
 def test_a_full_disk_under_the_state_stops_with_the_summary_and_the_rerun_resumes(tmp_path: Path, fake: FakePlatform, limit: int, checkpointed: bool) -> None:
     ids = export(tmp_path / "in.jsonl", 3000)
     # One batch in flight: batches settle in order, so where the limit strikes does not depend on timing.
@@ -136,3 +136,11 @@ def test_a_json_summary_that_cannot_reach_stdout_goes_to_stderr(tmp_path: Path, 
     *_, error, last = done.stderr.decode().splitlines()
     assert error == "segbill: error: cannot write the summary to stdout (No space left on device); here it is:"
     assert orjson.loads(last)["delivered"] == 300 == len(fake.counts("lago"))
+
+
+def test_a_state_that_cannot_even_be_created_is_said_so_before_anything_is_read(tmp_path: Path, fake: FakePlatform) -> None:
+    export(tmp_path / "in.jsonl", 10)
+    args = ["send", str(tmp_path / "in.jsonl"), "--to", "lago", "--state", str(tmp_path / "s.db"), "--dead-letter", str(tmp_path / "dead.jsonl")]
+    done = segbill_process(args, fake.url, file_size_limit=4_000)
+    assert done.returncode == 2 and fake.requests() == []
+    assert done.stderr.decode() == f"segbill: error: --state {tmp_path / 's.db'}: cannot be written (disk I/O error).\n"
