@@ -5,13 +5,15 @@ It imitates what the real platforms do, as their code and references show (Lago:
 its OpenAPI spec and Go events-processor; Hyperline: its API reference): validation, all-or-nothing
 Lago batches (or, as before Lago v1.39, batches refused for a duplicate that store their other
 events), duplicates per Lago store, Hyperline partial failures and idempotent upserts, rate limits
-and their headers. It injects faults, scripted or at seeded random rates, so a client's "every
-event stored exactly once" promise can be checked end to end.
+and their headers. It serves Lago's read API over an organization a test loads (billable metrics,
+subscriptions, invoices, the events stored). It injects faults, scripted or at seeded random
+rates, so a client's "every event stored exactly once" promise can be checked end to end.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import ipaddress
 import math
 import random
@@ -25,12 +27,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import ROUND_FLOOR, Decimal
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
@@ -53,6 +56,10 @@ LAGO_CLOUD_BATCH_RATE = 50
 the X-RateLimit-Limit of a scripted 429 when no limit is set."""
 LAGO_SINGLE_RATE_FACTOR = 10
 """Lago Cloud documents 500/s for `POST /events` against 50/s for all other endpoints."""
+LAGO_CLOUD_READ_RATE = 50
+"""Cloud's limit per second on "all other endpoints": the read API, when the rate limit is on."""
+LAGO_PER_PAGE = 100
+"""lago-api's default page size (concerns/pagination.rb)."""
 LAGO_FIELDS = ("transaction_id", "external_subscription_id", "code", "timestamp", "properties", "precise_total_amount_cents")
 """The only event keys Lago keeps; the rest (external_customer_id included) are dropped."""
 HYPERLINE_MAX_BATCH = 5000
@@ -62,9 +69,11 @@ HYPERLINE_RATE_LIMIT = 1000
 POISON_ERROR = "expression_evaluation_failed: undefined variable in expression"
 
 _LAGO_PATH = re.compile(r"(?:/[^/]+)*/api/v1/events(?P<batch>/batch)?/?")
+_LAGO_READ_PATH = re.compile(r"(?:/[^/]+)*?/api/v1/(?P<resource>[a-z_]+)(?:/(?P<id>[^/]+)(?:/(?P<sub>[a-z_]+))?)?/?")
 _HYPERLINE_PATHS = {"/v1/events/batch": "batch", "/v2/events/batch": "batch_v2", "/v1/events": "single"}
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
 _NOT_JSON = object()
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -122,8 +131,11 @@ class FakePlatform:
     """Lago and Hyperline on one loopback port; use as a context manager or start()/close().
 
     Public attributes a test may change while it runs: `lago_poison` (codes or transaction ids
-    answered with an expression error), `hyperline_customers` (None accepts any customer id),
-    `hyperline_malformed` (record ids that make a whole Hyperline request answer 400), `latency`.
+    answered with an expression error), `lago_event_loss` (the share of accepted Lago events
+    silently never stored, as in lago#637), `hyperline_customers` (None accepts any customer
+    id), `hyperline_malformed` (record ids that make a whole Hyperline request answer 400),
+    `latency`. The organization Lago's read API serves is loaded with `add_billable_metric`,
+    `add_subscription` and `add_invoice`.
     """
 
     def __init__(
@@ -135,6 +147,8 @@ class FakePlatform:
         lago_batch_limit: int = 100,
         lago_store: Store = "postgres",
         lago_rate_limit: int | None = None,
+        lago_read_rate_limit: int | None = None,
+        lago_event_loss: float = 0.0,
         lago_poison: Iterable[str] = (),
         lago_pre_v1_39: bool = False,
         hyperline_rate_limit: int | None = HYPERLINE_RATE_LIMIT,
@@ -161,6 +175,9 @@ class FakePlatform:
         self.lago_batch_limit = lago_batch_limit
         self.lago_store = lago_store
         self.lago_rate_limit = lago_rate_limit
+        self.lago_read_rate_limit = lago_read_rate_limit
+        self.lago_event_loss = lago_event_loss
+        self.lago_organization = LagoOrganization()
         self.lago_poison = set(lago_poison)
         self.lago_pre_v1_39 = lago_pre_v1_39
         self.hyperline_rate_limit = hyperline_rate_limit
@@ -221,6 +238,11 @@ class FakePlatform:
             self._stored_by_refused: list[str] = []
             self._requests: list[Request] = []
             self._windows: dict[str, _Window] = {}
+            self._lago_lost: list[dict[str, Any]] = []
+            self._loss_rng = random.Random(f"{self.seed}:loss")
+            read_limit = self.lago_read_rate_limit or (LAGO_CLOUD_READ_RATE if self.lago_rate_limit else None)
+            if read_limit:
+                self._windows["lago:read"] = _Window(read_limit, 1.0)
             if self.lago_rate_limit:
                 self._windows["lago:batch"] = _Window(self.lago_rate_limit, 1.0)
                 self._windows["lago:single"] = _Window(self.lago_rate_limit * LAGO_SINGLE_RATE_FACTOR, 1.0)
@@ -273,6 +295,116 @@ class FakePlatform:
                 f"from {len(self._requests)} requests ({sum(r.status == 429 for r in self._requests)} throttled)"
             )
 
+    def lost(self) -> list[dict[str, Any]]:
+        """Lago events answered 200 and never stored (`lago_event_loss`), in arrival order."""
+        with self._lock:
+            return orjson.loads(orjson.dumps(self._lago_lost))
+
+    # -- the organization Lago's read API serves ----------------------------------------------
+
+    def add_billable_metric(self, code: str, *, aggregation_type: str = "count_agg", field_name: str | None = None) -> dict[str, Any]:
+        metric = {
+            "lago_id": _lago_id("bm", code),
+            "name": code,
+            "code": code,
+            "description": None,
+            "aggregation_type": aggregation_type,
+            "weighted_interval": None,
+            "recurring": False,
+            "rounding_function": None,
+            "rounding_precision": None,
+            "created_at": "2023-01-01T00:00:00Z",
+            "field_name": field_name,
+            "expression": None,
+            "filters": [],
+        }
+        with self._lock:
+            self.lago_organization.billable_metrics.append(metric)
+        return metric
+
+    def add_subscription(
+        self,
+        external_id: str,
+        *,
+        external_customer_id: str | None = None,
+        status: str = "active",
+        started_at: str | None = "2023-01-01T00:00:00Z",
+        terminated_at: str | None = None,
+        plan_code: str = "standard",
+    ) -> dict[str, Any]:
+        """A subscription (and its customer, if new). Pending and canceled ones have not started."""
+        customer = self._customer(external_customer_id or f"cus-{external_id}")
+        subscription = {
+            "lago_id": _lago_id("sub", f"{external_id}:{len(self.lago_organization.subscriptions)}"),
+            "external_id": external_id,
+            "lago_customer_id": customer["lago_id"],
+            "external_customer_id": customer["external_id"],
+            "name": None,
+            "plan_code": plan_code,
+            "status": status,
+            "billing_time": "calendar",
+            "subscription_at": started_at or "2023-01-01T00:00:00Z",
+            "started_at": None if status in ("pending", "canceled") else started_at,
+            "trial_ended_at": None,
+            "ending_at": None,
+            "terminated_at": terminated_at if status == "terminated" else None,
+            "canceled_at": terminated_at if status == "canceled" else None,
+            "created_at": started_at or "2023-01-01T00:00:00Z",
+            "previous_plan_code": None,
+            "next_plan_code": None,
+            "downgrade_plan_date": None,
+        }
+        with self._lock:
+            self.lago_organization.subscriptions.append(subscription)
+        return subscription
+
+    def add_invoice(self, status: str, periods: Iterable[tuple[str, str, str]]) -> dict[str, Any]:
+        """An invoice covering (external subscription id, charges from, charges to) periods, for
+        the customer of the first one's subscription."""
+        organization = self.lago_organization
+        billing_periods = []
+        owners = []
+        for external_id, start, end in periods:
+            subscription = next(s for s in organization.subscriptions if s["external_id"] == external_id)
+            owners.append(subscription["lago_customer_id"])
+            billing_periods.append({
+                "lago_subscription_id": subscription["lago_id"],
+                "external_subscription_id": external_id,
+                "lago_plan_id": _lago_id("plan", subscription["plan_code"]),
+                "subscription_from_datetime": start,
+                "subscription_to_datetime": end,
+                "charges_from_datetime": start,
+                "charges_to_datetime": end,
+                "invoicing_reason": "subscription_periodic",
+            })
+        customer = next(c for c in organization.customers if c["lago_id"] == owners[0])
+        sequence = len(organization.invoices) + 1
+        invoice = {
+            "lago_id": _lago_id("inv", str(sequence)),
+            "sequential_id": sequence,
+            "number": f"SEG-{sequence:03d}",
+            "issuing_date": billing_periods[-1]["charges_to_datetime"][:10],
+            "invoice_type": "subscription",
+            "status": status,
+            "payment_status": "pending",
+            "currency": "USD",
+            "total_amount_cents": 0,
+            "customer": {"lago_id": customer["lago_id"], "external_id": customer["external_id"], "name": customer["name"]},
+            "billing_periods": billing_periods,
+        }
+        with self._lock:
+            organization.invoices.append(invoice)
+        return invoice
+
+    def _customer(self, external_id: str) -> dict[str, Any]:
+        with self._lock:
+            for customer in self.lago_organization.customers:
+                if customer["external_id"] == external_id:
+                    return customer
+            customer = {"lago_id": _lago_id("cus", external_id), "external_id": external_id, "name": external_id, "created_at": "2023-01-01T00:00:00Z"}
+            self.lago_organization.customers.append(customer)
+            return customer
+
     # -- request handling ----------------------------------------------------------------------
 
     def _dispatch(self, method: str, path: str, headers: dict[str, str], body: bytes, arrival: float) -> _Reply | str:
@@ -290,7 +422,7 @@ class FakePlatform:
             elif fault in STATUS_FAULTS:
                 outcome = self._fault_reply(platform, endpoint, int(fault))
             else:
-                outcome = self._serve(platform, endpoint, headers, payload, arrival)
+                outcome = self._serve(platform, endpoint, headers, payload, arrival, path)
             window_name = _window_name(platform, endpoint)
             if isinstance(outcome, _Reply) and platform is not None and window_name in self._windows and "X-RateLimit-Limit" not in outcome.headers:
                 outcome.headers.update(self._limit_headers(window_name, arrival))
@@ -312,7 +444,7 @@ class FakePlatform:
             draw -= rate
         return None
 
-    def _serve(self, platform: Platform | None, endpoint: str, headers: dict[str, str], payload: Any, now: float) -> _Reply:
+    def _serve(self, platform: Platform | None, endpoint: str, headers: dict[str, str], payload: Any, now: float, path: str) -> _Reply:
         if platform is None:
             return _lago_error(404, code="resource_not_found")
         if headers.get("authorization") != f"Bearer {self.api_key}":
@@ -322,7 +454,7 @@ class FakePlatform:
             _, reset_in = window.state(now)
             return self._too_many(platform, endpoint, reset_in, now)
         if platform == "lago":
-            return self._lago_request(endpoint, payload)
+            return self._lago_read(path) if endpoint == "read" else self._lago_request(endpoint, payload)
         return self._hyperline_event(payload) if endpoint == "single" else self._hyperline_batch(payload, endpoint)
 
     def _fault_reply(self, platform: Platform | None, endpoint: str, status: int) -> _Reply:
@@ -417,8 +549,11 @@ class FakePlatform:
         for i, (key, row) in enumerate(rows):
             if i in duplicates:
                 continue
-            self._lago_rows[key] = row
             self._writes["lago"][key[1]] += 1
+            if self.lago_event_loss and self._loss_rng.random() < self.lago_event_loss:
+                self._lago_lost.append(row)
+                continue
+            self._lago_rows[key] = row
             if errors:
                 self._stored_by_refused.append(key[1])
         return errors or [row for _, row in rows]
@@ -442,6 +577,65 @@ class FakePlatform:
         if code in self.lago_poison or str(transaction_id) in self.lago_poison:
             return POISON_ERROR
         return None
+
+    # -- Lago read API (lago-openapi; pagination as lago-api's concerns/pagination.rb) --------
+
+    def _lago_read(self, path: str) -> _Reply:
+        parts = urlsplit(path)
+        match = _LAGO_READ_PATH.fullmatch(parts.path)
+        assert match is not None  # routed here only when it matches
+        query = parse_qs(parts.query)
+        resource, identifier, nested = match["resource"], match["id"], match["sub"]
+        organization = self.lago_organization
+        if nested is not None:
+            return _lago_error(404, code="resource_not_found")
+        if resource == "billable_metrics" and identifier is None:
+            return _lago_page("billable_metrics", organization.billable_metrics, query)
+        if resource == "customers":
+            if identifier is None:
+                return _lago_page("customers", organization.customers, query)
+            return _lago_one("customer", [c for c in organization.customers if c["external_id"] == identifier])
+        if resource == "subscriptions":
+            if identifier is None:
+                statuses = set(query.get("status[]", ["active"]))
+                chosen = [
+                    s for s in organization.subscriptions
+                    if s["status"] in statuses and _matches(query, "external_customer_id", s["external_customer_id"]) and _matches(query, "plan_code", s["plan_code"])
+                ]
+                return _lago_page("subscriptions", chosen, query)
+            status = query.get("status", ["active"])[0]
+            return _lago_one("subscription", [s for s in organization.subscriptions if s["external_id"] == identifier and s["status"] == status])
+        if resource == "invoices":
+            if identifier is None:
+                statuses = set(query.get("statuses[]", []))
+                chosen = [
+                    _invoice_summary(i) for i in organization.invoices
+                    if (not statuses or i["status"] in statuses) and _matches(query, "external_customer_id", i["customer"]["external_id"])
+                ]
+                return _lago_page("invoices", chosen, query)
+            return _lago_one("invoice", [i for i in organization.invoices if i["lago_id"] == identifier])
+        if resource == "events":
+            if identifier is None:
+                return _lago_page("events", self._lago_events_listed(query), query)
+            return _lago_one("event", [_lago_event_shown(row) for row in self._lago_rows.values() if str(row["transaction_id"]) == identifier][:1])
+        return _lago_error(404, code="resource_not_found")
+
+    def _lago_events_listed(self, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """GET /events: filtered by subscription, code and time (both bounds inclusive; a bound
+        that is not a date is ignored), newest first, as on the Postgres store."""
+        start, end = _query_millis(query, "timestamp_from"), _query_millis(query, "timestamp_to")
+        chosen = []
+        for row in self._lago_rows.values():
+            millis = _row_millis(row)
+            if (
+                _matches(query, "external_subscription_id", row.get("external_subscription_id"))
+                and _matches(query, "code", row.get("code"))
+                and (start is None or millis >= start)
+                and (end is None or millis <= end)
+            ):
+                chosen.append((millis, row))
+        chosen.sort(key=lambda pair: pair[0], reverse=True)
+        return [_lago_event_shown(row) for _, row in chosen]
 
     # -- Hyperline -----------------------------------------------------------------------------
 
@@ -521,6 +715,8 @@ def _loopback(host: str) -> str:
 def _route(method: str, path: str) -> tuple[Platform | None, str]:
     """(platform, endpoint). Lago paths may sit under any prefix; Hyperline's host has none."""
     path = path.split("?", 1)[0]
+    if method == "GET":
+        return ("lago", "read") if _LAGO_READ_PATH.fullmatch(path) else (None, "")
     if method != "POST":
         return None, ""
     match = _LAGO_PATH.fullmatch(path)
@@ -531,7 +727,9 @@ def _route(method: str, path: str) -> tuple[Platform | None, str]:
 
 
 def _window_name(platform: Platform | None, endpoint: str) -> str:
-    return f"lago:{'single' if endpoint == 'single' else 'batch'}" if platform == "lago" else "hyperline"
+    if platform != "lago":
+        return "hyperline"
+    return "lago:read" if endpoint == "read" else f"lago:{'single' if endpoint == 'single' else 'batch'}"
 
 
 def _event_count(platform: Platform | None, endpoint: str, payload: Any) -> int:
@@ -568,6 +766,87 @@ def _lago_row(event: dict[str, Any], received: float, store: Store) -> tuple[tup
         millis = Decimal(str(row["timestamp"]).strip()).quantize(Decimal("0.001"), rounding=ROUND_FLOOR)
         key += (row["code"], millis)
     return key, row
+
+
+@dataclass
+class LagoOrganization:
+    """What Lago's read API serves, in its own shapes (lago-openapi). Invoices keep their
+    `billing_periods`, which only `GET /invoices/{lago_id}` shows."""
+
+    billable_metrics: list[dict[str, Any]] = field(default_factory=list)
+    customers: list[dict[str, Any]] = field(default_factory=list)
+    subscriptions: list[dict[str, Any]] = field(default_factory=list)
+    invoices: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _lago_id(kind: str, name: str) -> str:
+    """A stable UUID-shaped id, so tests can predict it."""
+    digest = hashlib.blake2b(f"{kind}:{name}".encode(), digest_size=16).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
+
+
+def _matches(query: dict[str, list[str]], name: str, value: Any) -> bool:
+    return name not in query or query[name][0] == ("" if value is None else str(value))
+
+
+def _lago_page(key: str, items: list[dict[str, Any]], query: dict[str, list[str]]) -> _Reply:
+    """One page and its `meta`, as Kaminari counts them (no pages at all when nothing matches)."""
+    page, per_page = _positive(query, "page", 1), _positive(query, "per_page", LAGO_PER_PAGE)
+    total_pages = math.ceil(len(items) / per_page)
+    meta = {
+        "current_page": page,
+        "next_page": page + 1 if page < total_pages else None,
+        "prev_page": page - 1 if page > 1 else None,
+        "total_pages": total_pages,
+        "total_count": len(items),
+    }
+    return _json(200, {key: items[(page - 1) * per_page : page * per_page], "meta": meta})
+
+
+def _lago_one(kind: str, found: list[dict[str, Any]]) -> _Reply:
+    if not found:
+        return _lago_error(404, code=f"{kind}_not_found")
+    return _json(200, {kind: found[0]})
+
+
+def _positive(query: dict[str, list[str]], name: str, default: int) -> int:
+    value = query.get(name, [""])[0]
+    return int(value) if value.isdigit() and int(value) > 0 else default
+
+
+def _invoice_summary(invoice: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in invoice.items() if name != "billing_periods"}
+
+
+def _query_millis(query: dict[str, list[str]], name: str) -> int | None:
+    try:
+        when = datetime.fromisoformat(query[name][0])
+    except (KeyError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return (when - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _row_millis(row: dict[str, Any]) -> int:
+    return int(Decimal(str(row["timestamp"]).strip()) * 1000)
+
+
+def _lago_event_shown(row: dict[str, Any]) -> dict[str, Any]:
+    millis = _row_millis(row)
+    when = datetime.fromtimestamp(millis // 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return {
+        "lago_id": _lago_id("event", str(row["transaction_id"])),
+        "transaction_id": str(row["transaction_id"]),
+        "lago_customer_id": None,
+        "code": row.get("code"),
+        "timestamp": f"{when}.{millis % 1000:03d}Z",
+        "precise_total_amount_cents": row.get("precise_total_amount_cents"),
+        "properties": row.get("properties") or {},
+        "lago_subscription_id": None,
+        "external_subscription_id": row.get("external_subscription_id"),
+        "created_at": f"{when}Z",
+    }
 
 
 def _hyperline_timestamp_ok(value: Any) -> bool:
