@@ -8,7 +8,8 @@ import sys
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Optional, TextIO
 from urllib.parse import urlsplit
 
 import orjson
@@ -29,6 +30,7 @@ from segbill.usage import fail, inputs, streaming_gc, warn
 
 if TYPE_CHECKING:
     from segbill.delivery import DeliveryOptions
+    from segbill.targets.lago_api import ReadOptions
 
 LOCAL_HOSTS = {"localhost", "::1", "[::1]"}
 
@@ -303,6 +305,129 @@ def send(
 
 app.command("inspect")(inspect_command)
 
+# -- check and reconcile: the same inputs and selection as send, read against the platform ----
+
+Paths = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="The Segment exports, read exactly as send reads them. '-' or nothing reads stdin.", show_default=False),
+]
+ToLago = Annotated[TargetName, typer.Option("--to", help="The billing platform to read (Lago only, for now).", case_sensitive=False)]
+Config = Annotated[Optional[Path], typer.Option("--config", metavar="FILE", help="The mapping file the send uses (see send --help).", show_default=False)]
+CustomerFrom = Annotated[Optional[str], typer.Option("--customer-from", metavar="PATH", help="As for send.", show_default=False)]
+Events = Annotated[Optional[list[str]], typer.Option("--event", metavar="GLOB", help="As for send (repeatable).", show_default=False)]
+ExcludeEvents = Annotated[Optional[list[str]], typer.Option("--exclude-event", metavar="GLOB", help="As for send (repeatable).", show_default=False)]
+Since = Annotated[Optional[str], typer.Option("--since", metavar="TIME", help="As for send: only events at or after this time.", show_default=False)]
+Until = Annotated[Optional[str], typer.Option("--until", metavar="TIME", help="As for send: only events before this time.", show_default=False)]
+Shard = Annotated[Optional[str], typer.Option("--shard", metavar="K/N", help="As for send: only the customers of shard K of N.", show_default=False)]
+ApiUrl = Annotated[Optional[str], typer.Option("--api-url", metavar="URL", help="As for send: $LAGO_API_URL or https://api.getlago.com.", show_default=False)]
+ApiKey = Annotated[Optional[str], typer.Option("--api-key", metavar="KEY", help="As for send; prefer $LAGO_API_KEY. Never printed.", show_default=False)]
+Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each answer before retrying.")]
+MaxRetries = Annotated[int, typer.Option("--max-retries", min=0, help="Retries of a read after a transient failure before the run stops (exit 3).")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
+
+
+@app.command("check")
+def check_command(
+    paths: Paths = None,
+    to: ToLago = ...,  # type: ignore[assignment]
+    config: Config = None,
+    customer_from: CustomerFrom = None,
+    event: Events = None,
+    exclude_event: ExcludeEvents = None,
+    since: Since = None,
+    until: Until = None,
+    shard: Shard = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    timeout: Timeout = 30.0,
+    max_retries: MaxRetries = 10,
+    json_: Json = False,
+) -> None:
+    """Before a backfill: read the export as send would, send nothing, and say for every event
+    whether Lago will bill it (billable, draft) or store it and never bill it (unknown_code,
+    unknown_subscription, before_start, after_termination, invoiced), with the codes,
+    subscriptions and times behind each verdict.
+
+    Exit codes: 0 every event will be billed (billable or draft); 1 some will not, or there was
+    no event to check; 2 usage error; 3 a read failed (key, URL, the platform); 130 interrupted.
+    """
+    import asyncio
+
+    from segbill.check import CheckResult, check, render
+    from segbill.targets.lago_api import LagoReader
+
+    options, reading = _selection(to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries)
+    replay = Replay(options)
+    result = CheckResult(replay.tally)
+
+    async def run() -> None:
+        async with LagoReader(reading) as reader:
+            await check(replay, reader, result)
+
+    try:
+        with streaming_gc():
+            asyncio.run(run())
+    except KeyboardInterrupt:
+        replay.tally.interrupted = True
+    finally:
+        replay.close()
+    _report(result.as_dict() if json_ else None, lambda out: render(result, out, terminal=out.isatty()))
+    raise typer.Exit(int(result.exit_code()))
+
+
+def _selection(
+    to: TargetName,
+    paths: list[str] | None,
+    config: Path | None,
+    customer_from: str | None,
+    event: list[str] | None,
+    exclude_event: list[str] | None,
+    since: str | None,
+    until: str | None,
+    shard: str | None,
+    api_url: str | None,
+    api_key: str | None,
+    timeout: float,
+    max_retries: int,
+) -> tuple[Options, ReadOptions]:
+    """What a send of these options would deliver (a dry run's selection, with no dead-letter
+    file: unreadable lines are only counted), and how to read the platform."""
+    from segbill.targets.lago_api import ReadOptions
+
+    if to is not TargetName.lago:
+        fail(f"--to {to.value}: checking and reconciling read Lago's API; {to.value} is not supported yet.")
+    if config is not None and not config.is_file():
+        fail(f"--config {config}: no such file.")
+    try:
+        mapping = load_mapping(to.value, config, customer_from=customer_from, events=event, exclude_events=exclude_event)
+    except ConfigError as error:
+        fail(str(error))
+    target = get_target(to.value)
+    url, key = _endpoint(target, api_url, api_key, "look without the platform with send --dry-run")
+    options = Options(
+        sources=inputs(paths),
+        target=target,
+        mapping=mapping,
+        dead_letter=Path(os.devnull),
+        dry_run=True,
+        since=_time_option("--since", since),
+        until=_time_option("--until", until),
+        shard=_shard_option(shard),
+    )
+    return options, ReadOptions(url, key, timeout, max_retries)
+
+
+def _report(data: dict[str, object] | None, render_to: Callable[[TextIO], None]) -> None:
+    """A result on stdout: one JSON object, or for people."""
+    try:
+        if data is not None:
+            sys.stdout.write(orjson.dumps(data).decode() + "\n")
+        else:
+            render_to(sys.stdout)
+    except BrokenPipeError:
+        pass
+    _flush_stdout()
+
 
 def _unused_rename(name: str) -> str:
     return f'rename "{name}" matched no event read: names are matched exactly, case included (segbill inspect lists them).'
@@ -346,23 +471,30 @@ def _delivery_options(
     max_retries: int,
     grace: float,
 ) -> DeliveryOptions:
+    url, key = _endpoint(target, api_url, api_key, "use --dry-run")
+    size = batch_size or target.default_batch
+    if size > target.max_batch:
+        fail(f"--batch-size {size} is over {target.label}'s limit of {target.max_batch} events per request.")
+    from segbill.delivery import DeliveryOptions
+
+    return DeliveryOptions(url, key, size, width, timeout, max_retries, grace, rate)
+
+
+def _endpoint(target: Target, api_url: str | None, api_key: str | None, instead: str) -> tuple[str, str]:
+    """The platform's URL and key from the options or the environment; a warning when the key
+    would travel unencrypted."""
     if api_url is None and os.environ.get(target.url_env) == "":
-        fail(f"${target.url_env} is set but empty; unset it to send to {target.default_url}, or set it to the platform's URL.")
+        fail(f"${target.url_env} is set but empty; unset it to use {target.default_url}, or set it to the platform's URL.")
     url = api_url or os.environ.get(target.url_env) or target.default_url
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         fail(f"--api-url {url!r} is not an http(s) URL such as {target.default_url}.")
     key = api_key or os.environ.get(target.key_env)
     if not key:
-        fail(f"no API key for {target.label}: set {target.key_env} (or pass --api-key), or use --dry-run.")
-    size = batch_size or target.default_batch
-    if size > target.max_batch:
-        fail(f"--batch-size {size} is over {target.label}'s limit of {target.max_batch} events per request.")
+        fail(f"no API key for {target.label}: set {target.key_env} (or pass --api-key), or {instead}.")
     if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS and not parts.hostname.startswith("127."):
         warn(f"warning: {parts.hostname} is reached over plain http: the API key travels unencrypted.")
-    from segbill.delivery import DeliveryOptions
-
-    return DeliveryOptions(url, key, size, width, timeout, max_retries, grace, rate)
+    return url, key
 
 
 def _total_bytes(sources: list[Source]) -> int | None:

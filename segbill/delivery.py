@@ -80,6 +80,11 @@ def retryable(status: int) -> bool:
     return status in (408, 429) or (status >= 500 and status != 501)
 
 
+def backoff(attempt: int) -> float:
+    """Seconds before retry number `attempt`: exponential, with full jitter."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
+
+
 def wait_hint(headers: httpx.Headers) -> float | None:
     """Seconds a 429 asks to wait: Retry-After (Hyperline), else X-RateLimit-Reset (Lago)."""
     for name in ("retry-after", "x-ratelimit-reset"):
@@ -402,7 +407,7 @@ class Sender:
                 raise Unreachable(last)
             self.tally.retries += 1
             if wait is None:
-                await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(backoff(attempt))
 
     async def _post(self, body: bytes) -> tuple[int, bytes, float | None, str]:
         """One request: (status or 0, content, the pause a 429 asked for, a description)."""
@@ -418,15 +423,11 @@ class Sender:
         wait = None
         if status == 429:
             hint = wait_hint(response.headers)
-            wait = self._backoff(1) if hint is None else hint
+            wait = backoff(1) if hint is None else hint
             self.pacer.throttled(wait)
         else:
             self.pacer.accepted()
         return status, response.content, wait, f"HTTP {status}"
-
-    @staticmethod
-    def _backoff(attempt: int) -> float:
-        return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
 
 
 def _pairs(items: list[Item]) -> list[tuple[Record, str]]:

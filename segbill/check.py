@@ -1,0 +1,238 @@
+"""`segbill check`: of the events a send would deliver, which ones Lago will bill, and why not.
+
+Lago answers 200 to events it will never bill (an unknown code or subscription, a time outside
+the subscription, a period already invoiced). The organization is read first (billable metrics,
+subscriptions in every status), each customer's invoices when one of its events first needs
+them: reads follow the subscriptions and invoices involved, never the number of events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from segbill.pipeline import Replay
+from segbill.report import ExitCode, Tally
+from segbill.segment import Record, iso_millis
+from segbill.targets.lago_api import LagoReader, Period, ReadFailed, Subscription, event_millis
+
+# In the order the rules apply: an event gets the first that fits.
+VERDICTS = ("unknown_code", "unknown_subscription", "before_start", "after_termination", "invoiced", "draft", "billable")
+BILLED = ("billable", "draft")
+MEANING = {
+    "billable": "billed in the current or a coming invoice",
+    "draft": "in a draft invoice's period: billed once the draft is refreshed or finalized",
+    "unknown_code": "no billable metric has this code: stored, never billed",
+    "unknown_subscription": "no subscription in any status has this external id: stored, never billed",
+    "before_start": "before the subscription's started_at (or it has not started): never billed",
+    "after_termination": "at or after the subscription's terminated_at: never billed",
+    "invoiced": "in a period of a finalized invoice, which is never reopened: never billed",
+}
+TOP = 5  # groups shown per verdict
+SETTLE_EVERY = 1000  # events given a verdict before their outcome is counted in the tally
+
+
+class Organization:
+    """What decides whether Lago bills an event. Invoice periods are read per customer, the
+    first time one of its subscriptions' events needs them."""
+
+    def __init__(self, codes: set[str], subscriptions: dict[str, list[Subscription]]) -> None:
+        self.codes = codes
+        self.subscriptions = subscriptions
+        self.periods: dict[str, list[Period]] = {}
+        self.customers_read: set[str] = set()
+
+    def unread_customers(self, subscription: str) -> list[str]:
+        customers = {s.customer for s in self.subscriptions.get(subscription, ())}
+        return sorted(customers - self.customers_read)
+
+    def learn(self, customer: str, periods: list[Period]) -> None:
+        self.customers_read.add(customer)
+        for period in periods:
+            self.periods.setdefault(period.subscription, []).append(period)
+
+    def standing(self, subscription: str, code: str, millis: int) -> str | None:
+        """The verdict that needs no invoice, or None when the invoices decide."""
+        if code not in self.codes:
+            return "unknown_code"
+        candidates = self.subscriptions.get(subscription)
+        if not candidates:
+            return "unknown_subscription"
+        started = [s for s in candidates if s.started is not None and s.started <= millis]
+        if not started:
+            return "before_start"
+        if all(s.terminated is not None and millis >= s.terminated for s in started):
+            return "after_termination"
+        return None
+
+    def invoiced(self, subscription: str, millis: int) -> str:
+        """The verdict of a running subscription's event, once its customers' invoices are read."""
+        statuses = {p.status for p in self.periods.get(subscription, ()) if p.start <= millis <= p.end}
+        if "finalized" in statuses:
+            return "invoiced"
+        return "draft" if "draft" in statuses else "billable"
+
+
+@dataclass
+class Group:
+    """Events of one verdict, code and subscription: how many, and their first and last time."""
+
+    events: int
+    first: int
+    last: int
+
+
+@dataclass
+class CheckResult:
+    tally: Tally
+    verdicts: Counter[str] = field(default_factory=Counter)
+    groups: dict[tuple[str, str, str], Group] = field(default_factory=dict)  # (verdict, code, subscription)
+    requests: int = 0
+    retries: int = 0
+    stopped: str | None = None
+
+    def add(self, verdict: str, code: str, subscription: str, millis: int) -> None:
+        self.verdicts[verdict] += 1
+        group = self.groups.get((verdict, code, subscription))
+        if group is None:
+            self.groups[(verdict, code, subscription)] = Group(1, millis, millis)
+        else:
+            group.events += 1
+            group.first = min(group.first, millis)
+            group.last = max(group.last, millis)
+
+    @property
+    def checked(self) -> int:
+        return sum(self.verdicts.values())
+
+    @property
+    def unbilled(self) -> int:
+        return self.checked - sum(self.verdicts[v] for v in BILLED)
+
+    def exit_code(self) -> ExitCode:
+        """1 when an event would not be billed, or when there was no event to check at all."""
+        if self.tally.interrupted:
+            return ExitCode.INTERRUPTED
+        if self.stopped is not None:
+            return ExitCode.FATAL
+        return ExitCode.DEAD_LETTERED if self.unbilled or not self.checked else ExitCode.OK
+
+    def top(self, verdict: str) -> list[tuple[str, str, Group]]:
+        chosen = [(code, subscription, group) for (v, code, subscription), group in self.groups.items() if v == verdict]
+        chosen.sort(key=lambda item: (-item[2].events, item[0], item[1]))
+        return chosen[:TOP]
+
+    def as_dict(self) -> dict[str, Any]:
+        tally = self.tally
+        return {
+            "target": tally.target,
+            "read": tally.read,
+            "checked": self.checked,
+            "verdicts": {verdict: self.verdicts[verdict] for verdict in ("billable", *VERDICTS[:-1])},
+            "not_billed": self.unbilled,
+            "top": {
+                verdict: [
+                    {"code": code, "external_subscription_id": sub, "events": g.events, "first": iso_millis(g.first), "last": iso_millis(g.last)}
+                    for code, sub, g in self.top(verdict)
+                ]
+                for verdict in VERDICTS
+                if self.verdicts[verdict]
+            },
+            "skipped": sum(tally.skipped.values()),
+            "skipped_by_reason": dict(sorted(tally.skipped.items())),
+            "dead_lettered": sum(tally.dead_lettered.values()),
+            "dead_lettered_by_reason": dict(sorted(tally.dead_lettered.items())),
+            "not_attempted": tally.not_attempted,
+            "requests": self.requests,
+            "retries": self.retries,
+            "stopped": self.stopped,
+            "exit_code": int(self.exit_code()),
+        }
+
+
+async def check(replay: Replay, reader: LagoReader, result: CheckResult) -> None:
+    """Give every event `replay` hands out (what a send would deliver) its verdict in `result`
+    (which keeps what was counted if the run is interrupted); nothing is sent."""
+    settled: list[tuple[Record, str]] = []
+    current: tuple[Record, str] | None = None
+    try:
+        organization = Organization(await reader.metric_codes(), await reader.subscriptions())
+        for record, event, key in replay.events():
+            current = (record, key)
+            subscription, code, millis = str(event["external_subscription_id"]), str(event["code"]), event_millis(event)
+            verdict = organization.standing(subscription, code, millis)
+            if verdict is None:
+                customers = organization.unread_customers(subscription)
+                for customer, periods in zip(customers, await asyncio.gather(*(reader.periods(c) for c in customers))):
+                    organization.learn(customer, periods)
+                verdict = organization.invoiced(subscription, millis)
+            result.add(verdict, code, subscription, millis)
+            settled.append(current)
+            current = None
+            if len(settled) >= SETTLE_EVERY:
+                replay.delivered(settled)
+                settled = []
+                await asyncio.sleep(0)  # a Ctrl-C lands at an await
+    except ReadFailed as error:
+        result.stopped = str(error)
+    finally:
+        replay.delivered(settled)
+        if current is not None:
+            replay.not_attempted([current])
+        result.requests, result.retries = reader.requests, reader.retries
+
+
+def render(result: CheckResult, stream: IO[str], *, terminal: bool) -> None:
+    """Verdicts with counts and, for each, the codes, subscriptions and times behind it."""
+    data = result.as_dict()
+    title = f"segbill check against {result.tally.target}: {result.checked:,} events a send would deliver"
+    if result.stopped:
+        title += f"; stopped early ({result.stopped})"
+    elif result.tally.interrupted:
+        title += "; interrupted (the counts cover what was read)"
+    rows: list[tuple[str, str, str]] = []
+    for verdict in ("billable", *VERDICTS[:-1]):
+        count = result.verdicts[verdict]
+        if not count and verdict != "billable":
+            continue
+        why = [MEANING[verdict]]
+        if verdict != "billable":
+            why += [f"{code} on {sub}: {_span(g)}" for code, sub, g in result.top(verdict)]
+        rows.append((verdict, f"{count:,}", "\n".join(why)))
+    rows.append(("not billed", f"{result.unbilled:,}", "" if result.unbilled else "every event will be billed"))
+    skipped = ", ".join(f"{reason} {count:,}" for reason, count in data["skipped_by_reason"].items())
+    rows.append(("read", f"{result.tally.read:,}", f"records; skipped {data['skipped']:,}" + (f" ({skipped})" if skipped else "")))
+    if data["dead_lettered"]:
+        rows.append(("unreadable", f"{data['dead_lettered']:,}", "records send would dead-letter (see segbill send --dry-run)"))
+    rows.append(("requests", f"{result.requests:,}", f"reads of the organization, {result.retries:,} retries"))
+    if not result.checked and not result.stopped:
+        rows.append(("nothing checked", "0", "no event in the input would be sent: check the paths and filters"))
+    _write(title, rows, stream, terminal)
+
+
+def _span(group: Group) -> str:
+    if group.first == group.last:
+        return f"{group.events:,} at {iso_millis(group.first)}"
+    return f"{group.events:,} from {iso_millis(group.first)} to {iso_millis(group.last)}"
+
+
+def _write(title: str, rows: list[tuple[str, str, str]], stream: IO[str], terminal: bool) -> None:
+    """A rich table on a terminal, plain indented lines for logs (shared with reconcile)."""
+    if terminal:
+        table = Table(title=title, show_header=False, title_justify="left")
+        for name, value, note in rows:
+            table.add_row(name, value, note)
+        Console(file=stream).print(table)
+        return
+    stream.write(title + "\n")
+    for name, value, note in rows:
+        lines = note.split("\n")
+        stream.write(f"  {name:<22} {value:>10}  {lines[0]}".rstrip() + "\n")
+        for line in lines[1:]:
+            stream.write(f"  {'':<22} {'':>10}    {line}\n")
+    stream.flush()

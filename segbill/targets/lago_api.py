@@ -1,0 +1,197 @@
+"""Lago's read API, for `segbill check` and `segbill reconcile`: the same key, retries and pacing
+as sending (a 429 pauses every reader; an announced limit sets the pace), every list read page by
+page through `meta.next_page`. The key is only ever in the Authorization header."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import orjson
+
+from segbill.delivery import Pacer, _describe, _excerpt, backoff, retryable, wait_hint
+from segbill.segment import iso_millis, parse_time
+
+PER_PAGE = 100  # lago-api's default page size; larger pages are not documented
+SUBSCRIPTION_STATUSES = ("active", "pending", "terminated", "canceled")
+INVOICE_STATUSES = ("draft", "finalized")  # the statuses that say whether a period still bills
+READ_CONCURRENCY = 4  # reads in flight; Lago Cloud allows 50 a second on these endpoints
+FATAL_READS = {401: "rejected the API key", 403: "refused this API key", 404: "has no such endpoint"}
+
+Params = dict[str, str | int | list[str]]
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    url: str
+    api_key: str = field(repr=False)  # never in a repr, so never in an error message
+    timeout: float = 30.0
+    max_retries: int = 10
+
+
+class ReadFailed(Exception):
+    """A read that will not succeed (key, URL, or still failing after every retry): stop."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    external_id: str
+    customer: str  # external_customer_id
+    status: str
+    started: int | None  # ms; None while pending (or canceled before it started)
+    terminated: int | None  # ms
+
+
+@dataclass(frozen=True)
+class Period:
+    """One subscription's charges period on an invoice, both ends inclusive to the millisecond:
+    Lago writes `23:59:59Z` for a period that ends with that whole second."""
+
+    subscription: str
+    start: int
+    end: int
+    status: str  # draft or finalized
+    invoice: str  # the invoice number, for people
+
+
+def event_millis(event: dict[str, Any]) -> int:
+    """The time of a converted Lago event: its Unix-seconds string, exactly, in ms."""
+    return int(Decimal(event["timestamp"]) * 1000)
+
+
+class LagoReader:
+    """Reads one organization; `requests` and `retries` count what it cost."""
+
+    def __init__(self, options: ReadOptions, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.options = options
+        self.base = options.url.rstrip("/")
+        self.host = urlsplit(options.url).netloc or options.url
+        self.headers = {"Authorization": f"Bearer {options.api_key}", "Accept": "application/json"}
+        limits = httpx.Limits(max_connections=READ_CONCURRENCY, max_keepalive_connections=READ_CONCURRENCY)
+        self.client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(options.timeout), trust_env=False, transport=transport)
+        self.pacer = Pacer(None)
+        self.slots = asyncio.Semaphore(READ_CONCURRENCY)
+        self.requests = 0
+        self.retries = 0
+
+    async def __aenter__(self) -> LagoReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+
+    async def get(self, path: str, params: Params | None = None) -> dict[str, Any]:
+        """One JSON object, retrying transient failures like a send does."""
+        attempt = 0
+        while True:
+            async with self.slots:
+                await self.pacer.wait(1)
+                self.requests += 1
+                try:
+                    response = await self.client.get(self.base + path, params=params, headers=self.headers)
+                except httpx.RequestError as error:  # transport errors, timeouts
+                    response, last = None, _describe(error)
+                else:
+                    last = f"HTTP {response.status_code}"
+                    self.pacer.observe(response.headers)
+                    if response.status_code == 429:
+                        hint = wait_hint(response.headers)
+                        self.pacer.throttled(backoff(1) if hint is None else hint)
+                    else:
+                        self.pacer.accepted()
+            if response is not None and not retryable(response.status_code):
+                return self._read(path, response)
+            attempt += 1
+            if attempt > self.options.max_retries:
+                raise ReadFailed(f"{self.host} still failed after {self.options.max_retries} retries reading {path} ({last})")
+            self.retries += 1
+            if response is None or response.status_code != 429:  # a 429 paused the pacer instead
+                await asyncio.sleep(backoff(attempt))
+
+    def _read(self, path: str, response: httpx.Response) -> dict[str, Any]:
+        status = response.status_code
+        if status in FATAL_READS:
+            raise ReadFailed(f"{self.host} {FATAL_READS[status]} (HTTP {status} for {urlsplit(self.base + path).path})")
+        if not 200 <= status < 300:
+            raise ReadFailed(f"{self.host} answered HTTP {status} reading {path} ({_excerpt(response.content)})")
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            raise ReadFailed(f"{self.host} answered {path} with something that is not a JSON object ({_excerpt(response.content)})")
+        return body
+
+    async def pages(self, path: str, key: str, params: Params | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Every item of a list endpoint, following `meta.next_page`."""
+        page = 1
+        while True:
+            body = await self.get(path, {**(params or {}), "page": page, "per_page": PER_PAGE})
+            for item in body.get(key) or []:
+                if isinstance(item, dict):
+                    yield item
+            following = (body.get("meta") or {}).get("next_page")
+            if not isinstance(following, int) or following <= page:
+                return
+            page = following
+
+    # -- the organization --------------------------------------------------------------------
+
+    async def metric_codes(self) -> set[str]:
+        return {str(metric.get("code")) async for metric in self.pages("/api/v1/billable_metrics", "billable_metrics")}
+
+    async def subscriptions(self) -> dict[str, list[Subscription]]:
+        """Every subscription in every status (the list holds only active ones unless asked),
+        by external id: an upgraded plan keeps the id on a new subscription."""
+        found: dict[str, list[Subscription]] = {}
+        params: Params = {"status[]": list(SUBSCRIPTION_STATUSES)}
+        async for item in self.pages("/api/v1/subscriptions", "subscriptions", params):
+            subscription = Subscription(
+                external_id=str(item.get("external_id")),
+                customer=str(item.get("external_customer_id")),
+                status=str(item.get("status")),
+                started=parse_time(item["started_at"]) if item.get("started_at") else None,
+                terminated=parse_time(item["terminated_at"]) if item.get("terminated_at") else None,
+            )
+            found.setdefault(subscription.external_id, []).append(subscription)
+        return found
+
+    async def periods(self, customer: str) -> list[Period]:
+        """The billing periods of a customer's draft and finalized invoices: the list gives the
+        invoices, each one's own page its `billing_periods`."""
+        params: Params = {"external_customer_id": customer, "statuses[]": list(INVOICE_STATUSES)}
+        listed = [item async for item in self.pages("/api/v1/invoices", "invoices", params) if item.get("status") in INVOICE_STATUSES]
+        shown = await asyncio.gather(*(self.get(f"/api/v1/invoices/{quote(str(item.get('lago_id')), safe='')}") for item in listed))
+        periods = []
+        for body in shown:
+            invoice = body.get("invoice") or {}
+            for period in invoice.get("billing_periods") or []:
+                start, end = parse_time(period.get("charges_from_datetime")), parse_time(period.get("charges_to_datetime"))
+                if start is None or end is None or invoice.get("status") not in INVOICE_STATUSES:
+                    continue
+                name = str(invoice.get("number") or invoice.get("lago_id"))
+                periods.append(Period(str(period.get("external_subscription_id")), start, end // 1000 * 1000 + 999, invoice["status"], name))
+        return periods
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def count(self, subscription: str, code: str, start: int, end: int) -> int:
+        """Events stored for (subscription, code) from `start` to `end` ms, both inclusive."""
+        body = await self.get("/api/v1/events", {**_scope(subscription, code, start, end), "per_page": 1})
+        total = (body.get("meta") or {}).get("total_count")
+        if not isinstance(total, int):
+            raise ReadFailed(f"{self.host} answered /api/v1/events without meta.total_count")
+        return total
+
+    async def transaction_ids(self, subscription: str, code: str, start: int, end: int) -> list[str]:
+        """The transaction ids stored in that scope (a repeat appears once per stored event)."""
+        return [str(event.get("transaction_id")) async for event in self.pages("/api/v1/events", "events", _scope(subscription, code, start, end))]
+
+
+def _scope(subscription: str, code: str, start: int, end: int) -> Params:
+    return {"external_subscription_id": subscription, "code": code, "timestamp_from": iso_millis(start), "timestamp_to": iso_millis(end)}

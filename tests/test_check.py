@@ -1,0 +1,185 @@
+"""`segbill check --to lago`: every event a send would deliver gets the verdict Lago's billing gives it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from segbill.testing.fake_platform import FakePlatform
+
+from .conftest import jsonl, track, write
+
+KEY = "sk-check-do-not-print"
+ALL_VERDICTS = {"billable", "unknown_code", "unknown_subscription", "before_start", "after_termination", "invoiced", "draft"}
+
+
+def organization(fake: FakePlatform) -> None:
+    """Every kind of subscription and invoice the verdicts depend on."""
+    fake.add_billable_metric("api_calls")
+    fake.add_billable_metric("seats", aggregation_type="unique_count_agg", field_name="seat_id")
+    fake.add_subscription("acme-main", external_customer_id="acme", started_at="2024-01-01T00:00:00Z")
+    fake.add_invoice("finalized", [("acme-main", "2024-01-01T00:00:00Z", "2024-01-31T23:59:59Z")])
+    fake.add_invoice("draft", [("acme-main", "2024-02-01T00:00:00Z", "2024-02-29T23:59:59Z")])
+    fake.add_invoice("voided", [("acme-main", "2024-03-01T00:00:00Z", "2024-03-31T23:59:59Z")])
+    fake.add_subscription("late", external_customer_id="acme", started_at="2024-03-15T00:00:00Z")
+    fake.add_subscription("pending", status="pending", started_at="2024-06-01T00:00:00Z")
+    fake.add_subscription("canceled", status="canceled")
+    fake.add_subscription("ended", status="terminated", started_at="2024-01-01T00:00:00Z", terminated_at="2024-03-10T00:00:00Z")
+    # A plan change keeps the external id on a new subscription: both are that id's history.
+    fake.add_subscription("upgraded", external_customer_id="globex", status="terminated", started_at="2024-01-01T00:00:00Z", terminated_at="2024-02-15T00:00:00Z")
+    fake.add_subscription("upgraded", external_customer_id="globex", started_at="2024-02-15T00:00:00Z")
+
+
+EXPECTED = {
+    # (event name, userId, time) -> verdict
+    ("api_calls", "acme-main", "2024-03-05T10:00:00.000Z"): "billable",  # in a voided invoice's period: not closed
+    ("api_calls", "acme-main", "2024-04-01T00:00:00.000Z"): "billable",
+    ("seats", "acme-main", "2024-01-15T00:00:00.000Z"): "invoiced",
+    ("api_calls", "acme-main", "2024-01-31T23:59:59.999Z"): "invoiced",  # 23:59:59Z covers the whole second
+    ("api_calls", "acme-main", "2024-02-01T00:00:00.000Z"): "draft",
+    ("api_calls", "acme-main", "2024-02-29T23:59:59.999Z"): "draft",
+    ("API Call", "acme-main", "2024-04-01T00:00:00.000Z"): "unknown_code",
+    ("api_calls", "nobody", "2024-04-01T00:00:00.000Z"): "unknown_subscription",
+    ("bogus", "nobody", "2024-04-01T00:00:00.000Z"): "unknown_code",  # the first rule that applies
+    ("api_calls", "late", "2024-03-14T23:59:59.999Z"): "before_start",
+    ("api_calls", "late", "2024-03-15T00:00:00.000Z"): "billable",
+    ("api_calls", "pending", "2024-07-01T00:00:00.000Z"): "before_start",
+    ("api_calls", "canceled", "2024-07-01T00:00:00.000Z"): "before_start",
+    ("api_calls", "ended", "2024-03-09T23:59:59.999Z"): "billable",
+    ("api_calls", "ended", "2024-03-10T00:00:00.000Z"): "after_termination",
+    ("api_calls", "upgraded", "2024-02-01T00:00:00.000Z"): "billable",
+    ("api_calls", "upgraded", "2024-03-01T00:00:00.000Z"): "billable",
+    ("api_calls", "acme-main", "2023-12-31T23:59:59.999Z"): "before_start",
+}
+
+
+def messages(rows: dict[tuple[str, str, str], str] = EXPECTED, prefix: str = "m") -> list[dict[str, Any]]:
+    return [track(messageId=f"{prefix}{i}", event=name, userId=user, timestamp=at) for i, (name, user, at) in enumerate(rows)]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakePlatform]:
+    with FakePlatform(api_key=KEY) as platform:
+        organization(platform)
+        yield platform
+
+
+def env(fake: FakePlatform) -> dict[str, str]:
+    return {"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+
+
+def check_json(segbill, fake: FakePlatform, *args: str) -> tuple[int, dict[str, Any]]:
+    run = segbill("check", *args, "--to", "lago", "--json", env=env(fake))
+    assert KEY not in run.stdout + run.stderr
+    return run.exit_code, orjson.loads(run.stdout)
+
+
+def test_every_event_gets_the_first_verdict_that_applies_and_nothing_is_sent(segbill, fake: FakePlatform, tmp_path: Path) -> None:
+    wanted: dict[str, int] = dict.fromkeys(ALL_VERDICTS, 0)
+    for verdict in EXPECTED.values():
+        wanted[verdict] += 1
+    for (name, user, at), verdict in EXPECTED.items():  # one event at a time: each verdict is its own
+        path = write(tmp_path / "one.jsonl", jsonl(track(messageId="x", event=name, userId=user, timestamp=at)))
+        code, result = check_json(segbill, fake, str(path))
+        assert result["verdicts"] == {**dict.fromkeys(ALL_VERDICTS, 0), verdict: 1}, (name, user, at)
+    path = write(tmp_path / "all.jsonl", jsonl(*messages(), {"type": "identify", "userId": "u"}) + b"not json\n")
+    code, result = check_json(segbill, fake, str(path))
+    assert result["verdicts"] == wanted and set(result["verdicts"]) == ALL_VERDICTS
+    assert result["checked"] == len(EXPECTED) and result["not_billed"] == len(EXPECTED) - wanted["billable"] - wanted["draft"]
+    assert result["read"] == len(EXPECTED) + 2 and result["skipped_by_reason"] == {"identify": 1} and result["dead_lettered"] == 1
+    assert code == 1
+    assert fake.counts("lago") == {} and all(r.method == "GET" for r in fake.requests("lago"))
+    assert not Path("segbill-dead-letter.jsonl").exists()
+
+
+def test_the_top_groups_say_why(segbill, fake: FakePlatform, tmp_path: Path) -> None:
+    rows = {("API Call", "acme-main", f"2024-04-0{day}T00:00:00.000Z"): "unknown_code" for day in range(1, 4)}
+    path = write(tmp_path / "e.jsonl", jsonl(*messages(rows)))
+    _, result = check_json(segbill, fake, str(path))
+    assert result["top"] == {
+        "unknown_code": [{"code": "API Call", "external_subscription_id": "acme-main", "events": 3, "first": "2024-04-01T00:00:00.000Z", "last": "2024-04-03T00:00:00.000Z"}]
+    }
+
+
+def test_exit_0_when_everything_bills_and_the_human_report(segbill, fake: FakePlatform, tmp_path: Path) -> None:
+    rows = {key: verdict for key, verdict in EXPECTED.items() if verdict in ("billable", "draft")}
+    path = write(tmp_path / "e.jsonl", jsonl(*messages(rows)))
+    run = segbill("check", str(path), "--to", "lago", env=env(fake))
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert f"segbill check against lago: {len(rows)} events a send would deliver" in run.stdout
+    assert "billable" in run.stdout and "every event will be billed" in run.stdout
+    bad = write(tmp_path / "bad.jsonl", jsonl(*messages()))
+    run = segbill("check", str(bad), "--to", "lago", env=env(fake))
+    assert run.exit_code == 1
+    assert "API Call on acme-main: 1 at 2024-04-01T00:00:00.000Z" in run.stdout
+    assert "in a period of a finalized invoice" in run.stdout
+
+
+def test_the_same_selection_as_send(segbill, fake: FakePlatform, tmp_path: Path) -> None:
+    """Mapping, filters, repeats and --since/--until decide what is checked, exactly as for send."""
+    path = write(tmp_path / "e.jsonl", jsonl(*messages(), *messages(prefix="m")))  # every message twice
+    sent = segbill("send", str(path), "--to", "lago", "--dry-run", "--since", "2024-02-01", "--until", "2024-04-01", "--event", "api_*")
+    _, result = check_json(segbill, fake, str(path), "--since", "2024-02-01", "--until", "2024-04-01", "--event", "api_*")
+    assert result["checked"] == len(sent.events) > 0
+    assert result["skipped_by_reason"]["duplicate"] == result["checked"]  # repeats are found among the selected
+    config = write(tmp_path / "segbill.toml", b'[lago.events]\nrename = { "API Call" = "api_calls" }\n')
+    _, renamed = check_json(segbill, fake, str(path), "--config", str(config))
+    assert renamed["verdicts"]["unknown_code"] == 1  # only "bogus" is left unknown
+
+
+def test_reads_follow_subscriptions_and_invoices_not_events(segbill, fake: FakePlatform, tmp_path: Path) -> None:
+    for i in range(150):  # more than a page of subscriptions
+        fake.add_subscription(f"filler-{i}")
+    for day in range(1, 102):  # more than a page of invoices for one customer
+        fake.add_invoice("finalized", [("acme-main", f"2023-0{1 + day // 30}-{1 + day % 28:02d}T00:00:00Z", f"2023-0{1 + day // 30}-{1 + day % 28:02d}T23:59:59Z")])
+    small = write(tmp_path / "small.jsonl", jsonl(*messages()))
+    _, first = check_json(segbill, fake, str(small))
+    many = {(name, user, at.replace(":00.000Z", f":{s:02d}.{ms:03d}Z")): v for (name, user, at), v in EXPECTED.items() for s in range(0, 60, 7) for ms in (1, 2)}
+    large = write(tmp_path / "large.jsonl", jsonl(*messages(many)))
+    _, second = check_json(segbill, fake, str(large))
+    assert second["checked"] > 10 * first["checked"]
+    assert second["verdicts"]["invoiced"] > first["verdicts"]["invoiced"] > 0
+    # metrics 1 + subscriptions 2 pages + acme's invoices (2 pages, 103 draft or finalized shown)
+    # + globex's and ended's (1 page each); the others' verdicts need no invoice
+    assert first["requests"] == second["requests"] == 1 + 2 + 2 + 103 + 1 + 1
+    paths = [r.path.split("?")[0] for r in fake.requests("lago")]
+    assert paths.count("/api/v1/events") == 0
+
+
+def test_reads_are_paced_under_the_announced_limit(segbill, tmp_path: Path) -> None:
+    with FakePlatform(api_key=KEY, lago_read_rate_limit=40) as fake:
+        organization(fake)
+        for day in range(1, 60):
+            fake.add_invoice("finalized", [("acme-main", f"2023-03-{1 + day % 28:02d}T00:00:00Z", f"2023-03-{1 + day % 28:02d}T23:59:59Z")])
+        path = write(tmp_path / "e.jsonl", jsonl(*messages()))
+        code, result = check_json(segbill, fake, str(path))
+        assert code == 1 and result["requests"] == len(fake.requests("lago")) == 1 + 1 + 1 + 61 + 1 + 1
+        assert fake.throttled("lago") == 0 and result["retries"] == 0
+
+
+def test_a_429_is_waited_out_and_a_bad_key_stops_with_exit_3(segbill, fake: FakePlatform, tmp_path: Path) -> None:
+    path = write(tmp_path / "e.jsonl", jsonl(*messages()))
+    fake.retry_after = 0
+    fake.script(["429", "503"])
+    code, result = check_json(segbill, fake, str(path))
+    assert code == 1 and result["retries"] == 2 and result["checked"] == len(EXPECTED)
+    run = segbill("check", str(path), "--to", "lago", env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": "wrong"})
+    assert run.exit_code == 3 and "rejected the API key" in run.stdout and "wrong" not in run.stdout + run.stderr
+    run = segbill("check", str(path), "--to", "lago", env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": ""})
+    assert run.exit_code == 2 and "no API key for Lago: set LAGO_API_KEY" in run.stderr
+
+
+def test_an_empty_input_is_not_a_pass(segbill, fake: FakePlatform, tmp_path: Path) -> None:
+    path = write(tmp_path / "e.jsonl", jsonl({"type": "identify", "userId": "u"}))
+    run = segbill("check", str(path), "--to", "lago", env=env(fake))
+    assert run.exit_code == 1 and "no event in the input would be sent" in run.stdout
+
+
+def test_hyperline_is_refused_for_now(segbill, tmp_path: Path) -> None:
+    path = write(tmp_path / "e.jsonl", jsonl(track()))
+    run = segbill("check", str(path), "--to", "hyperline", env={"HYPERLINE_API_KEY": "k"})
+    assert run.exit_code == 2 and "not supported yet" in run.stderr
