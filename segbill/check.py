@@ -16,9 +16,9 @@ from typing import IO, Any
 from rich.console import Console
 from rich.table import Table
 
-from segbill.pipeline import Replay
+from segbill.pipeline import Replay, selected_events
 from segbill.report import ExitCode, Tally
-from segbill.segment import Record, iso_millis
+from segbill.segment import iso_millis
 from segbill.targets.lago_api import LagoReader, Period, ReadFailed, Subscription, event_millis
 
 # In the order the rules apply: an event gets the first that fits.
@@ -34,7 +34,7 @@ MEANING = {
     "invoiced": "in a period of a finalized invoice, which is never reopened: never billed",
 }
 TOP = 5  # groups shown per verdict
-SETTLE_EVERY = 1000  # events given a verdict before their outcome is counted in the tally
+YIELD_EVERY = 1000  # events checked between two chances for a Ctrl-C to land
 
 
 class Organization:
@@ -158,12 +158,9 @@ class CheckResult:
 async def check(replay: Replay, reader: LagoReader, result: CheckResult) -> None:
     """Give every event `replay` hands out (what a send would deliver) its verdict in `result`
     (which keeps what was counted if the run is interrupted); nothing is sent."""
-    settled: list[tuple[Record, str]] = []
-    current: tuple[Record, str] | None = None
     try:
         organization = Organization(await reader.metric_codes(), await reader.subscriptions())
-        for record, event, key in replay.events():
-            current = (record, key)
+        for _, event in selected_events(replay):
             subscription, code, millis = str(event["external_subscription_id"]), str(event["code"]), event_millis(event)
             verdict = organization.standing(subscription, code, millis)
             if verdict is None:
@@ -172,18 +169,11 @@ async def check(replay: Replay, reader: LagoReader, result: CheckResult) -> None
                     organization.learn(customer, periods)
                 verdict = organization.invoiced(subscription, millis)
             result.add(verdict, code, subscription, millis)
-            settled.append(current)
-            current = None
-            if len(settled) >= SETTLE_EVERY:
-                replay.delivered(settled)
-                settled = []
+            if result.checked % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a Ctrl-C lands at an await
     except ReadFailed as error:
         result.stopped = str(error)
     finally:
-        replay.delivered(settled)
-        if current is not None:
-            replay.not_attempted([current])
         result.requests, result.retries = reader.requests, reader.retries
 
 
@@ -212,7 +202,7 @@ def render(result: CheckResult, stream: IO[str], *, terminal: bool) -> None:
     rows.append(("requests", f"{result.requests:,}", f"reads of the organization, {result.retries:,} retries"))
     if not result.checked and not result.stopped:
         rows.append(("nothing checked", "0", "no event in the input would be sent: check the paths and filters"))
-    _write(title, rows, stream, terminal)
+    write_table(title, rows, stream, terminal)
 
 
 def _span(group: Group) -> str:
@@ -221,7 +211,7 @@ def _span(group: Group) -> str:
     return f"{group.events:,} from {iso_millis(group.first)} to {iso_millis(group.last)}"
 
 
-def _write(title: str, rows: list[tuple[str, str, str]], stream: IO[str], terminal: bool) -> None:
+def write_table(title: str, rows: list[tuple[str, str, str]], stream: IO[str], terminal: bool) -> None:
     """A rich table on a terminal, plain indented lines for logs (shared with reconcile)."""
     if terminal:
         table = Table(title=title, show_header=False, title_justify="left")

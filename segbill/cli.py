@@ -375,6 +375,61 @@ def check_command(
     raise typer.Exit(int(result.exit_code()))
 
 
+@app.command("reconcile")
+def reconcile_command(
+    paths: Paths = None,
+    to: ToLago = ...,  # type: ignore[assignment]
+    missing: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--missing",
+            metavar="FILE",
+            help="Write the missing events' original records here, in the dead-letter format, so that "
+            "segbill send FILE --to lago (with the same mapping options) completes the backfill. Must not exist yet.",
+            show_default=False,
+        ),
+    ] = None,
+    config: Config = None,
+    customer_from: CustomerFrom = None,
+    event: Events = None,
+    exclude_event: ExcludeEvents = None,
+    since: Since = None,
+    until: Until = None,
+    shard: Shard = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    timeout: Timeout = 30.0,
+    max_retries: MaxRetries = 10,
+    json_: Json = False,
+) -> None:
+    """After a send: compare, per (subscription, code) over the export's time range (or
+    --since/--until), the events the export bills with those Lago holds, and name the
+    difference: missing (expected, not found) and extra (held, from no event of the export).
+    Counts first; events are listed only on the days whose counts disagree. Reads the input twice.
+
+    Exit codes: 0 nothing missing or extra; 1 something is, or there was no event to reconcile;
+    2 usage error; 3 a read failed (key, URL, the platform); 130 interrupted.
+    """
+    from segbill.reconcile import Reconciliation, reconcile, render
+
+    options, reading = _selection(to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries)
+    if any(source.is_stdin for source in options.sources):
+        fail("reconcile reads its input twice (counting, then matching): give files or folders, not stdin.")
+    if missing is not None:
+        if missing.exists():
+            fail(f"--missing {missing} already exists: move it away (or replay it) first, or pick another name.")
+        if not missing.parent.is_dir():
+            fail(f"--missing {missing}: the folder {missing.parent} does not exist.")
+    result = Reconciliation(to.value)
+    try:
+        with streaming_gc():
+            reconcile(options, reading, missing, result)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    _report(result.as_dict() if json_ else None, lambda out: render(result, out, terminal=out.isatty()))
+    raise typer.Exit(int(result.exit_code()))
+
+
 def _selection(
     to: TargetName,
     paths: list[str] | None,

@@ -409,6 +409,27 @@ def _print(replay: Replay, out: IO[bytes], lines: list[bytes], items: list[tuple
     return True
 
 
+def selected_events(replay: Replay, settle_every: int = CLAIM_CHUNK) -> Iterator[tuple[Record, dict[str, Any]]]:
+    """The events a send would deliver, for a reader of the platform (check, reconcile): each
+    counts as done once the caller asks for the next one; the one still in the caller's hands
+    when it stops (an error, an interrupt) counts as not attempted."""
+    settled: list[tuple[Record, str]] = []
+    current: tuple[Record, str] | None = None
+    try:
+        for record, event, key in replay.events():
+            current = (record, key)
+            yield record, event
+            settled.append(current)
+            current = None
+            if len(settled) >= settle_every:
+                replay.delivered(settled)
+                settled = []
+    finally:
+        replay.delivered(settled)
+        if current is not None:
+            replay.not_attempted([current])
+
+
 class _Critical:
     """Defers SIGINT/SIGTERM's KeyboardInterrupt while `inside` is set, until `leave`."""
 

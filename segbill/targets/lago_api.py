@@ -188,9 +188,12 @@ class LagoReader:
             raise ReadFailed(f"{self.host} answered /api/v1/events without meta.total_count")
         return total
 
-    async def transaction_ids(self, subscription: str, code: str, start: int, end: int) -> list[str]:
-        """The transaction ids stored in that scope (a repeat appears once per stored event)."""
-        return [str(event.get("transaction_id")) async for event in self.pages("/api/v1/events", "events", _scope(subscription, code, start, end))]
+    async def events(self, subscription: str, code: str, start: int, end: int) -> list[tuple[str, int]]:
+        """(transaction id, ms) of each event stored in that scope, repeats included."""
+        listed = []
+        async for event in self.pages("/api/v1/events", "events", _scope(subscription, code, start, end)):
+            listed.append((str(event.get("transaction_id")), parse_time(event.get("timestamp")) or start))
+        return listed
 
 
 def _scope(subscription: str, code: str, start: int, end: int) -> Params:

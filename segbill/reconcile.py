@@ -1,0 +1,263 @@
+"""`segbill reconcile`: what the export should have put on Lago against what Lago holds.
+
+Scope: the (subscription, code) pairs the export bills, over its time range. Cost grows with the
+differences, not with the events:
+
+1. one pass over the export counts the expected events per pair and per UTC day;
+2. one count read per pair over the whole range (`per_page=1` -> `meta.total_count`); where
+   counts differ, the days are split in halves (one count read each: the other half is the
+   difference) until a range disagrees that one page lists (or a single day does); only there
+   are the platform's events listed;
+3. a second pass over the export matches the expected events of those ranges against the
+   listed transaction ids: the unmatched are missing (written to `--missing` for `segbill send`
+   to replay), the listed ones no event accounts for are extra.
+
+Counts that cancel out (one event missing and a foreign one in the same pair and range) cannot
+be seen by counting; the README says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from segbill.check import write_table
+from segbill.deadletter import DeadLetterFile
+from segbill.pipeline import Options, Replay, selected_events
+from segbill.report import ExitCode
+from segbill.segment import iso_millis
+from segbill.targets.lago_api import PER_PAGE, LagoReader, ReadFailed, ReadOptions, event_millis
+
+DAY = 86_400_000  # ms
+MISSING_REASON = "missing on the platform"
+TOP = 5
+PAIRS_AT_ONCE = 64  # pairs narrowed concurrently (the reader bounds the requests in flight)
+
+Pair = tuple[str, str]  # (external subscription id, code)
+
+
+@dataclass
+class Expected:
+    """The first pass: expected events per pair and per (pair, day), and the time range."""
+
+    totals: Counter[Pair] = field(default_factory=Counter)
+    days: dict[Pair, Counter[int]] = field(default_factory=dict)
+    first: int | None = None
+    last: int | None = None
+
+    def add(self, pair: Pair, millis: int) -> None:
+        self.totals[pair] += 1
+        self.days.setdefault(pair, Counter())[millis // DAY] += 1
+        self.first = millis if self.first is None else min(self.first, millis)
+        self.last = millis if self.last is None else max(self.last, millis)
+
+    def between(self, pair: Pair, low: int, high: int) -> int:
+        return sum(count for day, count in self.days[pair].items() if low <= day <= high)
+
+
+@dataclass
+class Differences:
+    """Where counts disagree: days whose events were listed, days with nothing found, and the
+    extra events counted without listing (days the export holds nothing for)."""
+
+    listed: dict[tuple[Pair, int], Counter[str]] = field(default_factory=dict)  # (pair, day) -> its range's ids found
+    ranges: list[tuple[Pair, Counter[str], dict[str, int]]] = field(default_factory=list)  # each listed range, its ids' days
+    none_found: set[tuple[Pair, int]] = field(default_factory=set)
+    extra: Counter[tuple[Pair, int]] = field(default_factory=Counter)  # (pair, first day of the range)
+
+
+@dataclass
+class Reconciliation:
+    target: str
+    read: int = 0
+    expected: int = 0
+    missing: int = 0
+    extra: int = 0
+    pairs: int = 0
+    start: int | None = None
+    end: int | None = None
+    missing_by: dict[str, Counter[str]] = field(default_factory=lambda: {"subscription": Counter(), "code": Counter(), "day": Counter()})
+    extra_by: dict[str, Counter[str]] = field(default_factory=lambda: {"subscription": Counter(), "code": Counter(), "day": Counter()})
+    missing_file: str | None = None
+    requests: int = 0
+    retries: int = 0
+    stopped: str | None = None
+    interrupted: bool = False
+
+    @property
+    def found(self) -> int:
+        return self.expected - self.missing
+
+    def count(self, kind: str, pair: Pair, day: int, events: int = 1) -> None:
+        if kind == "missing":
+            self.missing += events
+        else:
+            self.extra += events
+        breakdown = self.missing_by if kind == "missing" else self.extra_by
+        breakdown["subscription"][pair[0]] += events
+        breakdown["code"][pair[1]] += events
+        breakdown["day"][iso_millis(day * DAY)[:10]] += events
+
+    def exit_code(self) -> ExitCode:
+        """1 when something is missing or extra, or when the input held nothing to reconcile."""
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        if self.stopped is not None:
+            return ExitCode.FATAL
+        return ExitCode.DEAD_LETTERED if self.missing or self.extra or not self.expected else ExitCode.OK
+
+    def breakdown(self, top: int | None = None) -> dict[str, dict[str, dict[str, int]]]:
+        """Per subscription, code and day, those with a difference, the largest first."""
+        breakdown: dict[str, dict[str, dict[str, int]]] = {}
+        for dimension in ("subscription", "code", "day"):
+            totals = self.missing_by[dimension] + self.extra_by[dimension]
+            ranked = sorted(totals, key=lambda key: (-totals[key], key))[:top]
+            breakdown[dimension + "s"] = {key: {"missing": self.missing_by[dimension][key], "extra": self.extra_by[dimension][key]} for key in ranked}
+        return breakdown
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "read": self.read,
+            "expected": self.expected,
+            "found": self.found,
+            "missing": self.missing,
+            "extra": self.extra,
+            "pairs": self.pairs,
+            "from": iso_millis(self.start) if self.start is not None else None,
+            "to": iso_millis(self.end) if self.end is not None else None,
+            "breakdown": self.breakdown(),
+            "missing_file": self.missing_file,
+            "requests": self.requests,
+            "retries": self.retries,
+            "stopped": self.stopped,
+            "exit_code": int(self.exit_code()),
+        }
+
+
+def reconcile(options: Options, reading: ReadOptions, missing_path: Path | None, result: Reconciliation) -> None:
+    """All three steps; `result` keeps what was established if a step fails or is interrupted."""
+    first = Replay(options)
+    try:
+        expected = _expected(first)
+    finally:
+        first.close()
+    result.read = first.tally.read
+    result.expected = sum(expected.totals.values())
+    result.pairs = len(expected.totals)
+    if expected.first is None or expected.last is None:
+        return
+    result.start = options.since if options.since is not None else expected.first
+    result.end = options.until - 1 if options.until is not None else expected.last
+    differences = asyncio.run(_narrow(expected, reading, result))
+    if result.stopped is not None:
+        return
+    second = Replay(options)
+    missing_file = DeadLetterFile(missing_path, options.target.name) if missing_path is not None else None
+    try:
+        _match(second, differences, missing_file, result)
+    finally:
+        second.close()
+        if missing_file is not None:
+            missing_file.close()
+    if missing_path is not None and result.missing:
+        result.missing_file = str(missing_path)
+    for pair, ids, days in differences.ranges:
+        for transaction_id, extra in ids.items():
+            if extra:
+                result.count("extra", pair, days[transaction_id], extra)
+    for (pair, day), extra in differences.extra.items():
+        result.count("extra", pair, day, extra)
+
+
+def _expected(replay: Replay) -> Expected:
+    expected = Expected()
+    for _, event in selected_events(replay):
+        expected.add((str(event["external_subscription_id"]), str(event["code"])), event_millis(event))
+    return expected
+
+
+async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliation) -> Differences:
+    differences = Differences()
+    assert result.start is not None and result.end is not None
+    start, end = result.start, result.end
+    async with LagoReader(reading) as reader:
+
+        def bounds(low: int, high: int) -> tuple[int, int]:
+            return max(start, low * DAY), min(end, high * DAY + DAY - 1)
+
+        async def split(pair: Pair, low: int, high: int, found: int) -> None:
+            wanted = expected.between(pair, low, high)
+            if found == wanted:
+                return
+            if wanted == 0:  # nothing expected there: everything found is extra, no listing needed
+                differences.extra[(pair, low)] += found
+            elif found == 0:
+                differences.none_found.update((pair, day) for day in expected.days[pair] if low <= day <= high)
+            elif low == high or found <= PER_PAGE:  # one page lists it: cheaper than halving
+                listed = await reader.events(pair[0], pair[1], *bounds(low, high))
+                ids = Counter(transaction_id for transaction_id, _ in listed)
+                differences.ranges.append((pair, ids, {transaction_id: millis // DAY for transaction_id, millis in listed}))
+                for day in expected.days[pair]:
+                    if low <= day <= high:
+                        differences.listed[(pair, day)] = ids
+            else:
+                middle = (low + high) // 2
+                left = await reader.count(pair[0], pair[1], *bounds(low, middle))
+                await split(pair, low, middle, left)
+                await split(pair, middle + 1, high, found - left)
+
+        async def compare(pair: Pair) -> None:
+            await split(pair, start // DAY, end // DAY, await reader.count(pair[0], pair[1], start, end))
+
+        pairs = sorted(expected.totals)
+        try:
+            for at in range(0, len(pairs), PAIRS_AT_ONCE):
+                await asyncio.gather(*(compare(pair) for pair in pairs[at : at + PAIRS_AT_ONCE]))
+        except ReadFailed as error:
+            result.stopped = str(error)
+        finally:
+            result.requests, result.retries = reader.requests, reader.retries
+    return differences
+
+
+def _match(replay: Replay, differences: Differences, missing_file: DeadLetterFile | None, result: Reconciliation) -> None:
+    """The second pass: each expected event of a disagreeing range is found (its transaction id
+    was listed) or missing; what stays listed afterwards is extra."""
+    listed, none_found = differences.listed, differences.none_found
+    for record, event in selected_events(replay):
+        pair, day = (str(event["external_subscription_id"]), str(event["code"])), event_millis(event) // DAY
+        ids = listed.get((pair, day))
+        if ids is not None and ids[event["transaction_id"]] > 0:
+            ids[event["transaction_id"]] -= 1
+        elif ids is not None or (pair, day) in none_found:
+            result.count("missing", pair, day)
+            if missing_file is not None:
+                missing_file.write(record, MISSING_REASON)
+
+
+def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
+    """Totals, then the worst subscriptions, codes and days."""
+    span = f" from {iso_millis(result.start)} to {iso_millis(result.end)}" if result.start is not None and result.end is not None else ""
+    title = f"segbill reconcile against {result.target}: {result.pairs:,} (subscription, code) pairs{span}"
+    if result.stopped:
+        title += f"; stopped early ({result.stopped})"
+    elif result.interrupted:
+        title += "; interrupted (the counts are incomplete)"
+    rows: list[tuple[str, str, str]] = [
+        ("expected", f"{result.expected:,}", "events the export bills (what send delivers)"),
+        ("found", f"{result.found:,}", "of them, held by the platform"),
+        ("missing", f"{result.missing:,}", f"replay with: segbill send {result.missing_file} --to lago" if result.missing_file else "expected, not on the platform"),
+        ("extra", f"{result.extra:,}", "on the platform in scope, from no event of the export"),
+    ]
+    for dimension, worst in result.breakdown(TOP).items():
+        if worst:
+            lines = [f"{key}: {row['missing']:,} missing, {row['extra']:,} extra" for key, row in worst.items()]
+            rows.append((f"worst {dimension}", "", "\n".join(lines)))
+    rows.append(("requests", f"{result.requests:,}", f"reads of the platform, {result.retries:,} retries"))
+    if not result.expected and not result.stopped:
+        rows.append(("nothing reconciled", "0", "no event in the input would be sent: check the paths and filters"))
+    write_table(title, rows, stream, terminal)
