@@ -213,6 +213,10 @@ def send(
             "the events).",
         ),
     ] = False,
+    check_first: Annotated[
+        bool,
+        typer.Option("--check", help="Lago: run segbill check first and send nothing (exit 1) if any event would not be billed."),
+    ] = False,
 ) -> None:
     """Convert Segment messages and send them to a billing platform (or print them with --dry-run).
 
@@ -258,6 +262,8 @@ def send(
     if delivery is not None:
         options.url = _destination(delivery.url)
     try:
+        if check_first:
+            _check_before_sending(options, delivery)
         replay = Replay(options, warn=warn)
     except (StateBusy, OtherDestination) as error:
         fail(str(error))
@@ -300,6 +306,8 @@ def send(
         print(f"segbill: error: no records in {names}: the input is empty.", file=sys.stderr)
     _flush_stdout()
     _summarize(replay.tally, json_)
+    if dry_run_ and options.target.name == "lago" and not json_:
+        warn("whether Lago will bill these events (metrics, subscriptions, invoices): segbill check with the same options.")
     raise typer.Exit(int(replay.tally.exit_code()))
 
 
@@ -428,6 +436,44 @@ def reconcile_command(
         result.interrupted = True
     _report(result.as_dict() if json_ else None, lambda out: render(result, out, terminal=out.isatty()))
     raise typer.Exit(int(result.exit_code()))
+
+
+def _check_before_sending(options: Options, delivery: DeliveryOptions | None) -> None:
+    """send --check: the check of exactly what this send would deliver (the state's ledger
+    included); anything Lago would not bill stops the send before it starts."""
+    import asyncio
+    from dataclasses import replace
+
+    from segbill.check import CheckResult, check, render
+    from segbill.targets.lago_api import LagoReader, ReadOptions
+
+    if delivery is None or options.target.name != "lago":
+        fail("--check works with a Lago send (not a dry run): it reads Lago's API; see segbill check.")
+    if any(source.is_stdin for source in options.sources):
+        fail("--check reads the input twice (checking, then sending): give files or folders, not stdin.")
+    replay = Replay(replace(options, dry_run=True, dead_letter=Path(os.devnull)))
+    result = CheckResult(replay.tally)
+
+    async def run() -> None:
+        async with LagoReader(ReadOptions(delivery.url, delivery.api_key, delivery.timeout, delivery.max_retries)) as reader:
+            await check(replay, reader, result)
+
+    try:
+        with streaming_gc():
+            asyncio.run(run())
+    except KeyboardInterrupt:
+        fail("interrupted during --check; nothing was sent.", ExitCode.INTERRUPTED)
+    finally:
+        replay.close()
+    if result.stopped is not None:
+        fail(f"--check could not read Lago ({result.stopped}); nothing was sent.", ExitCode.FATAL)
+    if result.unbilled:
+        render(result, sys.stderr, terminal=sys.stderr.isatty())
+        fail(f"--check: {result.unbilled:,} of {result.checked:,} events would not be billed (above); nothing was sent.", ExitCode.DEAD_LETTERED)
+    if not result.checked:
+        warn("--check: no event to check: this send has nothing new to deliver.")
+        return
+    warn(f"--check: all {result.checked:,} events will be billed ({result.verdicts['draft']:,} once a draft invoice is refreshed); sending.")
 
 
 def _selection(

@@ -183,3 +183,38 @@ def test_hyperline_is_refused_for_now(segbill, tmp_path: Path) -> None:
     path = write(tmp_path / "e.jsonl", jsonl(track()))
     run = segbill("check", str(path), "--to", "hyperline", env={"HYPERLINE_API_KEY": "k"})
     assert run.exit_code == 2 and "not supported yet" in run.stderr
+
+
+def test_send_check_refuses_to_send_what_would_not_be_billed(segbill, fake: FakePlatform, tmp_path: Path) -> None:
+    bad = write(tmp_path / "bad.jsonl", jsonl(*messages()))
+    run = segbill("send", str(bad), "--to", "lago", "--check", env=env(fake))
+    assert run.exit_code == 1
+    assert f"--check: 10 of {len(EXPECTED)} events would not be billed (above); nothing was sent." in run.stderr
+    assert "unknown_subscription" in run.stderr and KEY not in run.stdout + run.stderr
+    assert fake.counts("lago") == {} and not any(r.method == "POST" for r in fake.requests("lago"))
+    good_rows = {key: verdict for key, verdict in EXPECTED.items() if verdict in ("billable", "draft")}
+    good = write(tmp_path / "good.jsonl", jsonl(*messages(good_rows)))
+    run = segbill("send", str(good), "--to", "lago", "--check", "--state", "state.db", env=env(fake))
+    assert run.exit_code == 0, run.stderr
+    assert f"--check: all {len(good_rows)} events will be billed (2 once a draft invoice is refreshed); sending." in run.stderr
+    assert len(fake.counts("lago")) == len(good_rows)
+    # A rerun with the state checks only what it would still send: nothing, so nothing is refused.
+    both = write(tmp_path / "both.jsonl", jsonl(*messages(good_rows), *messages({("bogus", "x", "2024-04-01T00:00:00Z"): ""}, prefix="new")))
+    run = segbill("send", str(good), "--to", "lago", "--check", "--state", "state.db", env=env(fake))
+    assert run.exit_code == 0 and "--check: no event to check: this send has nothing new to deliver." in run.stderr
+    run = segbill("send", str(both), "--to", "lago", "--check", "--state", "state.db", env=env(fake))
+    assert run.exit_code == 1 and "--check: 1 of 1 events would not be billed" in run.stderr
+
+
+def test_send_check_needs_a_lago_send_of_files(segbill, fake: FakePlatform, tmp_path: Path) -> None:
+    path = write(tmp_path / "e.jsonl", jsonl(track()))
+    assert segbill("send", str(path), "--to", "lago", "--check", "--dry-run").exit_code == 2
+    run = segbill("send", "-", "--to", "lago", "--check", input=jsonl(track()), env=env(fake))
+    assert run.exit_code == 2 and "give files or folders, not stdin" in run.stderr
+
+
+def test_a_dry_run_points_at_check(segbill, tmp_path: Path) -> None:
+    path = write(tmp_path / "e.jsonl", jsonl(track()))
+    run = segbill("send", str(path), "--to", "lago", "--dry-run")
+    assert "segbill check with the same options" in run.stderr
+    assert "segbill check" not in segbill("send", str(path), "--to", "hyperline", "--dry-run").stderr
