@@ -9,17 +9,19 @@ them: reads follow the subscriptions and invoices involved, never the number of 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from segbill.pipeline import Replay, selected_events
+from segbill.pipeline import Options, Replay, selected_events
 from segbill.report import ExitCode, Tally
 from segbill.segment import iso_millis
-from segbill.targets.lago_api import LagoReader, Period, ReadFailed, Subscription, event_millis
+from segbill.targets.lago_api import LagoReader, Period, ReadFailed, ReadOptions, Subscription, event_millis
 
 # In the order the rules apply: an event gets the first that fits.
 VERDICTS = ("unknown_code", "unknown_subscription", "before_start", "after_termination", "invoiced", "draft", "billable")
@@ -128,10 +130,10 @@ class CheckResult:
         return chosen[:TOP]
 
     def as_dict(self) -> dict[str, Any]:
-        tally = self.tally
+        summary = self.tally.as_dict()
         return {
-            "target": tally.target,
-            "read": tally.read,
+            "target": summary["target"],
+            "read": summary["read"],
             "checked": self.checked,
             "verdicts": {verdict: self.verdicts[verdict] for verdict in ("billable", *VERDICTS[:-1])},
             "not_billed": self.unbilled,
@@ -143,16 +145,30 @@ class CheckResult:
                 for verdict in VERDICTS
                 if self.verdicts[verdict]
             },
-            "skipped": sum(tally.skipped.values()),
-            "skipped_by_reason": dict(sorted(tally.skipped.items())),
-            "dead_lettered": sum(tally.dead_lettered.values()),
-            "dead_lettered_by_reason": dict(sorted(tally.dead_lettered.items())),
-            "not_attempted": tally.not_attempted,
+            **{key: summary[key] for key in ("skipped", "skipped_by_reason", "dead_lettered", "dead_lettered_by_reason", "not_attempted")},
             "requests": self.requests,
             "retries": self.retries,
             "stopped": self.stopped,
             "exit_code": int(self.exit_code()),
         }
+
+
+def run_check(options: Options, reading: ReadOptions) -> CheckResult:
+    """Check what a send of `options` would deliver; an interrupt ends it with what was counted."""
+    replay = Replay(replace(options, dry_run=True, dead_letter=Path(os.devnull)))
+    result = CheckResult(replay.tally)
+
+    async def run() -> None:
+        async with LagoReader(reading) as reader:
+            await check(replay, reader, result)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        replay.tally.interrupted = True
+    finally:
+        replay.close()
+    return result
 
 
 async def check(replay: Replay, reader: LagoReader, result: CheckResult) -> None:

@@ -359,26 +359,11 @@ def check_command(
     Exit codes: 0 every event will be billed (billable or draft); 1 some will not, or there was
     no event to check; 2 usage error; 3 a read failed (key, URL, the platform); 130 interrupted.
     """
-    import asyncio
-
-    from segbill.check import CheckResult, check, render
-    from segbill.targets.lago_api import LagoReader
+    from segbill.check import render, run_check
 
     options, reading = _selection(to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries)
-    replay = Replay(options)
-    result = CheckResult(replay.tally)
-
-    async def run() -> None:
-        async with LagoReader(reading) as reader:
-            await check(replay, reader, result)
-
-    try:
-        with streaming_gc():
-            asyncio.run(run())
-    except KeyboardInterrupt:
-        replay.tally.interrupted = True
-    finally:
-        replay.close()
+    with streaming_gc():
+        result = run_check(options, reading)
     _report(result.as_dict() if json_ else None, lambda out: render(result, out, terminal=out.isatty()))
     raise typer.Exit(int(result.exit_code()))
 
@@ -441,30 +426,17 @@ def reconcile_command(
 def _check_before_sending(options: Options, delivery: DeliveryOptions | None) -> None:
     """send --check: the check of exactly what this send would deliver (the state's ledger
     included); anything Lago would not bill stops the send before it starts."""
-    import asyncio
-    from dataclasses import replace
-
-    from segbill.check import CheckResult, check, render
-    from segbill.targets.lago_api import LagoReader, ReadOptions
+    from segbill.check import render, run_check
+    from segbill.targets.lago_api import ReadOptions
 
     if delivery is None or options.target.name != "lago":
         fail("--check works with a Lago send (not a dry run): it reads Lago's API; see segbill check.")
     if any(source.is_stdin for source in options.sources):
         fail("--check reads the input twice (checking, then sending): give files or folders, not stdin.")
-    replay = Replay(replace(options, dry_run=True, dead_letter=Path(os.devnull)))
-    result = CheckResult(replay.tally)
-
-    async def run() -> None:
-        async with LagoReader(ReadOptions(delivery.url, delivery.api_key, delivery.timeout, delivery.max_retries)) as reader:
-            await check(replay, reader, result)
-
-    try:
-        with streaming_gc():
-            asyncio.run(run())
-    except KeyboardInterrupt:
+    with streaming_gc():
+        result = run_check(options, ReadOptions(delivery.url, delivery.api_key, delivery.timeout, delivery.max_retries))
+    if result.tally.interrupted:
         fail("interrupted during --check; nothing was sent.", ExitCode.INTERRUPTED)
-    finally:
-        replay.close()
     if result.stopped is not None:
         fail(f"--check could not read Lago ({result.stopped}); nothing was sent.", ExitCode.FATAL)
     if result.unbilled:
@@ -491,8 +463,7 @@ def _selection(
     timeout: float,
     max_retries: int,
 ) -> tuple[Options, ReadOptions]:
-    """What a send of these options would deliver (a dry run's selection, with no dead-letter
-    file: unreadable lines are only counted), and how to read the platform."""
+    """What a send of these options would select, and how to read the platform."""
     from segbill.targets.lago_api import ReadOptions
 
     if to is not TargetName.lago:
@@ -509,8 +480,6 @@ def _selection(
         sources=inputs(paths),
         target=target,
         mapping=mapping,
-        dead_letter=Path(os.devnull),
-        dry_run=True,
         since=_time_option("--since", since),
         until=_time_option("--until", until),
         shard=_shard_option(shard),

@@ -19,8 +19,9 @@ be seen by counting; the README says so.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -139,7 +140,10 @@ class Reconciliation:
 
 
 def reconcile(options: Options, reading: ReadOptions, missing_path: Path | None, result: Reconciliation) -> None:
-    """All three steps; `result` keeps what was established if a step fails or is interrupted."""
+    """All three steps; `result` keeps what was established if a step fails or is interrupted.
+    Both passes select as a dry run of `options` does, with no dead-letter file: unreadable
+    lines are only counted."""
+    options = replace(options, dry_run=True, dead_letter=Path(os.devnull))
     first = Replay(options)
     try:
         expected = _expected(first)

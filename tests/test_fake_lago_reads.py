@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
-import pytest
 
 from segbill.testing.fake_platform import FakePlatform
 
-AUTH = {"Authorization": "Bearer test-key"}
-
-
-@pytest.fixture
-def fake() -> Iterator[FakePlatform]:
-    with FakePlatform() as platform:
-        yield platform
-
-
-@pytest.fixture
-def client(fake: FakePlatform) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=fake.url, headers=AUTH, timeout=5, verify=False) as http:
-        yield http
+from .test_fake_platform import AUTH, client, fake  # noqa: F401 (the fixtures)
 
 
 def store(client: httpx.Client, *events: tuple[str, str, str, str]) -> None:
