@@ -21,7 +21,14 @@ from rich.table import Table
 from segbill.pipeline import Options, Replay, selected_events
 from segbill.report import ExitCode, Tally
 from segbill.segment import iso_millis
-from segbill.targets.lago_api import LagoReader, Period, ReadFailed, ReadOptions, Subscription, event_millis
+from segbill.targets.lago_api import (
+    LagoReader,
+    Period,
+    ReadFailed,
+    ReadOptions,
+    Subscription,
+    event_millis,
+)
 
 # In the order the rules apply: an event gets the first that fits.
 VERDICTS = ("unknown_code", "unknown_subscription", "before_start", "after_termination", "invoiced", "draft", "billable")

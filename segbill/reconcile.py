@@ -30,7 +30,13 @@ from segbill.deadletter import DeadLetterFile
 from segbill.pipeline import Options, Replay, selected_events
 from segbill.report import ExitCode
 from segbill.segment import iso_millis
-from segbill.targets.lago_api import PER_PAGE, LagoReader, ReadFailed, ReadOptions, event_millis
+from segbill.targets.lago_api import (
+    PER_PAGE,
+    LagoReader,
+    ReadFailed,
+    ReadOptions,
+    event_millis,
+)
 
 DAY = 86_400_000  # ms
 MISSING_REASON = "missing on the platform"

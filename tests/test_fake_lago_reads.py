@@ -6,7 +6,10 @@ import httpx
 
 from segbill.testing.fake_platform import FakePlatform
 
-from .test_fake_platform import AUTH, client, fake  # noqa: F401 (the fixtures)
+from . import test_fake_platform as writes
+
+AUTH = writes.AUTH
+fake, client = writes.fake, writes.client  # the same fixtures as the write tests
 
 
 def store(client: httpx.Client, *events: tuple[str, str, str, str]) -> None:
@@ -83,20 +86,20 @@ def test_events_are_listed_newest_first_with_inclusive_bounds_and_counted(client
     assert client.get("/api/v1/events/nope").json() == {"status": 404, "error": "Not Found", "code": "event_not_found"}
 
 
-def test_reads_need_the_key(client: httpx.Client, fake: FakePlatform) -> None:
+def test_reads_need_the_key(fake: FakePlatform) -> None:
     answer = httpx.get(f"{fake.url}/api/v1/subscriptions")
     assert answer.status_code == 401 and answer.json() == {"status": 401, "error": "Unauthorized"}
 
 
 def test_event_loss_answers_200_and_stores_a_seeded_share() -> None:
     def lost_ids(seed: int) -> list[str]:
-        with FakePlatform(lago_event_loss=0.1, seed=seed) as fake, httpx.Client(base_url=fake.url, headers=AUTH) as client:
+        with FakePlatform(lago_event_loss=0.1, seed=seed) as lossy, httpx.Client(base_url=lossy.url, headers=AUTH) as http:
             for batch in range(10):
-                store(client, *((f"t{batch}-{i}", "s", "api", "1704067200") for i in range(100)))
-            assert len(fake.counts("lago")) + len(fake.lost()) == 1000
-            count = client.get("/api/v1/events", params={"per_page": 1}).json()["meta"]["total_count"]
-            assert count == len(fake.counts("lago"))
-            return [event["transaction_id"] for event in fake.lost()]
+                store(http, *((f"t{batch}-{i}", "s", "api", "1704067200") for i in range(100)))
+            assert len(lossy.counts("lago")) + len(lossy.lost()) == 1000
+            count = http.get("/api/v1/events", params={"per_page": 1}).json()["meta"]["total_count"]
+            assert count == len(lossy.counts("lago"))
+            return [event["transaction_id"] for event in lossy.lost()]
 
     lost = lost_ids(7)
     assert 60 <= len(lost) <= 140
@@ -104,13 +107,13 @@ def test_event_loss_answers_200_and_stores_a_seeded_share() -> None:
 
 
 def test_reads_are_rate_limited_like_lago_cloud_when_the_limit_is_on() -> None:
-    with FakePlatform(lago_rate_limit=100) as fake, httpx.Client(base_url=fake.url, headers=AUTH) as client:
-        answers = [client.get("/api/v1/billable_metrics") for _ in range(51)]
+    with FakePlatform(lago_rate_limit=100) as limited, httpx.Client(base_url=limited.url, headers=AUTH) as http:
+        answers = [http.get("/api/v1/billable_metrics") for _ in range(51)]
         assert [a.status_code for a in answers] == [200] * 50 + [429]
         assert answers[0].headers["X-RateLimit-Limit"] == "50" and answers[0].headers["X-RateLimit-Remaining"] == "49"
         assert answers[-1].headers["X-RateLimit-Remaining"] == "0" and int(answers[-1].headers["X-RateLimit-Reset"]) <= 1
         assert "Retry-After" not in answers[-1].headers
         # Writes have their own window.
-        store(client, ("t", "s", "api", "1704067200"))
-    with FakePlatform() as fake, httpx.Client(base_url=fake.url, headers=AUTH) as client:
-        assert "X-RateLimit-Limit" not in client.get("/api/v1/billable_metrics").headers  # self-hosted: no limiter
+        store(http, ("t", "s", "api", "1704067200"))
+    with FakePlatform() as unlimited, httpx.Client(base_url=unlimited.url, headers=AUTH) as http:
+        assert "X-RateLimit-Limit" not in http.get("/api/v1/billable_metrics").headers  # self-hosted: no limiter

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -79,7 +79,7 @@ class LagoReader:
         self.requests = 0
         self.retries = 0
 
-    async def __aenter__(self) -> LagoReader:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -92,15 +92,16 @@ class LagoReader:
             async with self.slots:
                 await self.pacer.wait(1)
                 self.requests += 1
+                response: httpx.Response | None = None
                 try:
-                    response = await self.client.get(self.base + path, params=params, headers=self.headers)
+                    answer = await self.client.get(self.base + path, params=params, headers=self.headers)
                 except httpx.RequestError as error:  # transport errors, timeouts
-                    response, last = None, _describe(error)
+                    last = _describe(error)
                 else:
-                    last = f"HTTP {response.status_code}"
-                    self.pacer.observe(response.headers)
-                    if response.status_code == 429:
-                        hint = wait_hint(response.headers)
+                    response, last = answer, f"HTTP {answer.status_code}"
+                    self.pacer.observe(answer.headers)
+                    if answer.status_code == 429:
+                        hint = wait_hint(answer.headers)
                         self.pacer.throttled(backoff(1) if hint is None else hint)
                     else:
                         self.pacer.accepted()

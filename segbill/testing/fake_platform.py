@@ -298,12 +298,13 @@ class FakePlatform:
     def lost(self) -> list[dict[str, Any]]:
         """Lago events answered 200 and never stored (`lago_event_loss`), in arrival order."""
         with self._lock:
-            return orjson.loads(orjson.dumps(self._lago_lost))
+            lost: list[dict[str, Any]] = orjson.loads(orjson.dumps(self._lago_lost))
+            return lost
 
     # -- the organization Lago's read API serves ----------------------------------------------
 
     def add_billable_metric(self, code: str, *, aggregation_type: str = "count_agg", field_name: str | None = None) -> dict[str, Any]:
-        metric = {
+        metric: dict[str, Any] = {
             "lago_id": _lago_id("bm", code),
             "name": code,
             "code": code,
