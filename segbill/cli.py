@@ -6,9 +6,9 @@ import os
 import sqlite3
 import sys
 import tempfile
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Optional, TextIO
 from urllib.parse import urlsplit
 
@@ -398,7 +398,7 @@ def reconcile_command(
     """After a send: compare, per (subscription, code) over the export's time range (or
     --since/--until), the events the export bills with those Lago holds, and name the
     difference: missing (expected, not found) and extra (held, from no event of the export).
-    Counts first; events are listed only on the days whose counts disagree. Reads the input twice.
+    Counts first; events are listed only in the ranges whose counts disagree. Reads the input twice.
 
     Exit codes: 0 nothing missing or extra; 1 something is, or there was no event to reconcile;
     2 usage error; 3 a read failed (key, URL, the platform); 130 interrupted.

@@ -409,7 +409,7 @@ def _print(replay: Replay, out: IO[bytes], lines: list[bytes], items: list[tuple
     return True
 
 
-def selected_events(replay: Replay, settle_every: int = CLAIM_CHUNK) -> Iterator[tuple[Record, dict[str, Any]]]:
+def selected_events(replay: Replay) -> Iterator[tuple[Record, dict[str, Any]]]:
     """The events a send would deliver, for a reader of the platform (check, reconcile): each
     counts as done once the caller asks for the next one; the one still in the caller's hands
     when it stops (an error, an interrupt) counts as not attempted."""
@@ -421,7 +421,7 @@ def selected_events(replay: Replay, settle_every: int = CLAIM_CHUNK) -> Iterator
             yield record, event
             settled.append(current)
             current = None
-            if len(settled) >= settle_every:
+            if len(settled) >= CLAIM_CHUNK:
                 replay.delivered(settled)
                 settled = []
     finally:
