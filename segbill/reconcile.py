@@ -226,7 +226,10 @@ async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliati
         pairs = sorted(expected.totals)
         try:
             for at in range(0, len(pairs), PAIRS_AT_ONCE):
-                await asyncio.gather(*(compare(pair) for pair in pairs[at : at + PAIRS_AT_ONCE]))
+                outcomes = await asyncio.gather(*(compare(pair) for pair in pairs[at : at + PAIRS_AT_ONCE]), return_exceptions=True)
+                for outcome in outcomes:  # every read of the group has ended: none outlives the client
+                    if isinstance(outcome, BaseException):
+                        raise outcome
         except ReadFailed as error:
             result.stopped = str(error)
         finally:

@@ -165,3 +165,14 @@ def test_stdin_is_refused_and_an_existing_missing_file_too(segbill, tmp_path: Pa
     Path("missing.jsonl").write_text("")
     run = segbill("reconcile", str(path), "--to", "lago", "--missing", "missing.jsonl", env={"LAGO_API_KEY": KEY})
     assert run.exit_code == 2 and "already exists" in run.stderr
+
+
+def test_a_read_that_keeps_failing_stops_with_exit_3_and_no_missing_file(segbill, tmp_path: Path) -> None:
+    one_pair = [track(messageId=f"m{i}", userId="sub-00", event="api_calls", timestamp=_iso(START + i)) for i in range(10)]
+    path = write(tmp_path / "export.jsonl", jsonl(*one_pair))
+    with FakePlatform(api_key=KEY, retry_after=0) as fake:
+        fake.script(["503", "503"])  # the pair's count read, and its one retry
+        run = segbill("reconcile", str(path), "--to", "lago", "--max-retries", "1", "--missing", "missing.jsonl", env=env(fake))
+        assert run.exit_code == 3, run.stdout + run.stderr
+        assert "still failed after 1 retries" in run.stdout and KEY not in run.stdout + run.stderr
+        assert not Path("missing.jsonl").exists()
