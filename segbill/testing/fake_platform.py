@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_FLOOR, Decimal
@@ -239,6 +239,7 @@ class FakePlatform:
             self._requests: list[Request] = []
             self._windows: dict[str, _Window] = {}
             self._lago_lost: list[dict[str, Any]] = []
+            self._lago_scopes: dict[tuple[str, str], dict[tuple[Any, ...], int]] = {}  # (subscription, code) -> stored key -> ms
             self._loss_rng = random.Random(f"{self.seed}:loss")
             read_limit = self.lago_read_rate_limit or (LAGO_CLOUD_READ_RATE if self.lago_rate_limit else None)
             if read_limit:
@@ -555,6 +556,7 @@ class FakePlatform:
                 self._lago_lost.append(row)
                 continue
             self._lago_rows[key] = row
+            self._lago_scopes.setdefault(_lago_scope(row), {})[key] = _row_millis(row)
             if errors:
                 self._stored_by_refused.append(key[1])
         return errors or [row for _, row in rows]
@@ -617,17 +619,21 @@ class FakePlatform:
             return _lago_one("invoice", [i for i in organization.invoices if i["lago_id"] == identifier])
         if resource == "events":
             if identifier is None:
-                return _lago_page("events", self._lago_events_listed(query), query)
+                return _lago_page("events", self._lago_events_listed(query), query, shown=_lago_event_shown)
             return _lago_one("event", [_lago_event_shown(row) for row in self._lago_rows.values() if str(row["transaction_id"]) == identifier][:1])
         return _lago_error(404, code="resource_not_found")
 
     def _lago_events_listed(self, query: dict[str, list[str]]) -> list[dict[str, Any]]:
-        """GET /events: filtered by subscription, code and time (both bounds inclusive; a bound
-        that is not a date is ignored), newest first, as on the Postgres store."""
+        """GET /events: stored rows filtered by subscription, code and time (both bounds
+        inclusive; a bound that is not a date is ignored), newest first, as on the Postgres store."""
         start, end = _query_millis(query, "timestamp_from"), _query_millis(query, "timestamp_to")
+        if "external_subscription_id" in query and "code" in query:  # what reconcile asks: use the index
+            scope = self._lago_scopes.get((query["external_subscription_id"][0], query["code"][0]), {})
+            stored = [(millis, self._lago_rows[key]) for key, millis in scope.items()]
+        else:
+            stored = [(_row_millis(row), row) for row in self._lago_rows.values()]
         chosen = []
-        for row in self._lago_rows.values():
-            millis = _row_millis(row)
+        for millis, row in stored:
             if (
                 _matches(query, "external_subscription_id", row.get("external_subscription_id"))
                 and _matches(query, "code", row.get("code"))
@@ -636,7 +642,7 @@ class FakePlatform:
             ):
                 chosen.append((millis, row))
         chosen.sort(key=lambda pair: pair[0], reverse=True)
-        return [_lago_event_shown(row) for _, row in chosen]
+        return [row for _, row in chosen]
 
     # -- Hyperline -----------------------------------------------------------------------------
 
@@ -790,8 +796,11 @@ def _matches(query: dict[str, list[str]], name: str, value: Any) -> bool:
     return name not in query or query[name][0] == ("" if value is None else str(value))
 
 
-def _lago_page(key: str, items: list[dict[str, Any]], query: dict[str, list[str]]) -> _Reply:
-    """One page and its `meta`, as Kaminari counts them (no pages at all when nothing matches)."""
+def _lago_page(
+    key: str, items: list[dict[str, Any]], query: dict[str, list[str]], shown: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> _Reply:
+    """One page and its `meta`, as Kaminari counts them (no pages at all when nothing matches);
+    `shown` serializes the page's items only."""
     page, per_page = _positive(query, "page", 1), _positive(query, "per_page", LAGO_PER_PAGE)
     total_pages = math.ceil(len(items) / per_page)
     meta = {
@@ -801,7 +810,8 @@ def _lago_page(key: str, items: list[dict[str, Any]], query: dict[str, list[str]
         "total_pages": total_pages,
         "total_count": len(items),
     }
-    return _json(200, {key: items[(page - 1) * per_page : page * per_page], "meta": meta})
+    chosen = items[(page - 1) * per_page : page * per_page]
+    return _json(200, {key: [shown(item) for item in chosen] if shown else chosen, "meta": meta})
 
 
 def _lago_one(kind: str, found: list[dict[str, Any]]) -> _Reply:
@@ -827,6 +837,12 @@ def _query_millis(query: dict[str, list[str]], name: str) -> int | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return (when - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _lago_scope(row: dict[str, Any]) -> tuple[str, str]:
+    """(subscription, code) as a query names them."""
+    subscription, code = row.get("external_subscription_id"), row.get("code")
+    return ("" if subscription is None else str(subscription), "" if code is None else str(code))
 
 
 def _row_millis(row: dict[str, Any]) -> int:
