@@ -176,3 +176,25 @@ def test_a_read_that_keeps_failing_stops_with_exit_3_and_no_missing_file(segbill
         assert run.exit_code == 3, run.stdout + run.stderr
         assert "still failed after 1 retries" in run.stdout and KEY not in run.stdout + run.stderr
         assert not Path("missing.jsonl").exists()
+
+
+def test_a_repeat_with_a_shifted_time_on_clickhouse_is_extra(segbill, tmp_path: Path) -> None:
+    """Lago's ClickHouse store keeps the same transaction_id twice when its time differs: billed twice."""
+    messages = export(400)
+    path = write(tmp_path / "export.jsonl", jsonl(*messages))
+    shifted = [{**m, "timestamp": _iso((parse_time(m["timestamp"]) or 0) + 1)} for m in messages[:5]]
+    with FakePlatform(api_key=KEY, lago_store="clickhouse") as fake:
+        assert segbill("send", str(path), "--to", "lago", env=env(fake)).exit_code == 0
+        assert segbill("send", str(write(tmp_path / "again.jsonl", jsonl(*shifted))), "--to", "lago", env=env(fake)).exit_code == 0
+        _, result = reconcile(segbill, fake, str(path))
+        assert (result["found"], result["missing"], result["extra"]) == (400, 0, 5)
+
+
+def test_shards_reconcile_their_own_customers(segbill, tmp_path: Path) -> None:
+    path = write(tmp_path / "export.jsonl", jsonl(*export(300)))
+    with FakePlatform(api_key=KEY) as fake:
+        assert segbill("send", str(path), "--to", "lago", "--shard", "0/2", env=env(fake)).exit_code == 0
+        _, mine = reconcile(segbill, fake, str(path), "--shard", "0/2")
+        _, theirs = reconcile(segbill, fake, str(path), "--shard", "1/2")
+        assert (mine["missing"], mine["extra"]) == (0, 0)
+        assert theirs["missing"] == theirs["expected"] == 300 - mine["expected"] > 0
