@@ -416,7 +416,7 @@ def selected_events(replay: Replay) -> Iterator[tuple[Record, dict[str, Any]]]:
     settled: list[tuple[Record, str]] = []
     current: tuple[Record, str] | None = None
     try:
-        for record, event, key in replay.events():
+        for record, event, key, _ in replay.events():
             current = (record, key)
             yield record, event
             settled.append(current)
