@@ -9,10 +9,8 @@ them: reads follow the subscriptions and invoices involved, never the number of 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
@@ -162,7 +160,7 @@ class CheckResult:
 
 def run_check(options: Options, reading: ReadOptions) -> CheckResult:
     """Check what a send of `options` would deliver; an interrupt ends it with what was counted."""
-    replay = Replay(replace(options, dry_run=True, dead_letter=Path(os.devnull)))
+    replay = Replay(replace(options, dry_run=True, dead_letter=None))
     result = CheckResult(replay.tally)
 
     async def run() -> None:

@@ -19,7 +19,6 @@ be seen by counting; the README says so.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -149,7 +148,7 @@ def reconcile(options: Options, reading: ReadOptions, missing_path: Path | None,
     """All three steps; `result` keeps what was established if a step fails or is interrupted.
     Both passes select as a dry run of `options` does, with no dead-letter file: unreadable
     lines are only counted."""
-    options = replace(options, dry_run=True, dead_letter=Path(os.devnull))
+    options = replace(options, dry_run=True, dead_letter=None)
     first = Replay(options)
     try:
         expected = _expected(first)
@@ -252,6 +251,10 @@ def _match(replay: Replay, differences: Differences, missing_file: DeadLetterFil
                 missing_file.write(record, MISSING_REASON)
 
 
+def _replay_hint(path: str) -> str:
+    return f"replay: segbill send {path} --to lago (same mapping; not the backfill's --state, whose ledger has them as delivered)"
+
+
 def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
     """Totals, then the worst subscriptions, codes and days."""
     span = f" from {iso_millis(result.start)} to {iso_millis(result.end)}" if result.start is not None and result.end is not None else ""
@@ -263,7 +266,7 @@ def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
     rows: list[tuple[str, str, str]] = [
         ("expected", f"{result.expected:,}", "events the export bills (what send delivers)"),
         ("found", f"{result.found:,}", "of them, held by the platform"),
-        ("missing", f"{result.missing:,}", f"replay with: segbill send {result.missing_file} --to lago" if result.missing_file else "expected, not on the platform"),
+        ("missing", f"{result.missing:,}", _replay_hint(result.missing_file) if result.missing_file else "expected, not on the platform"),
         ("extra", f"{result.extra:,}", "on the platform in scope, from no event of the export"),
     ]
     for dimension, worst in result.breakdown(TOP).items():

@@ -198,3 +198,20 @@ def test_shards_reconcile_their_own_customers(segbill, tmp_path: Path) -> None:
         _, theirs = reconcile(segbill, fake, str(path), "--shard", "1/2")
         assert (mine["missing"], mine["extra"]) == (0, 0)
         assert theirs["missing"] == theirs["expected"] == 300 - mine["expected"] > 0
+
+
+def test_the_repair_of_a_backfill_sent_with_a_state_goes_without_that_state(segbill, tmp_path: Path) -> None:
+    """Lago answered 200 for the lost events: the backfill's ledger has them as delivered."""
+    messages = export(500)
+    path = write(tmp_path / "export.jsonl", jsonl(*messages))
+    with FakePlatform(api_key=KEY, lago_event_loss=0.05, seed=2) as fake:
+        assert segbill("send", str(path), "--to", "lago", "--state", "backfill.db", env=env(fake)).exit_code == 0
+        fake.lago_event_loss = 0.0
+        lost = {event["transaction_id"] for event in fake.lost()}
+        run = segbill("reconcile", str(path), "--to", "lago", "--missing", "missing.jsonl", env=env(fake))
+        assert run.exit_code == 1 and "not the backfill's --state" in run.stdout
+        with_state = segbill("send", "missing.jsonl", "--to", "lago", "--state", "backfill.db", "--json", env=env(fake))
+        assert orjson.loads(with_state.stdout)["skipped_by_reason"] == {"duplicate": len(lost)}  # the README's warning
+        assert segbill("send", "missing.jsonl", "--to", "lago", env=env(fake)).exit_code == 0
+        code, result = reconcile(segbill, fake, str(path))
+        assert code == 0 and (result["found"], result["missing"], result["extra"]) == (500, 0, 0)
