@@ -122,11 +122,14 @@ class CheckResult:
         return self.checked - sum(self.verdicts[v] for v in BILLED)
 
     def exit_code(self) -> ExitCode:
-        """1 when an event would not be billed, or when there was no event to check at all."""
+        """1 when an event would not be billed, or when no record read was an event to check;
+        2 when nothing was read at all (as for send: an empty input is no success for cron)."""
         if self.tally.interrupted:
             return ExitCode.INTERRUPTED
         if self.stopped is not None:
             return ExitCode.FATAL
+        if self.tally.empty:
+            return ExitCode.USAGE
         return ExitCode.DEAD_LETTERED if self.unbilled or not self.checked else ExitCode.OK
 
     def top(self, verdict: str) -> list[tuple[str, str, Group]]:

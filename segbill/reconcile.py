@@ -108,11 +108,14 @@ class Reconciliation:
         breakdown["day"][iso_millis(day * DAY)[:10]] += events
 
     def exit_code(self) -> ExitCode:
-        """1 when something is missing or extra, or when the input held nothing to reconcile."""
+        """1 when something is missing or extra, or when no record read was an event to
+        reconcile; 2 when nothing was read at all (as for send)."""
         if self.interrupted:
             return ExitCode.INTERRUPTED
         if self.stopped is not None:
             return ExitCode.FATAL
+        if not self.read:
+            return ExitCode.USAGE
         return ExitCode.DEAD_LETTERED if self.missing or self.extra or not self.expected else ExitCode.OK
 
     def breakdown(self, top: int | None = None) -> dict[str, dict[str, dict[str, int]]]:

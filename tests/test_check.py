@@ -177,6 +177,10 @@ def test_an_empty_input_is_not_a_pass(segbill, fake: FakePlatform, tmp_path: Pat
     path = write(tmp_path / "e.jsonl", jsonl({"type": "identify", "userId": "u"}))
     run = segbill("check", str(path), "--to", "lago", env=env(fake))
     assert run.exit_code == 1 and "no event in the input would be sent" in run.stdout
+    empty = write(tmp_path / "empty.jsonl", b"")
+    assert segbill("check", str(empty), "--to", "lago", env=env(fake)).exit_code == 2  # as send
+    assert segbill("reconcile", str(empty), "--to", "lago", env=env(fake)).exit_code == 2
+    assert segbill("reconcile", str(path), "--to", "lago", env=env(fake)).exit_code == 1
 
 
 def test_hyperline_is_refused_for_now(segbill, tmp_path: Path) -> None:
