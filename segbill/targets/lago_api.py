@@ -67,13 +67,13 @@ def event_millis(event: dict[str, Any]) -> int:
 class LagoReader:
     """Reads one organization; `requests` and `retries` count what it cost."""
 
-    def __init__(self, options: ReadOptions, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, options: ReadOptions) -> None:
         self.options = options
         self.base = options.url.rstrip("/")
         self.host = urlsplit(options.url).netloc or options.url
         self.headers = {"Authorization": f"Bearer {options.api_key}", "Accept": "application/json"}
         limits = httpx.Limits(max_connections=READ_CONCURRENCY, max_keepalive_connections=READ_CONCURRENCY)
-        self.client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(options.timeout), trust_env=False, transport=transport)
+        self.client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(options.timeout), trust_env=False)
         self.pacer = Pacer(None)
         self.slots = asyncio.Semaphore(READ_CONCURRENCY)
         self.requests = 0
