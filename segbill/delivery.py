@@ -415,6 +415,7 @@ class Sender:
             response = await self.client.post(self.endpoint, content=body, headers=self.headers)
         except httpx.RequestError as error:  # transport errors, timeouts, an undecodable answer
             return 0, b"", None, _describe(error)
+        _unbind(response)
         status = response.status_code
         if status in FATAL_STATUSES:
             raise Fatal(f"{self.host} {FATAL_STATUSES[status]} (HTTP {status} for {urlsplit(self.endpoint).path})")
@@ -432,6 +433,14 @@ class Sender:
 
 def _pairs(items: list[Item]) -> list[tuple[Record, str]]:
     return [(item.record, item.key) for item in items]
+
+
+def _unbind(response: httpx.Response) -> None:
+    """Free a read response (and the request body it holds) at once. httpx binds a response and
+    its stream to each other: a reference cycle that only the cyclic collector frees, which a
+    send runs rarely (`streaming_gc`), so every body and answer stayed until then and a send's
+    memory grew with its input."""
+    response.stream = httpx.ByteStream(b"")
 
 
 def _describe(error: httpx.RequestError) -> str:
