@@ -49,8 +49,9 @@ class DeadLetterFile:
             entry["dry_run"] = True
         if record.first_source is not None and record.first_source != entry["source"]:
             entry["first_source"] = record.first_source
-        if record.message is not None:
-            entry["record"] = record.message
+        message = record.original()
+        if message is not None:
+            entry["record"] = message
         else:
             entry["raw"] = record.raw.rstrip(b"\r").decode("utf-8", "replace")
             if not _is_utf8(record.raw):

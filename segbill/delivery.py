@@ -61,7 +61,8 @@ class DeliveryOptions:
 
 @dataclass(slots=True)
 class Item:
-    """One converted event on its way: its record (for outcomes), key and exact bytes."""
+    """One converted event on its way: its record (for outcomes; its parsed message dropped,
+    see `Record.drop_message`), key and exact bytes."""
 
     record: Record
     key: str
@@ -496,6 +497,7 @@ async def deliver_all(
             try:
                 for record, event, key, sent_in in replay.events(progress.on_bytes if progress is not None else None):
                     item = Item(record, key, dumps(event))
+                    record.drop_message()
                     if resend and sent_in != resent_from:
                         await hand(resend)
                         resend = []

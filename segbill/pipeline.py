@@ -236,7 +236,7 @@ class Replay:
             self.tally.dead_letter_file = str(self.options.dead_letter)
             file = self._files.get(record.path)
             if file is not None:  # a line no message came from fails whatever the mapping
-                self.state.dead_lettered(file, "" if record.message is None else self._conversion, record)
+                self.state.dead_lettered(file, "" if record.invalid is not None else self._conversion, record)
         self.tally.dead_lettered[kind] += 1
         self._release(record)
         self._notice(f"{record.where()}: {reason}")

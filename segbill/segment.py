@@ -43,6 +43,7 @@ class Record:
 
     `line` is 1-based, `offset` the byte offset of the line in the (decompressed) stream, `end`
     the offset just after it. `index` is the position inside a line holding several messages.
+    A record is a message exactly when `invalid` is None, even once `drop_message` let it go.
     """
 
     path: str
@@ -64,6 +65,19 @@ class Record:
     def where(self) -> str:
         where = f"{self.path}:{self.line}"
         return where if self.index is None else f"{where} (message {self.index})"
+
+    def drop_message(self) -> None:
+        """Let the parsed message go once its event is converted: thousands of events wait in
+        batches, and a parsed message is several times the size of its line. `original` reads
+        it back from `raw` for the rare dead letter."""
+        self.message = None
+
+    def original(self) -> dict[str, Any] | None:
+        """The message as read, for a dead letter: the one held or, once dropped, read again
+        from the line with every integer exact. None for a record that is not a message."""
+        if self.invalid is not None:
+            return None
+        return self.message if self.message is not None else exact_message(self)
 
 
 def dumps(value: Any, *, sort_keys: bool = False) -> bytes:

@@ -6,6 +6,7 @@ output and no dead-letter line.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,69 @@ def test_a_whole_request_400_is_narrowed_down_to_the_bad_event(segbill, tmp_path
     assert entry["record"]["messageId"] == "m13" and entry["reason"].startswith("Rejected by Hyperline (HTTP 400: ")
     stored_once(fake, "hyperline", [f"m{i}" for i in range(64) if i != 13])
     assert len(fake.requests("hyperline")) <= 2 * 7  # halving: about two requests per level
+
+
+def exact_dead_letters(run: Run) -> list[dict[str, Any]]:
+    """The dead-letter file read with the standard library, which keeps every integer exact."""
+    return [json.loads(line) for line in run.dead_letter.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("target", ["lago", "hyperline"])
+def test_a_rejected_event_is_dead_lettered_with_its_original_message_exactly(segbill, tmp_path: Path, fake: FakePlatform, target: str) -> None:
+    """Events travel without their parsed message: the dead letter reads it back from the line."""
+    fake.lago_poison = {"odd"}
+    fake.hyperline_customers = {"cus_0"}
+    odd = track(messageId="odd", userId="cus_gone" if target == "hyperline" else "cus_0", properties={"n": 1.5, "note": "Zoë ✓"})
+    line = orjson.dumps(odd)[:-1] + b',"context":{"trace":123456789012345678901234567890,"ratio":0.1}}'
+    data = jsonl(*messages(150, customers=1)) + line + b"\n"
+    run, summary = send(segbill, tmp_path, target, fake.url, data)
+    assert run.exit_code == 1 and summary["dead_lettered_by_reason"] == {"rejected": 1}
+    [entry] = exact_dead_letters(run)
+    assert entry["record"] == json.loads(line)
+    assert entry["record"]["context"]["trace"] == 123456789012345678901234567890
+    assert entry["source"] == {"path": str(tmp_path / "events.jsonl"), "line": 151}
+    stored_once(fake, target, [f"m{i}" for i in range(150)])
+
+
+def test_a_rejected_envelope_item_is_dead_lettered_alone_with_the_envelope_context_merged(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+    fake.hyperline_customers = {"cus_ok"}
+    envelope = {
+        "batch": [track(messageId="e1", userId="cus_ok"), track(messageId="e2", userId="cus_gone", context={"ip": "2.2.2.2"})],
+        "context": {"library": {"name": "analytics-node"}, "ip": "1.1.1.1"},
+        "integrations": {"All": True},
+    }
+    run, summary = send(segbill, tmp_path, "hyperline", fake.url, jsonl(envelope))
+    assert run.exit_code == 1 and summary["delivered"] == 1
+    [entry] = exact_dead_letters(run)
+    expected = track(messageId="e2", userId="cus_gone", context={"library": {"name": "analytics-node"}, "ip": "2.2.2.2"}, integrations={"All": True})
+    assert entry["record"] == expected
+    assert entry["source"] == {"path": str(tmp_path / "events.jsonl"), "line": 1, "index": 1}
+    stored_once(fake, "hyperline", ["e1"])
+
+
+def test_a_replayed_dead_letter_rejected_again_keeps_its_record_and_first_source(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+    fake.lago_poison = {"m3"}
+    first, _ = send(segbill, tmp_path, "lago", fake.url, jsonl(*messages(5)))
+    [original] = exact_dead_letters(first)
+    dead = tmp_path / "dead.jsonl"
+    again = segbill("send", str(dead), "--to", "lago", "--json", "--quiet", env=env_for("lago", fake.url), dead_letter="again.jsonl")
+    assert again.exit_code == 1
+    [entry] = exact_dead_letters(again)
+    assert entry["record"] == original["record"] == messages(5)[3]
+    assert entry["source"] == {"path": str(dead), "line": 1}
+    assert entry["first_source"] == {"path": str(tmp_path / "events.jsonl"), "line": 4}
+
+
+def test_an_event_the_platform_rejected_is_sent_again_once_the_mapping_is_fixed(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+    """A rejected event travelled without its parsed message; its dead letter is still kept under
+    the mapping that made it, not as a line that fails whatever the mapping."""
+    fake.hyperline_customers = {"cus_ok"}
+    data = jsonl(track(messageId="m1", userId="cus_gone", anonymousId="cus_ok"))
+    _, summary = send(segbill, tmp_path, "hyperline", fake.url, data, "--state", "s.db")
+    assert summary["dead_lettered_by_reason"] == {"rejected": 1}
+    fixed, summary = send(segbill, tmp_path, "hyperline", fake.url, data, "--state", "s.db", "--customer-from", "anonymousId")
+    assert fixed.exit_code == 0 and summary["delivered"] == 1 and summary["skipped"] == 0
+    stored_once(fake, "hyperline", ["m1"])
 
 
 @pytest.mark.parametrize("fault", ["503", "500", "502", "408", "429", "reset", "hang"])
