@@ -491,10 +491,13 @@ async def deliver_all(
         ticker = asyncio.create_task(_tick(progress)) if progress is not None else None
 
         async def hand(items: list[Item]) -> None:
-            """Start a sender on `items`, once fewer batches are out than requests may be in flight
-            (nothing awaited after that: a cancelled hand-off leaves them with the caller)."""
+            """Start a sender on `items` once fewer batches are out than requests are allowed in
+            flight now (`limit`, not the cap: `items` wait here, ready for the next free request).
+            Reading further ahead only costs memory: every batch out holds its events
+            (Hyperline's 1,000) until their outcome. Nothing is awaited after that: a cancelled
+            hand-off leaves them with the caller."""
             await asyncio.sleep(0)  # let answers be read between batches
-            while len(running) >= sender.concurrency.maximum:
+            while len(running) >= int(sender.concurrency.limit):
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             task = asyncio.create_task(sender.deliver(items))
             running.add(task)
