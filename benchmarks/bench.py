@@ -7,7 +7,8 @@ subprocesses, then prints a Markdown table (or JSON with --json) with PASS/FAIL 
   1. dry run to /dev/null vs the parse floor (orjson.loads of every line of the same file)
   2. send to a zero-latency fake Lago vs a one-request-per-event loop and lago-python-client
   3. send under rate limits (80 ms latency; Lago 50 batch requests/s; Hyperline 1000 per 10 s)
-  4. peak memory of a dry run over 1M messages, and its growth from 100k
+  4. peak memory of a dry run over 1M messages, and its growth from 100k; the same for a send
+     to a zero-latency fake Lago and a fake Hyperline
   5. `segbill --version` start-up vs `python -c pass`
 
 Run from the repository root, in the environment where segbill is installed:
@@ -504,6 +505,41 @@ def row_memory(sizes: Sizes, work: Path) -> list[Row]:
     ]
 
 
+def row_send_memory(sizes: Sizes, work: Path) -> list[Row]:
+    """Rows 4c/4d: a send must stream like the dry run, whatever the platform's batch size."""
+    from segbill.testing.fake_platform import FakePlatform
+
+    inputs = {sizes.mem_small: corpus(sizes.mem_small, 4, gz=True), sizes.mem_large: corpus(sizes.mem_large, 4, gz=True)}
+    rows = []
+    for number, target in (("4c", "lago"), ("4d", "hyperline")):
+        measured = {}
+        for n, path in inputs.items():
+            with FakePlatform(api_key=KEY) as fake:
+                log(f"row {number}: max RSS of a send of {n:,} gzip messages to a zero-latency fake {target.capitalize()} (default options)")
+                env = {f"{target.upper()}_API_URL": fake.url, f"{target.upper()}_API_KEY": KEY}
+                result, summary = segbill_send(path, target, work=work, env=env, rss=True)
+                stored = len(fake.counts(target))  # type: ignore[arg-type]
+            if stored != summary["delivered"] or summary["not_attempted"]:
+                raise RuntimeError(f"row {number}: {n:,} messages: stored {stored:,} of {summary['delivered']:,} delivered, {summary['not_attempted']:,} not attempted")
+            measured[n] = {"max_rss_mb": result.max_rss_mb, "seconds": result.wall, "delivered": summary["delivered"], "requests": summary["requests"]}
+        large, small = measured[sizes.mem_large], measured[sizes.mem_small]
+        peak, growth = large["max_rss_mb"], large["max_rss_mb"] - small["max_rss_mb"]
+        rows.append(
+            Row(
+                number,
+                f"peak memory (max RSS), send of {sizes.mem_large:,} messages (gzip) to a zero-latency fake {target.capitalize()}, "
+                f"default batch; growth from {sizes.mem_small:,}",
+                f"{peak:,.1f} MB ({large['delivered']:,} events, {large['seconds']:.0f} s); +{growth:,.1f} MB",
+                f"{sizes.mem_small:,} messages: {small['max_rss_mb']:,.1f} MB",
+                f"{peak / small['max_rss_mb']:.2f}x",
+                f"<= {TARGET_PEAK_MB:.0f} MB, growth <= {TARGET_GROWTH_MB:.0f} MB",
+                peak <= TARGET_PEAK_MB and growth <= TARGET_GROWTH_MB,
+                {"target": target, "large": large, "small": small, "growth_mb": growth},
+            )
+        )
+    return rows
+
+
 def median_wall(command: list[str], runs: int, expect: bytes = b"") -> float:
     warm = run(command)  # warm-up: page cache, bytecode
     if warm.code != 0 or not warm.stdout.startswith(expect):
@@ -733,6 +769,7 @@ def main() -> int:
             )
         if "4" in wanted:
             rows += row_memory(sizes, work)
+            rows += row_send_memory(sizes, work)
         if "5" in wanted:
             rows += row_startup(sizes, work)
     elapsed = time.perf_counter() - began
