@@ -150,3 +150,27 @@ def test_progress_without_a_terminal_is_one_plain_line_per_tick() -> None:
     [line] = stream.getvalue().splitlines()
     assert re.search(rf" segbill\[{tally.run_id}\]: 25% of the input, elapsed 0:00:0\d, ETA 0:00:\d\d; ", line)
     assert "read 1,500, delivered 1,200, skipped 0, dead-lettered 3, " in line and line.endswith("records/s")
+
+
+@pytest.mark.parametrize(("budget", "most"), [(300, 3), (10_000, 16)])
+def test_the_events_out_at_once_stay_within_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int, most: int) -> None:
+    """Every batch handed to a sender holds its events until their outcome: however many requests
+    may be in flight, no more than MAX_EVENTS_OUT events are out at once."""
+    monkeypatch.setattr(delivery, "MAX_EVENTS_OUT", budget)
+    replay = replay_of(tmp_path, "lago", 3000)
+    in_flight = [0]
+    peaks: list[int] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        in_flight[0] += 1
+        peaks.append(in_flight[0])
+        for _ in range(50):  # answer only after the reader has had every chance to hand out more
+            await asyncio.sleep(0)
+        in_flight[0] -= 1
+        return httpx.Response(200, json={"events": []})
+
+    settings = DeliveryOptions(url="https://billing.test", api_key="k", batch_size=100, concurrency=16)
+    asyncio.run(deliver_all(replay, replay.options.target, settings, transport=httpx.MockTransport(answer)))
+    replay.close()
+    assert replay.tally.delivered == 3000
+    assert max(peaks) == most
