@@ -736,7 +736,7 @@ def main() -> int:
         worker_baseline(*sys.argv[2:5])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog="See benchmarks/README.md.")
-    parser.add_argument("--quick", action="store_true", help="smaller inputs: about 1-1.5 minutes instead of 3.5-5 (2 cores, corpora cached)")
+    parser.add_argument("--quick", action="store_true", help="smaller inputs: about 1.5-2 minutes instead of 4.5-6 (2 cores, corpora cached)")
     parser.add_argument("--json", action="store_true", help="print JSON on stdout (the Markdown table then goes to stderr)")
     parser.add_argument("--only", default="1,2,3,4,5", help="comma-separated rows to run (default all: 1,2,3,4,5)")
     parser.add_argument("--oversubscribed", action=argparse.BooleanOptionalAction, default=None,
