@@ -73,11 +73,12 @@ class Record:
         self.message = None
 
     def original(self) -> dict[str, Any] | None:
-        """The message as read, for a dead letter: the one held or, once dropped, read again
-        from the line with every integer exact. None for a record that is not a message."""
+        """The message as read, for a dead letter: read again from the line with every integer
+        exact (the fast parse holds one beyond 64 bits as a float). None for a record that is
+        not a message."""
         if self.invalid is not None:
             return None
-        return self.message if self.message is not None else exact_message(self)
+        return exact_message(self)
 
 
 def dumps(value: Any, *, sort_keys: bool = False) -> bytes:

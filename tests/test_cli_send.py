@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -170,6 +171,17 @@ def test_the_dead_letter_file_replays_its_records_and_keeps_their_first_source(s
     assert again["raw"] == "oops"
     assert again["source"] == {"path": str(first.dead_letter), "line": 2}
     assert again["first_source"] == {"path": str(path), "line": 3}
+
+
+def test_a_message_dead_lettered_while_reading_keeps_every_integer_exact(segbill, tmp_path: Path) -> None:
+    """The fast parse holds an integer beyond 64 bits as a float; the dead letter is the original."""
+    line = b'{"type":"track","event":"API Call","messageId":"m","timestamp":"2024-01-01T00:00:00Z","properties":{"n":123456789012345678901234567890,"m":-99999999999999999999}}\n'
+    path = write(tmp_path / "in.jsonl", line)
+    run = segbill("send", str(path), "--to", "lago", "--dry-run", dead_letter="dead.jsonl")
+    assert run.exit_code == 1
+    [entry] = [json.loads(line) for line in run.dead_letter.read_bytes().splitlines()]  # orjson would read floats
+    assert entry["reason"].startswith("The track message has no customer id")
+    assert entry["record"]["properties"] == {"n": 123456789012345678901234567890, "m": -99999999999999999999}
 
 
 def test_the_dead_letter_file_is_never_read_while_written(segbill, tmp_path: Path) -> None:
