@@ -1,0 +1,64 @@
+"""The README is documentation that is tested: its examples load, its JSON matches what the
+commands print, and every option of every command is described in it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+import typer.main
+
+from segbill.cli import app
+
+from .conftest import ROOT, jsonl, track, write
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def fenced(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, re.DOTALL)
+
+
+def test_the_readme_mapping_example_does_what_its_comments_say(segbill, tmp_path: Path) -> None:
+    [example] = fenced("toml")
+    config = write(tmp_path / "segbill.toml", example.encode())
+    message = track(
+        event="API Call",
+        context={"groupId": "acct-9"},
+        properties={"subscription_id": "sub-1", "tokens": 5, "model": {"name": "m", "internal_id": 7}, "other": 1, "amount_cents": 12},
+    )
+    path = write(tmp_path / "in.jsonl", jsonl(message, track(event="API Call (test)", messageId="m2"), track(event="Signup", messageId="m3")))
+    lago = segbill("send", str(path), "--to", "lago", "--dry-run", "--config", str(config))
+    [event] = lago.events
+    assert (event["code"], event["external_subscription_id"], event["precise_total_amount_cents"]) == ("api_calls", "sub-1", "12")
+    assert event["properties"] == {"total_tokens": 5, "model.name": "m", "source": "segment"}
+    assert "excluded" in lago.stderr and "not_included" in lago.stderr
+    hyperline = segbill("send", str(path), "--to", "hyperline", "--dry-run", "--config", str(config))
+    assert [event["customer_id"] for event in hyperline.events] == ["acct-9"]
+
+
+def test_the_readme_summary_example_has_the_keys_json_prints(segbill, tmp_path: Path) -> None:
+    [example] = [block for block in fenced("json") if '"exit_code"' in block]
+    documented = orjson.loads(example)
+    path = write(tmp_path / "in.jsonl", jsonl(track(), {"type": "identify", "userId": "u"}))
+    run = segbill("send", str(path), "--to", "lago", "--dry-run", "--json")
+    printed = orjson.loads(run.stderr.strip().splitlines()[-1])
+    assert list(printed) == list(documented)
+
+
+def _options() -> list[tuple[str, str]]:
+    group = typer.main.get_command(app)
+    found = []
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        for param in command.params:
+            for option in param.opts:
+                if option.startswith("--") and option != "--help":
+                    found.append((name, option))
+    return found
+
+
+@pytest.mark.parametrize(("command", "option"), _options())
+def test_every_option_of_every_command_is_in_the_readme(command: str, option: str) -> None:
+    assert re.search(rf"`[^`]*{re.escape(option)}\b[^`]*`", README), f"segbill {command} {option} is not described in the README"
