@@ -114,6 +114,7 @@ class State:
         self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
         self.checkpoints_changed: dict[str, tuple[Source, Checkpoint]] = {}
         self.resending: dict[str, int] = {}  # RESEND keys claimed by this run -> the request they were sent in
+        self._requests: set[int] = set()  # the marks of this run's own requests (see `sending`)
         self._fingerprints: dict[Path, str] = {}  # per run: a file is hashed once, not per commit
 
     def _check_destination(self) -> None:
@@ -177,10 +178,11 @@ class State:
 
     def _repeat(self, key: str, millis: int, known_millis: int, delivered: int) -> Claim:
         """The verdict on a key the ledger holds: a repeat, unless an earlier run sent it and
-        never heard back (the first time this run meets it)."""
+        never heard back (the first time this run meets it). A key this run sent itself, still
+        waiting for its answer, is a plain repeat."""
         if known_millis != millis:
             return Claim.SHIFTED
-        if delivered < 0 and key not in self.resending:
+        if delivered < 0 and delivered not in self._requests and key not in self.resending:
             self.resending[key] = -delivered
             return Claim.RESEND
         return Claim.DUPLICATE
@@ -219,6 +221,7 @@ class State:
         if not self.keeps:
             return
         request = -random.getrandbits(62) - 1
+        self._requests.add(request)
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))

@@ -314,3 +314,19 @@ def test_the_frontier_forgets_finished_lines_so_memory_stays_flat() -> None:
         frontier.release(record)
     assert len(frontier._held) == 0
     assert frontier.position().offset == 10010
+
+
+@pytest.mark.parametrize("store", ["postgres", "clickhouse"])
+def test_a_repeat_of_an_event_still_in_flight_is_a_duplicate_not_a_resend(segbill, tmp_path: Path, claim_method: None, store: str) -> None:
+    """The first copy's request is marked "sent, no answer yet" while it travels; a repeat read
+    meanwhile is a repeat of this run, not an event an earlier run left unanswered."""
+    unique = messages(600)
+    # The repeats are read (in the second claim chunk) while the first requests wait for answers.
+    lines = [*unique[:260], unique[0], unique[150], *unique[260:]]
+    path = write(tmp_path / "in.jsonl", jsonl(*lines))
+    with FakePlatform(api_key=KEY, lago_store=store, latency=0.3) as platform:
+        _, summary = send(segbill, platform.url, str(path), "--state", str(tmp_path / "s.db"), "--concurrency", "8")
+        assert summary["delivered"] == 600 and summary["already_delivered"] == 0
+        assert summary["skipped_by_reason"] == {"duplicate": 2}
+        assert set(platform.writes("lago").values()) == {1}
+        assert all(request.status == 200 for request in platform.requests("lago"))
