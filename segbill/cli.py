@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional, TextIO
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional, TextIO
 from urllib.parse import urlsplit
 
 import orjson
@@ -24,7 +24,7 @@ from segbill.pipeline import STORAGE_ERRORS, Options, Replay, dry_run
 from segbill.report import ExitCode, Progress, Tally, render
 from segbill.segment import parse_time
 from segbill.sources import Source
-from segbill.state import OtherDestination, StateBusy
+from segbill.state import OtherDestination, State, StateBusy
 from segbill.targets import Target, get_target
 from segbill.usage import fail, inputs, streaming_gc, warn
 
@@ -265,15 +265,8 @@ def send(
         if check_first:
             _check_before_sending(options, delivery)
         replay = Replay(options, warn=warn)
-    except (StateBusy, OtherDestination) as error:
-        fail(str(error))
-    except OSError as error:
-        fail(f"--state {state}: {error.strerror or error}.")
-    except sqlite3.OperationalError as error:  # a full disk or a file-size limit, before anything is read
-        where = f"--state {state}" if state else f"the run's temporary duplicate index in {tempfile.gettempdir()}"
-        fail(f"{where}: cannot be written ({error}).")
-    except sqlite3.DatabaseError as error:
-        fail(f"--state {state} is not a segbill state file ({error}).")
+    except (StateBusy, OtherDestination, OSError, sqlite3.DatabaseError) as error:
+        _state_refused(state, error)
     try:
         if delivery is None:
             with streaming_gc():
@@ -378,7 +371,18 @@ def reconcile_command(
             "--missing",
             metavar="FILE",
             help="Write the missing events' original records here, in the dead-letter format, so that "
-            "segbill send FILE --to lago (with the same mapping options) completes the backfill. Must not exist yet.",
+            "segbill send FILE --to lago (with the same mapping options and --state) completes the backfill. Must not exist yet.",
+            show_default=False,
+        ),
+    ] = None,
+    state: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--state",
+            metavar="PATH",
+            help="The state file the send used: the missing events are no longer delivered in its ledger (Lago "
+            "answered 200 and does not hold them), so a send with it sends them. Locked as send locks it. Without "
+            "it, reconcile changes no file but --missing.",
             show_default=False,
         ),
     ] = None,
@@ -399,6 +403,7 @@ def reconcile_command(
     --since/--until), the events the export bills with those Lago holds, and name the
     difference: missing (expected, not found) and extra (held, from no event of the export).
     Counts first; events are listed only in the ranges whose counts disagree. Reads the input twice.
+    With --state, the missing events are no longer delivered in the send's ledger.
 
     Exit codes: 0 nothing missing or extra; 1 something is, or there was no event to reconcile;
     2 usage error; 3 a read failed (key, URL, the platform); 130 interrupted.
@@ -413,14 +418,46 @@ def reconcile_command(
             fail(f"--missing {missing} already exists: move it away (or replay it) first, or pick another name.")
         if not missing.parent.is_dir():
             fail(f"--missing {missing}: the folder {missing.parent} does not exist.")
-    result = Reconciliation(to.value)
+    if state is not None and not state.is_file():
+        fail(f"--state {state}: no such file; give the state file the send used (reconcile creates none).")
+    ledger = None
+    if state is not None:
+        try:
+            ledger = State(state, to.value, selection=options.selection(), url=_destination(reading.url))
+        except (StateBusy, OtherDestination, OSError, sqlite3.DatabaseError) as error:
+            _state_refused(state, error)
+    result = Reconciliation(to.value, state=None if state is None else str(state))
     try:
         with streaming_gc():
-            reconcile(options, reading, missing, result)
+            reconcile(options, reading, missing, result, ledger)
     except KeyboardInterrupt:
         result.interrupted = True
+    except STORAGE_ERRORS as error:  # --missing or the ledger cannot be written (a full disk)
+        result.stopped = _storage_failure(error, state)
+    if ledger is not None:
+        try:
+            ledger.close(save=result.stopped is None)
+        except sqlite3.Error as error:
+            result.stopped = result.stopped or _storage_failure(error, state)
     _report(result.as_dict() if json_ else None, lambda out: render(result, out, terminal=out.isatty()))
     raise typer.Exit(int(result.exit_code()))
+
+
+def _state_refused(state: Path | None, error: Exception) -> NoReturn:
+    """A state that cannot be used, found before anything is read: one line, exit 2."""
+    if isinstance(error, (StateBusy, OtherDestination)):
+        fail(str(error))
+    if isinstance(error, OSError):
+        fail(f"--state {state}: {error.strerror or error}.")
+    if isinstance(error, sqlite3.OperationalError):  # a full disk or a file-size limit
+        where = f"--state {state}" if state else f"the run's temporary duplicate index in {tempfile.gettempdir()}"
+        fail(f"{where}: cannot be written ({error}).")
+    fail(f"--state {state} is not a segbill state file ({error}).")
+
+
+def _storage_failure(error: Exception, state: Path | None) -> str:
+    """Why reconcile stopped writing: its --missing file or the ledger of --state."""
+    return f"cannot write the state file {state} ({error})" if isinstance(error, sqlite3.Error) else str(error)
 
 
 def _check_before_sending(options: Options, delivery: DeliveryOptions | None) -> None:

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, NoReturn
 
 import orjson
 
-from segbill.segment import DEAD_LETTER_MARKER, Record, dumps
+from segbill.segment import DEAD_LETTER_MARKER, MISSING_MARKER, Record, dumps
 
 DEFAULT_PATH = "segbill-dead-letter.jsonl"
 
@@ -37,7 +37,9 @@ class DeadLetterFile:
         self._unsynced = False
         self._failure: str | None = None  # why the file cannot be written, once a write failed
 
-    def write(self, record: Record, reason: str) -> None:
+    def write(self, record: Record, reason: str, *, missing_on_platform: bool = False) -> None:
+        """`missing_on_platform` (reconcile): a send of this entry overrides a ledger that has
+        the event as delivered."""
         entry: dict[str, Any] = {
             DEAD_LETTER_MARKER: 1,
             "reason": reason,
@@ -47,6 +49,8 @@ class DeadLetterFile:
         }
         if self.dry_run:
             entry["dry_run"] = True
+        if missing_on_platform:
+            entry[MISSING_MARKER] = True
         if record.first_source is not None and record.first_source != entry["source"]:
             entry["first_source"] = record.first_source
         message = record.original()

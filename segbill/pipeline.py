@@ -187,10 +187,14 @@ class Replay:
 
     def _claimed(self) -> Iterator[tuple[Record, dict[str, Any], str, int | None]]:
         """Check the buffered events against the ledger and this run's claims: repeats get their
-        outcome at once, then the new ones are handed out."""
+        outcome at once, then the new ones are handed out. An event reconcile found missing on
+        the platform is no longer delivered in the ledger: the platform's 200 did not store it."""
         pending, fresh = self._pending, self._fresh
         key_of = self.options.target.key
         keys = [(key_of(event), millis) for _, event, millis in pending]
+        missing = [key for key, (record, _, _) in zip(keys, pending) if record.missing_on_platform]
+        if missing:
+            self.tally.missing_resent += self.state.forget(missing)
         for (key, _), verdict in zip(keys, self.state.claim(keys)):
             record, event, _ = pending.popleft()
             if verdict is Claim.NEW:

@@ -10,7 +10,8 @@ differences, not with the events:
    are the platform's events listed;
 3. a second pass over the export matches the expected events of those ranges against the
    listed transaction ids: the unmatched are missing (written to `--missing` for `segbill send`
-   to replay), the listed ones no event accounts for are extra.
+   to replay, and no longer delivered in the ledger of `--state`), the listed ones no event
+   accounts for are extra.
 
 Counts that cancel out (one event missing and a foreign one in the same pair and range) cannot
 be seen by counting; the README says so.
@@ -29,6 +30,7 @@ from segbill.deadletter import DeadLetterFile
 from segbill.pipeline import Options, Replay, selected_events
 from segbill.report import ExitCode
 from segbill.segment import iso_millis
+from segbill.state import State
 from segbill.targets.lago_api import (
     PER_PAGE,
     LagoReader,
@@ -41,6 +43,7 @@ DAY = 86_400_000  # ms
 MISSING_REASON = "missing on the platform"
 TOP = 5
 PAIRS_AT_ONCE = 64  # pairs narrowed concurrently (the reader bounds the requests in flight)
+FORGET_CHUNK = 500  # missing events taken out of the ledger at a time
 
 Pair = tuple[str, str]  # (external subscription id, code)
 
@@ -88,6 +91,8 @@ class Reconciliation:
     missing_by: dict[str, Counter[str]] = field(default_factory=lambda: {"subscription": Counter(), "code": Counter(), "day": Counter()})
     extra_by: dict[str, Counter[str]] = field(default_factory=lambda: {"subscription": Counter(), "code": Counter(), "day": Counter()})
     missing_file: str | None = None
+    state: str | None = None  # the ledger of --state, if given
+    forgotten: int = 0  # missing events that ledger had as delivered, and no longer has
     requests: int = 0
     retries: int = 0
     stopped: str | None = None
@@ -140,6 +145,8 @@ class Reconciliation:
             "to": iso_millis(self.end) if self.end is not None else None,
             "breakdown": self.breakdown(),
             "missing_file": self.missing_file,
+            "state": self.state,
+            "forgotten": self.forgotten,
             "requests": self.requests,
             "retries": self.retries,
             "stopped": self.stopped,
@@ -147,10 +154,11 @@ class Reconciliation:
         }
 
 
-def reconcile(options: Options, reading: ReadOptions, missing_path: Path | None, result: Reconciliation) -> None:
+def reconcile(options: Options, reading: ReadOptions, missing_path: Path | None, result: Reconciliation, ledger: State | None = None) -> None:
     """All three steps; `result` keeps what was established if a step fails or is interrupted.
     Both passes select as a dry run of `options` does, with no dead-letter file: unreadable
-    lines are only counted."""
+    lines are only counted. The missing events are no longer delivered in `ledger` (the send's
+    --state, locked by the caller), so a replay with it sends them; nothing else is changed."""
     options = replace(options, dry_run=True, dead_letter=None)
     first = Replay(options)
     try:
@@ -170,7 +178,7 @@ def reconcile(options: Options, reading: ReadOptions, missing_path: Path | None,
     second = Replay(options)
     missing_file = DeadLetterFile(missing_path, options.target.name) if missing_path is not None else None
     try:
-        _match(second, differences, missing_file, result)
+        _match(second, differences, missing_file, ledger, result)
     finally:
         second.close()
         if missing_file is not None:
@@ -239,23 +247,43 @@ async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliati
     return differences
 
 
-def _match(replay: Replay, differences: Differences, missing_file: DeadLetterFile | None, result: Reconciliation) -> None:
+def _match(replay: Replay, differences: Differences, missing_file: DeadLetterFile | None, ledger: State | None, result: Reconciliation) -> None:
     """The second pass: each expected event of a disagreeing range is found (its transaction id
-    was listed) or missing; what stays listed afterwards is extra."""
+    was listed) or missing; what stays listed afterwards is extra. The missing leave the ledger
+    a chunk at a time, each once its entry is written."""
     listed, none_found = differences.listed, differences.none_found
-    for record, event in selected_events(replay):
-        pair, day = (str(event["external_subscription_id"]), str(event["code"])), event_millis(event) // DAY
-        ids = listed.get((pair, day))
-        if ids is not None and ids[event["transaction_id"]] > 0:
-            ids[event["transaction_id"]] -= 1
-        elif ids is not None or (pair, day) in none_found:
-            result.count("missing", pair, day)
-            if missing_file is not None:
-                missing_file.write(record, MISSING_REASON)
+    key_of = replay.options.target.key
+    forget: list[tuple[str, int]] = []
+    try:
+        for record, event in selected_events(replay):
+            millis = event_millis(event)
+            pair, day = (str(event["external_subscription_id"]), str(event["code"])), millis // DAY
+            ids = listed.get((pair, day))
+            if ids is not None and ids[event["transaction_id"]] > 0:
+                ids[event["transaction_id"]] -= 1
+            elif ids is not None or (pair, day) in none_found:
+                result.count("missing", pair, day)
+                if missing_file is not None:
+                    missing_file.write(record, MISSING_REASON, missing_on_platform=True)
+                if ledger is not None:
+                    forget.append((key_of(event), millis))
+                    if len(forget) >= FORGET_CHUNK:
+                        chunk, forget = forget, []
+                        result.forgotten += ledger.forget(chunk)
+    finally:
+        if forget and ledger is not None:
+            result.forgotten += ledger.forget(forget)
 
 
 def _replay_hint(path: str) -> str:
-    return f"replay: segbill send {path} --to lago (same mapping; not the backfill's --state, whose ledger has them as delivered)"
+    return f"replay: segbill send {path} --to lago, with the backfill's mapping and --state"
+
+
+def _ledger_note(result: Reconciliation) -> str:
+    """What reconcile did to the ledger of --state."""
+    if not result.missing:
+        return f"{result.state} left as it was: nothing is missing"
+    return f"missing events {result.state} had as delivered, and no longer has: a send with it sends them"
 
 
 def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
@@ -272,6 +300,8 @@ def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
         ("missing", f"{result.missing:,}", _replay_hint(result.missing_file) if result.missing_file else "expected, not on the platform"),
         ("extra", f"{result.extra:,}", "on the platform in scope, from no event of the export"),
     ]
+    if result.state is not None:
+        rows.append(("forgotten", f"{result.forgotten:,}", _ledger_note(result)))
     for dimension, worst in result.breakdown(TOP).items():
         if worst:
             lines = [f"{key}: {row['missing']:,} missing, {row['extra']:,} extra" for key, row in worst.items()]

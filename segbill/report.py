@@ -33,6 +33,7 @@ class Tally:
     read: int = 0
     delivered: int = 0
     already_delivered: int = 0  # of `delivered`: the platform already held them (a lost answer, a rerun)
+    missing_resent: int = 0  # marked missing on the platform by reconcile, delivered per the ledger: sent again
     skipped: Counter[str] = field(default_factory=Counter)
     dead_lettered: Counter[str] = field(default_factory=Counter)
     not_attempted: int = 0
@@ -87,6 +88,7 @@ class Tally:
             "read": self.read,
             done: self.delivered,
             "already_delivered": self.already_delivered,
+            "missing_resent": self.missing_resent,
             "skipped": sum(self.skipped.values()),
             "skipped_by_reason": dict(sorted(self.skipped.items())),
             "dead_lettered": sum(self.dead_lettered.values()),
@@ -128,6 +130,8 @@ def render(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
     ]
     if tally.already_delivered:
         rows.append(("already delivered", f"{tally.already_delivered:,}", "of those delivered: the platform held them already"))
+    if tally.missing_resent:
+        rows.append(("missing resent", f"{tally.missing_resent:,}", "the ledger had them as delivered; reconcile found them missing on the platform"))
     rows += [
         ("skipped", f"{data['skipped']:,}", _breakdown(tally.skipped)),
         ("dead-lettered", f"{data['dead_lettered']:,}", _breakdown(tally.dead_lettered)),

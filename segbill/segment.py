@@ -17,6 +17,8 @@ from typing import Any, Callable
 import orjson
 
 DEAD_LETTER_MARKER = "segbill_dead_letter"
+# In a dead-letter entry written by `segbill reconcile`: the platform does not hold this event.
+MISSING_MARKER = "missing_on_platform"
 UTF8_BOM = b"\xef\xbb\xbf"
 
 # orjson reads integers beyond 64 bits as floats; a float this large may be such an integer, so
@@ -44,6 +46,7 @@ class Record:
     `line` is 1-based, `offset` the byte offset of the line in the (decompressed) stream, `end`
     the offset just after it. `index` is the position inside a line holding several messages.
     A record is a message exactly when `invalid` is None, even once `drop_message` let it go.
+    `missing_on_platform`: read from a reconcile's entry saying the platform does not hold it.
     """
 
     path: str
@@ -55,6 +58,7 @@ class Record:
     index: int | None = None
     invalid: Invalid | None = None
     first_source: dict[str, Any] | None = None
+    missing_on_platform: bool = False
 
     def source(self) -> dict[str, Any]:
         source: dict[str, Any] = {"path": self.path, "line": self.line}
@@ -193,9 +197,10 @@ def _replayed(
     """A line of segbill's own dead-letter file: read back the original record or text."""
     first = entry.get("first_source") or entry.get("source")
     first_source = first if isinstance(first, dict) else None
+    missing = entry.get(MISSING_MARKER) is True
     record = entry.get("record")
     if isinstance(record, dict):
-        return Record(path, line, offset, end, raw, message=record, first_source=first_source)
+        return Record(path, line, offset, end, raw, message=record, first_source=first_source, missing_on_platform=missing)
     original: bytes | None = None
     if isinstance(entry.get("raw_base64"), str):
         original = base64.b64decode(entry["raw_base64"])
@@ -209,6 +214,7 @@ def _replayed(
         invalid = Invalid("not_object", "This dead-letter line's raw text holds several messages; replay it as a file.")
         return Record(path, line, offset, end, original, invalid=invalid, first_source=first_source)
     records[0].first_source = first_source
+    records[0].missing_on_platform = missing
     return records[0]
 
 

@@ -242,6 +242,13 @@ class State:
         kept = "delivered <> 1" if refused else "delivered = 0"
         self.db.executemany(f"DELETE FROM ledger WHERE target = ? AND key = ? AND {kept}", [(self.target, key) for key in keys])
 
+    def forget(self, keys: list[tuple[str, int]]) -> int:
+        """(key, millis) the platform answered 200 for and does not hold (reconcile found them
+        missing): no longer delivered, so a replay sends them. A key delivered with another
+        event time stays: the platform may hold it at that time. Returns how many were forgotten."""
+        rows = [(self.target, key, millis) for key, millis in keys]
+        return self.db.executemany("DELETE FROM ledger WHERE target = ? AND key = ? AND millis = ? AND delivered = 1", rows).rowcount
+
     # -- checkpoints -----------------------------------------------------------------------------
 
     def checkpoint(self, source: Source) -> Checkpoint | None:

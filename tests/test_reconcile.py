@@ -3,14 +3,21 @@ that `segbill send` replays to complete the backfill."""
 
 from __future__ import annotations
 
+import os
 import random
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from segbill.segment import parse_time
+from segbill.state import State
 from segbill.testing.fake_platform import FakePlatform
 
 from .conftest import jsonl, track, write
@@ -200,18 +207,123 @@ def test_shards_reconcile_their_own_customers(segbill, tmp_path: Path) -> None:
         assert theirs["missing"] == theirs["expected"] == 300 - mine["expected"] > 0
 
 
-def test_the_repair_of_a_backfill_sent_with_a_state_goes_without_that_state(segbill, tmp_path: Path) -> None:
-    """Lago answered 200 for the lost events: the backfill's ledger has them as delivered."""
-    messages = export(500)
-    path = write(tmp_path / "export.jsonl", jsonl(*messages))
+def lossy_backfill(segbill, fake: FakePlatform, path: Path, *args: str) -> set[str]:
+    """A send with `args` that Lago answers 200 throughout while losing ~5%: the lost ids."""
+    assert segbill("send", str(path), "--to", "lago", *args, env=env(fake)).exit_code == 0
+    fake.lago_event_loss = 0.0
+    lost = {event["transaction_id"] for event in fake.lost()}
+    assert lost
+    return lost
+
+
+def send_json(segbill, fake: FakePlatform, *args: str) -> tuple[int, dict[str, Any]]:
+    run = segbill("send", *args, "--to", "lago", "--json", env=env(fake))
+    assert KEY not in run.stdout + run.stderr
+    return run.exit_code, orjson.loads(run.stdout)
+
+
+def ledger(path: str) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT * FROM ledger ORDER BY key").fetchall()
+
+
+def test_reconcile_with_the_backfills_state_lets_a_replay_with_that_state_complete_it(segbill, tmp_path: Path) -> None:
+    """The natural repair: the state the backfill used, for reconcile and for the replay."""
+    path = write(tmp_path / "export.jsonl", jsonl(*export(500)))
     with FakePlatform(api_key=KEY, lago_event_loss=0.05, seed=2) as fake:
-        assert segbill("send", str(path), "--to", "lago", "--state", "backfill.db", env=env(fake)).exit_code == 0
-        fake.lago_event_loss = 0.0
-        lost = {event["transaction_id"] for event in fake.lost()}
-        run = segbill("reconcile", str(path), "--to", "lago", "--missing", "missing.jsonl", env=env(fake))
-        assert run.exit_code == 1 and "not the backfill's --state" in run.stdout
-        with_state = segbill("send", "missing.jsonl", "--to", "lago", "--state", "backfill.db", "--json", env=env(fake))
-        assert orjson.loads(with_state.stdout)["skipped_by_reason"] == {"duplicate": len(lost)}  # the README's warning
-        assert segbill("send", "missing.jsonl", "--to", "lago", env=env(fake)).exit_code == 0
-        code, result = reconcile(segbill, fake, str(path))
-        assert code == 0 and (result["found"], result["missing"], result["extra"]) == (500, 0, 0)
+        lost = lossy_backfill(segbill, fake, path, "--state", "backfill.db")
+        delivered = {row[1] for row in ledger("backfill.db") if row[3] == 1}
+        assert lost <= delivered  # Lago answered 200: the ledger has them as delivered
+
+        code, result = reconcile(segbill, fake, str(path), "--state", "backfill.db", "--missing", "missing.jsonl")
+        assert code == 1 and (result["missing"], result["forgotten"], result["state"]) == (len(lost), len(lost), "backfill.db")
+        assert {row[1] for row in ledger("backfill.db")} == delivered - lost  # nothing else changed
+        entries = [orjson.loads(line) for line in Path("missing.jsonl").read_bytes().splitlines()]
+        assert {e["record"]["messageId"] for e in entries if e["missing_on_platform"] is True} == lost
+
+        code, summary = send_json(segbill, fake, "missing.jsonl", "--state", "backfill.db")
+        assert code == 0 and (summary["delivered"], summary["missing_resent"], summary["skipped"]) == (len(lost), 0, 0)
+        assert len(fake.counts("lago")) == 500 and set(fake.counts("lago").values()) == {1}
+
+        run = segbill("reconcile", str(path), "--to", "lago", "--state", "backfill.db", env=env(fake))
+        assert run.exit_code == 0 and "forgotten" in run.stdout and "backfill.db left as it was: nothing is missing" in run.stdout
+        assert {row[1] for row in ledger("backfill.db") if row[3] == 1} == delivered
+
+
+@pytest.mark.parametrize("store", ["postgres", "clickhouse"])
+def test_a_replay_with_a_state_that_has_the_missing_as_delivered_resends_them(segbill, tmp_path: Path, store: str) -> None:
+    """Reconcile without --state changes nothing; the replay's entries, marked missing on the
+    platform, override the ledger, and a resend of what the platform holds is absorbed."""
+    path = write(tmp_path / "export.jsonl", jsonl(*export(500)))
+    with FakePlatform(api_key=KEY, lago_event_loss=0.05, seed=2, lago_store=store) as fake:
+        lost = lossy_backfill(segbill, fake, path, "--state", "backfill.db")
+        before = (ledger("backfill.db"), sorted(p.name for p in tmp_path.iterdir()))
+        code, result = reconcile(segbill, fake, str(path), "--missing", "missing.jsonl")
+        assert code == 1 and (result["missing"], result["forgotten"], result["state"]) == (len(lost), 0, None)
+        assert (ledger("backfill.db"), sorted(p.name for p in tmp_path.iterdir() if p.name != "missing.jsonl")) == before
+
+        preview = segbill("send", "missing.jsonl", "--to", "lago", "--state", "backfill.db", "--dry-run", env=env(fake))
+        assert {event["transaction_id"] for event in preview.events} == lost
+        assert ledger("backfill.db") == before[0]  # a dry run keeps nothing
+
+        code, summary = send_json(segbill, fake, "missing.jsonl", "--state", "backfill.db")
+        assert code == 0 and (summary["delivered"], summary["missing_resent"], summary["skipped"]) == (len(lost), len(lost), 0)
+        assert len(fake.counts("lago")) == 500 and set(fake.counts("lago").values()) == {1}
+        # A copy (its own checkpoint) stands for events that were on the platform after all.
+        Path("again.jsonl").write_bytes(Path("missing.jsonl").read_bytes())
+        run = segbill("send", "again.jsonl", "--to", "lago", "--state", "backfill.db", env=env(fake))
+        assert run.exit_code == 0 and f"\n  missing resent   {len(lost)}  (the ledger had them as delivered" in run.stderr
+        assert set(fake.counts("lago").values()) == {1}  # Postgres: value_already_exist; ClickHouse: replaced
+        assert ("already delivered" in run.stderr) == (store == "postgres")
+        # Writes of each: the lost one, the replay's, and ClickHouse's replacement (Postgres refused it).
+        assert {fake.writes("lago")[i] for i in lost} == {3 if store == "clickhouse" else 2}
+        code, again = reconcile(segbill, fake, str(path))
+        assert code == 0 and (again["found"], again["missing"], again["extra"]) == (500, 0, 0)
+
+
+def test_an_entry_marked_missing_is_not_resent_over_a_delivery_at_another_time(segbill, tmp_path: Path) -> None:
+    """The ledger's delivery of that id at another time may be what the platform holds: a
+    resend would be billed twice on ClickHouse. It stays a shifted repeat, said on stderr."""
+    message = track(messageId="m1", userId="sub-00", event="api_calls", timestamp=_iso(START))
+    path = write(tmp_path / "export.jsonl", jsonl(message))
+    entry = {"segbill_dead_letter": 1, "reason": "missing on the platform", "missing_on_platform": True, "target": "lago",
+             "source": {"path": "other.jsonl", "line": 1}, "record": {**message, "timestamp": _iso(START + 1)}}
+    replay = write(tmp_path / "missing.jsonl", orjson.dumps(entry) + b"\n")
+    with FakePlatform(api_key=KEY, lago_store="clickhouse") as fake:
+        assert segbill("send", str(path), "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
+        run = segbill("send", str(replay), "--to", "lago", "--state", "s.db", "--json", env=env(fake))
+        summary = orjson.loads(run.stdout)
+        assert (summary["missing_resent"], summary["skipped_by_reason"]) == (0, {"duplicate_shifted": 1})
+        assert "m1 was already sent with another event time" in run.stderr
+        assert fake.writes("lago") == {"m1": 1}
+
+
+def test_reconcile_takes_the_states_lock_and_refuses_another_destination_or_no_file(segbill, tmp_path: Path) -> None:
+    path = write(tmp_path / "export.jsonl", jsonl(*export(50)))
+    with FakePlatform(api_key=KEY) as fake, FakePlatform(api_key=KEY) as other:
+        assert segbill("send", str(path), "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
+        holder = State(tmp_path / "s.db", "lago")
+        try:
+            busy = segbill("reconcile", str(path), "--to", "lago", "--state", "s.db", env=env(fake))
+        finally:
+            holder.close()
+        assert busy.exit_code == 2 and "another segbill run is using s.db" in busy.stderr
+        elsewhere = segbill("reconcile", str(path), "--to", "lago", "--state", "s.db", env=env(other))
+        assert elsewhere.exit_code == 2 and f"holds deliveries to lago at {fake.url}" in elsewhere.stderr
+        typo = segbill("reconcile", str(path), "--to", "lago", "--state", "s2.db", env=env(fake))
+        assert typo.exit_code == 2 and "--state s2.db: no such file" in typo.stderr and not Path("s2.db").exists()
+        assert [r for r in fake.requests("lago") if r.method == "GET"] == [] and other.requests() == []
+
+
+def test_a_missing_file_that_cannot_be_written_stops_reconcile_with_one_line_and_exit_3(segbill, tmp_path: Path) -> None:
+    """RLIMIT_FSIZE (in the child) fails the third entry's write with EFBIG, as a full disk would."""
+    path = write(tmp_path / "export.jsonl", jsonl(*export(500)))
+    with FakePlatform(api_key=KEY, lago_event_loss=0.05, seed=2) as fake:
+        lost = lossy_backfill(segbill, fake, path, "--state", "backfill.db")
+        limited = "import resource, runpy; resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000)); runpy.run_module('segbill', run_name='__main__')"
+        args = ["reconcile", str(path), "--to", "lago", "--missing", "missing.jsonl", "--json"]
+        done = subprocess.run([sys.executable, "-c", limited, *args], env={**os.environ, **env(fake)}, capture_output=True, check=False, timeout=60)
+        assert done.returncode == 3 and done.stderr == b"", done.stderr
+        result = orjson.loads(done.stdout)
+        assert "cannot write the dead-letter file missing.jsonl" in result["stopped"] and result["missing"] < len(lost)
+        assert 0 < len(Path("missing.jsonl").read_bytes().splitlines()) < len(lost)
