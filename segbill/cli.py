@@ -406,7 +406,8 @@ def reconcile_command(
     With --state, the missing events are no longer delivered in the send's ledger.
 
     Exit codes: 0 nothing missing or extra; 1 something is, or there was no event to reconcile;
-    2 usage error; 3 a read failed (key, URL, the platform); 130 interrupted.
+    2 usage error; 3 a read failed (key, URL, the platform), or --missing or the state could not
+    be written; 130 interrupted.
     """
     from segbill.reconcile import Reconciliation, reconcile, render
 
