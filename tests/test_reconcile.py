@@ -222,9 +222,10 @@ def send_json(segbill, fake: FakePlatform, *args: str) -> tuple[int, dict[str, A
     return run.exit_code, orjson.loads(run.stdout)
 
 
-def ledger(path: str) -> list[tuple[Any, ...]]:
+def ledger(path: str) -> list[tuple[str, int, int]]:
+    """(key, event time, delivered) of each row of a state's ledger."""
     with closing(sqlite3.connect(path)) as db:
-        return db.execute("SELECT * FROM ledger ORDER BY key").fetchall()
+        return db.execute("SELECT key, millis, delivered FROM ledger ORDER BY key").fetchall()
 
 
 def test_reconcile_with_the_backfills_state_lets_a_replay_with_that_state_complete_it(segbill, tmp_path: Path) -> None:
@@ -232,12 +233,12 @@ def test_reconcile_with_the_backfills_state_lets_a_replay_with_that_state_comple
     path = write(tmp_path / "export.jsonl", jsonl(*export(500)))
     with FakePlatform(api_key=KEY, lago_event_loss=0.05, seed=2) as fake:
         lost = lossy_backfill(segbill, fake, path, "--state", "backfill.db")
-        delivered = {row[1] for row in ledger("backfill.db") if row[3] == 1}
+        delivered = {key for key, _, delivered in ledger("backfill.db") if delivered == 1}
         assert lost <= delivered  # Lago answered 200: the ledger has them as delivered
 
         code, result = reconcile(segbill, fake, str(path), "--state", "backfill.db", "--missing", "missing.jsonl")
         assert code == 1 and (result["missing"], result["forgotten"], result["state"]) == (len(lost), len(lost), "backfill.db")
-        assert {row[1] for row in ledger("backfill.db")} == delivered - lost  # nothing else changed
+        assert {key for key, _, _ in ledger("backfill.db")} == delivered - lost  # nothing else changed
         entries = [orjson.loads(line) for line in Path("missing.jsonl").read_bytes().splitlines()]
         assert {e["record"]["messageId"] for e in entries if e["missing_on_platform"] is True} == lost
 
@@ -247,7 +248,7 @@ def test_reconcile_with_the_backfills_state_lets_a_replay_with_that_state_comple
 
         run = segbill("reconcile", str(path), "--to", "lago", "--state", "backfill.db", env=env(fake))
         assert run.exit_code == 0 and "forgotten" in run.stdout and "backfill.db left as it was: nothing is missing" in run.stdout
-        assert {row[1] for row in ledger("backfill.db") if row[3] == 1} == delivered
+        assert {key for key, _, delivered in ledger("backfill.db") if delivered == 1} == delivered
 
 
 @pytest.mark.parametrize("store", ["postgres", "clickhouse"])
