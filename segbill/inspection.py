@@ -650,23 +650,23 @@ def _sections(result: dict[str, Any]) -> tuple[list[str], list[_Section]]:
     sections.append(_repeats_section(result["message_ids"], result["limits"]["message_ids"]))
 
     for event in listed[:SHOWN_PROPERTY_EVENTS]:
-        keys = _Section(
+        section = _Section(
             f"Properties of {_event_name(event)} ({_n(event['messages'])} messages)", ("key", ">present", "types")
         )
         for key in event["properties"]:
-            types = ", ".join(
+            kinds = ", ".join(
                 name if count == key["present"] else f"{name} {_pct(_fraction(count, key['present']))}"
                 for name, count in key["types"].items()
             )
-            keys.rows.append((key["key"], _pct(key["fraction"]), types))
+            section.rows.append((key["key"], _pct(key["fraction"]), kinds))
         if not event["properties"]:
-            keys.notes.append("No properties.")
+            section.notes.append("No properties.")
         if event["untracked_properties"]:
-            keys.notes.append(
+            section.notes.append(
                 f"More keys than the first {_n(result['limits']['properties_per_event'])}: "
                 f"{_n(event['untracked_properties'])} occurrences not described."
             )
-        sections.append(keys)
+        sections.append(section)
     if len(listed) > SHOWN_PROPERTY_EVENTS:
         sections[-1].notes.append(f"Properties of {len(listed) - SHOWN_PROPERTY_EVENTS} more events: see --json.")
     return header, sections
@@ -719,9 +719,9 @@ def render(result: dict[str, Any], stream: IO[str], *, terminal: bool) -> None:
     lines = list(header)
     for section in sections:
         lines += ["", section.title]
-        table = [tuple(name.lstrip(">") for name in section.columns), *section.rows]
-        widths = [max(len(row[i]) for row in table) for i in range(len(section.columns))]
-        for row in table:
+        grid = [tuple(name.lstrip(">") for name in section.columns), *section.rows]
+        widths = [max(len(row[i]) for row in grid) for i in range(len(section.columns))]
+        for row in grid:
             cells = [
                 cell.rjust(width) if name.startswith(">") else cell.ljust(width)
                 for cell, width, name in zip(row, widths, section.columns)

@@ -318,7 +318,7 @@ class Replay:
         self.tally.not_attempted += len(self._pending) + len(self._fresh)
         self._pending.clear()
         self._fresh.clear()
-        steps = [self.checkpoint, lambda: self.state.close(save=self.failure is None)]
+        steps: list[Callable[[], None]] = [self.checkpoint, lambda: self.state.close(save=self.failure is None)]
         if self.dead_letters is not None:
             steps.append(self.dead_letters.close)
         for step in steps:

@@ -557,7 +557,7 @@ class _Generator:
     def duplicate(self) -> dict[str, Any]:
         """An earlier message again, received again; a retry may carry a timestamp a few ms off."""
         original, library, stamp_us = self.pool[int(self.random() * len(self.pool))]
-        message = orjson.loads(original)
+        message: dict[str, Any] = orjson.loads(original)
         now = self.advance()
         message["receivedAt"] = _iso(now + int(self.random() * 300_000), 3, "Z")
         if self.random() < 0.4:

@@ -261,7 +261,8 @@ class FakePlatform:
         """Stored events as the platform keeps them (Lago: known keys only), oldest first."""
         with self._lock:
             stored = self._lago_rows if platform == "lago" else self._hyperline_rows
-            return orjson.loads(orjson.dumps(list(stored.values())))
+            copy: list[dict[str, Any]] = orjson.loads(orjson.dumps(list(stored.values())))
+            return copy
 
     def counts(self, platform: Platform) -> dict[str, int]:
         """Stored events per idempotency key (Lago transaction_id, Hyperline record.id): what
@@ -655,7 +656,8 @@ class FakePlatform:
             return _message(400, f"A batch holds 1 to {HYPERLINE_MAX_BATCH} events, not {len(payload)}")
         if any(map(self._hyperline_is_malformed, payload)):
             return _message(400, "Malformed request")
-        created, failed = [], []
+        created: list[Any] = []
+        failed: list[Any] = []
         for event in payload:
             (created if self._hyperline_ok(event) else failed).append(event)
         for event in created:
