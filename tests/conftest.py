@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from segbill import sources
 from segbill.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +50,20 @@ def segbill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return Run(result.exit_code, result.stdout, result.stderr, tmp_path / dead_letter)
 
     return run
+
+
+# In a subprocess, this makes `import isal` fail, so segbill falls back to zlib.
+WITHOUT_ISAL = "import sys; sys.modules['isal'] = None; from segbill import main; sys.argv[0] = 'segbill'; main()"
+
+
+@pytest.fixture(params=["isal", "zlib"])
+def inflate(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """gzip inputs are inflated by python-isal when installed, else by zlib: test both."""
+    if request.param == "isal":
+        monkeypatch.setattr(sources, "decompressobj", pytest.importorskip("isal.isal_zlib").decompressobj)
+    else:
+        monkeypatch.setattr(sources, "decompressobj", zlib.decompressobj)
+    return request.param
 
 
 def track(**fields: Any) -> dict[str, Any]:

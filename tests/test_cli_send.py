@@ -69,7 +69,7 @@ def test_stdin_with_a_dash_or_no_path(segbill) -> None:
         assert [e["transaction_id"] for e in run.events] == [f"m{i}" for i in range(5)]
 
 
-def test_gzip_on_stdin(segbill) -> None:
+def test_gzip_on_stdin(segbill, inflate: str) -> None:
     import gzip
 
     run = segbill("send", "--to", "hyperline", "--dry-run", input=gzip.compress(jsonl(*GOOD)))

@@ -226,7 +226,7 @@ def test_an_empty_input() -> None:
     assert result.exit_code == 0 and "No track messages" in result.stdout
 
 
-def test_gzip_by_content_on_stdin_and_in_a_file(tmp_path: Path) -> None:
+def test_gzip_by_content_on_stdin_and_in_a_file(tmp_path: Path, inflate: str) -> None:
     plain = report(str(EVENTS))
     packed = write(tmp_path / "events.jsonl", EVENTS.read_bytes(), compress=True)  # gzip named .jsonl
     from_file = report(str(packed))
@@ -236,7 +236,7 @@ def test_gzip_by_content_on_stdin_and_in_a_file(tmp_path: Path) -> None:
         assert orjson.loads(text) == plain
 
 
-def test_a_truncated_gzip_file_is_reported_with_what_was_read_before(tmp_path: Path) -> None:
+def test_a_truncated_gzip_file_is_reported_with_what_was_read_before(tmp_path: Path, inflate: str) -> None:
     packed = gzip.compress(jsonl(*(track(messageId=f"m{i}") for i in range(2000))))
     path = write(tmp_path / "cut.gz", packed[: len(packed) // 2])
     result = report(str(path))

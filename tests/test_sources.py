@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,7 @@ def test_a_utf8_bom_is_dropped_and_offsets_still_count_it(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("name", ["export.gz", "export.jsonl", "no-extension"])
-def test_gzip_is_detected_by_content_not_by_name(tmp_path: Path, name: str) -> None:
+def test_gzip_is_detected_by_content_not_by_name(tmp_path: Path, name: str, inflate: str) -> None:
     data = b"".join(b'{"n":%d}\n' % i for i in range(1000))
     compressed = write(tmp_path / "z" / name, data, compress=True)
     plain = write(tmp_path / "p" / name, data)
@@ -41,13 +43,13 @@ def test_gzip_is_detected_by_content_not_by_name(tmp_path: Path, name: str) -> N
     assert len(lines_of(compressed)) == 1000
 
 
-def test_concatenated_gzip_members_are_all_read(tmp_path: Path) -> None:
+def test_concatenated_gzip_members_are_all_read(tmp_path: Path, inflate: str) -> None:
     path = tmp_path / "multi.gz"
     path.write_bytes(gzip.compress(b'{"a":1}\n') + gzip.compress(b'{"b":2}\n'))
     assert [line[3] for line in lines_of(path)] == [b'{"a":1}', b'{"b":2}']
 
 
-def test_a_truncated_gzip_file_yields_everything_before_the_break_then_says_where(tmp_path: Path) -> None:
+def test_a_truncated_gzip_file_yields_everything_before_the_break_then_says_where(tmp_path: Path, inflate: str) -> None:
     data = b"".join(b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * (i % 50)) for i in range(20000))
     whole = gzip.compress(data)
     path = write(tmp_path / "cut.gz", whole[: len(whole) // 2])
@@ -57,6 +59,15 @@ def test_a_truncated_gzip_file_yields_everything_before_the_break_then_says_wher
     assert [data for _, _, _, data, _ in good] == data.split(b"\n")[: len(good)]
     assert last[4] == "bad_gzip" and last[0] == len(good) + 1
     assert data[last[1]:].startswith(last[3])  # the partial line is kept, at its offset
+
+
+def test_a_corrupt_gzip_member_ends_the_file_after_everything_before_it(tmp_path: Path, inflate: str) -> None:
+    data = b"".join(b'{"n":%d}\n' % i for i in range(200000))
+    corrupt = gzip.compress(b'{"next":"member"}\n')[:10] + b"\xff" * 64  # an invalid deflate block type
+    lines = lines_of(write(tmp_path / "bad.gz", gzip.compress(data) + corrupt))
+    good, last = lines[:-1], lines[-1]
+    assert [data for _, _, _, data, _ in good] == data.split(b"\n")[:-1]
+    assert last[4] == "bad_gzip" and last[0] == 200001
 
 
 def test_an_overlong_line_is_reported_without_being_held_and_the_next_line_survives(tmp_path: Path) -> None:
@@ -135,3 +146,9 @@ def test_a_folder_walk_error_stops_before_reading(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr("segbill.sources.os.walk", walk)
     with pytest.raises(UsageError, match=r"x/locked: cannot read this folder \(Permission denied\)\."):
         expand([str(tmp_path / "x")], stdin_is_terminal=False)
+
+
+def test_without_python_isal_gzip_is_inflated_by_zlib() -> None:
+    code = "import sys; sys.modules['isal'] = None; from segbill import sources; print(sources.decompressobj.__module__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "zlib"

@@ -17,7 +17,7 @@ from segbill import delivery, state
 from segbill.state import State
 from segbill.testing.fake_platform import FakePlatform
 
-from .conftest import jsonl, track, write
+from .conftest import WITHOUT_ISAL, jsonl, track, write
 
 KEY = "sk-state-test-key"
 
@@ -179,12 +179,13 @@ def test_a_dry_run_with_state_changes_nothing(segbill, tmp_path: Path, fake: Fak
     assert summary["delivered"] == 10  # the dry run claimed nothing
 
 
-def test_gzip_files_resume_from_their_checkpoint(tmp_path: Path, fake: FakePlatform) -> None:
+def test_gzip_files_resume_from_their_checkpoint(tmp_path: Path, fake: FakePlatform, inflate: str) -> None:
     """A run stopped by a fatal answer resumes mid-file; lines before the checkpoint are not re-read."""
     write(tmp_path / "a.gz", jsonl(*messages(1000)), compress=True)
     fake.latency = 0.02
     env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
-    command = [sys.executable, "-m", "segbill", "send", "a.gz", "--to", "lago", "--json", "--quiet", "--state", "s.db", "--concurrency", "1", "--batch-size", "50"]
+    segbill = ["-m", "segbill"] if inflate == "isal" else ["-c", WITHOUT_ISAL]
+    command = [sys.executable, *segbill, "send", "a.gz", "--to", "lago", "--json", "--quiet", "--state", "s.db", "--concurrency", "1", "--batch-size", "50"]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for(lambda: len(fake.counts("lago")) >= 300)
     fake.script(["401"])
