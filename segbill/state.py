@@ -1,7 +1,7 @@
 """Run state in SQLite: the ledger of delivered idempotency keys, per-file checkpoints, the lock.
 
-With `--state PATH` it persists between runs; without, a temporary SQLite file still holds the
-run's duplicate index, so memory stays flat however many message ids a run sees.
+With `--state PATH` it persists between runs. A run that keeps nothing (no `--state`, or a dry
+run) holds its own claims in a `KeyIndex` in memory instead, in front of the ledger it reads.
 
 - ledger: (target, key) -> the event time (ms) the key was sent with, and whether the platform
   acknowledged it. Rows with `delivered = 0` are this run's claims on keys not yet sent; they are
@@ -23,6 +23,7 @@ import hashlib
 import os
 import random
 import sqlite3
+import struct
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ CREATE TABLE IF NOT EXISTS destinations (
 """
 # Dead letters remembered per page of a re-read file: memory stays flat however many there are.
 DEAD_LETTER_PAGE = 1000
+# Claims a `KeyIndex` holds in memory (22 bytes each, ~50 MB in all) before they move to disk.
+INDEX_LIMIT = 2_000_000
 
 
 class StateBusy(Exception):
@@ -112,6 +115,9 @@ class State:
             raise
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
+        # A run that keeps nothing claims in memory, and reads the ledger only if it holds keys.
+        self._index = None if self.keeps else KeyIndex(self.db)
+        self._ledger_empty = self.db.execute("SELECT 1 FROM ledger WHERE target = ? LIMIT 1", (target,)).fetchone() is None
         self.checkpoints_changed: dict[str, tuple[Source, Checkpoint]] = {}
         self.resending: dict[str, int] = {}  # RESEND keys claimed by this run -> the request they were sent in
         self._requests: set[int] = set()  # the marks of this run's own requests (see `sending`)
@@ -155,6 +161,8 @@ class State:
 
     def claim(self, keys: list[tuple[str, int]]) -> list[Claim]:
         """For each (key, millis): NEW (now claimed for this run) or why it must not be sent."""
+        if self._index is not None:
+            return self._claim_in_memory(keys)
         if not RETURNING:
             return self._claim_in_two_steps(keys)
         inserted: set[str] = set()
@@ -195,6 +203,27 @@ class State:
             rows = self.db.execute(f"SELECT key, millis, delivered FROM ledger WHERE target = ? AND key IN ({marks})", [self.target, *chunk])
             found.update((key, (millis, delivered)) for key, millis, delivered in rows)
         return found
+
+    def _claim_in_memory(self, keys: list[tuple[str, int]]) -> list[Claim]:
+        """`claim` for a run that keeps nothing: its claims are in the `KeyIndex`. A key it does
+        not hold may be in the ledger (an earlier run's, read by a dry run): it is judged by the
+        ledger's row, each time, and never claimed."""
+        index = self._index
+        assert index is not None
+        blake2s = hashlib.blake2s
+        hashes = [blake2s(key.encode("utf-8", "surrogatepass"), digest_size=16).digest() for key, _ in keys]  # = _hash
+        times = [millis for _, millis in keys]
+        earlier = {} if self._ledger_empty else self._rows([key for (key, _), held in zip(keys, index.holds(hashes)) if not held])
+        if not earlier:
+            return [Claim.NEW if known is None else Claim.DUPLICATE if known == millis else Claim.SHIFTED for known, millis in zip(index.claim(hashes, times), times)]
+        verdicts = []
+        for (key, millis), hashed in zip(keys, hashes):
+            if key in earlier:
+                verdicts.append(self._repeat(key, millis, *earlier[key]))
+                continue
+            [known] = index.claim([hashed], [millis])
+            verdicts.append(Claim.NEW if known is None else Claim.DUPLICATE if known == millis else Claim.SHIFTED)
+        return verdicts
 
     def _claim_in_two_steps(self, keys: list[tuple[str, int]]) -> list[Claim]:
         """`claim` for SQLite before 3.35 (no RETURNING): look the keys up, then insert the new."""
@@ -239,6 +268,9 @@ class State:
     def release(self, keys: list[str], *, refused: bool = False) -> None:
         """Keys that were not delivered: a repeat, a rerun or a replay may send them again. Keys
         sent without an answer stay marked as such, unless the platform `refused` them."""
+        if self._index is not None:  # all of this run's claims, and only those, are in the index
+            self._index.remove([_hash(key) for key in keys])
+            return
         kept = "delivered <> 1" if refused else "delivered = 0"
         self.db.executemany(f"DELETE FROM ledger WHERE target = ? AND key = ? AND {kept}", [(self.target, key) for key in keys])
 
@@ -334,6 +366,108 @@ class State:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+class KeyIndex:
+    """A run's claims: each key as a 128-bit BLAKE2s hash with its event time, packed 22 bytes an
+    entry in 65,536 buckets (the hash's first two bytes pick one; a hit is found with one
+    `bytearray.find`). Two distinct keys share a hash with probability under n^2 / 2^129: 1.5e-27
+    for a million keys, 1.5e-21 for a billion. Past `INDEX_LIMIT` entries, they all move to a
+    temporary table (the connection's temp store), where later misses are looked up."""
+
+    _BUCKETS = 1 << 16
+    _ENTRY = 22  # the hash's last 14 bytes, then the event time (8 bytes, signed)
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._buckets = [bytearray() for _ in range(self._BUCKETS)]
+        self._size = 0
+        self._spilled = False
+
+    def claim(self, hashes: list[bytes], times: list[int]) -> list[int | None]:
+        """For each hash: the event time it was claimed with before, or None: claimed now, with its time."""
+        if self._size >= INDEX_LIMIT:
+            self._spill()
+        buckets, entry, packed = self._buckets, self._ENTRY, _PACKED
+        spilled = self._on_disk(hashes) if self._spilled else {}
+        found: list[int | None] = []
+        append = found.append
+        for hashed, millis in zip(hashes, times):
+            bucket = buckets[(hashed[0] << 8) | hashed[1]]
+            tail = hashed[2:]
+            at = bucket.find(tail)
+            if at > 0 and at % entry:
+                at = _find(bucket, tail, entry)
+            if at >= 0:
+                append(int.from_bytes(bucket[at + 14 : at + entry], "little", signed=True))
+            elif hashed in spilled:
+                append(spilled[hashed])
+            else:
+                bucket += packed(tail, millis)
+                append(None)
+        self._size += found.count(None)
+        return found
+
+    def holds(self, hashes: list[bytes]) -> list[bool]:
+        """Whether each hash is claimed (without claiming it)."""
+        buckets, entry = self._buckets, self._ENTRY
+        spilled = self._on_disk(hashes) if self._spilled else {}
+        held = []
+        for hashed in hashes:
+            bucket = buckets[(hashed[0] << 8) | hashed[1]]
+            held.append(_find(bucket, hashed[2:], entry) >= 0 or hashed in spilled)
+        return held
+
+    def remove(self, hashes: list[bytes]) -> None:
+        for hashed in hashes:
+            bucket = self._buckets[(hashed[0] << 8) | hashed[1]]
+            at = _find(bucket, hashed[2:], self._ENTRY)
+            if at >= 0:
+                del bucket[at : at + self._ENTRY]
+                self._size -= 1
+        if self._spilled:
+            self._db.executemany("DELETE FROM temp.claims WHERE hash = ?", [(hashed,) for hashed in hashes])
+
+    def _on_disk(self, hashes: list[bytes]) -> dict[bytes, int]:
+        """The event times of those of `hashes` that moved to the temporary table."""
+        spilled: dict[bytes, int] = {}
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            spilled.update(self._db.execute(f"SELECT hash, millis FROM temp.claims WHERE hash IN ({marks})", chunk).fetchall())
+        return spilled
+
+    def _spill(self) -> None:
+        """Move every entry to the temporary table: memory stays flat however many keys a run claims."""
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS claims (hash BLOB PRIMARY KEY, millis INTEGER NOT NULL) WITHOUT ROWID")
+        entry = self._ENTRY
+        for first, bucket in enumerate(self._buckets):
+            head = first.to_bytes(2, "big")
+            self._db.executemany(
+                "INSERT INTO temp.claims VALUES (?, ?)",
+                [
+                    (head + bucket[at : at + 14], int.from_bytes(bucket[at + 14 : at + entry], "little", signed=True))
+                    for at in range(0, len(bucket), entry)
+                ],
+            )
+        self._buckets = [bytearray() for _ in range(self._BUCKETS)]
+        self._size = 0
+        self._spilled = True
+
+
+_PACKED = struct.Struct("<14sq").pack  # a KeyIndex entry: the hash's last 14 bytes, the event time
+
+
+def _hash(key: str) -> bytes:
+    return hashlib.blake2s(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _find(bucket: bytearray, tail: bytes, entry: int) -> int:
+    """Where `tail` starts an entry of `bucket`, or -1."""
+    at = bucket.find(tail)
+    while at >= 0 and at % entry:  # a match across two entries is none
+        at = bucket.find(tail, at + 1)
+    return at
 
 
 def _drop_unselected_checkpoints(db: sqlite3.Connection) -> None:

@@ -331,3 +331,66 @@ def test_a_repeat_of_an_event_still_in_flight_is_a_duplicate_not_a_resend(segbil
         assert summary["skipped_by_reason"] == {"duplicate": 2}
         assert set(platform.writes("lago").values()) == {1}
         assert all(request.status == 200 for request in platform.requests("lago"))
+
+
+@pytest.fixture(params=[None, 4], ids=["index-in-memory", "index-spilled-to-disk"])
+def index_limit(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that keeps nothing claims in memory; past `INDEX_LIMIT` (here 4) its claims move to disk."""
+    if request.param is not None:
+        monkeypatch.setattr(state, "INDEX_LIMIT", request.param)
+
+
+def test_a_dry_run_judges_every_repeat_exactly(segbill, tmp_path: Path, index_limit: None) -> None:
+    shifted = track(messageId="m5", userId="cus_5", timestamp="2024-02-01T00:00:00.000Z")
+    write(tmp_path / "a.jsonl", jsonl(*messages(30), *messages(30)))
+    write(tmp_path / "b.jsonl", jsonl(shifted, *messages(40)))
+    run = segbill("send", "a.jsonl", "b.jsonl", "--to", "lago", "--dry-run", "--json")
+    assert [e["transaction_id"] for e in run.events] == [f"m{i}" for i in range(40)]
+    assert orjson.loads(run.stderr.splitlines()[-1])["skipped_by_reason"] == {"duplicate": 60, "duplicate_shifted": 1}
+
+
+def test_a_dry_run_with_state_judges_repeats_of_the_ledger_by_its_rows(segbill, tmp_path: Path, fake: FakePlatform, index_limit: None) -> None:
+    write(tmp_path / "a.jsonl", jsonl(*messages(10)))
+    send(segbill, fake.url, "a.jsonl", "--state", "s.db")
+    shifted = [track(messageId=f"m{i}", userId=f"cus_{i % 11}", timestamp="2024-02-01T00:00:00.000Z") for i in (2, 15)]
+    write(tmp_path / "b.jsonl", jsonl(*messages(20), *messages(20), *shifted))
+    run = segbill("send", "b.jsonl", "--to", "lago", "--dry-run", "--json", "--state", "s.db")
+    assert [e["transaction_id"] for e in run.events] == [f"m{i}" for i in range(10, 20)]
+    assert orjson.loads(run.stderr.splitlines()[-1])["skipped_by_reason"] == {"duplicate": 30, "duplicate_shifted": 2}
+
+
+def test_a_run_that_keeps_nothing_judges_like_the_ledger(tmp_path: Path, index_limit: None) -> None:
+    """The index in memory (or spilled) gives the ledger's verdicts: a released key is new again,
+    a key an earlier run sent without an answer is resent once, then a repeat."""
+    from segbill.state import Claim
+
+    ledger = State(tmp_path / "s.db", "lago")
+    ledger.claim([("a", 1), ("b", 2)])
+    ledger.sending(["a"])
+    ledger.delivered(["b"])
+    ledger.close()
+    for path in (None, tmp_path / "s.db"):
+        run = State(path, "lago", read_only=path is not None)
+        first = run.claim([("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5), ("a", 1), ("b", 9), ("c", 3), ("c", 7)])
+        later = run.claim([("a", 1), ("e", 5), ("f", 6)])
+        run.release(["c", "f"])
+        again = run.claim([("c", 7), ("f", 6), ("f", 6), ("e", 8)])
+        run.close()
+        if path is None:
+            assert first == [Claim.NEW] * 5 + [Claim.DUPLICATE, Claim.SHIFTED, Claim.DUPLICATE, Claim.SHIFTED]
+            assert later == [Claim.DUPLICATE, Claim.DUPLICATE, Claim.NEW]
+        else:
+            assert first == [Claim.RESEND, Claim.DUPLICATE, Claim.NEW, Claim.NEW, Claim.NEW, Claim.DUPLICATE, Claim.SHIFTED, Claim.DUPLICATE, Claim.SHIFTED]
+            assert later == [Claim.DUPLICATE, Claim.DUPLICATE, Claim.NEW]
+        assert again == [Claim.NEW, Claim.NEW, Claim.DUPLICATE, Claim.SHIFTED]
+
+
+def test_a_hash_found_across_two_entries_of_the_index_is_not_a_hit(tmp_path: Path) -> None:
+    """The index finds a key's hash with one search in a packed bucket: a match that starts inside
+    an entry (the end of one entry and the start of the next) must not count."""
+    index = state.KeyIndex(State(None, "lago").db)
+    first, second = bytes([7, 7]) + bytes(range(1, 15)), bytes([7, 7]) + bytes(range(101, 115))
+    assert index.claim([first, second], [1, 2]) == [None, None]
+    packed = bytes(index._buckets[0x0707])
+    straddling = bytes([7, 7]) + packed[15:29]  # the last 7 bytes of the first entry, the first 7 of the second
+    assert index.claim([straddling, straddling, first], [3, 3, 1]) == [None, 3, 1]
