@@ -210,19 +210,17 @@ class State:
         ledger's row, each time, and never claimed."""
         index = self._index
         assert index is not None
-        blake2s = hashlib.blake2s
-        hashes = [blake2s(key.encode("utf-8", "surrogatepass"), digest_size=16).digest() for key, _ in keys]  # = _hash
+        hashes = _hashes([key for key, _ in keys])
         times = [millis for _, millis in keys]
         earlier = {} if self._ledger_empty else self._rows([key for (key, _), held in zip(keys, index.holds(hashes)) if not held])
         if not earlier:
-            return [Claim.NEW if known is None else Claim.DUPLICATE if known == millis else Claim.SHIFTED for known, millis in zip(index.claim(hashes, times), times)]
+            return [_verdict(known, millis) for known, millis in zip(index.claim(hashes, times), times)]
         verdicts = []
         for (key, millis), hashed in zip(keys, hashes):
             if key in earlier:
                 verdicts.append(self._repeat(key, millis, *earlier[key]))
-                continue
-            [known] = index.claim([hashed], [millis])
-            verdicts.append(Claim.NEW if known is None else Claim.DUPLICATE if known == millis else Claim.SHIFTED)
+            else:
+                verdicts.append(_verdict(index.claim([hashed], [millis])[0], millis))
         return verdicts
 
     def _claim_in_two_steps(self, keys: list[tuple[str, int]]) -> list[Claim]:
@@ -269,7 +267,7 @@ class State:
         """Keys that were not delivered: a repeat, a rerun or a replay may send them again. Keys
         sent without an answer stay marked as such, unless the platform `refused` them."""
         if self._index is not None:  # all of this run's claims, and only those, are in the index
-            self._index.remove([_hash(key) for key in keys])
+            self._index.remove(_hashes(keys))
             return
         kept = "delivered <> 1" if refused else "delivered = 0"
         self.db.executemany(f"DELETE FROM ledger WHERE target = ? AND key = ? AND {kept}", [(self.target, key) for key in keys])
@@ -458,8 +456,14 @@ class KeyIndex:
 _PACKED = struct.Struct("<14sq").pack  # a KeyIndex entry: the hash's last 14 bytes, the event time
 
 
-def _hash(key: str) -> bytes:
-    return hashlib.blake2s(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+def _hashes(keys: list[str]) -> list[bytes]:
+    blake2s = hashlib.blake2s
+    return [blake2s(key.encode("utf-8", "surrogatepass"), digest_size=16).digest() for key in keys]
+
+
+def _verdict(known: int | None, millis: int) -> Claim:
+    """A key's verdict from the event time this run claimed it with (None: claimed just now)."""
+    return Claim.NEW if known is None else Claim.DUPLICATE if known == millis else Claim.SHIFTED
 
 
 def _find(bucket: bytearray, tail: bytes, entry: int) -> int:
