@@ -388,9 +388,11 @@ def test_a_run_that_keeps_nothing_judges_like_the_ledger(tmp_path: Path, index_l
 def test_a_hash_found_across_two_entries_of_the_index_is_not_a_hit(tmp_path: Path) -> None:
     """The index finds a key's hash with one search in a packed bucket: a match that starts inside
     an entry (the end of one entry and the start of the next) must not count."""
-    index = state.KeyIndex(State(None, "lago").db)
+    run = State(None, "lago")
+    index = state.KeyIndex(run.db)
     first, second = bytes([7, 7]) + bytes(range(1, 15)), bytes([7, 7]) + bytes(range(101, 115))
     assert index.claim([first, second], [1, 2]) == [None, None]
     packed = bytes(index._buckets[0x0707])
     straddling = bytes([7, 7]) + packed[15:29]  # the last 7 bytes of the first entry, the first 7 of the second
     assert index.claim([straddling, straddling, first], [3, 3, 1]) == [None, 3, 1]
+    run.close()
