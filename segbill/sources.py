@@ -25,7 +25,8 @@ except ImportError:
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
-_GZIP_CHUNK = 1 << 17  # compressed bytes read at a time: about a CHUNK once inflated
+_GZIP_CHUNK = 1 << 15  # compressed bytes read at a time
+_GZIP_OUT = 1 << 17  # inflated bytes handed out at a time, as gzip.GzipFile does: smaller blocks of lines
 # Segment caps a message at 32 KB and an HTTP-API batch at 500 KB: a longer line is not an export.
 MAX_LINE_BYTES = 1 << 20
 STDIN = "-"
@@ -203,7 +204,7 @@ class _Inflating:
                     continue
                 self._inflate = decompressobj(zlib.MAX_WBITS | 16)
                 self._between = False
-            data = self._inflate.decompress(self._input, size)
+            data = self._inflate.decompress(self._input, min(size, _GZIP_OUT))
             if self._inflate.eof:
                 self._input, self._between = self._inflate.unused_data, True
             else:

@@ -23,7 +23,6 @@ import hashlib
 import os
 import random
 import sqlite3
-import struct
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,8 +55,7 @@ CREATE TABLE IF NOT EXISTS destinations (
 """
 # Dead letters remembered per page of a re-read file: memory stays flat however many there are.
 DEAD_LETTER_PAGE = 1000
-# Claims a `KeyIndex` holds in memory (22 bytes each, ~30 MB in all) before they move to disk:
-# a run's peak stays far below 100 MB however many keys it claims.
+# Claims a `KeyIndex` holds in memory (~18 MB with its buckets) before they move to disk.
 INDEX_LIMIT = 1_000_000
 
 
@@ -368,14 +366,16 @@ class State:
 
 
 class KeyIndex:
-    """A run's claims: each key as a 128-bit BLAKE2s hash with its event time, packed 22 bytes an
-    entry in 65,536 buckets (the hash's first two bytes pick one; a hit is found with one
-    `bytearray.find`). Two distinct keys share a hash with probability under n^2 / 2^129: 1.5e-27
-    for a million keys, 1.5e-21 for a billion. Past `INDEX_LIMIT` entries, they all move to a
+    """A run's claims: each key as a 94-bit hash (BLAKE2s) with its exact event time, packed 16
+    bytes an entry in 16,384 buckets (14 bits of the hash pick one; a hit is found with one
+    `bytearray.find`). Two distinct keys share a hash with probability under n^2 / 2^95: 2.5e-17
+    for a million keys, 2.5e-11 for a billion. Past `INDEX_LIMIT` entries, they all move to a
     temporary table (the connection's temp store), where later misses are looked up."""
 
-    _BUCKETS = 1 << 16
-    _ENTRY = 22  # the hash's last 14 bytes, then the event time (8 bytes, signed)
+    _BUCKETS = 1 << 14
+    # The hash's bytes 2-11 (80 bits), then the event time: 6 bytes, as segbill's times are
+    # 0 <= ms < 2^48 (segment.parse_time).
+    _ENTRY = 16
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -387,22 +387,22 @@ class KeyIndex:
         """For each hash: the event time it was claimed with before, or None: claimed now, with its time."""
         if self._size >= INDEX_LIMIT:
             self._spill()
-        buckets, entry, packed = self._buckets, self._ENTRY, _PACKED
+        buckets, entry = self._buckets, self._ENTRY
         spilled = self._on_disk(hashes) if self._spilled else {}
         found: list[int | None] = []
         append = found.append
         for hashed, millis in zip(hashes, times):
-            bucket = buckets[(hashed[0] << 8) | hashed[1]]
+            bucket = buckets[(hashed[0] << 6) | (hashed[1] >> 2)]
             tail = hashed[2:]
             at = bucket.find(tail)  # `_find`, inlined: one call less for the usual miss
             if at > 0 and at % entry:
                 at = _find(bucket, tail, entry)
             if at >= 0:
-                append(int.from_bytes(bucket[at + 14 : at + entry], "little", signed=True))
+                append(int.from_bytes(bucket[at + 10 : at + entry], "little"))
             elif hashed in spilled:
                 append(spilled[hashed])
             else:
-                bucket += packed(tail, millis)
+                bucket += tail + millis.to_bytes(6, "little")
                 append(None)
         self._size += found.count(None)
         return found
@@ -411,55 +411,52 @@ class KeyIndex:
         """Whether each hash is claimed (without claiming it)."""
         buckets, entry = self._buckets, self._ENTRY
         spilled = self._on_disk(hashes) if self._spilled else {}
-        held = []
-        for hashed in hashes:
-            bucket = buckets[(hashed[0] << 8) | hashed[1]]
-            held.append(_find(bucket, hashed[2:], entry) >= 0 or hashed in spilled)
-        return held
+        return [_find(buckets[(hashed[0] << 6) | (hashed[1] >> 2)], hashed[2:], entry) >= 0 or hashed in spilled for hashed in hashes]
 
     def remove(self, hashes: list[bytes]) -> None:
         for hashed in hashes:
-            bucket = self._buckets[(hashed[0] << 8) | hashed[1]]
+            bucket = self._buckets[(hashed[0] << 6) | (hashed[1] >> 2)]
             at = _find(bucket, hashed[2:], self._ENTRY)
             if at >= 0:
                 del bucket[at : at + self._ENTRY]
                 self._size -= 1
         if self._spilled:
-            self._db.executemany("DELETE FROM temp.claims WHERE hash = ?", [(hashed,) for hashed in hashes])
+            self._db.executemany("DELETE FROM temp.claims WHERE hash = ?", [(_on_disk(hashed),) for hashed in hashes])
 
     def _on_disk(self, hashes: list[bytes]) -> dict[bytes, int]:
         """The event times of those of `hashes` that moved to the temporary table."""
         spilled: dict[bytes, int] = {}
         for start in range(0, len(hashes), 500):
             chunk = hashes[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            spilled.update(self._db.execute(f"SELECT hash, millis FROM temp.claims WHERE hash IN ({marks})", chunk).fetchall())
+            stored = {_on_disk(hashed): hashed for hashed in chunk}
+            marks = ",".join("?" * len(stored))
+            rows = self._db.execute(f"SELECT hash, millis FROM temp.claims WHERE hash IN ({marks})", list(stored))
+            spilled.update((stored[key], millis) for key, millis in rows)
         return spilled
 
     def _spill(self) -> None:
         """Move every entry to the temporary table: memory stays flat however many keys a run claims."""
         self._db.execute("CREATE TEMP TABLE IF NOT EXISTS claims (hash BLOB PRIMARY KEY, millis INTEGER NOT NULL) WITHOUT ROWID")
         entry = self._ENTRY
-        for first, bucket in enumerate(self._buckets):
-            head = first.to_bytes(2, "big")
+        for index, bucket in enumerate(self._buckets):
+            head = index.to_bytes(2, "big")
             self._db.executemany(
                 "INSERT INTO temp.claims VALUES (?, ?)",
-                [
-                    (head + bucket[at : at + 14], int.from_bytes(bucket[at + 14 : at + entry], "little", signed=True))
-                    for at in range(0, len(bucket), entry)
-                ],
+                [(head + bucket[at : at + 10], int.from_bytes(bucket[at + 10 : at + entry], "little")) for at in range(0, len(bucket), entry)],
             )
         self._buckets = [bytearray() for _ in range(self._BUCKETS)]
         self._size = 0
         self._spilled = True
 
 
-_PACKED = struct.Struct("<14sq").pack  # a KeyIndex entry: the hash's last 14 bytes, the event time
+def _on_disk(hashed: bytes) -> bytes:
+    """How the temporary table names a hash: its bucket (2 bytes), then the bytes an entry holds."""
+    return ((hashed[0] << 6) | (hashed[1] >> 2)).to_bytes(2, "big") + hashed[2:]
 
 
 def _hashes(keys: list[str]) -> list[bytes]:
     blake2s = hashlib.blake2s
-    return [blake2s(key.encode("utf-8", "surrogatepass"), digest_size=16).digest() for key in keys]
+    return [blake2s(key.encode("utf-8", "surrogatepass"), digest_size=12).digest() for key in keys]
 
 
 def _verdict(known: int | None, millis: int) -> Claim:

@@ -390,9 +390,10 @@ def test_a_hash_found_across_two_entries_of_the_index_is_not_a_hit(tmp_path: Pat
     an entry (the end of one entry and the start of the next) must not count."""
     run = State(None, "lago")
     index = state.KeyIndex(run.db)
-    first, second = bytes([7, 7]) + bytes(range(1, 15)), bytes([7, 7]) + bytes(range(101, 115))
+    first, second = bytes([7, 7]) + bytes(range(1, 11)), bytes([7, 7]) + bytes(range(101, 111))
     assert index.claim([first, second], [1, 2]) == [None, None]
-    packed = bytes(index._buckets[0x0707])
-    straddling = bytes([7, 7]) + packed[15:29]  # the last 7 bytes of the first entry, the first 7 of the second
+    packed = bytes(index._buckets[(7 << 6) | (7 >> 2)])
+    assert len(packed) == 32
+    straddling = bytes([7, 7]) + packed[11:21]  # the last 5 bytes of the first entry, the first 5 of the second
     assert index.claim([straddling, straddling, first], [3, 3, 1]) == [None, 3, 1]
     run.close()
