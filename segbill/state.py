@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS destinations (
 """
 # Dead letters remembered per page of a re-read file: memory stays flat however many there are.
 DEAD_LETTER_PAGE = 1000
-# Claims a `KeyIndex` holds in memory (~18 MB with its buckets) before they move to disk.
+# Claims a `KeyIndex` holds in memory (~22 MB with its buckets) before they move to disk.
 INDEX_LIMIT = 1_000_000
 
 
