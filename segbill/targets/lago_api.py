@@ -35,7 +35,8 @@ class ReadOptions:
 
 
 class ReadFailed(Exception):
-    """A read that will not succeed (key, URL, or still failing after every retry): stop."""
+    """A read that will not succeed (key, URL, or still failing after every retry): stop. Once
+    one has failed, the reader makes no more requests (a wrong key would fail them all)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class LagoReader:
         self.slots = asyncio.Semaphore(READ_CONCURRENCY)
         self.requests = 0
         self.retries = 0
+        self.failure: ReadFailed | None = None  # the first read that failed: every later one fails with it
 
     async def __aenter__(self) -> Self:
         return self
@@ -91,6 +93,8 @@ class LagoReader:
         while True:
             async with self.slots:
                 await self.pacer.wait(1)
+                if self.failure is not None:  # reads waiting for a slot when another failed
+                    raise ReadFailed(str(self.failure))
                 self.requests += 1
                 response: httpx.Response | None = None
                 try:
@@ -106,13 +110,21 @@ class LagoReader:
                     else:
                         self.pacer.accepted()
             if response is not None and not retryable(response.status_code):
-                return self._read(path, response)
+                try:
+                    return self._read(path, response)
+                except ReadFailed as error:
+                    raise self._failed(error) from None
             attempt += 1
             if attempt > self.options.max_retries:
-                raise ReadFailed(f"{self.host} still failed after {self.options.max_retries} retries reading {path} ({last})")
+                raise self._failed(ReadFailed(f"{self.host} still failed after {self.options.max_retries} retries reading {path} ({last})"))
             self.retries += 1
             if response is None or response.status_code != 429:  # a 429 paused the pacer instead
                 await asyncio.sleep(backoff(attempt))
+
+    def _failed(self, error: ReadFailed) -> ReadFailed:
+        """The run stops at its first failed read: no later read is made."""
+        self.failure = self.failure or error
+        return error
 
     def _read(self, path: str, response: httpx.Response) -> dict[str, Any]:
         status = response.status_code
@@ -186,7 +198,7 @@ class LagoReader:
         body = await self.get("/api/v1/events", {**_scope(subscription, code, start, end), "per_page": 1})
         total = (body.get("meta") or {}).get("total_count")
         if not isinstance(total, int):
-            raise ReadFailed(f"{self.host} answered /api/v1/events without meta.total_count")
+            raise self._failed(ReadFailed(f"{self.host} answered /api/v1/events without meta.total_count"))
         return total
 
     async def events(self, subscription: str, code: str, start: int, end: int) -> list[tuple[str, int]]:
