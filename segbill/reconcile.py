@@ -14,7 +14,8 @@ differences, not with the events:
    accounts for are extra.
 
 Counts that cancel out (one event missing and a foreign one in the same pair and range) cannot
-be seen by counting; the README says so.
+be seen by counting; the README says so. A run that stops or is interrupted calls found only
+what it proved found (a range whose counts agreed, an id listed); the rest is unchecked.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class Reconciliation:
     target: str
     read: int = 0
     expected: int = 0
+    found: int = 0  # proved held: in a range whose counts agreed, or listed by transaction id
     missing: int = 0
     extra: int = 0
     pairs: int = 0
@@ -99,8 +101,13 @@ class Reconciliation:
     interrupted: bool = False
 
     @property
-    def found(self) -> int:
-        return self.expected - self.missing
+    def unchecked(self) -> int:
+        """Expected events neither found nor missing: the run stopped before it knew."""
+        return self.expected - self.found - self.missing
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped is None and not self.interrupted
 
     def count(self, kind: str, pair: Pair, day: int, events: int = 1) -> None:
         if kind == "missing":
@@ -139,6 +146,7 @@ class Reconciliation:
             "expected": self.expected,
             "found": self.found,
             "missing": self.missing,
+            "unchecked": self.unchecked,
             "extra": self.extra,
             "pairs": self.pairs,
             "from": iso_millis(self.start) if self.start is not None else None,
@@ -150,6 +158,7 @@ class Reconciliation:
             "requests": self.requests,
             "retries": self.retries,
             "stopped": self.stopped,
+            "interrupted": self.interrupted,
             "exit_code": int(self.exit_code()),
         }
 
@@ -161,13 +170,14 @@ def reconcile(options: Options, reading: ReadOptions, missing_path: Path | None,
     --state, locked by the caller), so a replay with it sends them; nothing else is changed."""
     options = replace(options, dry_run=True, dead_letter=None)
     first = Replay(options)
+    expected = Expected()
     try:
-        expected = _expected(first)
-    finally:
+        _expected(first, expected)
+    finally:  # interrupted, what was counted so far is all unchecked
         first.close()
-    result.read = first.tally.read
-    result.expected = sum(expected.totals.values())
-    result.pairs = len(expected.totals)
+        result.read = first.tally.read
+        result.expected = sum(expected.totals.values())
+        result.pairs = len(expected.totals)
     if expected.first is None or expected.last is None:
         return
     result.start = options.since if options.since is not None else expected.first
@@ -193,11 +203,9 @@ def reconcile(options: Options, reading: ReadOptions, missing_path: Path | None,
         result.count("extra", pair, day, extra)
 
 
-def _expected(replay: Replay) -> Expected:
-    expected = Expected()
+def _expected(replay: Replay, expected: Expected) -> None:
     for _, event in selected_events(replay):
         expected.add((str(event["external_subscription_id"]), str(event["code"])), event_millis(event))
-    return expected
 
 
 async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliation) -> Differences:
@@ -212,6 +220,7 @@ async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliati
         async def split(pair: Pair, low: int, high: int, found: int) -> None:
             wanted = expected.between(pair, low, high)
             if found == wanted:
+                result.found += wanted
                 return
             if wanted == 0:  # nothing expected there: everything found is extra, no listing needed
                 differences.extra[(pair, low)] += found
@@ -261,6 +270,7 @@ def _match(replay: Replay, differences: Differences, missing_file: DeadLetterFil
             ids = listed.get((pair, day))
             if ids is not None and ids[event["transaction_id"]] > 0:
                 ids[event["transaction_id"]] -= 1
+                result.found += 1
             elif ids is not None or (pair, day) in none_found:
                 result.count("missing", pair, day)
                 if missing_file is not None:
@@ -293,13 +303,17 @@ def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
     if result.stopped:
         title += f"; stopped early ({result.stopped})"
     elif result.interrupted:
-        title += "; interrupted (the counts are incomplete)"
+        title += "; interrupted"
+    if not result.complete:
+        title += ": INCOMPLETE, not a reconciliation"
     rows: list[tuple[str, str, str]] = [
         ("expected", f"{result.expected:,}", "events the export bills (what send delivers)"),
         ("found", f"{result.found:,}", "of them, held by the platform"),
         ("missing", f"{result.missing:,}", _replay_hint(result.missing_file) if result.missing_file else "expected, not on the platform"),
-        ("extra", f"{result.extra:,}", "on the platform in scope, from no event of the export"),
     ]
+    if not result.complete:
+        rows.append(("unchecked", f"{result.unchecked:,}", "expected, not compared before the run ended: neither found nor missing; run it again"))
+    rows.append(("extra", f"{result.extra:,}", "on the platform in scope, from no event of the export" + ("" if result.complete else " (incomplete)")))
     if result.state is not None:
         rows.append(("forgotten", f"{result.forgotten:,}", _ledger_note(result)))
     for dimension, worst in result.breakdown(TOP).items():
@@ -307,6 +321,6 @@ def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
             lines = [f"{key}: {row['missing']:,} missing, {row['extra']:,} extra" for key, row in worst.items()]
             rows.append((f"worst {dimension}", "", "\n".join(lines)))
     rows.append(("requests", f"{result.requests:,}", f"reads of the platform, {result.retries:,} retries"))
-    if not result.expected and not result.stopped:
+    if not result.expected and result.complete:
         rows.append(("nothing reconciled", "0", "no event in the input would be sent: check the paths and filters"))
     write_table(title, rows, stream, terminal)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import orjson
@@ -328,3 +331,85 @@ def test_a_missing_file_that_cannot_be_written_stops_reconcile_with_one_line_and
         result = orjson.loads(done.stdout)
         assert "cannot write the dead-letter file missing.jsonl" in result["stopped"] and result["missing"] < len(lost)
         assert 0 < len(Path("missing.jsonl").read_bytes().splitlines()) < len(lost)
+
+
+def assert_accounted(result: dict[str, Any]) -> None:
+    """Every expected event is found, missing or unchecked: never found unless proved."""
+    assert result["found"] + result["missing"] + result["unchecked"] == result["expected"]
+
+
+def test_a_wrong_key_stops_at_once_and_finds_nothing(segbill, tmp_path: Path) -> None:
+    path = write(tmp_path / "export.jsonl", jsonl(*export(500)))
+    with FakePlatform(api_key=KEY) as fake:
+        assert segbill("send", str(path), "--to", "lago", env=env(fake)).exit_code == 0
+        before = len(fake.requests("lago"))
+        wrong = {"LAGO_API_URL": fake.url, "LAGO_API_KEY": "wrong-key"}
+        run = segbill("reconcile", str(path), "--to", "lago", "--json", env=wrong)
+        result = orjson.loads(run.stdout)
+        assert run.exit_code == 3 and "rejected the API key" in result["stopped"] and result["interrupted"] is False
+        assert (result["expected"], result["found"], result["missing"], result["unchecked"]) == (500, 0, 0, 500)
+        assert_accounted(result)
+        # The 60 pairs' count reads start together; only the 4 in flight when the 401 came were made.
+        reads = fake.requests("lago")[before:]
+        assert result["requests"] == len(reads) <= 4 and {r.status for r in reads} == {401}
+        human = segbill("reconcile", str(path), "--to", "lago", env=wrong)
+        assert human.exit_code == 3 and "INCOMPLETE, not a reconciliation" in human.stdout
+        assert "  unchecked                     500  " in human.stdout and "wrong-key" not in human.stdout + human.stderr
+
+
+def answered(reads: list[Any]) -> set[tuple[str, str]]:
+    """The (subscription, code) pairs whose count read the fake answered 200."""
+    pairs = set()
+    for read in reads:
+        query = parse_qs(urlsplit(read.path).query)
+        if read.status == 200:
+            pairs.add((query["external_subscription_id"][0], query["code"][0]))
+    return pairs
+
+
+def expected_of(messages: list[dict[str, Any]], pairs: set[tuple[str, str]]) -> int:
+    return sum(1 for m in messages if (m["userId"], m["event"]) in pairs)
+
+
+def test_a_read_that_exhausts_its_retries_mid_run_leaves_the_rest_unchecked(segbill, tmp_path: Path) -> None:
+    messages = export(500)
+    path = write(tmp_path / "export.jsonl", jsonl(*messages))
+    with FakePlatform(api_key=KEY, seed=4) as fake:
+        assert segbill("send", str(path), "--to", "lago", env=env(fake)).exit_code == 0
+        before = len(fake.requests("lago"))
+        fake.faults = {"503": 0.08}  # some count read, after others agreed, is answered 503
+        run = segbill("reconcile", str(path), "--to", "lago", "--max-retries", "0", "--json", env=env(fake))
+        result = orjson.loads(run.stdout)
+        assert run.exit_code == 3 and "still failed after 0 retries" in result["stopped"]
+        assert_accounted(result)
+        assert 0 < result["found"] < 500 and result["missing"] == 0 and result["unchecked"] == 500 - result["found"]
+        reads = fake.requests("lago")[before:]
+        assert any(r.status == 200 for r in reads) and result["requests"] == len(reads)
+        assert len(reads) < 20  # the 60 pairs are not all read: only those in flight before the failure came back
+        assert result["found"] == expected_of(messages, answered(reads))  # the pairs whose count came back, each agreeing
+
+
+def test_an_interrupted_reconcile_says_so_and_calls_found_only_what_it_compared(tmp_path: Path) -> None:
+    """SIGINT lands while the pairs are being counted (each read answered slowly)."""
+    messages = export(500)
+    path = write(tmp_path / "export.jsonl", jsonl(*messages))
+    with FakePlatform(api_key=KEY) as fake:
+        sent = subprocess.run([sys.executable, "-m", "segbill", "send", str(path), "--to", "lago", "--dead-letter", str(tmp_path / "d")],
+                              env={**os.environ, **env(fake)}, capture_output=True, check=False, timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        before = len(fake.requests("lago"))
+        fake.latency = 0.2
+        process = subprocess.Popen([sys.executable, "-m", "segbill", "reconcile", str(path), "--to", "lago", "--json"],
+                                   env={**os.environ, **env(fake)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        while len(fake.requests("lago")) < before + 8:  # a few pairs counted, most not
+            assert process.poll() is None
+            threading.Event().wait(0.01)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+        reads = fake.requests("lago")[before:]
+    assert process.returncode == 130 and b"Traceback" not in stderr, stderr
+    result = orjson.loads(stdout)
+    assert result["interrupted"] is True and result["exit_code"] == 130 and result["stopped"] is None
+    assert_accounted(result)
+    assert 0 < result["found"] < 500 and result["missing"] == 0 and result["unchecked"] > 0
+    assert result["found"] <= expected_of(messages, answered(reads))  # answers still on their way when it stopped are not found
