@@ -121,6 +121,11 @@ class CheckResult:
     def unbilled(self) -> int:
         return self.checked - sum(self.verdicts[v] for v in BILLED)
 
+    @property
+    def complete(self) -> bool:
+        """Every record was read and every event checked: only then may it say all will be billed."""
+        return self.stopped is None and not self.tally.interrupted
+
     def exit_code(self) -> ExitCode:
         """1 when an event would not be billed, or when no record read was an event to check;
         2 when nothing was read at all (as for send: an empty input is no success for cron)."""
@@ -157,6 +162,7 @@ class CheckResult:
             "requests": self.requests,
             "retries": self.retries,
             "stopped": self.stopped,
+            "interrupted": self.tally.interrupted,
             "exit_code": int(self.exit_code()),
         }
 
@@ -208,7 +214,9 @@ def render(result: CheckResult, stream: IO[str], *, terminal: bool) -> None:
     if result.stopped:
         title += f"; stopped early ({result.stopped})"
     elif result.tally.interrupted:
-        title += "; interrupted (the counts cover what was read)"
+        title += "; interrupted"
+    if not result.complete:
+        title += ": INCOMPLETE, the counts cover what was checked"
     rows: list[tuple[str, str, str]] = []
     for verdict in ("billable", *VERDICTS[:-1]):
         count = result.verdicts[verdict]
@@ -218,13 +226,19 @@ def render(result: CheckResult, stream: IO[str], *, terminal: bool) -> None:
         if verdict != "billable":
             why += [f"{code} on {sub}: {_span(g)}" for code, sub, g in result.top(verdict)]
         rows.append((verdict, f"{count:,}", "\n".join(why)))
-    rows.append(("not billed", f"{result.unbilled:,}", "" if result.unbilled else "every event will be billed"))
+    if not result.complete:
+        rows.append(("not billed", f"{result.unbilled:,}", "of the events checked; the rest is unknown"))
+    else:
+        rows.append(("not billed", f"{result.unbilled:,}", "" if result.unbilled else "every event will be billed"))
     skipped = ", ".join(f"{reason} {count:,}" for reason, count in data["skipped_by_reason"].items())
     rows.append(("read", f"{result.tally.read:,}", f"records; skipped {data['skipped']:,}" + (f" ({skipped})" if skipped else "")))
     if data["dead_lettered"]:
-        rows.append(("unreadable", f"{data['dead_lettered']:,}", "records send would dead-letter (see segbill send --dry-run)"))
+        reasons = ", ".join(f"{reason} {count:,}" for reason, count in data["dead_lettered_by_reason"].items())
+        rows.append(("dead-lettered", f"{data['dead_lettered']:,}", f"records send would dead-letter ({reasons}); segbill send --dry-run names each"))
+    if not result.complete:
+        rows.append(("not checked", f"{data['not_attempted']:,}", "records read, not checked before the run ended; records after them were not read"))
     rows.append(("requests", f"{result.requests:,}", f"reads of the organization, {result.retries:,} retries"))
-    if not result.checked and not result.stopped:
+    if not result.checked and result.complete:
         rows.append(("nothing checked", "0", "no event in the input would be sent: check the paths and filters"))
     write_table(title, rows, stream, terminal)
 

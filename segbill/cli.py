@@ -357,6 +357,8 @@ def check_command(
     options, reading = _selection(to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries)
     with streaming_gc():
         result = run_check(options, reading)
+    if result.stopped is not None and not result.tally.read and not json_:  # the organization could not be read
+        fail(f"check could not read Lago ({result.stopped}); nothing was checked.", ExitCode.FATAL)
     _report(result.as_dict() if json_ else None, lambda out: render(result, out, terminal=out.isatty()))
     raise typer.Exit(int(result.exit_code()))
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,9 +171,16 @@ def test_a_429_is_waited_out_and_a_bad_key_stops_with_exit_3(segbill, fake: Fake
     fake.retry_after = 0
     fake.script(["429", "503"])
     code, result = check_json(segbill, fake, str(path))
-    assert code == 1 and result["retries"] == 2 and result["checked"] == len(EXPECTED)
+    assert code == 1 and result["retries"] == 2 and result["checked"] == len(EXPECTED) and result["interrupted"] is False
+    before = len(fake.requests("lago"))
     run = segbill("check", str(path), "--to", "lago", env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": "wrong"})
-    assert run.exit_code == 3 and "rejected the API key" in run.stdout and "wrong" not in run.stdout + run.stderr
+    assert run.exit_code == 3 and run.stdout == "" and "wrong" not in run.stderr
+    assert run.stderr.splitlines() == [f"segbill: error: check could not read Lago ({fake.url[7:]} rejected the API key (HTTP 401 for /api/v1/billable_metrics)); nothing was checked."]
+    assert len(fake.requests("lago")) == before + 1  # the first read is refused: no other is made
+    run = segbill("check", str(path), "--to", "lago", "--json", env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": "wrong"})
+    stopped = orjson.loads(run.stdout)
+    assert run.exit_code == 3 and stopped["stopped"] and (stopped["read"], stopped["checked"], stopped["not_billed"]) == (0, 0, 0)
+    assert stopped["interrupted"] is False
     run = segbill("check", str(path), "--to", "lago", env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": ""})
     assert run.exit_code == 2 and "no API key for Lago: set LAGO_API_KEY" in run.stderr
 
@@ -222,3 +234,71 @@ def test_a_dry_run_points_at_check(segbill, tmp_path: Path) -> None:
     run = segbill("send", str(path), "--to", "lago", "--dry-run")
     assert "segbill check with the same options" in run.stderr
     assert "segbill check" not in segbill("send", str(path), "--to", "hyperline", "--dry-run").stderr
+
+
+def many_customers(fake: FakePlatform, count: int) -> list[dict[str, Any]]:
+    """`count` customers, each with a finalized January: every one's first event costs invoice
+    reads. Their February events interleave, with records a send would skip or dead-letter."""
+    fake.add_billable_metric("api_calls")
+    for i in range(count):
+        fake.add_subscription(f"sub-{i}", external_customer_id=f"cust-{i}", started_at="2024-01-01T00:00:00Z")
+        fake.add_invoice("finalized", [(f"sub-{i}", "2024-01-01T00:00:00Z", "2024-01-31T23:59:59Z")])
+    records: list[dict[str, Any]] = []
+    for j in range(10 * count):
+        records.append(track(messageId=f"e{j}", event="api_calls", userId=f"sub-{j % count}", timestamp=f"2024-02-{1 + j % 28:02d}T00:00:00.000Z"))
+        if j % 5 == 0:
+            records += [{"type": "identify", "userId": f"sub-{j % count}"}, track(messageId=f"anon{j}", userId=None, anonymousId="a")]
+    return records
+
+
+def check_in_subprocess(fake: FakePlatform, path: Path, *args: str, after: int, then: Callable[[subprocess.Popen], None]) -> tuple[int, str]:
+    """Run `segbill check` as a user would and, once it has made `after` reads, act."""
+    start = len(fake.requests("lago"))
+    process = subprocess.Popen([sys.executable, "-m", "segbill", "check", str(path), "--to", "lago", *args],
+                               env={**os.environ, **env(fake)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while len(fake.requests("lago")) < start + after:
+        assert process.poll() is None, process.communicate()
+        threading.Event().wait(0.01)
+    then(process)
+    stdout, stderr = process.communicate(timeout=60)
+    assert b"Traceback" not in stderr and KEY.encode() not in stdout + stderr, stderr
+    return process.returncode, stdout.decode()
+
+
+def adds_up(result: dict[str, Any]) -> bool:
+    return result["read"] == result["checked"] + result["skipped"] + result["dead_lettered"] + result["not_attempted"]
+
+
+def test_an_interrupted_check_counts_every_record_read_and_claims_nothing(tmp_path: Path) -> None:
+    """SIGINT lands while customers' invoices are read (each answer slowed): what was read is
+    checked, skipped, dead-lettered or not checked; no verdict is claimed for the rest."""
+    with FakePlatform(api_key=KEY, latency=0.1) as fake:
+        records = many_customers(fake, 40)
+        path = write(tmp_path / "e.jsonl", jsonl(*records))
+        code, stdout = check_in_subprocess(fake, path, "--json", after=6, then=lambda process: process.send_signal(signal.SIGINT))
+        result = orjson.loads(stdout)
+        assert code == 130 and result["interrupted"] is True and result["exit_code"] == 130 and result["stopped"] is None
+        assert adds_up(result) and 0 < result["checked"] < 400 and result["verdicts"]["billable"] == result["checked"]
+        assert result["dead_lettered_by_reason"] == {"missing_customer": result["dead_lettered"]}
+        code, stdout = check_in_subprocess(fake, path, after=6, then=lambda process: process.send_signal(signal.SIGINT))
+        assert code == 130 and "every event will be billed" not in stdout
+        assert "interrupted: INCOMPLETE" in stdout and "\n  not checked " in stdout and "of the events checked; the rest is unknown" in stdout
+
+
+def test_a_read_failing_mid_check_stops_with_exit_3_and_counts_that_add_up(tmp_path: Path) -> None:
+    """After some customers' invoices were read, every read is answered 503 (no retry allowed)."""
+    with FakePlatform(api_key=KEY, latency=0.05) as fake:
+        records = many_customers(fake, 40)
+        path = write(tmp_path / "e.jsonl", jsonl(*records))
+
+        def fail_reads(_: subprocess.Popen) -> None:
+            fake.faults = {"503": 1.0}
+
+        code, stdout = check_in_subprocess(fake, path, "--max-retries", "0", after=6, then=fail_reads)
+        assert code == 3 and "still failed after 0 retries" in stdout and "stopped early" in stdout
+        assert "every event will be billed" not in stdout and "INCOMPLETE" in stdout
+        assert "records send would dead-letter (missing_customer " in stdout and "unreadable" not in stdout  # named as send names them
+        fake.faults = {}
+        code, stdout = check_in_subprocess(fake, path, "--max-retries", "0", "--json", after=6, then=fail_reads)
+        result = orjson.loads(stdout)
+        assert code == 3 and result["stopped"] and adds_up(result) and 0 < result["checked"] < 400
