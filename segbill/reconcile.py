@@ -190,11 +190,11 @@ def reconcile(options: Options, reading: ReadOptions, missing_path: Path | None,
     try:
         _match(second, differences, missing_file, ledger, result)
     finally:
+        if missing_path is not None and result.missing:  # also when interrupted: the file holds those found so far
+            result.missing_file = str(missing_path)
         second.close()
         if missing_file is not None:
             missing_file.close()
-    if missing_path is not None and result.missing:
-        result.missing_file = str(missing_path)
     for pair, ids, days in differences.ranges:
         for transaction_id, extra in ids.items():
             if extra:
