@@ -210,7 +210,8 @@ async def check(replay: Replay, reader: LagoReader, result: CheckResult) -> None
 def render(result: CheckResult, stream: IO[str], *, terminal: bool) -> None:
     """Verdicts with counts and, for each, the codes, subscriptions and times behind it."""
     data = result.as_dict()
-    title = f"segbill check against {result.tally.target}: {result.checked:,} events a send would deliver"
+    checked = "events a send would deliver" if result.complete else "events checked"
+    title = f"segbill check against {result.tally.target}: {result.checked:,} {checked}"
     if result.stopped:
         title += f"; stopped early ({result.stopped})"
     elif result.tally.interrupted:
