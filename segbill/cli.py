@@ -26,7 +26,7 @@ from segbill.segment import parse_time
 from segbill.sources import Source
 from segbill.state import OtherDestination, State, StateBusy
 from segbill.targets import Target, get_target
-from segbill.usage import fail, inputs, streaming_gc, warn
+from segbill.usage import fail, hold_closed_streams, inputs, report_stream, say_empty, streaming_gc, warn
 
 if TYPE_CHECKING:
     from segbill.delivery import DeliveryOptions
@@ -254,6 +254,8 @@ def send(
     if options.since is not None and options.until is not None and options.since >= options.until:
         fail(f"--since {since} is not before --until {until}: no event could be selected.")
     width = _concurrency_option(concurrency)
+    if batch_size is not None and batch_size > options.target.max_batch:  # checked in a dry run too
+        fail(f"--batch-size {batch_size} is over {options.target.label}'s limit of {options.target.max_batch} events per request.")
     if api_url == "":
         fail(f"--api-url is empty (an unset variable?); give the platform's URL, or leave the option out for {options.target.default_url}.")
     if state is not None and not state.parent.is_dir():
@@ -295,8 +297,7 @@ def send(
     if replay.tally.read:  # with nothing read, every rule matched nothing: not worth saying
         replay.tally.warnings += [_unused_rename(name) for name in mapping.unused_renames()]
     if replay.tally.exit_code() is ExitCode.USAGE:
-        names = ", ".join(source.name for source in sources[:3]) + (", ..." if len(sources) > 3 else "")
-        print(f"segbill: error: no records in {names}: the input is empty.", file=sys.stderr)
+        say_empty(sources)
     _flush_stdout()
     _summarize(replay.tally, json_)
     if dry_run_ and options.target.name == "lago" and not json_:
@@ -529,11 +530,12 @@ def _selection(
 
 def _report(data: dict[str, object] | None, render_to: Callable[[TextIO], None]) -> None:
     """A result on stdout: one JSON object, or for people."""
+    out = report_stream()
     try:
         if data is not None:
-            sys.stdout.write(orjson.dumps(data).decode() + "\n")
+            out.write(orjson.dumps(data).decode() + "\n")
         else:
-            render_to(sys.stdout)
+            render_to(out)
     except BrokenPipeError:
         pass
     _flush_stdout()
@@ -582,12 +584,9 @@ def _delivery_options(
     grace: float,
 ) -> DeliveryOptions:
     url, key = _endpoint(target, api_url, api_key, "use --dry-run")
-    size = batch_size or target.default_batch
-    if size > target.max_batch:
-        fail(f"--batch-size {size} is over {target.label}'s limit of {target.max_batch} events per request.")
     from segbill.delivery import DeliveryOptions
 
-    return DeliveryOptions(url, key, size, width, timeout, max_retries, grace, rate)
+    return DeliveryOptions(url, key, batch_size or target.default_batch, width, timeout, max_retries, grace, rate)
 
 
 def _endpoint(target: Target, api_url: str | None, api_key: str | None, instead: str) -> tuple[str, str]:
@@ -596,6 +595,12 @@ def _endpoint(target: Target, api_url: str | None, api_key: str | None, instead:
     if api_url is None and os.environ.get(target.url_env) == "":
         fail(f"${target.url_env} is set but empty; unset it to use {target.default_url}, or set it to the platform's URL.")
     url = api_url or os.environ.get(target.url_env) or target.default_url
+    if "@" in urlsplit(url).netloc or "@" in url.partition("/")[0]:  # the URL itself is never shown: it may hold a password
+        given = "--api-url" if api_url else f"${target.url_env}"
+        fail(
+            f"{given} holds a user name or password (user:password@host): segbill does not use them; "
+            f"give the URL without them and the key with {target.key_env} or --api-key."
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         fail(f"--api-url {url!r} is not an http(s) URL such as {target.default_url}.")
@@ -680,6 +685,7 @@ def _summarize(tally: Tally, as_json: bool) -> None:
 
 def main() -> None:
     """Console entry point: no tracebacks for users, whatever happens."""
+    hold_closed_streams()
     try:
         app()
     except SystemExit:

@@ -310,7 +310,7 @@ class Sender:
         self.tally = replay.tally
         self.client = client
         self.endpoint = options.url.rstrip("/") + target.batch_path
-        self.host = urlsplit(options.url).netloc or options.url
+        self.host = urlsplit(options.url).netloc.rpartition("@")[2]  # host:port, never a user:password@
         self.headers = {"Authorization": f"Bearer {options.api_key}", "Content-Type": "application/json"}
         self.concurrency = Concurrency(options.concurrency)
         self.pacer = Pacer(options.rate)

@@ -84,7 +84,7 @@ from segbill.segment import (
     iso_millis,
 )
 from segbill.sources import Source, read_records
-from segbill.usage import fail, inputs, streaming_gc
+from segbill.usage import fail, inputs, report_stream, say_empty, streaming_gc
 
 MAX_EVENTS = 1000
 MAX_KEYS = 200
@@ -762,7 +762,8 @@ def inspect_command(
     events and their time range, which fields could be the customer id, property keys and types,
     and repeated messageIds. Sends nothing.
 
-    Exit codes: 0 done; 2 usage error; 130 interrupted (the report covers what was read).
+    Exit codes: 0 done; 2 usage error, or an input with no record at all; 130 interrupted (the report
+    covers what was read).
     """
     if customer_from is not None and not all(customer_from.split(".")):
         fail(f"--customer-from {customer_from!r} is not a dotted path such as userId or context.groupId.")
@@ -774,12 +775,18 @@ def inspect_command(
     except KeyboardInterrupt:
         inspection.interrupted = True
     result = inspection.result()
+    out = report_stream()
     try:
         if json_:
-            sys.stdout.write(orjson.dumps(result).decode() + "\n")
+            out.write(orjson.dumps(result).decode() + "\n")
         else:
-            render(result, sys.stdout, terminal=sys.stdout.isatty())
-        sys.stdout.flush()
+            render(result, out, terminal=out.isatty())
+        out.flush()
     except BrokenPipeError:  # | head: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    raise typer.Exit(int(ExitCode.INTERRUPTED if inspection.interrupted else ExitCode.OK))
+    if inspection.interrupted:
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    if not inspection.records:
+        say_empty(sources)
+        raise typer.Exit(int(ExitCode.USAGE))
+    raise typer.Exit(int(ExitCode.OK))

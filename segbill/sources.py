@@ -55,20 +55,29 @@ class Source:
 EXPORT_SUFFIXES = {".gz", ".json", ".jsonl", ".ndjson", ""}
 
 
-def expand(args: list[str], *, stdin_is_terminal: bool, passed_over: list[Path] | None = None) -> list[Source]:
+def expand(
+    args: list[str], *, stdin_is_terminal: bool, stdin_closed: bool = False, passed_over: list[Path] | None = None
+) -> list[Source]:
     """Paths as given -> files in a stable order. Directories recurse sorted, skipping hidden
     entries and files that do not look like exports (collected in `passed_over`).
 
-    Every problem is found here, before the first line is read.
+    Every problem is found here, before the first line is read. A closed stdin (`<&-`) is not a
+    terminal and has nothing to read.
     """
     if not args:
+        if stdin_closed:
+            raise UsageError("no input: give a file or folder (stdin is closed, so there is nothing to read there).")
         if stdin_is_terminal:
             raise UsageError("no input: give a file or folder, or pipe events to stdin (for example: jq -c . x.json | segbill send ...).")
         args = [STDIN]
     sources: list[Source] = []
     seen: set[Path] = set()
     for arg in args:
+        if arg == "":  # "$EXPORTS" with the variable unset: never the current folder
+            raise UsageError("an input path is empty (an unset variable?); give a file or folder, or '-' for stdin.")
         if arg == STDIN:
+            if stdin_closed:
+                raise UsageError("'-' reads stdin, but stdin is closed.")
             if any(source.is_stdin for source in sources):
                 raise UsageError("stdin ('-') is given twice.")
             sources.append(Source("<stdin>", None, None))

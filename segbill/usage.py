@@ -4,11 +4,14 @@ process collects its garbage."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
+import io
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import typer
 
@@ -29,13 +32,69 @@ def inputs(paths: list[str] | None) -> list[Source]:
     """The command's PATH arguments -> sources; a usage error exits 2 before anything is read."""
     passed_over: list[Path] = []
     try:
-        sources = expand(paths or [], stdin_is_terminal=sys.stdin.isatty(), passed_over=passed_over)
+        closed = sys.stdin is None  # started with stdin closed (<&-)
+        sources = expand(paths or [], stdin_is_terminal=not closed and sys.stdin.isatty(), stdin_closed=closed, passed_over=passed_over)
     except UsageError as error:
         fail(str(error))
     if passed_over:
         shown = ", ".join(str(path) for path in passed_over[:5]) + (", ..." if len(passed_over) > 5 else "")
         warn(f"not reading {len(passed_over)} file(s) in folders that do not look like exports: {shown}")
     return sources
+
+
+class ClosedStdout(io.TextIOBase):
+    """stdout when the process started with it closed (`>&-`): every write fails as it does when
+    the reader of a pipe went away, so each command handles it as it handles `| head`."""
+
+    def __init__(self, reserved: int) -> None:
+        super().__init__()
+        self._reserved = reserved
+
+    @property
+    def buffer(self) -> ClosedStdout:
+        return self
+
+    def write(self, data: object) -> int:
+        raise BrokenPipeError(errno.EPIPE, "stdout is closed")
+
+    def fileno(self) -> int:
+        return self._reserved
+
+    def isatty(self) -> bool:
+        return False
+
+
+def hold_closed_streams() -> None:
+    """A process started with stdin or stdout closed: hold fds 0 and 1 on /dev/null, so that no
+    file segbill opens (the state, the dead letters) takes their number, and give stdout a
+    stream that fails on every write. sys.stdin stays None: a closed stdin has nothing to read."""
+    for fd in (0, 1):
+        if _is_closed(fd):
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+    if sys.stdout is None:
+        sys.stdout = ClosedStdout(1)
+
+
+def _is_closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+def report_stream() -> TextIO:
+    """Where a command's report goes: stdout, or stderr after an error line when stdout is closed."""
+    if isinstance(sys.stdout, ClosedStdout):
+        print("segbill: error: stdout is closed; the report follows on stderr.", file=sys.stderr)
+        return sys.stderr
+    return sys.stdout
+
+
+def say_empty(sources: list[Source]) -> None:
+    """An input with no record at all is a usage error (exit 2), never a quiet success."""
+    names = ", ".join(source.name for source in sources[:3]) + (", ..." if len(sources) > 3 else "")
+    print(f"segbill: error: no records in {names}: the input is empty.", file=sys.stderr)
 
 
 # Young objects tracked before the cyclic collector runs (CPython's default is 700).

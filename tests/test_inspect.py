@@ -221,9 +221,11 @@ def test_an_export_without_track_messages() -> None:
     assert parsed["message_ids"]["repeated"] == 0
 
 
-def test_an_empty_input() -> None:
-    result = run("-", input=b"")
-    assert result.exit_code == 0 and "No track messages" in result.stdout
+def test_an_empty_input_is_a_usage_error_as_for_send(tmp_path: Path) -> None:
+    empty = write(tmp_path / "empty.jsonl", b"\n \n")
+    for result, name in ((run("-", input=b""), "<stdin>"), (run(str(empty)), str(empty))):
+        assert result.exit_code == 2 and "No track messages" in result.stdout
+        assert f"no records in {name}: the input is empty" in result.stderr
 
 
 def test_gzip_by_content_on_stdin_and_in_a_file(tmp_path: Path, inflate: str) -> None:

@@ -71,7 +71,7 @@ class LagoReader:
     def __init__(self, options: ReadOptions) -> None:
         self.options = options
         self.base = options.url.rstrip("/")
-        self.host = urlsplit(options.url).netloc or options.url
+        self.host = urlsplit(options.url).netloc.rpartition("@")[2]  # host:port, never a user:password@
         self.headers = {"Authorization": f"Bearer {options.api_key}", "Accept": "application/json"}
         limits = httpx.Limits(max_connections=READ_CONCURRENCY, max_keepalive_connections=READ_CONCURRENCY)
         self.client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(options.timeout), trust_env=False)
