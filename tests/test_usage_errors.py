@@ -102,3 +102,61 @@ def test_a_dead_letter_symlink_to_a_file_yet_to_be_made_is_followed(segbill, exp
     run = segbill("send", str(export), "--to", "lago", "--dry-run", dead_letter="link.jsonl")
     assert run.exit_code == 1 and len(run.dead_letters) == 1  # read through the link
     assert (tmp_path / "link.jsonl").is_symlink() and (tmp_path / "target.jsonl").is_file()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["send", "--to", "lago"], ["send", "--to", "lago", "--dry-run"], ["inspect"], ["check", "--to", "lago"], ["reconcile", "--to", "lago"]],
+)
+@pytest.mark.parametrize("paths", [[""], ["in.jsonl", ""]])
+def test_an_empty_path_is_a_usage_error_not_the_current_folder(segbill, export: Path, command: list[str], paths: list[str]) -> None:
+    """`segbill send "$EXPORTS"` with the variable unset, run where exports lie: nothing is read."""
+    with FakePlatform(api_key=KEY) as fake:
+        run = segbill(*command, *paths, env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY})
+        assert fake.requests() == []
+    assert_usage_error(run, "an input path is empty (an unset variable?)")
+    assert len(run.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("target", "size", "limit"), [("lago", "101", "100"), ("hyperline", "5001", "5000")])
+def test_a_dry_run_checks_the_batch_size_too(segbill, export: Path, target: str, size: str, limit: str) -> None:
+    run = segbill("send", str(export), "--to", target, "--dry-run", "--batch-size", size)
+    assert_usage_error(run, f"--batch-size {size} is over")
+    assert f"limit of {limit} events per request" in run.stderr
+
+
+SECRET = "pw-SECRET2"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["send", "--to", "lago"],
+        ["send", "--to", "lago", "--api-key", "wrong-key"],
+        ["send", "--to", "hyperline", "--state", "state.db"],
+        ["check", "--to", "lago"],
+        ["reconcile", "--to", "lago", "--missing", "missing.jsonl"],
+    ],
+)
+@pytest.mark.parametrize("reachable", [True, False])
+@pytest.mark.parametrize("given_as", ["--api-url", "variable", "no scheme"])
+def test_a_password_in_the_api_url_is_refused_and_never_shown(
+    segbill, export: Path, tmp_path: Path, command: list[str], reachable: bool, given_as: str
+) -> None:
+    """A user:password@ in the URL is not how either platform authenticates (httpx would even
+    replace the Bearer key with it): refused before any request, without repeating the URL."""
+    with FakePlatform(api_key=KEY) as fake:
+        port = fake.url.rsplit(":", 1)[1] if reachable else "9"  # nothing listens on port 9 (discard)
+        url = f"http://user:{SECRET}@127.0.0.1:{port}"
+        variable = "LAGO_API_URL" if command[2] == "lago" else "HYPERLINE_API_URL"
+        env = {"LAGO_API_KEY": KEY, "HYPERLINE_API_KEY": KEY}
+        if given_as == "variable":
+            env[variable] = url
+            args = [*command, str(export)]
+        else:
+            args = [*command, str(export), "--api-url", url if given_as == "--api-url" else url.removeprefix("http://")]
+        run = segbill(*args, env=env)
+        assert fake.requests() == []
+    assert_usage_error(run, f"{'$' + variable if given_as == 'variable' else '--api-url'} holds a user name or password")
+    written = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
+    assert SECRET not in run.stdout + run.stderr and SECRET.encode() not in written
