@@ -210,7 +210,7 @@ def send(
         typer.Option(
             "--json",
             help="Print the summary as one JSON object on stdout (on stderr in a dry run, where stdout holds "
-            "the events).",
+            "the events: its last line, after any notices).",
         ),
     ] = False,
     check_first: Annotated[

@@ -3,7 +3,11 @@ commands print, and every option of every command is described in it."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -12,7 +16,7 @@ import typer.main
 
 from segbill.cli import app
 
-from .conftest import ROOT, jsonl, track, write
+from .conftest import ROOT, SAMPLE_DATA, jsonl, track, write
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -46,6 +50,17 @@ def test_the_readme_summary_example_has_the_keys_json_prints(segbill, tmp_path: 
     run = segbill("send", str(path), "--to", "lago", "--dry-run", "--json")
     printed = orjson.loads(run.stderr.strip().splitlines()[-1])
     assert list(printed) == list(documented)
+
+
+def test_the_readme_machine_summary_example_writes_json(tmp_path: Path) -> None:
+    """Run as written, in a shell, over an export whose dead letters are named on stderr first."""
+    [command] = [line.split("#")[0].strip() for block in fenced("sh") for line in block.splitlines() if line.endswith("# machine summary")]
+    shutil.copytree(SAMPLE_DATA, tmp_path / "exports")
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # this venv's segbill first
+    done = subprocess.run(["sh", "-c", command], cwd=tmp_path, env={**os.environ, "PATH": path}, capture_output=True, check=False, timeout=60)
+    assert done.returncode == 0 and done.stderr == b""  # the pipeline's status is tail's; the summary says how segbill ended
+    summary = orjson.loads((tmp_path / "summary.json").read_bytes())
+    assert summary["dry_run"] is True and summary["dead_lettered"] > 0 and summary["exit_code"] == 1
 
 
 def _options() -> list[tuple[str, str]]:
