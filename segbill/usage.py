@@ -46,10 +46,6 @@ class ClosedStdout(io.TextIOBase):
     """stdout when the process started with it closed (`>&-`): every write fails as it does when
     the reader of a pipe went away, so each command handles it as it handles `| head`."""
 
-    def __init__(self, reserved: int) -> None:
-        super().__init__()
-        self._reserved = reserved
-
     @property
     def buffer(self) -> ClosedStdout:
         return self
@@ -58,7 +54,7 @@ class ClosedStdout(io.TextIOBase):
         raise BrokenPipeError(errno.EPIPE, "stdout is closed")
 
     def fileno(self) -> int:
-        return self._reserved
+        return 1  # held on /dev/null by hold_closed_streams
 
     def isatty(self) -> bool:
         return False
@@ -72,7 +68,7 @@ def hold_closed_streams() -> None:
         if _is_closed(fd):
             os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
     if sys.stdout is None:
-        sys.stdout = ClosedStdout(1)
+        sys.stdout = ClosedStdout()  # type: ignore[assignment]
 
 
 def _is_closed(fd: int) -> bool:
