@@ -18,7 +18,7 @@ import typer
 from segbill import __version__
 from segbill.deadletter import DEFAULT_PATH, written_by_dry_runs
 from segbill.inspection import inspect_command
-from segbill.mapping import ConfigError
+from segbill.mapping import ConfigError, Mapping
 from segbill.mapping import load as load_mapping
 from segbill.pipeline import STORAGE_ERRORS, Options, Replay, dry_run
 from segbill.report import ExitCode, Progress, Tally, render
@@ -296,7 +296,9 @@ def send(
     replay.tally.warnings += mapping.notes
     if replay.tally.read:  # with nothing read, every rule matched nothing: not worth saying
         replay.tally.warnings += [_unused_rename(name) for name in mapping.unused_renames()]
-    if replay.tally.exit_code() is ExitCode.USAGE:
+        replay.tally.warnings += [_unmatched(rule, glob, to.value, event, exclude_event) for rule, glob in mapping.unmatched()]
+    _nothing_selected(replay.tally, mapping, bool(event or exclude_event))
+    if replay.tally.empty and replay.tally.exit_code() is ExitCode.USAGE:
         say_empty(sources)
     _flush_stdout()
     _summarize(replay.tally, json_)
@@ -543,6 +545,30 @@ def _report(data: dict[str, object] | None, render_to: Callable[[TextIO], None])
 
 def _unused_rename(name: str) -> str:
     return f'rename "{name}" matched no event read: names are matched exactly, case included (segbill inspect lists them).'
+
+
+def _unmatched(rule: str, glob: str, target: str, events: list[str] | None, exclude_events: list[str] | None) -> str:
+    """A selection or property rule that matched nothing, named as the user wrote it (a flag or the file's key)."""
+    if rule == "include" and events:
+        name = f'--event "{glob}"'
+    elif rule == "exclude" and exclude_events:
+        name = f'--exclude-event "{glob}"'
+    else:
+        table, _, key = rule.rpartition(".")
+        name = f'[{target}.{table or "events"}] {key} "{glob}"'
+    what = "property key" if rule.startswith("properties.") else "event"
+    return f"{name} matched no {what} read: globs and names match exactly, case included (segbill inspect lists them)."
+
+
+def _nothing_selected(tally: Tally, mapping: Mapping, by_flags: bool) -> None:
+    """Track messages were read but the include/exclude rules left every one out: nothing was
+    billed, which is never what a backfill meant, so it is said and exits 2 like an empty input."""
+    left_out = tally.skipped["not_included"] + tally.skipped["excluded"]
+    if not left_out or mapping.hits.selected or tally.interrupted or tally.stopped:
+        return
+    rules = "--event/--exclude-event" if by_flags else "the include/exclude rules"
+    tally.nothing_selected = True
+    tally.warnings.append(f"{rules} left out every event read ({left_out:,}): nothing was {'converted' if tally.dry_run else 'sent'} (exit 2).")
 
 
 def _time_option(name: str, value: str | None) -> int | None:

@@ -35,6 +35,7 @@ FIELDS = {
 }
 AMOUNT_FIELD = {"lago": "precise_total_amount_cents"}
 MAX_CACHED_NAMES = 10_000  # event names whose code is remembered (names are few; memory stays flat)
+MAX_CACHED_KEYS = 10_000  # property keys whose shaped key is remembered
 EVENT_KEYS = {"billable_types", "include", "exclude", "rename", "other"}
 PROPERTY_KEYS = {"include", "exclude", "rename", "constants", "separator"}
 
@@ -44,6 +45,18 @@ class ConfigError(Exception):
 
 
 Path_ = tuple[str, ...]
+
+
+@dataclass
+class Hits:
+    """What the selection and property rules met in the input read so far, so that a rule that
+    matched nothing (usually a name spelt another way) can be said. Each distinct event name or
+    property key is judged once and remembered (bounded), so the cost per record stays flat."""
+
+    rules: set[tuple[str, str]] = field(default_factory=set)  # (rule, glob or key) that matched something
+    selected: bool = False  # an event name got past the include/exclude rules
+    names: dict[str, str | None] = field(default_factory=dict)  # event name -> why it is left out, or None
+    keys: dict[str, str | None] = field(default_factory=dict)  # property key -> its key once shaped, or None: left out
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,7 @@ class Mapping:
     separator: str = "."  # joins nested property keys: "model_name" is reachable from a Lago custom expression
     notes: tuple[str, ...] = ()  # what the user should hear about this mapping (said at start and in the summary)
     renamed: set[str] = field(default_factory=set, compare=False, repr=False)  # `rename` keys that matched an event
+    hits: Hits = field(default_factory=Hits, compare=False, repr=False)
 
     @property
     def shapes_properties(self) -> bool:
@@ -121,12 +135,34 @@ class Mapping:
         """`rename` rules that matched no event so far: usually a name spelt another way."""
         return [name for name in self.rename if name not in self.renamed]
 
+    def unmatched(self) -> list[tuple[str, str]]:
+        """(rule, glob or key) of the include/exclude/property rules that matched nothing so far:
+        rule is `include`, `exclude`, `properties.include`, `properties.exclude` or `properties.rename`."""
+        rules = [("include", glob) for glob in self.include] + [("exclude", glob) for glob in self.exclude]
+        if self.shapes_properties:
+            rules += [("properties.include", glob) for glob in self.property_include]
+            rules += [("properties.exclude", glob) for glob in self.property_exclude]
+            rules += [("properties.rename", key) for key in self.property_rename]
+        return [rule for rule in dict.fromkeys(rules) if rule not in self.hits.rules]
+
     def _included(self, name: str) -> None:
         """Raise `Skipped` for an event name the include/exclude rules leave out."""
-        if self.include and not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.include):
-            raise Skipped("not_included")
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude):
-            raise Skipped("excluded")
+        names = self.hits.names
+        reason = names[name] if name in names else self._judge(name)
+        if reason is not None:
+            raise Skipped(reason)
+
+    def _judge(self, name: str) -> str | None:
+        """Why the include/exclude rules leave out a name not met before (or None), noting which globs it matched."""
+        included = [glob for glob in self.include if fnmatch.fnmatchcase(name, glob)]
+        excluded = [glob for glob in self.exclude if fnmatch.fnmatchcase(name, glob)]
+        self.hits.rules.update([("include", glob) for glob in included] + [("exclude", glob) for glob in excluded])
+        reason = "not_included" if self.include and not included else "excluded" if excluded else None
+        if reason is None:
+            self.hits.selected = True
+        if len(self.hits.names) < MAX_CACHED_NAMES:
+            self.hits.names[name] = reason
+        return reason
 
     def billable(self, message: dict[str, Any], name: str) -> Billable:
         """A selected message -> the fields a billing event is made of, or `Invalid` saying why not."""
@@ -223,17 +259,31 @@ class Mapping:
     def shape(self, flat: dict[str, Any], protected: str | None = None) -> dict[str, Any]:
         """Property include/exclude/rename/constants, on the flattened (dotted) keys."""
         shaped: dict[str, Any] = {}
+        keys = self.hits.keys
         for key, value in flat.items():
             if key == protected:
                 shaped[key] = value
                 continue
-            if self.property_include and not any(fnmatch.fnmatchcase(key, p) for p in self.property_include):
-                continue
-            if any(fnmatch.fnmatchcase(key, p) for p in self.property_exclude):
-                continue
-            shaped[self.property_rename.get(key, key)] = value
+            new_key = keys[key] if key in keys else self._shaped_key(key)
+            if new_key is not None:
+                shaped[new_key] = value
         shaped.update(self.property_constants)
         return shaped
+
+    def _shaped_key(self, key: str) -> str | None:
+        """A property key not met before -> its key once shaped, or None: left out; noting which rules it matched."""
+        included = [glob for glob in self.property_include if fnmatch.fnmatchcase(key, glob)]
+        excluded = [glob for glob in self.property_exclude if fnmatch.fnmatchcase(key, glob)]
+        rules = [("properties.include", glob) for glob in included] + [("properties.exclude", glob) for glob in excluded]
+        new_key: str | None = None
+        if not excluded and (included or not self.property_include):
+            new_key = self.property_rename.get(key, key)
+            if key in self.property_rename:
+                rules.append(("properties.rename", key))
+        self.hits.rules.update(rules)
+        if len(self.hits.keys) < MAX_CACHED_KEYS:
+            self.hits.keys[key] = new_key
+        return new_key
 
     def amount_of(self, message: dict[str, Any]) -> str | None:
         """Lago's precise_total_amount_cents: a decimal string, exact."""

@@ -51,6 +51,7 @@ class Tally:
     resumed_at: list[str] = field(default_factory=list)  # "file:line" where a file was resumed
     state_file: str | None = None
     warnings: list[str] = field(default_factory=list)  # what may not be what the user meant (a mapping unused)
+    nothing_selected: bool = False  # track messages were read, and the include/exclude rules left out every one
 
     def finish(self) -> None:
         self.elapsed = time.monotonic() - self.started
@@ -72,7 +73,7 @@ class Tally:
             return ExitCode.INTERRUPTED
         if self.stopped is not None:
             return ExitCode.FATAL
-        if self.empty:
+        if self.empty or self.nothing_selected:
             return ExitCode.USAGE
         return ExitCode.DEAD_LETTERED if self.dead_lettered else ExitCode.OK
 

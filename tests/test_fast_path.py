@@ -67,12 +67,13 @@ ODD_MESSAGES: list[Any] = [
 CONFIG = """
 [lago.events]
 billable_types = { page = "page_viewed" }
-exclude = ["Internal *"]
+exclude = ["Internal *", "Never *"]
 rename = { "Order Completed" = "order", "Page viewed" = "never_matched" }
 other = "snake_case"
 
 [lago.properties]
 separator = "_"
+exclude = ["a_b", "never_*"]
 """
 
 
@@ -115,8 +116,10 @@ def test_odd_messages_get_the_general_paths_answers(segbill, monkeypatch, tmp_pa
     assert_same(fast, general)
     summary = orjson.loads(fast.stderr.strip().splitlines()[-1])
     assert summary["converted"] >= 8 and summary["dead_lettered"] >= 8 and summary["skipped"] >= 3  # every outcome is exercised
-    if "--config" in options:  # the rename hits agree: one rule matched, the other did not
-        assert [warning.split(" matched")[0] for warning in summary["warnings"]] == ['rename "Page viewed"']
+    if "--config" in options:  # the rule hits agree: of each pair, one rule matched, the other did not
+        assert [warning.split(" matched")[0] for warning in summary["warnings"]] == [
+            'rename "Page viewed"', f'[{target}.events] exclude "Never *"', f'[{target}.properties] exclude "never_*"'
+        ]
 
 
 @pytest.mark.parametrize("target", ["lago", "hyperline"])

@@ -1,11 +1,16 @@
 """A mapping that does not do what its author meant is said, at start and in the summary: a config
-without a table for the platform sent to, and `rename` rules that matched no event."""
+without a table for the platform sent to, `rename` rules that matched no event, selection and
+property rules that matched nothing, and a selection that left out every event read (exit 2)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
+
+from segbill.testing.fake_platform import FakePlatform
 
 from .conftest import jsonl, track, write
 
@@ -32,3 +37,77 @@ def test_a_rename_that_matched_no_event_is_said_in_the_summary(segbill, tmp_path
     assert [event["code"] for event in run.events] == ["Api Request Made", "seats"]
     warnings = [line for line in run.stderr.splitlines() if "warning" in line]
     assert warnings == ['  warning          rename "API Request Made" matched no event read: names are matched exactly, case included (segbill inspect lists them).']
+
+
+HINT = "globs and names match exactly, case included (segbill inspect lists them)."
+MIXED = [
+    track(messageId="a1", event="API Call", properties={"tokens": 3, "model": {"name": "m"}}),
+    track(messageId="a2", event="API Call", properties={"tokens": 4}),
+    track(messageId="s1", event="Seat Added", properties={"seats": 1}),
+    {"type": "identify", "userId": "user-1", "messageId": "i1"},
+]
+
+
+def summary_of(run: Any) -> dict[str, Any]:
+    return orjson.loads(run.stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("target", ["lago", "hyperline"])
+def test_globs_and_property_rules_that_matched_nothing_are_said(segbill, tmp_path: Path, target: str) -> None:
+    write(tmp_path / "in.jsonl", jsonl(*MIXED))
+    (tmp_path / "segbill.toml").write_text(
+        f"[{target}.events]\ninclude = [\"API *\", \"api*\"]\nexclude = [\"* (test)\", \"Seat *\"]\n"
+        f"[{target}.properties]\ninclude = [\"tokens\", \"tokenz\", \"model*\"]\nexclude = [\"model.internal\"]\n"
+        "rename = { tokens = \"total_tokens\", Tokens = \"t\" }\n"
+    )
+    run = segbill("send", "in.jsonl", "--to", target, "--dry-run", "--json", "--config", "segbill.toml")
+    assert run.exit_code == 0 and len(run.events) == 2  # "Seat Added" is excluded: that rule matched
+    assert summary_of(run)["warnings"] == [
+        f'[{target}.events] include "api*" matched no event read: {HINT}',
+        f'[{target}.events] exclude "* (test)" matched no event read: {HINT}',
+        f'[{target}.properties] include "tokenz" matched no property key read: {HINT}',
+        f'[{target}.properties] exclude "model.internal" matched no property key read: {HINT}',
+        f'[{target}.properties] rename "Tokens" matched no property key read: {HINT}',
+    ]
+    every_rule_used = segbill("send", "in.jsonl", "--to", target, "--dry-run", "--json", "--event", "API *", "--exclude-event", "Seat *")
+    assert every_rule_used.exit_code == 0 and summary_of(every_rule_used)["warnings"] == []
+
+
+def test_flags_are_named_as_typed(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(*MIXED))
+    run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--event", "API *", "--exclude-event", "Api Call")
+    assert run.exit_code == 0 and len(run.events) == 2
+    warnings = [line for line in run.stderr.splitlines() if "warning" in line]
+    assert warnings == [f'  warning          --exclude-event "Api Call" matched no event read: {HINT}']
+
+
+@pytest.mark.parametrize("selection", [("--event", "api call"), ("--exclude-event", "*"), ("--config", "segbill.toml")])
+def test_a_selection_that_leaves_out_every_event_read_exits_2(segbill, tmp_path: Path, selection: tuple[str, ...]) -> None:
+    """A cron backfill whose --event was mistyped bills nothing: it must not exit 0."""
+    write(tmp_path / "in.jsonl", jsonl(*MIXED))
+    (tmp_path / "segbill.toml").write_text('[lago.events]\ninclude = ["api*"]\n')
+    run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--json", *selection)
+    summary = summary_of(run)
+    assert run.exit_code == 2 == summary["exit_code"] and run.events == []
+    assert summary["skipped"] == 4 and summary["skipped_by_reason"]["identify"] == 1
+    rules = "the include/exclude rules" if selection[0] == "--config" else "--event/--exclude-event"
+    assert summary["warnings"][-1] == f"{rules} left out every event read (3): nothing was converted (exit 2)."
+    assert "the input is empty" not in run.stderr
+
+
+def test_a_send_whose_selection_leaves_out_everything_sends_nothing_and_exits_2(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(*MIXED))
+    with FakePlatform(api_key="k") as fake:
+        run = segbill("send", "in.jsonl", "--to", "lago", "--json", "--quiet", "--event", "api call",
+                      env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": "k"})
+        assert fake.requests() == []
+    summary = orjson.loads(run.stdout)
+    assert run.exit_code == 2 == summary["exit_code"] and summary["delivered"] == 0
+    assert summary["warnings"][-1] == "--event/--exclude-event left out every event read (3): nothing was sent (exit 2)."
+
+
+def test_only_some_files_holding_no_selected_event_is_not_an_error(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "a.jsonl", jsonl(MIXED[2]))
+    write(tmp_path / "b.jsonl", jsonl(MIXED[0]))
+    run = segbill("send", "a.jsonl", "b.jsonl", "--to", "lago", "--dry-run", "--json", "--event", "API *")
+    assert run.exit_code == 0 and len(run.events) == 1 and summary_of(run)["warnings"] == []
