@@ -447,7 +447,7 @@ def row_rate_limits(sizes: Sizes, work: Path, *, oversubscribed: bool) -> list[R
             share = throttled / max(len(requests), 1)
             rate = summary["delivered"] / result.wall
             ratio = rate / ceiling
-            complete = summary["not_attempted"] == 0 and stored == summary["delivered"] - summary["already_delivered"]
+            complete = summary["not_attempted"] == summary["unanswered"] == 0 and stored == summary["delivered"] - summary["already_delivered"]
             ok = None if informational else (ratio >= TARGET_RATE_SHARE and share <= TARGET_429 and complete)
             limit_text = f"{LAGO_RATE} batch req/s" if target == "lago" else f"{HYPERLINE_LIMIT} req / {HYPERLINE_WINDOW:.0f} s"
             rows.append(
@@ -519,7 +519,7 @@ def row_send_memory(sizes: Sizes, work: Path) -> list[Row]:
                 env = {f"{target.upper()}_API_URL": fake.url, f"{target.upper()}_API_KEY": KEY}
                 result, summary = segbill_send(path, target, work=work, env=env, rss=True)
                 stored = len(fake.counts(target))  # type: ignore[arg-type]
-            if stored != summary["delivered"] or summary["not_attempted"]:
+            if stored != summary["delivered"] or summary["not_attempted"] or summary["unanswered"]:
                 raise RuntimeError(f"row {number}: {n:,} messages: stored {stored:,} of {summary['delivered']:,} delivered, {summary['not_attempted']:,} not attempted")
             measured[n] = {"max_rss_mb": result.max_rss_mb, "seconds": result.wall, "delivered": summary["delivered"], "requests": summary["requests"]}
         large, small = measured[sizes.mem_large], measured[sizes.mem_small]

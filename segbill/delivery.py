@@ -73,6 +73,15 @@ class Item:
     data: bytes
 
 
+@dataclass(slots=True)
+class Trip:
+    """One batch's requests so far: `open` while one went out whose answer said nothing final
+    (none came yet, none ever came, or a transient failure), so that if the run stops now its
+    events are `unanswered` (maybe stored), not "not attempted"."""
+
+    open: bool = False
+
+
 class Unreachable(Exception):
     """A batch still failed after every retry."""
 
@@ -338,14 +347,16 @@ class Sender:
             if self.stopped is not None:
                 self.replay.not_attempted(_pairs(batch))
                 continue
+            trip = Trip()
             try:
-                status, content = await self._exchange(batch)
-            except asyncio.CancelledError:  # a hard stop: whether these arrived is unknown
-                self.replay.not_attempted(_pairs(batch) + [pair for rest in queue for pair in _pairs(rest)])
+                status, content = await self._exchange(batch, trip)
+            except asyncio.CancelledError:  # a hard stop: whether a request in flight arrived is unknown
+                self.replay.not_attempted(_pairs(batch), unanswered=trip.open)
+                self.replay.not_attempted([pair for rest in queue for pair in _pairs(rest)])
                 raise
             except Fatal as error:
                 self.stop(str(error))
-                self.replay.not_attempted(_pairs(batch))
+                self.replay.not_attempted(_pairs(batch), unanswered=trip.open)
                 continue
             except Unreachable as error:
                 self._unreachable(batch, str(error))
@@ -385,8 +396,9 @@ class Sender:
         if self.unreachable_streak >= MAX_UNREACHABLE_BATCHES:
             self.stop(f"{self.host} unreachable: {self.unreachable_streak} batches in a row failed every retry ({error})")
 
-    async def _exchange(self, batch: list[Item]) -> tuple[int, bytes]:
-        """POST the batch, retrying transient failures with the identical body every time."""
+    async def _exchange(self, batch: list[Item], trip: Trip) -> tuple[int, bytes]:
+        """POST the batch, retrying transient failures with the identical body every time. A
+        retry is counted when it is really sent, not when it is decided: a stop can come first."""
         body = self.target.body([item.data for item in batch])
         attempt = 0
         while True:
@@ -399,9 +411,16 @@ class Sender:
                     raise Fatal(self.stopped)
                 if attempt == 0:
                     self.replay.sending([item.key for item in batch])
+                else:
+                    self.tally.retries += 1
                 self.tally.requests += 1
+                trip.open = True
                 started = time.monotonic()
-                status, content, wait, last = await self._post(body)
+                try:
+                    status, content, wait, last = await self._post(body)
+                except Fatal:
+                    trip.open = attempt > 0  # this request was refused whole; an earlier one had no final answer
+                    raise
                 answer_time = time.monotonic() - started
             finally:
                 await self.concurrency.release(answer_time, congested=status == 0 or retryable(status))
@@ -410,7 +429,6 @@ class Sender:
             attempt += 1
             if attempt > self.options.max_retries:
                 raise Unreachable(last)
-            self.tally.retries += 1
             if wait is None:
                 await asyncio.sleep(backoff(attempt))
 

@@ -259,11 +259,15 @@ class Replay:
         self.state.release([key], refused=kind == "rejected")
         self.dead_letter(record, kind, reason)
 
-    def not_attempted(self, items: list[tuple[Record, str]]) -> None:
-        """Whether these reached the platform is unknown or they were never sent: they stay held,
-        so the checkpoint stays before them and a rerun sends them (idempotently) again; those
-        that were sent stay marked so (see `State.sending`)."""
-        self.tally.not_attempted += len(items)
+    def not_attempted(self, items: list[tuple[Record, str]], *, unanswered: bool = False) -> None:
+        """These were never sent, or (`unanswered`) sent without a final answer before the run
+        stopped, so whether they reached the platform is unknown: they stay held, so the
+        checkpoint stays before them and a rerun sends them (idempotently) again; those that
+        were sent stay marked so (see `State.sending`)."""
+        if unanswered:
+            self.tally.unanswered += len(items)
+        else:
+            self.tally.not_attempted += len(items)
         if not self.options.dry_run and self.failure is None:  # after a failed write the state is not saved
             self.state.release([key for _, key in items])
 

@@ -26,7 +26,7 @@ class ExitCode(IntEnum):
 
 @dataclass
 class Tally:
-    """Counts of outcomes. `read == delivered + skipped + dead-lettered + not attempted` always."""
+    """Counts of outcomes. `read == delivered + skipped + dead-lettered + not attempted + unanswered` always."""
 
     target: str
     dry_run: bool
@@ -37,6 +37,7 @@ class Tally:
     skipped: Counter[str] = field(default_factory=Counter)
     dead_lettered: Counter[str] = field(default_factory=Counter)
     not_attempted: int = 0
+    unanswered: int = 0  # sent (once or more) when the run stopped, with no final answer: maybe stored
     requests: int = 0
     retries: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -66,7 +67,7 @@ class Tally:
     @property
     def unsettled(self) -> int:
         """Records read whose outcome is not counted (yet)."""
-        return self.read - self.delivered - sum(self.skipped.values()) - sum(self.dead_lettered.values()) - self.not_attempted
+        return self.read - self.delivered - sum(self.skipped.values()) - sum(self.dead_lettered.values()) - self.not_attempted - self.unanswered
 
     def exit_code(self) -> ExitCode:
         if self.interrupted:
@@ -95,6 +96,7 @@ class Tally:
             "dead_lettered": sum(self.dead_lettered.values()),
             "dead_lettered_by_reason": dict(sorted(self.dead_lettered.items())),
             "not_attempted": self.not_attempted,
+            "unanswered": self.unanswered,
             "requests": self.requests,
             "retries": self.retries,
             "elapsed_seconds": round(elapsed, 3),
@@ -139,6 +141,8 @@ def render(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
     ]
     if tally.not_attempted or not tally.dry_run:
         rows.append(("not attempted", f"{tally.not_attempted:,}", ""))
+    if tally.unanswered:
+        rows.append(("unanswered", f"{tally.unanswered:,}", "sent, no final answer before the stop: maybe stored; a rerun resends them"))
     if not tally.dry_run:
         rows.append(("requests", f"{tally.requests:,}", f"{tally.retries:,} retries"))
     if tally.files_already_done:

@@ -31,7 +31,7 @@ def summary_of(run) -> dict:
 
 def assert_adds_up(summary: dict) -> None:
     done = summary.get("converted", summary.get("delivered"))
-    assert summary["read"] == done + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"]
+    assert summary["read"] == done + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
     assert summary["skipped"] == sum(summary["skipped_by_reason"].values())
     assert summary["dead_lettered"] == sum(summary["dead_lettered_by_reason"].values())
 

@@ -52,7 +52,7 @@ def send(segbill, tmp_path: Path, target: str, url: str, data: bytes, *extra: st
         assert KEY not in run.dead_letter.read_text()
     summary = orjson.loads(run.stdout) if run.stdout.strip() else {}
     if summary:
-        assert summary["read"] == summary["delivered"] + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"]
+        assert summary["read"] == summary["delivered"] + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
     return run, summary
 
 
@@ -229,6 +229,17 @@ def test_an_unreachable_host_dead_letters_with_the_last_error_then_stops(segbill
     assert summary["stopped"].startswith(f"{url.removeprefix('http://')} unreachable: 3 batches in a row")
     reasons = {e["reason"] for e in run.dead_letters}
     assert len(reasons) == 1 and reasons.pop().startswith(f"Not delivered: {url.removeprefix('http://')} still failed after 2 retries (ConnectError")
+
+
+def test_retries_count_only_requests_really_sent_again(segbill, tmp_path: Path) -> None:
+    """Every request answered 503: with --max-retries 1 a batch is sent at most twice, so at
+    most half of the requests are retries, however the stop cuts the batches in flight."""
+    with FakePlatform(api_key=KEY, faults={"503": 1.0}, retry_after=0) as fake:
+        run, summary = send(segbill, tmp_path, "lago", fake.url, jsonl(*messages(3000)), "--max-retries", "1", "--concurrency", "4")
+        assert summary["requests"] == len(fake.requests("lago")) and fake.counts("lago") == {}
+    assert run.exit_code == 3 and summary["stopped"].endswith("3 batches in a row failed every retry (HTTP 503)")
+    assert summary["dead_lettered_by_reason"]["unreachable"] >= 300
+    assert 0 < summary["retries"] <= summary["requests"] // 2
 
 
 def test_one_429_pauses_every_sender(segbill, tmp_path: Path) -> None:

@@ -64,6 +64,28 @@ def test_every_retry_resends_the_identical_body(tmp_path: Path) -> None:
     assert replay.tally.delivered == 5 and replay.tally.retries == 5 and replay.tally.requests == 6
 
 
+def test_a_batch_sent_without_a_final_answer_when_the_run_stops_is_unanswered_not_attempted(tmp_path: Path) -> None:
+    """The first batch gets only 503s; the second, sent meanwhile, a 401 that stops the run.
+    The first was sent (maybe stored): `unanswered`. The second was refused whole and the rest
+    never left: `not_attempted`. Only requests that really went again count as retries."""
+    replay = replay_of(tmp_path, "lago", 300)
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        return httpx.Response(503) if b'"m0"' in request.content else httpx.Response(401)
+
+    settings = DeliveryOptions(url="https://billing.test", api_key="k", batch_size=100, concurrency=2, max_retries=10)
+    asyncio.run(deliver_all(replay, get_target("lago"), settings, transport=httpx.MockTransport(handler)))
+    replay.close()
+    tally = replay.tally
+    first = [body for body in seen if b'"m0"' in body]
+    assert len(seen) == len(first) + 1 and 1 <= len(first) < 10  # one request of the second batch; the stop cut the first's retries
+    assert tally.requests == len(seen) and tally.retries == len(first) - 1
+    assert tally.unanswered == 100 and tally.not_attempted == tally.read - 100 >= 100 and tally.delivered == 0
+    assert tally.unsettled == 0 and tally.exit_code() == 3 and "rejected the API key" in (tally.stopped or "")
+
+
 def test_501_and_other_unexpected_statuses_are_dead_lettered_not_retried(tmp_path: Path) -> None:
     replay = replay_of(tmp_path, "hyperline", 3)
     seen = run(replay, [httpx.Response(501, json={"message": "Not Implemented"})])

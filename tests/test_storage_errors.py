@@ -60,7 +60,7 @@ def assert_stopped_cleanly(process: subprocess.CompletedProcess[bytes], words: s
     assert len(errors) == 1 and words in errors[0] and "run the same command again" in errors[0]
     summary = orjson.loads(process.stdout)
     assert words in summary["stopped"] and summary["exit_code"] == 3
-    assert summary["read"] == summary["delivered"] + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"]
+    assert summary["read"] == summary["delivered"] + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
     return summary
 
 
