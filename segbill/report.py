@@ -198,7 +198,10 @@ def _next_step(tally: Tally) -> str | None:
 class Progress:
     """Live progress on stderr: on a terminal, a rich bar (by bytes for files, so it has an end and
     an ETA; by records on stdin) over a line of counts; otherwise a plain, timestamped line every
-    `every` seconds (cron logs), tagged with the run id the summary also carries."""
+    `every` seconds (cron logs), tagged with the run id the summary also carries.
+
+    How far counts what has its final outcome, not what was read: delivery lags reading (a
+    batch out, a rate-limit pause), and 100% must mean done. Elapsed runs from the run's start."""
 
     def __init__(self, tally: Tally, total_bytes: int | None, stream: IO[str], *, terminal: bool, every: float = 10.0) -> None:
         self.tally = tally
@@ -218,6 +221,21 @@ class Progress:
     @property
     def bytes_done(self) -> int:
         return sum(self._done.values())
+
+    @property
+    def settled(self) -> int:
+        """Records read that have their final outcome."""
+        return self.tally.read - self.tally.unsettled
+
+    @property
+    def done(self) -> float:
+        """Bytes of the input done: those read, scaled by the share of records read that are settled."""
+        read = self.tally.read
+        return self.bytes_done * self.settled / read if read else 0.0
+
+    def percent(self) -> int:
+        """How far, in whole percent, rounded down: 100 only once everything read is settled."""
+        return math.floor(100 * self.done / self.total_bytes) if self.total_bytes else 0
 
     def _counts(self) -> list[str]:
         tally = self.tally
@@ -240,9 +258,9 @@ class Progress:
         """The plain progress line: when, which run, how far, how long, then the counts."""
         elapsed = time.monotonic() - self.tally.started
         head = [f"elapsed {_clock(elapsed)}"]
-        done = self.bytes_done
+        done = self.done
         if self.total_bytes:
-            head.insert(0, f"{100 * done / self.total_bytes:.0f}% of the input")
+            head.insert(0, f"{self.percent()}% of the input")
             if done:
                 head.append(f"ETA {_clock(elapsed * (self.total_bytes - done) / done)}")
         now = iso_time(datetime.now(timezone.utc))
@@ -251,33 +269,28 @@ class Progress:
     def start(self) -> None:
         if not self.terminal:
             return
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
 
+        elapsed = TextColumn("{task.fields[elapsed]}")  # rich's own stops when the bar is full, not when the run ends
         if self.total_bytes is None:  # stdin: no end is known, so count records
-            columns: list[Any] = [BarColumn(bar_width=24), TextColumn("{task.completed:,} records"), TimeElapsedColumn()]
+            columns: list[Any] = [BarColumn(bar_width=24), TextColumn("{task.completed:,} records"), elapsed]
         else:
             columns = [
-                BarColumn(bar_width=24), TaskProgressColumn(), DownloadColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                TextColumn("elapsed"), TimeElapsedColumn(),
+                BarColumn(bar_width=24), TextColumn("{task.fields[percent]:>3}%"), DownloadColumn(), TextColumn("ETA"),
+                TimeRemainingColumn(), TextColumn("elapsed"), elapsed,
             ]
         console = Console(file=self.stream, stderr=True, force_terminal=True)
         self._bar = _bar_with_counts()(*columns, console=console, transient=True, auto_refresh=False)
-        self._task = self._bar.add_task("", total=self.total_bytes)
+        self._task = self._bar.add_task("", total=self.total_bytes, percent=0, elapsed=_clock(0))
         self._bar.start()
         self.tick()
 
     def tick(self) -> None:
         if self._bar is not None:
             self._bar.counts = " · ".join(self._counts())
-            done = self.tally.read if self.total_bytes is None else self.bytes_done
-            self._bar.update(self._task, completed=done, refresh=True)
+            done = self.settled if self.total_bytes is None else self.done
+            elapsed = _clock(time.monotonic() - self.tally.started)
+            self._bar.update(self._task, completed=done, percent=self.percent(), elapsed=elapsed, refresh=True)
         else:
             self.stream.write(self.line() + "\n")
             self.stream.flush()

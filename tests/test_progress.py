@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import re
 from datetime import datetime
 from pathlib import Path
@@ -104,3 +105,51 @@ def test_the_json_summary_has_the_run_id_and_its_start_and_end_times(segbill, tm
     assert datetime.fromisoformat(summary["started_at"]) <= datetime.fromisoformat(summary["ended_at"])
     human = segbill("send", "in.jsonl", "--to", "lago", "--dry-run")
     assert re.search(rf"\n  run              [0-9a-f]{{6}}  \({ISO_UTC} to {ISO_UTC}\)\n", human.stderr)
+
+
+def lagging_tally(read: int, settled: int) -> Tally:
+    """All the input read, `settled` of its records with their outcome, the rest still being sent."""
+    tally = Tally(target="lago", dry_run=False)
+    tally.read, tally.delivered = read, settled
+    tally.started -= 125  # the run began 2 min 5 s ago
+    return tally
+
+
+def test_the_bar_is_not_full_while_events_are_still_being_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = bar_text(lagging_tally(1000, 600), 2_500_000, 0.0, monkeypatch)  # every byte read
+    assert re.search(r" 60% 1\.5/2\.5 MB ETA (-:--:--|\d:\d\d:\d\d) elapsed 0:02:05", text)
+    assert "100%" not in text and "ETA 0:00:00" not in text
+
+
+def test_the_bar_says_100_only_when_everything_read_is_settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert re.search(r" 99% 2\.5/2\.5 MB ETA .* elapsed 0:02:05", bar_text(lagging_tally(1000, 999), 2_500_000, 0.0, monkeypatch))
+    assert re.search(r" 100% 2\.5/2\.5 MB ETA .* elapsed 0:02:05", bar_text(lagging_tally(1000, 1000), 2_500_000, 0.0, monkeypatch))
+    assert "600 records " in bar_text(lagging_tally(1000, 600), None, 0.0, monkeypatch)  # stdin: records settled
+
+
+def test_a_plain_line_counts_what_is_settled_and_the_time_since_the_run_began() -> None:
+    for settled, shown, eta in [(600, "60%", "0:01:23"), (999, "99%", "0:00:00"), (1000, "100%", "0:00:00")]:
+        stream = io.StringIO()
+        progress = Progress(lagging_tally(1000, settled), 10_000, stream, terminal=False)
+        progress.on_bytes("a.jsonl", 10_000)
+        progress.tick()
+        assert f": {shown} of the input, elapsed 0:02:05, ETA {eta}; read 1,000, delivered {settled:,}," in stream.getvalue()
+
+
+def test_the_plain_lines_of_a_real_send_say_100_only_once_everything_read_has_its_outcome(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(1000))))
+    target = get_target("lago")
+    replay = Replay(Options(sources=[Source(str(path), path, path.stat().st_size)], target=target, dead_letter=tmp_path / "d.jsonl"))
+    stream = io.StringIO()
+    progress = Progress(replay.tally, path.stat().st_size, stream, terminal=False, every=0.02)
+    with FakePlatform(api_key="k", latency=0.03) as fake:  # delivery lags reading: 10 batches one after another
+        asyncio.run(deliver_all(replay, target, DeliveryOptions(fake.url, "k", 100, concurrency=1), progress))
+    replay.close()
+    assert replay.tally.delivered == 1000
+    shown = [
+        (int(m["percent"]), int(m["read"].replace(",", "")), int(m["delivered"].replace(",", "")))
+        for m in re.finditer(r": (?P<percent>\d+)% of the input, .*; read (?P<read>[\d,]+), delivered (?P<delivered>[\d,]+),", stream.getvalue())
+    ]
+    assert any(read == 1000 and delivered < 1000 for _, read, delivered in shown)  # the lines caught the lag
+    for percent, read, delivered in shown:
+        assert percent <= math.floor(100 * delivered / read) if read else percent == 0
