@@ -82,18 +82,24 @@ def test_a_plain_line_on_stdin_has_no_percentage_nor_eta() -> None:
     assert re.search(r"segbill\[[0-9a-f]{6}\]: elapsed 0:00:0\d; read 1,234, ", line) and "%" not in line and "ETA" not in line
 
 
-def test_a_rate_limit_pause_of_a_real_send_shows_in_the_progress_lines(tmp_path: Path) -> None:
-    path = write(tmp_path / "in.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(2000))))
+def plain_lines_of_a_send(tmp_path: Path, count: int, every: float, fake: FakePlatform, concurrency: int | None = None) -> list[str]:
+    """Send `count` events to the fake with plain progress lines every `every` seconds; the lines."""
+    path = write(tmp_path / "in.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(count))))
     target = get_target("lago")
     replay = Replay(Options(sources=[Source(str(path), path, path.stat().st_size)], target=target, dead_letter=tmp_path / "d.jsonl"))
     stream = io.StringIO()
-    progress = Progress(replay.tally, path.stat().st_size, stream, terminal=False, every=0.05)
+    progress = Progress(replay.tally, path.stat().st_size, stream, terminal=False, every=every)
+    asyncio.run(deliver_all(replay, target, DeliveryOptions(fake.url, "k", 100, concurrency=concurrency), progress))
+    replay.close()
+    assert replay.tally.delivered == count
+    return stream.getvalue().splitlines()
+
+
+def test_a_rate_limit_pause_of_a_real_send_shows_in_the_progress_lines(tmp_path: Path) -> None:
     with FakePlatform(api_key="k", retry_after=1) as fake:
         fake.script(["429"])  # Retry-After: 1 pauses every sender for a second
-        asyncio.run(deliver_all(replay, target, DeliveryOptions(fake.url, "k", 100), progress))
-    replay.close()
-    assert replay.tally.delivered == 2000
-    assert any(line.endswith("waiting: rate limit (1 s)") for line in stream.getvalue().splitlines())
+        lines = plain_lines_of_a_send(tmp_path, 2000, 0.05, fake)
+    assert any(line.endswith("waiting: rate limit (1 s)") for line in lines)
 
 
 def test_the_json_summary_has_the_run_id_and_its_start_and_end_times(segbill, tmp_path: Path) -> None:
@@ -137,18 +143,11 @@ def test_a_plain_line_counts_what_is_settled_and_the_time_since_the_run_began() 
 
 
 def test_the_plain_lines_of_a_real_send_say_100_only_once_everything_read_has_its_outcome(tmp_path: Path) -> None:
-    path = write(tmp_path / "in.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(1000))))
-    target = get_target("lago")
-    replay = Replay(Options(sources=[Source(str(path), path, path.stat().st_size)], target=target, dead_letter=tmp_path / "d.jsonl"))
-    stream = io.StringIO()
-    progress = Progress(replay.tally, path.stat().st_size, stream, terminal=False, every=0.02)
     with FakePlatform(api_key="k", latency=0.03) as fake:  # delivery lags reading: 10 batches one after another
-        asyncio.run(deliver_all(replay, target, DeliveryOptions(fake.url, "k", 100, concurrency=1), progress))
-    replay.close()
-    assert replay.tally.delivered == 1000
+        lines = plain_lines_of_a_send(tmp_path, 1000, 0.02, fake, concurrency=1)
     shown = [
         (int(m["percent"]), int(m["read"].replace(",", "")), int(m["delivered"].replace(",", "")))
-        for m in re.finditer(r": (?P<percent>\d+)% of the input, .*; read (?P<read>[\d,]+), delivered (?P<delivered>[\d,]+),", stream.getvalue())
+        for m in re.finditer(r": (?P<percent>\d+)% of the input, .*; read (?P<read>[\d,]+), delivered (?P<delivered>[\d,]+),", "\n".join(lines))
     ]
     assert any(read == 1000 and delivered < 1000 for _, read, delivered in shown)  # the lines caught the lag
     for percent, read, delivered in shown:
