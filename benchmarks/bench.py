@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,9 @@ class Run:
     max_rss_mb: float
 
 
-def run(command: list[str], *, env: dict[str, str] | None = None, stdout_devnull: bool = False, stdin: bytes | None = None) -> Run:
+def run(
+    command: list[str], *, env: dict[str, str] | None = None, stdout_devnull: bool = False, stdin: bytes | None = None
+) -> Run:
     """Run a command, its output in temporary files (no pipes to drain), timing its wall clock.
 
     `max_rss_mb` here comes from os.wait4 and is NOT trustworthy for a direct child (see
@@ -161,10 +164,17 @@ def run(command: list[str], *, env: dict[str, str] | None = None, stdout_devnull
         if stdin is not None:
             given.write(stdin)
             given.seek(0)
-        sink = open(os.devnull, "wb") if stdout_devnull else out
+        sink = open(os.devnull, "wb") if stdout_devnull else out  # noqa: SIM115 -- closed in the finally below
         try:
             started = time.perf_counter()
-            child = subprocess.Popen(command, stdin=given if stdin is not None else subprocess.DEVNULL, stdout=sink, stderr=err, env={**os.environ, **(env or {})}, cwd=ROOT)
+            child = subprocess.Popen(
+                command,
+                stdin=given if stdin is not None else subprocess.DEVNULL,
+                stdout=sink,
+                stderr=err,
+                env={**os.environ, **(env or {})},
+                cwd=ROOT,
+            )
             _, status, usage = os.wait4(child.pid, 0)
             wall = time.perf_counter() - started
             child.returncode = os.waitstatus_to_exitcode(status)
@@ -198,7 +208,9 @@ def measured_rss(command: list[str], work: Path, **kwargs: Any) -> Run:
     return result
 
 
-def segbill_send(path: Path, target: str, *extra: str, work: Path, env: dict[str, str] | None = None, dry: bool = False, rss: bool = False) -> tuple[Run, dict[str, Any]]:
+def segbill_send(
+    path: Path, target: str, *extra: str, work: Path, env: dict[str, str] | None = None, dry: bool = False, rss: bool = False
+) -> tuple[Run, dict[str, Any]]:
     dead = work / f"dead-{time.monotonic_ns()}.jsonl"
     command = [PY, "-m", "segbill", "send", str(path), "--to", target, "--json", "--quiet", "--dead-letter", str(dead), *extra]
     if dry:
@@ -221,7 +233,7 @@ def option_block(help_text: str, option: str) -> str | None:
     for index, line in enumerate(lines):
         if re.match(rf"\s*(?:-\w, )?{re.escape(option)}\b", line):
             block = [line]
-            for following in lines[index + 1:]:
+            for following in lines[index + 1 :]:
                 if re.match(r"\s*-", following):
                     break
                 block.append(following)
@@ -254,7 +266,9 @@ def row_dry_run(sizes: Sizes, work: Path) -> list[Row]:
     floors, runs = [], []
     summary: dict[str, Any] = {}
     for attempt in range(sizes.dry_repeats):
-        log(f"row 1: parse floor and dry run over {sizes.speed:,} messages ({mib:,.0f} MiB), run {attempt + 1}/{sizes.dry_repeats}")
+        log(
+            f"row 1: parse floor and dry run over {sizes.speed:,} messages ({mib:,.0f} MiB), run {attempt + 1}/{sizes.dry_repeats}"
+        )
         floor = run([PY, __file__, "_floor", str(path)])
         floors.append(json.loads(floor.stdout)["seconds"])
         result, summary = segbill_send(path, "lago", work=work, dry=True)
@@ -273,7 +287,14 @@ def row_dry_run(sizes: Sizes, work: Path) -> list[Row]:
             f"{ratio:.2f}",
             f">= {TARGET_DRY}",
             ratio >= TARGET_DRY,
-            {"messages": sizes.speed, "mib": mib, "segbill_seconds": runs, "floor_seconds": floors, "ratio": ratio, "summary": summary},
+            {
+                "messages": sizes.speed,
+                "mib": mib,
+                "segbill_seconds": runs,
+                "floor_seconds": floors,
+                "ratio": ratio,
+                "summary": summary,
+            },
         ),
         Row(
             "1b (info)",
@@ -299,7 +320,9 @@ def converted_events(path: Path, count: int, work: Path) -> Path:
             if number >= int(count * 1.6) + 100:  # about 74% of messages convert
                 break
     dead = work / "dead-head.jsonl"
-    result = run([PY, "-m", "segbill", "send", "-", "--to", "lago", "--dry-run", "--quiet", "--dead-letter", str(dead)], stdin=bytes(head))
+    result = run(
+        [PY, "-m", "segbill", "send", "-", "--to", "lago", "--dry-run", "--quiet", "--dead-letter", str(dead)], stdin=bytes(head)
+    )
     events = result.stdout.splitlines()[:count]
     if len(events) < count:
         raise RuntimeError(f"only {len(events)} events converted from the corpus head, {count} wanted")
@@ -346,7 +369,18 @@ def row_send(sizes: Sizes, work: Path) -> list[Row]:
     ):
         data = baselines[name]
         if "error" in data:
-            rows.append(Row("2", f"send to zero-latency fake Lago vs {label}", f"{rate:,.0f} events/s", f"not run: {data['error']}", "n/a", f">= {target:.0f}x", False, data))
+            rows.append(
+                Row(
+                    "2",
+                    f"send to zero-latency fake Lago vs {label}",
+                    f"{rate:,.0f} events/s",
+                    f"not run: {data['error']}",
+                    "n/a",
+                    f">= {target:.0f}x",
+                    False,
+                    data,
+                )
+            )
             continue
         base = data["events_per_second"]
         ratio = rate / base
@@ -360,7 +394,15 @@ def row_send(sizes: Sizes, work: Path) -> list[Row]:
                 f"{ratio:.1f}x",
                 f">= {target:.0f}x",
                 ratio >= target,
-                {"segbill_events_per_second": rate, "segbill_seconds": result.wall, "segbill_requests": requests, "stored": stored, "summary": summary, "baseline": data, "ratio": ratio},
+                {
+                    "segbill_events_per_second": rate,
+                    "segbill_seconds": result.wall,
+                    "segbill_requests": requests,
+                    "stored": stored,
+                    "summary": summary,
+                    "baseline": data,
+                    "ratio": ratio,
+                },
             )
         )
     capacity = baselines["capacity"]
@@ -392,7 +434,21 @@ def exact_input(target: str, events: int, seed: int, work: Path) -> Path:
     source = corpus(n, seed)
     path = work / f"{target}-{events}-events.jsonl"
     log(f"selecting {events:,} valid {target} events from {source.name}")
-    dry = run([PY, "-m", "segbill", "send", str(source), "--to", target, "--dry-run", "--quiet", "--dead-letter", str(work / "dead-select.jsonl")])
+    dry = run(
+        [
+            PY,
+            "-m",
+            "segbill",
+            "send",
+            str(source),
+            "--to",
+            target,
+            "--dry-run",
+            "--quiet",
+            "--dead-letter",
+            str(work / "dead-select.jsonl"),
+        ]
+    )
     field = "transaction_id" if target == "lago" else "record"
     ids = {(event[field] if target == "lago" else event[field]["id"]) for event in map(orjson.loads, dry.stdout.splitlines())}
     kept = []
@@ -420,7 +476,13 @@ def row_rate_limits(sizes: Sizes, work: Path, *, oversubscribed: bool) -> list[R
     setups = [
         # platform, messages, batch size, ceiling in requests/s, fixed concurrency that just reaches it
         ("lago", sizes.rate_lago, LAGO_BATCH, LAGO_RATE, dict(lago_rate_limit=LAGO_RATE)),
-        ("hyperline", sizes.rate_hyperline, HYPERLINE_BATCH, HYPERLINE_LIMIT / HYPERLINE_WINDOW, dict(hyperline_rate_limit=HYPERLINE_LIMIT)),
+        (
+            "hyperline",
+            sizes.rate_hyperline,
+            HYPERLINE_BATCH,
+            HYPERLINE_LIMIT / HYPERLINE_WINDOW,
+            dict(hyperline_rate_limit=HYPERLINE_LIMIT),
+        ),
     ]
     rows = []
     for target, windows, batch, request_rate, limits in setups:
@@ -429,7 +491,7 @@ def row_rate_limits(sizes: Sizes, work: Path, *, oversubscribed: bool) -> list[R
         modes = [("auto", ["--concurrency", "auto"])] if auto else [(f"fixed {sized}", ["--concurrency", str(sized)])]
         if oversubscribed:
             modes.append((f"fixed {OVERSUBSCRIBED}", ["--concurrency", str(OVERSUBSCRIBED)]))
-        limit, window = (LAGO_RATE, 1.0) if target == "lago" else (HYPERLINE_LIMIT, HYPERLINE_WINDOW)
+        limit, _window = (LAGO_RATE, 1.0) if target == "lago" else (HYPERLINE_LIMIT, HYPERLINE_WINDOW)
         # windows x limit + 1 requests: a client pacing at the limit and one bursting each window
         # both need `windows` whole windows, so the nominal ceiling is also the best this run allows.
         wanted = (windows * limit + 1) * batch
@@ -438,7 +500,9 @@ def row_rate_limits(sizes: Sizes, work: Path, *, oversubscribed: bool) -> list[R
             informational = index > 0
             extra = ["--batch-size", str(batch), *flags]
             with FakePlatform(api_key=KEY, latency=LATENCY, **limits) as fake:  # type: ignore[arg-type]
-                log(f"row 3: {target}, {wanted:,} events ({windows} windows), batch {batch}, concurrency {mode}, {LATENCY * 1000:.0f} ms latency, ceiling {ceiling:,.0f} events/s")
+                log(
+                    f"row 3: {target}, {wanted:,} events ({windows} windows), batch {batch}, concurrency {mode}, {LATENCY * 1000:.0f} ms latency, ceiling {ceiling:,.0f} events/s"
+                )
                 env = {f"{target.upper()}_API_URL": fake.url, f"{target.upper()}_API_KEY": KEY}
                 result, summary = segbill_send(path, target, *extra, work=work, env=env)
                 requests = fake.requests(target)  # type: ignore[arg-type]
@@ -447,7 +511,10 @@ def row_rate_limits(sizes: Sizes, work: Path, *, oversubscribed: bool) -> list[R
             share = throttled / max(len(requests), 1)
             rate = summary["delivered"] / result.wall
             ratio = rate / ceiling
-            complete = summary["not_attempted"] == summary["unanswered"] == 0 and stored == summary["delivered"] - summary["already_delivered"]
+            complete = (
+                summary["not_attempted"] == summary["unanswered"] == 0
+                and stored == summary["delivered"] - summary["already_delivered"]
+            )
             ok = None if informational else (ratio >= TARGET_RATE_SHARE and share <= TARGET_429 and complete)
             limit_text = f"{LAGO_RATE} batch req/s" if target == "lago" else f"{HYPERLINE_LIMIT} req / {HYPERLINE_WINDOW:.0f} s"
             rows.append(
@@ -461,9 +528,21 @@ def row_rate_limits(sizes: Sizes, work: Path, *, oversubscribed: bool) -> list[R
                     f"{ratio:.0%}",
                     f">= {TARGET_RATE_SHARE:.0%}, 429s <= {TARGET_429:.0%}" if not informational else "none (shows 429 handling)",
                     ok,
-                    {"target": target, "concurrency": mode, "auto_available": auto, "rate_option_available": has_rate, "events_per_second": rate,
-                     "ceiling": ceiling, "share_of_ceiling": ratio, "requests": len(requests), "throttled": throttled, "share_429": share,
-                     "stored": stored, "seconds": result.wall, "summary": summary},
+                    {
+                        "target": target,
+                        "concurrency": mode,
+                        "auto_available": auto,
+                        "rate_option_available": has_rate,
+                        "events_per_second": rate,
+                        "ceiling": ceiling,
+                        "share_of_ceiling": ratio,
+                        "requests": len(requests),
+                        "throttled": throttled,
+                        "share_429": share,
+                        "stored": stored,
+                        "seconds": result.wall,
+                        "summary": summary,
+                    },
                 )
             )
     return rows
@@ -515,13 +594,22 @@ def row_send_memory(sizes: Sizes, work: Path) -> list[Row]:
         measured = {}
         for n, path in inputs.items():
             with FakePlatform(api_key=KEY) as fake:
-                log(f"row {number}: max RSS of a send of {n:,} gzip messages to a zero-latency fake {target.capitalize()} (default options)")
+                log(
+                    f"row {number}: max RSS of a send of {n:,} gzip messages to a zero-latency fake {target.capitalize()} (default options)"
+                )
                 env = {f"{target.upper()}_API_URL": fake.url, f"{target.upper()}_API_KEY": KEY}
                 result, summary = segbill_send(path, target, work=work, env=env, rss=True)
                 stored = len(fake.counts(target))  # type: ignore[arg-type]
             if stored != summary["delivered"] or summary["not_attempted"] or summary["unanswered"]:
-                raise RuntimeError(f"row {number}: {n:,} messages: stored {stored:,} of {summary['delivered']:,} delivered, {summary['not_attempted']:,} not attempted")
-            measured[n] = {"max_rss_mb": result.max_rss_mb, "seconds": result.wall, "delivered": summary["delivered"], "requests": summary["requests"]}
+                raise RuntimeError(
+                    f"row {number}: {n:,} messages: stored {stored:,} of {summary['delivered']:,} delivered, {summary['not_attempted']:,} not attempted"
+                )
+            measured[n] = {
+                "max_rss_mb": result.max_rss_mb,
+                "seconds": result.wall,
+                "delivered": summary["delivered"],
+                "requests": summary["requests"],
+            }
         large, small = measured[sizes.mem_large], measured[sizes.mem_small]
         peak, growth = large["max_rss_mb"], large["max_rss_mb"] - small["max_rss_mb"]
         rows.append(
@@ -543,7 +631,9 @@ def row_send_memory(sizes: Sizes, work: Path) -> list[Row]:
 def median_wall(command: list[str], runs: int, expect: bytes = b"") -> float:
     warm = run(command)  # warm-up: page cache, bytecode
     if warm.code != 0 or not warm.stdout.startswith(expect):
-        raise RuntimeError(f"{' '.join(command)} exited {warm.code}: {(warm.stdout + warm.stderr)[-500:].decode(errors='replace')}")
+        raise RuntimeError(
+            f"{' '.join(command)} exited {warm.code}: {(warm.stdout + warm.stderr)[-500:].decode(errors='replace')}"
+        )
     return statistics.median(run(command).wall for _ in range(runs))
 
 
@@ -560,8 +650,16 @@ def row_startup(sizes: Sizes, work: Path) -> list[Row]:
         wall = median_wall(command, sizes.startup_runs, expect=b"segbill ")
         ratio = wall / floor
         rows.append(
-            Row("5", f"{label}, median wall time", f"{wall * 1000:,.0f} ms", f"`python -c pass`: {floor * 1000:,.0f} ms", f"{ratio:.1f}x",
-                f"<= {TARGET_STARTUP:.0f}x (proposed)", ratio <= TARGET_STARTUP, {"ms": wall * 1000, "floor_ms": floor * 1000, "ratio": ratio})
+            Row(
+                "5",
+                f"{label}, median wall time",
+                f"{wall * 1000:,.0f} ms",
+                f"`python -c pass`: {floor * 1000:,.0f} ms",
+                f"{ratio:.1f}x",
+                f"<= {TARGET_STARTUP:.0f}x (proposed)",
+                ratio <= TARGET_STARTUP,
+                {"ms": wall * 1000, "floor_ms": floor * 1000, "ratio": ratio},
+            )
         )
     return rows
 
@@ -593,12 +691,12 @@ def worker_floor(path: str) -> None:
 def worker_stripped(path: str) -> None:
     """Row 1b: the floor's loop plus only what any converter must do for a valid Lago event,
     timed the same way (in its own process, start-up excluded). No input is checked."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     import orjson
 
     loads, dumps = orjson.loads, orjson.dumps
-    epoch, millisecond, fromiso = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(milliseconds=1), datetime.fromisoformat
+    epoch, millisecond, fromiso = datetime(1970, 1, 1, tzinfo=UTC), timedelta(milliseconds=1), datetime.fromisoformat
     events = 0
     started = time.perf_counter()
     with open(path, "rb") as source, open(os.devnull, "wb") as out:
@@ -626,8 +724,17 @@ def worker_stripped(path: str) -> None:
                     elif value is not None:
                         flat[name] = value
                 seconds, ms = divmod(millis, 1000)
-                printed.append(dumps({"transaction_id": message["messageId"], "external_subscription_id": customer,
-                                      "code": message["event"], "timestamp": f"{seconds}.{ms:03d}", "properties": flat}))
+                printed.append(
+                    dumps(
+                        {
+                            "transaction_id": message["messageId"],
+                            "external_subscription_id": customer,
+                            "code": message["event"],
+                            "timestamp": f"{seconds}.{ms:03d}",
+                            "properties": flat,
+                        }
+                    )
+                )
             events += len(printed)
             out.write(b"\n".join(printed) + b"\n")
     print(json.dumps({"seconds": time.perf_counter() - started, "events": events}))
@@ -656,11 +763,11 @@ def worker_baseline(kind: str, url: str, events_path: str) -> None:
         client = Client(api_key=KEY, api_url=url)
         started = time.perf_counter()
         for start in range(0, len(events), LAGO_BATCH):
-            chunk = events[start:start + LAGO_BATCH]
+            chunk = events[start : start + LAGO_BATCH]
             try:
                 client.events.batch_create(BatchEvent(events=[Event(**event) for event in chunk]))
                 statuses["ok"] = statuses.get("ok", 0) + 1
-            except Exception as error:  # noqa: BLE001 - counted and reported
+            except Exception as error:
                 name = type(error).__name__
                 statuses[name] = statuses.get(name, 0) + 1
         seconds = time.perf_counter() - started
@@ -672,7 +779,7 @@ def worker_baseline(kind: str, url: str, events_path: str) -> None:
         # Not a baseline: the most this fake absorbs, from pre-serialized batches of 100 on 4
         # keep-alive connections. A ratio above fake capacity / baseline cannot be measured here.
         lines = Path(events_path).read_bytes().splitlines()
-        bodies = [b'{"events":[' + b",".join(lines[i:i + LAGO_BATCH]) + b"]}" for i in range(0, len(lines), LAGO_BATCH)]
+        bodies = [b'{"events":[' + b",".join(lines[i : i + LAGO_BATCH]) + b"]}" for i in range(0, len(lines), LAGO_BATCH)]
         address = urlsplit(url)
         headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 
@@ -704,8 +811,10 @@ def worker_baseline(kind: str, url: str, events_path: str) -> None:
 
 
 def machine_line(info: dict[str, Any]) -> str:
-    return (f"{info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), {info['memory']}; {info['python']}; "
-            f"{info['os']}; {info['segbill']}; {info['date']}")
+    return (
+        f"{info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), {info['memory']}; {info['python']}; "
+        f"{info['os']}; {info['segbill']}; {info['date']}"
+    )
 
 
 def markdown(info: dict[str, Any], rows: list[Row], mode: str, notes: list[str]) -> str:
@@ -716,7 +825,13 @@ def markdown(info: dict[str, Any], rows: list[Row], mode: str, notes: list[str])
     out.append("| # | measure | segbill | baseline (same run) | ratio | target | result |")
     out.append("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        out.append("| " + " | ".join(cell(x) for x in (row.number, row.measure, row.segbill, row.baseline, row.ratio, row.target, f"**{row.result}**")) + " |")
+        out.append(
+            "| "
+            + " | ".join(
+                cell(x) for x in (row.number, row.measure, row.segbill, row.baseline, row.ratio, row.target, f"**{row.result}**")
+            )
+            + " |"
+        )
     if notes:
         out.append("")
         out.extend(f"- {note}" for note in notes)
@@ -735,12 +850,22 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_baseline":
         worker_baseline(*sys.argv[2:5])
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog="See benchmarks/README.md.")
-    parser.add_argument("--quick", action="store_true", help="smaller inputs: about 1.5-2 minutes instead of 4.5-6 (2 cores, corpora cached)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="See benchmarks/README.md.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller inputs: about 1.5-2 minutes instead of 4.5-6 (2 cores, corpora cached)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout (the Markdown table then goes to stderr)")
     parser.add_argument("--only", default="1,2,3,4,5", help="comma-separated rows to run (default all: 1,2,3,4,5)")
-    parser.add_argument("--oversubscribed", action=argparse.BooleanOptionalAction, default=None,
-                        help="also run row 3 at a fixed concurrency of 16, for information (default: on, off with --quick)")
+    parser.add_argument(
+        "--oversubscribed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run row 3 at a fixed concurrency of 16, for information (default: on, off with --quick)",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     mode = "quick" if args.quick else "full"
@@ -757,15 +882,23 @@ def main() -> int:
         if "2" in wanted:
             rows += row_send(sizes, work)
         if "3" in wanted:
-            rate_rows = row_rate_limits(sizes, work, oversubscribed=not args.quick if args.oversubscribed is None else args.oversubscribed)
+            rate_rows = row_rate_limits(
+                sizes, work, oversubscribed=not args.quick if args.oversubscribed is None else args.oversubscribed
+            )
             rows += rate_rows
             first = rate_rows[0].data
             notes.append(
-                ("`--concurrency auto` is listed by `segbill send --help` and was used."
-                 if first["auto_available"] else
-                 "`segbill send --help` does not list `--concurrency auto`: row 3 used a fixed concurrency sized to the limit "
-                 f"(ceiling requests/s x {LATENCY * 1000:.0f} ms latency: Lago 4, Hyperline 8).")
-                + (" `--rate` exists but is not passed: the run must find the limit from the 429s." if first["rate_option_available"] else "")
+                (
+                    "`--concurrency auto` is listed by `segbill send --help` and was used."
+                    if first["auto_available"]
+                    else "`segbill send --help` does not list `--concurrency auto`: row 3 used a fixed concurrency sized to the limit "
+                    f"(ceiling requests/s x {LATENCY * 1000:.0f} ms latency: Lago 4, Hyperline 8)."
+                )
+                + (
+                    " `--rate` exists but is not passed: the run must find the limit from the 429s."
+                    if first["rate_option_available"]
+                    else ""
+                )
             )
         if "4" in wanted:
             rows += row_memory(sizes, work)
@@ -783,7 +916,18 @@ def main() -> int:
     log(f"done in {elapsed:.0f} s")
     table = markdown(info, rows, mode, notes)
     if args.json:  # the JSON on stdout, the table still on stderr for the person watching
-        print(json.dumps({"machine": info, "mode": mode, "seconds": elapsed, "notes": notes, "rows": [{**asdict(row), "result": row.result} for row in rows]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "machine": info,
+                    "mode": mode,
+                    "seconds": elapsed,
+                    "notes": notes,
+                    "rows": [{**asdict(row), "result": row.result} for row in rows],
+                },
+                indent=2,
+            )
+        )
         print(table, file=sys.stderr)
     else:
         print(table)

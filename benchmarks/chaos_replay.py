@@ -28,7 +28,9 @@ KEY = "bench-key"
 
 
 def segbill(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "segbill", *args], capture_output=True, env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "segbill", *args], capture_output=True, env={**os.environ, **(env or {})}, check=False
+    )
 
 
 def replay(target: str, export: Path, work: Path) -> bool:

@@ -152,13 +152,22 @@ class CheckResult:
             "not_billed": self.unbilled,
             "top": {
                 verdict: [
-                    {"code": code, "external_subscription_id": sub, "events": g.events, "first": iso_millis(g.first), "last": iso_millis(g.last)}
+                    {
+                        "code": code,
+                        "external_subscription_id": sub,
+                        "events": g.events,
+                        "first": iso_millis(g.first),
+                        "last": iso_millis(g.last),
+                    }
                     for code, sub, g in self.top(verdict)
                 ]
                 for verdict in VERDICTS
                 if self.verdicts[verdict]
             },
-            **{key: summary[key] for key in ("skipped", "skipped_by_reason", "dead_lettered", "dead_lettered_by_reason", "not_attempted")},
+            **{
+                key: summary[key]
+                for key in ("skipped", "skipped_by_reason", "dead_lettered", "dead_lettered_by_reason", "not_attempted")
+            },
             "requests": self.requests,
             "retries": self.retries,
             "stopped": self.stopped,
@@ -195,7 +204,9 @@ async def check(replay: Replay, reader: LagoReader, result: CheckResult) -> None
             verdict = organization.standing(subscription, code, millis)
             if verdict is None:
                 customers = organization.unread_customers(subscription)
-                for customer, periods in zip(customers, await asyncio.gather(*(reader.periods(c) for c in customers))):
+                for customer, periods in zip(
+                    customers, await asyncio.gather(*(reader.periods(c) for c in customers)), strict=False
+                ):
                     organization.learn(customer, periods)
                 verdict = organization.invoiced(subscription, millis)
             result.add(verdict, code, subscription, millis)
@@ -232,12 +243,26 @@ def render(result: CheckResult, stream: IO[str], *, terminal: bool) -> None:
     else:
         rows.append(("not billed", f"{result.unbilled:,}", "" if result.unbilled else "every event will be billed"))
     skipped = ", ".join(f"{reason} {count:,}" for reason, count in data["skipped_by_reason"].items())
-    rows.append(("read", f"{result.tally.read:,}", f"records; skipped {data['skipped']:,}" + (f" ({skipped})" if skipped else "")))
+    rows.append(
+        ("read", f"{result.tally.read:,}", f"records; skipped {data['skipped']:,}" + (f" ({skipped})" if skipped else ""))
+    )
     if data["dead_lettered"]:
         reasons = ", ".join(f"{reason} {count:,}" for reason, count in data["dead_lettered_by_reason"].items())
-        rows.append(("dead-lettered", f"{data['dead_lettered']:,}", f"records send would dead-letter ({reasons}); segbill send --dry-run names each"))
+        rows.append(
+            (
+                "dead-lettered",
+                f"{data['dead_lettered']:,}",
+                f"records send would dead-letter ({reasons}); segbill send --dry-run names each",
+            )
+        )
     if not result.complete:
-        rows.append(("not checked", f"{data['not_attempted']:,}", "records read, not checked before the run ended; records after them were not read"))
+        rows.append(
+            (
+                "not checked",
+                f"{data['not_attempted']:,}",
+                "records read, not checked before the run ended; records after them were not read",
+            )
+        )
     rows.append(("requests", f"{result.requests:,}", f"reads of the organization, {result.retries:,} retries"))
     if not result.checked and result.complete:
         rows.append(("nothing checked", "0", "no event in the input would be sent: check the paths and filters"))

@@ -7,9 +7,9 @@ import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional, TextIO
+from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 from urllib.parse import urlsplit
 
 import orjson
@@ -44,7 +44,7 @@ app = typer.Typer(
 )
 
 
-class TargetName(str, Enum):
+class TargetName(StrEnum):
     lago = "lago"
     hyperline = "hyperline"
 
@@ -58,7 +58,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = None,
 ) -> None:
@@ -68,7 +68,7 @@ def _main(
 @app.command()
 def send(
     paths: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Argument(
             help="Files or folders of Segment exports (NDJSON, gzip or not; folders are read recursively in "
             "sorted order, hidden entries skipped). '-' or nothing reads stdin.",
@@ -88,7 +88,7 @@ def send(
         ),
     ] = False,
     config: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--config",
             metavar="FILE",
@@ -98,7 +98,7 @@ def send(
         ),
     ] = None,
     customer_from: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--customer-from",
             metavar="PATH",
@@ -108,15 +108,19 @@ def send(
         ),
     ] = None,
     event: Annotated[
-        Optional[list[str]],
-        typer.Option("--event", metavar="GLOB", help="Bill only events whose name matches (repeatable), e.g. 'API *'.", show_default=False),
+        list[str] | None,
+        typer.Option(
+            "--event", metavar="GLOB", help="Bill only events whose name matches (repeatable), e.g. 'API *'.", show_default=False
+        ),
     ] = None,
     exclude_event: Annotated[
-        Optional[list[str]],
-        typer.Option("--exclude-event", metavar="GLOB", help="Do not bill events whose name matches (repeatable).", show_default=False),
+        list[str] | None,
+        typer.Option(
+            "--exclude-event", metavar="GLOB", help="Do not bill events whose name matches (repeatable).", show_default=False
+        ),
     ] = None,
     dead_letter: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--dead-letter",
             metavar="PATH",
@@ -127,7 +131,7 @@ def send(
         ),
     ] = None,
     state: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--state",
             metavar="PATH",
@@ -138,15 +142,25 @@ def send(
         ),
     ] = None,
     since: Annotated[
-        Optional[str],
-        typer.Option("--since", metavar="TIME", help="Only events at or after this time (a date or ISO 8601 time, UTC unless a zone is given).", show_default=False),
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="TIME",
+            help="Only events at or after this time (a date or ISO 8601 time, UTC unless a zone is given).",
+            show_default=False,
+        ),
     ] = None,
     until: Annotated[
-        Optional[str],
-        typer.Option("--until", metavar="TIME", help="Only events before this time (exclusive, so --until 2024-02-01 --since 2024-02-01 split cleanly).", show_default=False),
+        str | None,
+        typer.Option(
+            "--until",
+            metavar="TIME",
+            help="Only events before this time (exclusive, so --until 2024-02-01 --since 2024-02-01 split cleanly).",
+            show_default=False,
+        ),
     ] = None,
     shard: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--shard",
             metavar="K/N",
@@ -156,7 +170,7 @@ def send(
         ),
     ] = None,
     api_url: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--api-url",
             metavar="URL",
@@ -166,7 +180,7 @@ def send(
         ),
     ] = None,
     api_key: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--api-key",
             metavar="KEY",
@@ -176,8 +190,13 @@ def send(
         ),
     ] = None,
     batch_size: Annotated[
-        Optional[int],
-        typer.Option("--batch-size", min=1, help="Events per request. Default and maximum: Lago 100; Hyperline 1000, at most 5000.", show_default=False),
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Events per request. Default and maximum: Lago 100; Hyperline 1000, at most 5000.",
+            show_default=False,
+        ),
     ] = None,
     concurrency: Annotated[
         str,
@@ -188,19 +207,25 @@ def send(
         ),
     ] = "auto",
     rate: Annotated[
-        Optional[float],
-        typer.Option("--rate", min=0.001, metavar="EVENTS/S", help="Send at most this many events per second.", show_default=False),
+        float | None,
+        typer.Option(
+            "--rate", min=0.001, metavar="EVENTS/S", help="Send at most this many events per second.", show_default=False
+        ),
     ] = None,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each answer before retrying.")
-    ] = 30.0,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each answer before retrying.")] = 30.0,
     max_retries: Annotated[
         int,
-        typer.Option("--max-retries", min=0, help="Retries of a batch after a transient failure (connection error, timeout, 408, 429, 5xx) before it is dead-lettered."),
+        typer.Option(
+            "--max-retries",
+            min=0,
+            help="Retries of a batch after a transient failure (connection error, timeout, 408, 429, 5xx) before it is dead-lettered.",
+        ),
     ] = 10,
     grace: Annotated[
         float,
-        typer.Option("--grace", min=0, help="On SIGINT/SIGTERM, seconds to let requests in flight finish; a second signal stops at once."),
+        typer.Option(
+            "--grace", min=0, help="On SIGINT/SIGTERM, seconds to let requests in flight finish; a second signal stops at once."
+        ),
     ] = 10.0,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or progress lines (the summary is still printed).")
@@ -255,12 +280,20 @@ def send(
         fail(f"--since {since} is not before --until {until}: no event could be selected.")
     width = _concurrency_option(concurrency)
     if batch_size is not None and batch_size > options.target.max_batch:  # checked in a dry run too
-        fail(f"--batch-size {batch_size} is over {options.target.label}'s limit of {options.target.max_batch} events per request.")
+        fail(
+            f"--batch-size {batch_size} is over {options.target.label}'s limit of {options.target.max_batch} events per request."
+        )
     if api_url == "":
-        fail(f"--api-url is empty (an unset variable?); give the platform's URL, or leave the option out for {options.target.default_url}.")
+        fail(
+            f"--api-url is empty (an unset variable?); give the platform's URL, or leave the option out for {options.target.default_url}."
+        )
     if state is not None and not state.parent.is_dir():
         fail(f"--state {state}: the folder {state.parent} does not exist.")
-    delivery = None if dry_run_ else _delivery_options(options.target, api_url, api_key, batch_size, width, rate, timeout, max_retries, grace)
+    delivery = (
+        None
+        if dry_run_
+        else _delivery_options(options.target, api_url, api_key, batch_size, width, rate, timeout, max_retries, grace)
+    )
     if delivery is not None:
         options.url = _destination(delivery.url)
     try:
@@ -312,21 +345,46 @@ app.command("inspect")(inspect_command)
 # -- check and reconcile: the same inputs and selection as send, read against the platform ----
 
 Paths = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Argument(help="The Segment exports, read exactly as send reads them. '-' or nothing reads stdin.", show_default=False),
 ]
-ToLago = Annotated[TargetName, typer.Option("--to", help="The billing platform to read (Lago only, for now).", case_sensitive=False)]
-Config = Annotated[Optional[Path], typer.Option("--config", metavar="FILE", help="The mapping file the send uses (see send --help).", show_default=False)]
-CustomerFrom = Annotated[Optional[str], typer.Option("--customer-from", metavar="PATH", help="As for send.", show_default=False)]
-Events = Annotated[Optional[list[str]], typer.Option("--event", metavar="GLOB", help="As for send (repeatable).", show_default=False)]
-ExcludeEvents = Annotated[Optional[list[str]], typer.Option("--exclude-event", metavar="GLOB", help="As for send (repeatable).", show_default=False)]
-Since = Annotated[Optional[str], typer.Option("--since", metavar="TIME", help="As for send: only events at or after this time.", show_default=False)]
-Until = Annotated[Optional[str], typer.Option("--until", metavar="TIME", help="As for send: only events before this time.", show_default=False)]
-Shard = Annotated[Optional[str], typer.Option("--shard", metavar="K/N", help="As for send: only the customers of shard K of N.", show_default=False)]
-ApiUrl = Annotated[Optional[str], typer.Option("--api-url", metavar="URL", help="As for send: $LAGO_API_URL or https://api.getlago.com.", show_default=False)]
-ApiKey = Annotated[Optional[str], typer.Option("--api-key", metavar="KEY", help="As for send; prefer $LAGO_API_KEY. Never printed.", show_default=False)]
+ToLago = Annotated[
+    TargetName, typer.Option("--to", help="The billing platform to read (Lago only, for now).", case_sensitive=False)
+]
+Config = Annotated[
+    Path | None,
+    typer.Option("--config", metavar="FILE", help="The mapping file the send uses (see send --help).", show_default=False),
+]
+CustomerFrom = Annotated[str | None, typer.Option("--customer-from", metavar="PATH", help="As for send.", show_default=False)]
+Events = Annotated[
+    list[str] | None, typer.Option("--event", metavar="GLOB", help="As for send (repeatable).", show_default=False)
+]
+ExcludeEvents = Annotated[
+    list[str] | None, typer.Option("--exclude-event", metavar="GLOB", help="As for send (repeatable).", show_default=False)
+]
+Since = Annotated[
+    str | None,
+    typer.Option("--since", metavar="TIME", help="As for send: only events at or after this time.", show_default=False),
+]
+Until = Annotated[
+    str | None, typer.Option("--until", metavar="TIME", help="As for send: only events before this time.", show_default=False)
+]
+Shard = Annotated[
+    str | None,
+    typer.Option("--shard", metavar="K/N", help="As for send: only the customers of shard K of N.", show_default=False),
+]
+ApiUrl = Annotated[
+    str | None,
+    typer.Option("--api-url", metavar="URL", help="As for send: $LAGO_API_URL or https://api.getlago.com.", show_default=False),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option("--api-key", metavar="KEY", help="As for send; prefer $LAGO_API_KEY. Never printed.", show_default=False),
+]
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each answer before retrying.")]
-MaxRetries = Annotated[int, typer.Option("--max-retries", min=0, help="Retries of a read after a transient failure before the run stops (exit 3).")]
+MaxRetries = Annotated[
+    int, typer.Option("--max-retries", min=0, help="Retries of a read after a transient failure before the run stops (exit 3).")
+]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
 
 
@@ -357,7 +415,9 @@ def check_command(
     """
     from segbill.check import render, run_check
 
-    options, reading = _selection(to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries)
+    options, reading = _selection(
+        to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries
+    )
     with streaming_gc():
         result = run_check(options, reading)
     if result.stopped is not None and not result.tally.read and not json_:  # the organization could not be read
@@ -371,7 +431,7 @@ def reconcile_command(
     paths: Paths = None,
     to: ToLago = ...,  # type: ignore[assignment]
     missing: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--missing",
             metavar="FILE",
@@ -381,7 +441,7 @@ def reconcile_command(
         ),
     ] = None,
     state: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--state",
             metavar="PATH",
@@ -416,7 +476,9 @@ def reconcile_command(
     """
     from segbill.reconcile import Reconciliation, reconcile, render
 
-    options, reading = _selection(to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries)
+    options, reading = _selection(
+        to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries
+    )
     if any(source.is_stdin for source in options.sources):
         fail("reconcile reads its input twice (counting, then matching): give files or folders, not stdin.")
     if missing is not None:
@@ -484,11 +546,16 @@ def _check_before_sending(options: Options, delivery: DeliveryOptions | None) ->
         fail(f"--check could not read Lago ({result.stopped}); nothing was sent.", ExitCode.FATAL)
     if result.unbilled:
         render(result, sys.stderr, terminal=sys.stderr.isatty())
-        fail(f"--check: {result.unbilled:,} of {result.checked:,} events would not be billed (above); nothing was sent.", ExitCode.DEAD_LETTERED)
+        fail(
+            f"--check: {result.unbilled:,} of {result.checked:,} events would not be billed (above); nothing was sent.",
+            ExitCode.DEAD_LETTERED,
+        )
     if not result.checked:
         warn("--check: no event to check: this send has nothing new to deliver.")
         return
-    warn(f"--check: all {result.checked:,} events will be billed ({result.verdicts['draft']:,} once a draft invoice is refreshed); sending.")
+    warn(
+        f"--check: all {result.checked:,} events will be billed ({result.verdicts['draft']:,} once a draft invoice is refreshed); sending."
+    )
 
 
 def _selection(
@@ -568,7 +635,9 @@ def _nothing_selected(tally: Tally, mapping: Mapping, by_flags: bool) -> None:
         return
     rules = "--event/--exclude-event" if by_flags else "the include/exclude rules"
     tally.nothing_selected = True
-    tally.warnings.append(f"{rules} left out every event read ({left_out:,}): nothing was {'converted' if tally.dry_run else 'sent'} (exit 2).")
+    tally.warnings.append(
+        f"{rules} left out every event read ({left_out:,}): nothing was {'converted' if tally.dry_run else 'sent'} (exit 2)."
+    )
 
 
 def _time_option(name: str, value: str | None) -> int | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
@@ -44,7 +44,7 @@ class DeadLetterFile:
             DEAD_LETTER_MARKER: 1,
             "reason": reason,
             "target": self.target,
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "source": record.source(),
         }
         if self.dry_run:

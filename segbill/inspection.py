@@ -65,7 +65,7 @@ import sys
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Annotated, Any, Optional
+from typing import IO, Annotated, Any
 
 import orjson
 import typer
@@ -178,7 +178,7 @@ class _MessageIds:
             self._grow()
 
     def _grow(self) -> None:
-        old = zip(self._keys, self._times, self._state)
+        old = zip(self._keys, self._times, self._state, strict=False)
         self._allocate(2 * len(self._keys))
         keys, mask = self._keys, self._mask
         for key, millis, state in old:
@@ -650,9 +650,7 @@ def _sections(result: dict[str, Any]) -> tuple[list[str], list[_Section]]:
     sections.append(_repeats_section(result["message_ids"], result["limits"]["message_ids"]))
 
     for event in listed[:SHOWN_PROPERTY_EVENTS]:
-        section = _Section(
-            f"Properties of {_event_name(event)} ({_n(event['messages'])} messages)", ("key", ">present", "types")
-        )
+        section = _Section(f"Properties of {_event_name(event)} ({_n(event['messages'])} messages)", ("key", ">present", "types"))
         for key in event["properties"]:
             kinds = ", ".join(
                 name if count == key["present"] else f"{name} {_pct(_fraction(count, key['present']))}"
@@ -684,9 +682,7 @@ def _repeats_section(ids: dict[str, Any], cap: int) -> _Section:
         ("extra copies", _n(ids["extra_copies"])),
     ]
     if ids["repeated_time_differs"]:
-        repeats.notes.append(
-            "Lago's ClickHouse event store counts a repeat with another time as a second event: billed twice."
-        )
+        repeats.notes.append("Lago's ClickHouse event store counts a repeat with another time as a second event: billed twice.")
         for example in ids["examples"]:
             times = [example[key] or "no readable time" for key in ("time", "first_time")]
             repeats.notes.append(f"  {example['where']}: {example['message_id']} at {times[0]}, first seen at {times[1]}")
@@ -724,7 +720,7 @@ def render(result: dict[str, Any], stream: IO[str], *, terminal: bool) -> None:
         for row in grid:
             cells = [
                 cell.rjust(width) if name.startswith(">") else cell.ljust(width)
-                for cell, width, name in zip(row, widths, section.columns)
+                for cell, width, name in zip(row, widths, section.columns, strict=False)
             ]
             lines.append(("  " + "  ".join(cells)).rstrip())
         lines += [f"  {note}" for note in section.notes]
@@ -736,7 +732,7 @@ def render(result: dict[str, Any], stream: IO[str], *, terminal: bool) -> None:
 
 def inspect_command(
     paths: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Argument(
             help="Files or folders of Segment exports, read exactly as send reads them (NDJSON, gzip or not; "
             "folders recursively). '-' or nothing reads stdin.",
@@ -748,7 +744,7 @@ def inspect_command(
         typer.Option("--json", help="Print the report as one JSON object on stdout (its shape: segbill/inspection.py)."),
     ] = False,
     customer_from: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--customer-from",
             metavar="PATH",

@@ -120,7 +120,7 @@ class Mapping:
         if kind == "track":
             value, where = self.event.read(message)
             if not isinstance(value, str) or not value.strip():
-                raise Invalid("missing_event", f"The track message has no event name (\"{where}\").")
+                raise Invalid("missing_event", f'The track message has no event name ("{where}").')
             name = value
         elif isinstance(kind, str) and kind in self.billable_types:
             name = self.billable_types[kind]
@@ -173,7 +173,7 @@ class Mapping:
         if properties is None:
             properties = {}
         elif not isinstance(properties, dict):
-            raise Invalid("bad_properties", "The message's \"properties\" is not an object.")
+            raise Invalid("bad_properties", 'The message\'s "properties" is not an object.')
         return Billable(self._id(message), customer, self._code(name), millis, properties)
 
     def _code(self, name: str) -> str:
@@ -252,7 +252,7 @@ class Mapping:
                 if properties is not None:
                     return None
                 properties = {}
-            return Billable(ident, customer, code, millis, properties)  # type: ignore[arg-type]
+            return Billable(ident, customer, code, millis, properties)
 
         return fields
 
@@ -297,13 +297,13 @@ class Mapping:
                 raise InexactNumber
             value = repr(value)
         if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise Invalid("bad_amount", f"The amount at \"{where}\" is not a number.")
+            raise Invalid("bad_amount", f'The amount at "{where}" is not a number.')
         try:
             amount = Decimal(str(value))
         except InvalidOperation:
-            raise Invalid("bad_amount", f"The amount at \"{where}\" ({str(value)[:40]!r}) is not a number.") from None
+            raise Invalid("bad_amount", f'The amount at "{where}" ({str(value)[:40]!r}) is not a number.') from None
         if not amount.is_finite():
-            raise Invalid("bad_amount", f"The amount at \"{where}\" is not a finite number.")
+            raise Invalid("bad_amount", f'The amount at "{where}" is not a finite number.')
         return str(amount)
 
 
@@ -319,7 +319,7 @@ _WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+\d*|[A-Z]+\d*|\d+")
 
 
 def snake_case(name: str) -> str:
-    """"API Call" -> api_call, "Order Completed" -> order_completed, "pageView" -> page_view, "v2 Upload" -> v2_upload."""
+    """ "API Call" -> api_call, "Order Completed" -> order_completed, "pageView" -> page_view, "v2 Upload" -> v2_upload."""
     return "_".join(word.lower() for word in _WORDS.findall(name)) or name
 
 
@@ -378,7 +378,9 @@ def _table(config: Path, target: str, table: Any) -> Mapping:
         if name in table:
             changes[slot] = _source(table[name], f"{where}.{name}", time=slot == "time")
             if slot == "id" and changes[slot].constant is not None:
-                raise ConfigError(f"{where}.{name}: the idempotency key cannot be a constant: every event after the first would be a duplicate.")
+                raise ConfigError(
+                    f"{where}.{name}: the idempotency key cannot be a constant: every event after the first would be a duplicate."
+                )
     amount = AMOUNT_FIELD.get(target)
     if amount and amount in table:
         changes["amount"] = _source(table[amount], f"{where}.{amount}", time=False)
@@ -388,7 +390,9 @@ def _table(config: Path, target: str, table: Any) -> Mapping:
     if "billable_types" in events:
         changes["billable_types"] = _strings(events["billable_types"], f"{where}.events.billable_types")
         if "track" in changes["billable_types"]:
-            raise ConfigError(f"{where}.events.billable_types: track is always billable; list the other types (page = \"page_viewed\").")
+            raise ConfigError(
+                f'{where}.events.billable_types: track is always billable; list the other types (page = "page_viewed").'
+            )
     for key in ("include", "exclude"):
         if key in events:
             changes[key] = _globs(events[key], f"{where}.events.{key}")
@@ -396,7 +400,7 @@ def _table(config: Path, target: str, table: Any) -> Mapping:
         changes["rename"] = _strings(events["rename"], f"{where}.events.rename")
     if "other" in events:
         if events["other"] not in ("keep", "snake_case"):
-            raise ConfigError(f"{where}.events.other: must be \"keep\" or \"snake_case\", not {events['other']!r}.")
+            raise ConfigError(f'{where}.events.other: must be "keep" or "snake_case", not {events["other"]!r}.')
         changes["snake_case"] = events["other"] == "snake_case"
     properties = table.get("properties", {})
     _expect(properties, dict, f"{where}.properties", "a table")
@@ -416,7 +420,7 @@ def _table(config: Path, target: str, table: Any) -> Mapping:
     if "separator" in properties:
         separator = properties["separator"]
         if not isinstance(separator, str) or not separator:
-            raise ConfigError(f"{where}.properties.separator: must be a non-empty string such as \"_\", not {separator!r}.")
+            raise ConfigError(f'{where}.properties.separator: must be a non-empty string such as "_", not {separator!r}.')
         changes["separator"] = separator
     return replace(mapping, **changes)
 
@@ -433,7 +437,7 @@ def _source(value: Any, where: str, *, time: bool) -> Source:
         if time and parse_time(constant) is None:
             raise ConfigError(f"{where}.value: {constant!r} is not an ISO 8601 time.")
         return Source(constant=str(constant) if not time else constant)
-    raise ConfigError(f"{where}: must be a dotted path, a list of paths to try in order, or {{ value = \"...\" }}.")
+    raise ConfigError(f'{where}: must be a dotted path, a list of paths to try in order, or {{ value = "..." }}.')
 
 
 def _path(value: Any, where: str) -> Path_:
@@ -444,7 +448,7 @@ def _path(value: Any, where: str) -> Path_:
 
 def _glob(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: {value!r} is not a glob such as \"API *\".")
+        raise ConfigError(f'{where}: {value!r} is not a glob such as "API *".')
     if value.count("[") != value.count("]"):
         raise ConfigError(f"{where}: {value!r} is not a valid glob (an unclosed [ ]).")
     return value

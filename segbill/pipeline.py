@@ -83,9 +83,15 @@ class Replay:
     def __init__(self, options: Options, warn: Callable[[str], None] | None = None) -> None:
         self.options = options
         self.tally = Tally(target=options.target.name, dry_run=options.dry_run)
-        self.dead_letters = None if options.dead_letter is None else DeadLetterFile(options.dead_letter, options.target.name, dry_run=options.dry_run)
+        self.dead_letters = (
+            None
+            if options.dead_letter is None
+            else DeadLetterFile(options.dead_letter, options.target.name, dry_run=options.dry_run)
+        )
         self._conversion = options.conversion()
-        self.state = State(options.state, options.target.name, read_only=options.dry_run, selection=options.selection(), url=options.url)
+        self.state = State(
+            options.state, options.target.name, read_only=options.dry_run, selection=options.selection(), url=options.url
+        )
         self.tally.state_file = None if options.state is None else str(options.state)
         self._files: dict[str, str] = {}  # source name -> file identity, for its dead letters
         self._warn = warn
@@ -99,7 +105,9 @@ class Replay:
         # outcome is final.
         self._tracking = self.state.keeps
 
-    def events(self, on_progress: Callable[[str, int], None] | None = None) -> Iterator[tuple[Record, dict[str, Any], str, int | None]]:
+    def events(
+        self, on_progress: Callable[[str, int], None] | None = None
+    ) -> Iterator[tuple[Record, dict[str, Any], str, int | None]]:
         """(record, converted event, idempotency key, sent in) in input order, each new to the
         ledger or sent before without an answer (`sent in` then names that request, else None);
         the caller owns their outcome once it takes one (`delivered`, `rejected`, `not_attempted`)."""
@@ -192,10 +200,10 @@ class Replay:
         pending, fresh = self._pending, self._fresh
         key_of = self.options.target.key
         keys = [(key_of(event), millis) for _, event, millis in pending]
-        missing = [key for key, (record, _, _) in zip(keys, pending) if record.missing_on_platform]
+        missing = [key for key, (record, _, _) in zip(keys, pending, strict=False) if record.missing_on_platform]
         if missing:
             self.tally.missing_resent += self.state.forget(missing)
-        for (key, _), verdict in zip(keys, self.state.claim(keys)):
+        for (key, _), verdict in zip(keys, self.state.claim(keys), strict=False):
             record, event, _ = pending.popleft()
             if verdict is Claim.NEW:
                 fresh.append((record, event, key, None))
@@ -208,8 +216,7 @@ class Replay:
                 seen = "came before" if self.options.dry_run else "was already sent"
                 skipped = "a send would skip it" if self.options.dry_run else "not sent again"
                 self._notice(
-                    f"{record.where()}: {key} {seen} with another event time; {skipped} "
-                    f"({self.options.target.shifted_repeat})."
+                    f"{record.where()}: {key} {seen} with another event time; {skipped} ({self.options.target.shifted_repeat})."
                 )
         while fresh:
             yield fresh.popleft()
@@ -220,7 +227,7 @@ class Replay:
         elif isinstance(kind, str) and kind:
             self.skip(record, kind)
         else:
-            self.dead_letter(record, "missing_type", "The message has no \"type\" (track, identify, page, ...).")
+            self.dead_letter(record, "missing_type", 'The message has no "type" (track, identify, page, ...).')
 
     def _unbillable(self, record: Record, kind: str, reason: str) -> None:
         """A record that can never be billed belongs to shard 0 alone, so shards do not repeat it."""
@@ -407,7 +414,9 @@ def _print(replay: Replay, out: IO[bytes], lines: list[bytes], items: list[tuple
         out.write(b"\n".join(lines) + b"\n")
         out.flush()  # a pipe's reader sees each chunk (each event from stdin) as it is printed
     except OSError as error:  # the reader went away (| head), or a full disk under > file
-        replay.tally.stopped = "stdout was closed" if isinstance(error, BrokenPipeError) else f"cannot write to stdout ({error.strerror})"
+        replay.tally.stopped = (
+            "stdout was closed" if isinstance(error, BrokenPipeError) else f"cannot write to stdout ({error.strerror})"
+        )
         critical.leave()
         return False
     replay.delivered(items)

@@ -90,8 +90,12 @@ class Reconciliation:
     pairs: int = 0
     start: int | None = None
     end: int | None = None
-    missing_by: dict[str, Counter[str]] = field(default_factory=lambda: {"subscription": Counter(), "code": Counter(), "day": Counter()})
-    extra_by: dict[str, Counter[str]] = field(default_factory=lambda: {"subscription": Counter(), "code": Counter(), "day": Counter()})
+    missing_by: dict[str, Counter[str]] = field(
+        default_factory=lambda: {"subscription": Counter(), "code": Counter(), "day": Counter()}
+    )
+    extra_by: dict[str, Counter[str]] = field(
+        default_factory=lambda: {"subscription": Counter(), "code": Counter(), "day": Counter()}
+    )
     missing_file: str | None = None
     state: str | None = None  # the ledger of --state, if given
     forgotten: int = 0  # missing events that ledger had as delivered, and no longer has
@@ -136,7 +140,9 @@ class Reconciliation:
         for dimension in ("subscription", "code", "day"):
             totals = self.missing_by[dimension] + self.extra_by[dimension]
             ranked = sorted(totals, key=lambda key: (-totals[key], key))[:top]
-            breakdown[dimension + "s"] = {key: {"missing": self.missing_by[dimension][key], "extra": self.extra_by[dimension][key]} for key in ranked}
+            breakdown[dimension + "s"] = {
+                key: {"missing": self.missing_by[dimension][key], "extra": self.extra_by[dimension][key]} for key in ranked
+            }
         return breakdown
 
     def as_dict(self) -> dict[str, Any]:
@@ -163,7 +169,9 @@ class Reconciliation:
         }
 
 
-def reconcile(options: Options, reading: ReadOptions, missing_path: Path | None, result: Reconciliation, ledger: State | None = None) -> None:
+def reconcile(
+    options: Options, reading: ReadOptions, missing_path: Path | None, result: Reconciliation, ledger: State | None = None
+) -> None:
     """All three steps; `result` keeps what was established if a step fails or is interrupted.
     Both passes select as a dry run of `options` does, with no dead-letter file: unreadable
     lines are only counted. The missing events are no longer delivered in `ledger` (the send's
@@ -245,7 +253,9 @@ async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliati
         pairs = sorted(expected.totals)
         try:
             for at in range(0, len(pairs), PAIRS_AT_ONCE):
-                outcomes = await asyncio.gather(*(compare(pair) for pair in pairs[at : at + PAIRS_AT_ONCE]), return_exceptions=True)
+                outcomes = await asyncio.gather(
+                    *(compare(pair) for pair in pairs[at : at + PAIRS_AT_ONCE]), return_exceptions=True
+                )
                 for outcome in outcomes:  # every read of the group has ended: none outlives the client
                     if isinstance(outcome, BaseException):
                         raise outcome
@@ -256,7 +266,9 @@ async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliati
     return differences
 
 
-def _match(replay: Replay, differences: Differences, missing_file: DeadLetterFile | None, ledger: State | None, result: Reconciliation) -> None:
+def _match(
+    replay: Replay, differences: Differences, missing_file: DeadLetterFile | None, ledger: State | None, result: Reconciliation
+) -> None:
     """The second pass: each expected event of a disagreeing range is found (its transaction id
     was listed) or missing; what stays listed afterwards is extra. The missing leave the ledger
     a chunk at a time, each once its entry is written."""
@@ -298,7 +310,11 @@ def _ledger_note(result: Reconciliation) -> str:
 
 def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
     """Totals, then the worst subscriptions, codes and days."""
-    span = f" from {iso_millis(result.start)} to {iso_millis(result.end)}" if result.start is not None and result.end is not None else ""
+    span = (
+        f" from {iso_millis(result.start)} to {iso_millis(result.end)}"
+        if result.start is not None and result.end is not None
+        else ""
+    )
     title = f"segbill reconcile against {result.target}: {result.pairs:,} (subscription, code) pairs{span}"
     if result.stopped:
         title += f"; stopped early ({result.stopped})"
@@ -309,11 +325,27 @@ def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
     rows: list[tuple[str, str, str]] = [
         ("expected", f"{result.expected:,}", "events the export bills (what send delivers)"),
         ("found", f"{result.found:,}", "of them, held by the platform"),
-        ("missing", f"{result.missing:,}", _replay_hint(result.missing_file) if result.missing_file else "expected, not on the platform"),
+        (
+            "missing",
+            f"{result.missing:,}",
+            _replay_hint(result.missing_file) if result.missing_file else "expected, not on the platform",
+        ),
     ]
     if not result.complete:
-        rows.append(("unchecked", f"{result.unchecked:,}", "expected, not compared before the run ended: neither found nor missing; run it again"))
-    rows.append(("extra", f"{result.extra:,}", "on the platform in scope, from no event of the export" + ("" if result.complete else " (incomplete)")))
+        rows.append(
+            (
+                "unchecked",
+                f"{result.unchecked:,}",
+                "expected, not compared before the run ended: neither found nor missing; run it again",
+            )
+        )
+    rows.append(
+        (
+            "extra",
+            f"{result.extra:,}",
+            "on the platform in scope, from no event of the export" + ("" if result.complete else " (incomplete)"),
+        )
+    )
     if result.state is not None:
         rows.append(("forgotten", f"{result.forgotten:,}", _ledger_note(result)))
     for dimension, worst in result.breakdown(TOP).items():

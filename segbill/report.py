@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import IntEnum
 from typing import IO, Any
 
@@ -43,7 +43,7 @@ class Tally:
     started: float = field(default_factory=time.monotonic)
     elapsed: float | None = None
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))  # ties progress lines and the summary to one run
-    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     ended_at: datetime | None = None
     stopped: str | None = None  # why the run ended early, if it did
     interrupted: bool = False
@@ -56,7 +56,7 @@ class Tally:
 
     def finish(self) -> None:
         self.elapsed = time.monotonic() - self.started
-        self.ended_at = datetime.now(timezone.utc)
+        self.ended_at = datetime.now(UTC)
 
     @property
     def empty(self) -> bool:
@@ -67,7 +67,14 @@ class Tally:
     @property
     def unsettled(self) -> int:
         """Records read whose outcome is not counted (yet)."""
-        return self.read - self.delivered - sum(self.skipped.values()) - sum(self.dead_lettered.values()) - self.not_attempted - self.unanswered
+        return (
+            self.read
+            - self.delivered
+            - sum(self.skipped.values())
+            - sum(self.dead_lettered.values())
+            - self.not_attempted
+            - self.unanswered
+        )
 
     def exit_code(self) -> ExitCode:
         if self.interrupted:
@@ -116,7 +123,7 @@ RESUMED_SHOWN = 3  # files named in the human summary's "resumed at"; --json lis
 
 def iso_time(moment: datetime) -> str:
     """ISO 8601 UTC to the second, as logs and the --json summary write it."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _breakdown(counts: Counter[str]) -> str:
@@ -134,7 +141,13 @@ def render(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
     if tally.already_delivered:
         rows.append(("already delivered", f"{tally.already_delivered:,}", "of those delivered: the platform held them already"))
     if tally.missing_resent:
-        rows.append(("missing resent", f"{tally.missing_resent:,}", "the ledger had them as delivered; reconcile found them missing on the platform"))
+        rows.append(
+            (
+                "missing resent",
+                f"{tally.missing_resent:,}",
+                "the ledger had them as delivered; reconcile found them missing on the platform",
+            )
+        )
     rows += [
         ("skipped", f"{data['skipped']:,}", _breakdown(tally.skipped)),
         ("dead-lettered", f"{data['dead_lettered']:,}", _breakdown(tally.dead_lettered)),
@@ -142,14 +155,24 @@ def render(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
     if tally.not_attempted or not tally.dry_run:
         rows.append(("not attempted", f"{tally.not_attempted:,}", ""))
     if tally.unanswered:
-        rows.append(("unanswered", f"{tally.unanswered:,}", "sent, no final answer before the stop: maybe stored; a rerun resends them"))
+        rows.append(
+            ("unanswered", f"{tally.unanswered:,}", "sent, no final answer before the stop: maybe stored; a rerun resends them")
+        )
     if not tally.dry_run:
         rows.append(("requests", f"{tally.requests:,}", f"{tally.retries:,} retries"))
     if tally.files_already_done:
-        rows.append(("files skipped", f"{tally.files_already_done:,}", f"finished by an earlier run with --state {tally.state_file}"))
+        rows.append(
+            ("files skipped", f"{tally.files_already_done:,}", f"finished by an earlier run with --state {tally.state_file}")
+        )
     if tally.resumed_at:
         more = len(tally.resumed_at) - RESUMED_SHOWN
-        rows.append(("resumed at", ", ".join(tally.resumed_at[:RESUMED_SHOWN]), f"and {more:,} more file{'s' if more > 1 else ''}" if more > 0 else "file:line"))
+        rows.append(
+            (
+                "resumed at",
+                ", ".join(tally.resumed_at[:RESUMED_SHOWN]),
+                f"and {more:,} more file{'s' if more > 1 else ''}" if more > 0 else "file:line",
+            )
+        )
     rate = data["events_per_second"]
     rows.append(("elapsed", f"{data['elapsed_seconds']:.2f} s", f"{rate:,.0f} records/s" if rate else ""))
     rows.append(("run", tally.run_id, f"{data['started_at']} to {data['ended_at']}"))
@@ -263,7 +286,7 @@ class Progress:
             head.insert(0, f"{self.percent()}% of the input")
             if done:
                 head.append(f"ETA {_clock(elapsed * (self.total_bytes - done) / done)}")
-        now = iso_time(datetime.now(timezone.utc))
+        now = iso_time(datetime.now(UTC))
         return f"{now} segbill[{self.tally.run_id}]: {', '.join(head)}; {', '.join(self._counts())}"
 
     def start(self) -> None:
@@ -276,8 +299,13 @@ class Progress:
             columns: list[Any] = [BarColumn(bar_width=24), TextColumn("{task.completed:,} records"), elapsed]
         else:
             columns = [
-                BarColumn(bar_width=24), TextColumn("{task.fields[percent]:>3}%"), DownloadColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), TextColumn("elapsed"), elapsed,
+                BarColumn(bar_width=24),
+                TextColumn("{task.fields[percent]:>3}%"),
+                DownloadColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("elapsed"),
+                elapsed,
             ]
         console = Console(file=self.stream, stderr=True, force_terminal=True)
         self._bar = _bar_with_counts()(*columns, console=console, transient=True, auto_refresh=False)

@@ -10,9 +10,10 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 
@@ -131,9 +132,7 @@ def _unreadable(raw: bytes, error: Exception) -> Invalid:
     return Invalid("not_json", f"The line is not valid JSON ({detail}).")
 
 
-def records_of(
-    value: Any, raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads = orjson.loads
-) -> list[Record]:
+def records_of(value: Any, raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads = orjson.loads) -> list[Record]:
     """The records of one parsed line: a message, an envelope's or array's messages, a dead-letter
     entry's original, or why the value is not a message."""
     if type(value) is dict and type(value.get("type")) is str and DEAD_LETTER_MARKER not in value:
@@ -152,28 +151,26 @@ def records_of(
         return _many(value, raw, path, line, offset, end, "array item")
     return [
         Record(
-            path, line, offset, end, raw,
+            path,
+            line,
+            offset,
+            end,
+            raw,
             invalid=Invalid("not_object", f"The line is JSON but not an object (it is {_kind(value)})."),
         )
     ]
 
 
-def _many(
-    items: list[Any], raw: bytes, path: str, line: int, offset: int, end: int, what: str
-) -> list[Record]:
+def _many(items: list[Any], raw: bytes, path: str, line: int, offset: int, end: int, what: str) -> list[Record]:
     if not items:
-        return [
-            Record(path, line, offset, end, raw, invalid=Invalid("empty_batch", f"The line is an empty {what.split()[0]}."))
-        ]
+        return [Record(path, line, offset, end, raw, invalid=Invalid("empty_batch", f"The line is an empty {what.split()[0]}."))]
     records = []
     for index, item in enumerate(items):
         if isinstance(item, dict):
             records.append(Record(path, line, offset, end, raw, message=item, index=index))
         else:
             reason = f"This {what} is not an object (it is {_kind(item)})."
-            records.append(
-                Record(path, line, offset, end, dumps(item), index=index, invalid=Invalid("not_object", reason))
-            )
+            records.append(Record(path, line, offset, end, dumps(item), index=index, invalid=Invalid("not_object", reason)))
     return records
 
 
@@ -191,9 +188,7 @@ def _merge_envelope(item: Any, shared: dict[str, Any]) -> Any:
     return merged
 
 
-def _replayed(
-    entry: dict[str, Any], raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads
-) -> Record:
+def _replayed(entry: dict[str, Any], raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads) -> Record:
     """A line of segbill's own dead-letter file: read back the original record or text."""
     first = entry.get("first_source") or entry.get("source")
     first_source = first if isinstance(first, dict) else None
@@ -241,7 +236,7 @@ _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 TIME_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
 
 
-_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 _MAX_MILLIS = 253402300800000  # 10000-01-01: past it, no platform can take the time
 
@@ -262,7 +257,7 @@ def parse_time(value: Any) -> int | None:
         millis = _parse_time_slowly(value)
     else:
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         millis = (moment - _EPOCH_UTC) // _MILLISECOND
     return millis if millis is not None and 0 <= millis < _MAX_MILLIS else None
 
@@ -271,7 +266,7 @@ def _parse_time_slowly(value: str) -> int | None:
     match = _TIME.fullmatch(value.strip())
     if match is None:
         return None
-    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    year, month, day, hour, minute, second, fraction, _zulu, sign, off_h, off_m = match.groups()
     y, m, d = int(year), int(month), int(day)
     h, mi, s = int(hour or 0), int(minute or 0), int(second or 0)
     if not (1 <= m <= 12 and 1 <= d <= _month_days(y, m) and h < 24 and mi < 60 and s < 60):
@@ -351,8 +346,8 @@ def customer_id(value: Any, where: str) -> str:
             raise InexactNumber
         return str(int(value))
     if value is None or value == "":
-        raise Invalid("missing_customer", f"The track message has no customer id at \"{where}\".")
-    raise Invalid("missing_customer", f"The customer id at \"{where}\" is {_kind(value)}, not a string or an integer.")
+        raise Invalid("missing_customer", f'The track message has no customer id at "{where}".')
+    raise Invalid("missing_customer", f'The customer id at "{where}" is {_kind(value)}, not a string or an integer.')
 
 
 DEFAULT_TIME_PATHS = tuple((name,) for name in TIME_FIELDS)
@@ -368,7 +363,7 @@ def event_time(message: dict[str, Any], paths: tuple[tuple[str, ...], ...] = DEF
         millis = parse_time(value)
         if millis is None:
             shown = value if isinstance(value, str) else dumps(value).decode()
-            raise Invalid("bad_time", f"The message's \"{'.'.join(path)}\" ({shown[:60]!r}) is not a readable ISO 8601 time.")
+            raise Invalid("bad_time", f'The message\'s "{".".join(path)}" ({shown[:60]!r}) is not a readable ISO 8601 time.')
         return millis
     names = ", ".join(".".join(path) for path in paths)
     raise Invalid("bad_time", f"The message has no time ({names}).")

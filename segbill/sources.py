@@ -9,19 +9,24 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import BinaryIO
 
 from segbill.segment import UTF8_BOM, Invalid, Record, read_line
 
-try:  # ISA-L inflates ~4x faster than zlib; zlib where python-isal is not installed
-    from isal.isal_zlib import decompressobj
-    from isal.isal_zlib import error as _IsalError
 
-    _BROKEN_GZIP: tuple[type[Exception], ...] = (EOFError, OSError, zlib.error, _IsalError)
-except ImportError:
-    from zlib import decompressobj
+def _inflater() -> ModuleType:
+    """ISA-L inflates ~4x faster than zlib; zlib where python-isal is not installed."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib
+    return isal_zlib
 
-    _BROKEN_GZIP = (EOFError, OSError, zlib.error)
+
+_INFLATER = _inflater()
+decompressobj = _INFLATER.decompressobj
+_BROKEN_GZIP: tuple[type[Exception], ...] = (EOFError, OSError, zlib.error, _INFLATER.error)
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
@@ -68,7 +73,9 @@ def expand(
         if stdin_closed:
             raise UsageError("no input: give a file or folder (stdin is closed, so there is nothing to read there).")
         if stdin_is_terminal:
-            raise UsageError("no input: give a file or folder, or pipe events to stdin (for example: jq -c . x.json | segbill send ...).")
+            raise UsageError(
+                "no input: give a file or folder, or pipe events to stdin (for example: jq -c . x.json | segbill send ...)."
+            )
         args = [STDIN]
     sources: list[Source] = []
     seen: set[Path] = set()
@@ -87,7 +94,9 @@ def expand(
             raise UsageError(f"{arg}: no such file or directory.")
         files = _walk(path, passed_over) if path.is_dir() else [path]
         if not files:  # an empty folder, or a volume that is not mounted: never a quiet success
-            raise UsageError(f"{arg}: no exports in this folder (no .gz, .json, .jsonl, .ndjson or extensionless files); is it the right folder, and is it mounted?")
+            raise UsageError(
+                f"{arg}: no exports in this folder (no .gz, .json, .jsonl, .ndjson or extensionless files); is it the right folder, and is it mounted?"
+            )
         for file in files:
             resolved = file.resolve()
             if resolved in seen:
@@ -176,9 +185,9 @@ def _open_binary(source: Source) -> tuple[BinaryIO, Callable[[], None]]:
     if source.path is None:
         stdin = sys.stdin.buffer
         if not hasattr(stdin, "peek"):  # a test harness or an embedding program's stream
-            stdin = io.BufferedReader(stdin)  # type: ignore[arg-type]
+            stdin = io.BufferedReader(stdin)
         return stdin, lambda: None
-    handle = open(source.path, "rb")
+    handle = open(source.path, "rb")  # noqa: SIM115 -- the caller closes it with the function returned
     return handle, handle.close
 
 
@@ -213,7 +222,7 @@ class _Inflating:
                     continue
                 self._inflate = decompressobj(zlib.MAX_WBITS | 16)
                 self._between = False
-            data = self._inflate.decompress(self._input, min(size, _GZIP_OUT))
+            data: bytes = self._inflate.decompress(self._input, min(size, _GZIP_OUT))
             if self._inflate.eof:
                 self._input, self._between = self._inflate.unused_data, True
             else:
@@ -251,7 +260,7 @@ def _split(
         if first:
             first = False
             if chunk.startswith(UTF8_BOM):
-                chunk = chunk[len(UTF8_BOM):]
+                chunk = chunk[len(UTF8_BOM) :]
                 offset = len(UTF8_BOM)
         block: list[Line] = []
         if long_head is not None:
@@ -265,7 +274,7 @@ def _split(
             block.append((number, offset, end, long_head, _too_long(long_size)))
             long_head = None
             offset = end
-            chunk = chunk[cut + 1:]
+            chunk = chunk[cut + 1 :]
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
         append = block.append
@@ -288,4 +297,7 @@ def _split(
 
 
 def _too_long(size: int) -> Invalid:
-    return Invalid("too_long", f"The line is {size:,} bytes long, over the {MAX_LINE_BYTES:,}-byte limit for one line (only its start is kept here).")
+    return Invalid(
+        "too_long",
+        f"The line is {size:,} bytes long, over the {MAX_LINE_BYTES:,}-byte limit for one line (only its start is kept here).",
+    )

@@ -130,7 +130,9 @@ class State:
             return
         rows = self.db.execute("SELECT target, url FROM destinations").fetchall()
         if not rows:  # a state from before destinations were kept: its ledger names the platform
-            other = self.db.execute("SELECT target FROM ledger WHERE target < ? OR target > ? LIMIT 1", (self.target, self.target)).fetchone()
+            other = self.db.execute(
+                "SELECT target FROM ledger WHERE target < ? OR target > ? LIMIT 1", (self.target, self.target)
+            ).fetchone()
             rows = [(other[0], "")] if other else []
         for target, url in rows:
             if target != self.target or (self.url is not None and url and url != self.url):
@@ -199,7 +201,9 @@ class State:
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(f"SELECT key, millis, delivered FROM ledger WHERE target = ? AND key IN ({marks})", [self.target, *chunk])
+            rows = self.db.execute(
+                f"SELECT key, millis, delivered FROM ledger WHERE target = ? AND key IN ({marks})", [self.target, *chunk]
+            )
             found.update((key, (millis, delivered)) for key, millis, delivered in rows)
         return found
 
@@ -211,11 +215,15 @@ class State:
         assert index is not None
         hashes = _hashes([key for key, _ in keys])
         times = [millis for _, millis in keys]
-        earlier = {} if self._ledger_empty else self._rows([key for (key, _), held in zip(keys, index.holds(hashes)) if not held])
+        earlier = (
+            {}
+            if self._ledger_empty
+            else self._rows([key for (key, _), held in zip(keys, index.holds(hashes), strict=False) if not held])
+        )
         if not earlier:
-            return [_verdict(known, millis) for known, millis in zip(index.claim(hashes, times), times)]
+            return [_verdict(known, millis) for known, millis in zip(index.claim(hashes, times), times, strict=False)]
         verdicts = []
-        for (key, millis), hashed in zip(keys, hashes):
+        for (key, millis), hashed in zip(keys, hashes, strict=False):
             if key in earlier:
                 verdicts.append(self._repeat(key, millis, *earlier[key]))
             else:
@@ -251,7 +259,10 @@ class State:
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            self.db.execute(f"UPDATE ledger SET delivered = ? WHERE target = ? AND key IN ({marks}) AND delivered <> 1", [request, self.target, *chunk])
+            self.db.execute(
+                f"UPDATE ledger SET delivered = ? WHERE target = ? AND key IN ({marks}) AND delivered <> 1",
+                [request, self.target, *chunk],
+            )
         self.commit()
 
     def delivered(self, keys: list[str]) -> None:
@@ -276,7 +287,9 @@ class State:
         missing): no longer delivered, so a replay sends them. A key delivered with another
         event time stays: the platform may hold it at that time. Returns how many were forgotten."""
         rows = [(self.target, key, millis) for key, millis in keys]
-        return self.db.executemany("DELETE FROM ledger WHERE target = ? AND key = ? AND millis = ? AND delivered = 1", rows).rowcount
+        return self.db.executemany(
+            "DELETE FROM ledger WHERE target = ? AND key = ? AND millis = ? AND delivered = 1", rows
+        ).rowcount
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -338,7 +351,15 @@ class State:
             assert source.path is not None
             self.db.execute(
                 "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, datetime('now'))",
-                (self.selection, key, source.size, self._fingerprint(source.path), checkpoint.offset, checkpoint.line, int(checkpoint.complete)),
+                (
+                    self.selection,
+                    key,
+                    source.size,
+                    self._fingerprint(source.path),
+                    checkpoint.offset,
+                    checkpoint.line,
+                    int(checkpoint.complete),
+                ),
             )
         self.checkpoints_changed.clear()
         self.db.execute("COMMIT")
@@ -391,7 +412,7 @@ class KeyIndex:
         spilled = self._on_disk(hashes) if self._spilled else {}
         found: list[int | None] = []
         append = found.append
-        for hashed, millis in zip(hashes, times):
+        for hashed, millis in zip(hashes, times, strict=False):
             bucket = buckets[(hashed[0] << 6) | (hashed[1] >> 2)]
             tail = hashed[2:]
             at = bucket.find(tail)  # `_find`, inlined: one call less for the usual miss
@@ -411,7 +432,9 @@ class KeyIndex:
         """Whether each hash is claimed (without claiming it)."""
         buckets, entry = self._buckets, self._ENTRY
         spilled = self._on_disk(hashes) if self._spilled else {}
-        return [_find(buckets[(hashed[0] << 6) | (hashed[1] >> 2)], hashed[2:], entry) >= 0 or hashed in spilled for hashed in hashes]
+        return [
+            _find(buckets[(hashed[0] << 6) | (hashed[1] >> 2)], hashed[2:], entry) >= 0 or hashed in spilled for hashed in hashes
+        ]
 
     def remove(self, hashes: list[bytes]) -> None:
         for hashed in hashes:
@@ -442,7 +465,10 @@ class KeyIndex:
             head = index.to_bytes(2, "big")
             self._db.executemany(
                 "INSERT INTO temp.claims VALUES (?, ?)",
-                [(head + bucket[at : at + 10], int.from_bytes(bucket[at + 10 : at + entry], "little")) for at in range(0, len(bucket), entry)],
+                [
+                    (head + bucket[at : at + 10], int.from_bytes(bucket[at + 10 : at + entry], "little"))
+                    for at in range(0, len(bucket), entry)
+                ],
             )
         self._buckets = [bytearray() for _ in range(self._BUCKETS)]
         self._size = 0

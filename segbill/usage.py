@@ -33,7 +33,9 @@ def inputs(paths: list[str] | None) -> list[Source]:
     passed_over: list[Path] = []
     try:
         closed = sys.stdin is None  # started with stdin closed (<&-)
-        sources = expand(paths or [], stdin_is_terminal=not closed and sys.stdin.isatty(), stdin_closed=closed, passed_over=passed_over)
+        sources = expand(
+            paths or [], stdin_is_terminal=not closed and sys.stdin.isatty(), stdin_closed=closed, passed_over=passed_over
+        )
     except UsageError as error:
         fail(str(error))
     if passed_over:
@@ -68,7 +70,7 @@ def hold_closed_streams() -> None:
         if _is_closed(fd):
             os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
     if sys.stdout is None:
-        sys.stdout = ClosedStdout()  # type: ignore[assignment]
+        sys.stdout = ClosedStdout()
 
 
 def _is_closed(fd: int) -> bool:

@@ -42,7 +42,9 @@ def segbill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Run `segbill ARGS` in-process from a scratch folder, as a user would."""
     monkeypatch.chdir(tmp_path)
 
-    def run(*args: str, input: bytes | str | None = None, dead_letter: str = "dead.jsonl", env: dict[str, str] | None = None) -> Run:
+    def run(
+        *args: str, input: bytes | str | None = None, dead_letter: str = "dead.jsonl", env: dict[str, str] | None = None
+    ) -> Run:
         argv = list(args)
         if "--dead-letter" not in argv and argv[:1] == ["send"]:
             argv += ["--dead-letter", dead_letter]

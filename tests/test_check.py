@@ -35,7 +35,13 @@ def organization(fake: FakePlatform) -> None:
     fake.add_subscription("canceled", status="canceled")
     fake.add_subscription("ended", status="terminated", started_at="2024-01-01T00:00:00Z", terminated_at="2024-03-10T00:00:00Z")
     # A plan change keeps the external id on a new subscription: both are that id's history.
-    fake.add_subscription("upgraded", external_customer_id="globex", status="terminated", started_at="2024-01-01T00:00:00Z", terminated_at="2024-02-15T00:00:00Z")
+    fake.add_subscription(
+        "upgraded",
+        external_customer_id="globex",
+        status="terminated",
+        started_at="2024-01-01T00:00:00Z",
+        terminated_at="2024-02-15T00:00:00Z",
+    )
     fake.add_subscription("upgraded", external_customer_id="globex", started_at="2024-02-15T00:00:00Z")
 
 
@@ -106,7 +112,15 @@ def test_the_top_groups_say_why(segbill, fake: FakePlatform, tmp_path: Path) -> 
     path = write(tmp_path / "e.jsonl", jsonl(*messages(rows)))
     _, result = check_json(segbill, fake, str(path))
     assert result["top"] == {
-        "unknown_code": [{"code": "API Call", "external_subscription_id": "acme-main", "events": 3, "first": "2024-04-01T00:00:00.000Z", "last": "2024-04-03T00:00:00.000Z"}]
+        "unknown_code": [
+            {
+                "code": "API Call",
+                "external_subscription_id": "acme-main",
+                "events": 3,
+                "first": "2024-04-01T00:00:00.000Z",
+                "last": "2024-04-03T00:00:00.000Z",
+            }
+        ]
     }
 
 
@@ -127,7 +141,9 @@ def test_exit_0_when_everything_bills_and_the_human_report(segbill, fake: FakePl
 def test_the_same_selection_as_send(segbill, fake: FakePlatform, tmp_path: Path) -> None:
     """Mapping, filters, repeats and --since/--until decide what is checked, exactly as for send."""
     path = write(tmp_path / "e.jsonl", jsonl(*messages(), *messages(prefix="m")))  # every message twice
-    sent = segbill("send", str(path), "--to", "lago", "--dry-run", "--since", "2024-02-01", "--until", "2024-04-01", "--event", "api_*")
+    sent = segbill(
+        "send", str(path), "--to", "lago", "--dry-run", "--since", "2024-02-01", "--until", "2024-04-01", "--event", "api_*"
+    )
     _, result = check_json(segbill, fake, str(path), "--since", "2024-02-01", "--until", "2024-04-01", "--event", "api_*")
     assert result["checked"] == len(sent.events) > 0
     assert result["skipped_by_reason"]["duplicate"] == result["checked"]  # repeats are found among the selected
@@ -140,10 +156,24 @@ def test_reads_follow_subscriptions_and_invoices_not_events(segbill, fake: FakeP
     for i in range(150):  # more than a page of subscriptions
         fake.add_subscription(f"filler-{i}")
     for day in range(1, 102):  # more than a page of invoices for one customer
-        fake.add_invoice("finalized", [("acme-main", f"2023-0{1 + day // 30}-{1 + day % 28:02d}T00:00:00Z", f"2023-0{1 + day // 30}-{1 + day % 28:02d}T23:59:59Z")])
+        fake.add_invoice(
+            "finalized",
+            [
+                (
+                    "acme-main",
+                    f"2023-0{1 + day // 30}-{1 + day % 28:02d}T00:00:00Z",
+                    f"2023-0{1 + day // 30}-{1 + day % 28:02d}T23:59:59Z",
+                )
+            ],
+        )
     small = write(tmp_path / "small.jsonl", jsonl(*messages()))
     _, first = check_json(segbill, fake, str(small))
-    many = {(name, user, at.replace(":00.000Z", f":{s:02d}.{ms:03d}Z")): v for (name, user, at), v in EXPECTED.items() for s in range(0, 60, 7) for ms in (1, 2)}
+    many = {
+        (name, user, at.replace(":00.000Z", f":{s:02d}.{ms:03d}Z")): v
+        for (name, user, at), v in EXPECTED.items()
+        for s in range(0, 60, 7)
+        for ms in (1, 2)
+    }
     large = write(tmp_path / "large.jsonl", jsonl(*messages(many)))
     _, second = check_json(segbill, fake, str(large))
     assert second["checked"] > 10 * first["checked"]
@@ -159,7 +189,9 @@ def test_reads_are_paced_under_the_announced_limit(segbill, tmp_path: Path) -> N
     with FakePlatform(api_key=KEY, lago_read_rate_limit=40) as fake:
         organization(fake)
         for day in range(1, 60):
-            fake.add_invoice("finalized", [("acme-main", f"2023-03-{1 + day % 28:02d}T00:00:00Z", f"2023-03-{1 + day % 28:02d}T23:59:59Z")])
+            fake.add_invoice(
+                "finalized", [("acme-main", f"2023-03-{1 + day % 28:02d}T00:00:00Z", f"2023-03-{1 + day % 28:02d}T23:59:59Z")]
+            )
         path = write(tmp_path / "e.jsonl", jsonl(*messages()))
         code, result = check_json(segbill, fake, str(path))
         assert code == 1 and result["requests"] == len(fake.requests("lago")) == 1 + 1 + 1 + 61 + 1 + 1
@@ -175,7 +207,9 @@ def test_a_429_is_waited_out_and_a_bad_key_stops_with_exit_3(segbill, fake: Fake
     before = len(fake.requests("lago"))
     run = segbill("check", str(path), "--to", "lago", env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": "wrong"})
     assert run.exit_code == 3 and run.stdout == "" and "wrong" not in run.stderr
-    assert run.stderr.splitlines() == [f"segbill: error: check could not read Lago ({fake.url[7:]} rejected the API key (HTTP 401 for /api/v1/billable_metrics)); nothing was checked."]
+    assert run.stderr.splitlines() == [
+        f"segbill: error: check could not read Lago ({fake.url[7:]} rejected the API key (HTTP 401 for /api/v1/billable_metrics)); nothing was checked."
+    ]
     assert len(fake.requests("lago")) == before + 1  # the first read is refused: no other is made
     run = segbill("check", str(path), "--to", "lago", "--json", env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": "wrong"})
     stopped = orjson.loads(run.stdout)
@@ -215,7 +249,10 @@ def test_send_check_refuses_to_send_what_would_not_be_billed(segbill, fake: Fake
     assert f"--check: all {len(good_rows)} events will be billed (2 once a draft invoice is refreshed); sending." in run.stderr
     assert len(fake.counts("lago")) == len(good_rows)
     # A rerun with the state checks only what it would still send: nothing, so nothing is refused.
-    both = write(tmp_path / "both.jsonl", jsonl(*messages(good_rows), *messages({("bogus", "x", "2024-04-01T00:00:00Z"): ""}, prefix="new")))
+    both = write(
+        tmp_path / "both.jsonl",
+        jsonl(*messages(good_rows), *messages({("bogus", "x", "2024-04-01T00:00:00Z"): ""}, prefix="new")),
+    )
     run = segbill("send", str(good), "--to", "lago", "--check", "--state", "state.db", env=env(fake))
     assert run.exit_code == 0 and "--check: no event to check: this send has nothing new to deliver." in run.stderr
     run = segbill("send", str(both), "--to", "lago", "--check", "--state", "state.db", env=env(fake))
@@ -245,17 +282,33 @@ def many_customers(fake: FakePlatform, count: int) -> list[dict[str, Any]]:
         fake.add_invoice("finalized", [(f"sub-{i}", "2024-01-01T00:00:00Z", "2024-01-31T23:59:59Z")])
     records: list[dict[str, Any]] = []
     for j in range(10 * count):
-        records.append(track(messageId=f"e{j}", event="api_calls", userId=f"sub-{j % count}", timestamp=f"2024-02-{1 + j % 28:02d}T00:00:00.000Z"))
+        records.append(
+            track(
+                messageId=f"e{j}",
+                event="api_calls",
+                userId=f"sub-{j % count}",
+                timestamp=f"2024-02-{1 + j % 28:02d}T00:00:00.000Z",
+            )
+        )
         if j % 5 == 0:
-            records += [{"type": "identify", "userId": f"sub-{j % count}"}, track(messageId=f"anon{j}", userId=None, anonymousId="a")]
+            records += [
+                {"type": "identify", "userId": f"sub-{j % count}"},
+                track(messageId=f"anon{j}", userId=None, anonymousId="a"),
+            ]
     return records
 
 
-def check_in_subprocess(fake: FakePlatform, path: Path, *args: str, after: int, then: Callable[[subprocess.Popen], None]) -> tuple[int, str]:
+def check_in_subprocess(
+    fake: FakePlatform, path: Path, *args: str, after: int, then: Callable[[subprocess.Popen], None]
+) -> tuple[int, str]:
     """Run `segbill check` as a user would and, once it has made `after` reads, act."""
     start = len(fake.requests("lago"))
-    process = subprocess.Popen([sys.executable, "-m", "segbill", "check", str(path), "--to", "lago", *args],
-                               env={**os.environ, **env(fake)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segbill", "check", str(path), "--to", "lago", *args],
+        env={**os.environ, **env(fake)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     while len(fake.requests("lago")) < start + after:
         assert process.poll() is None, process.communicate()
         threading.Event().wait(0.01)
@@ -282,7 +335,11 @@ def test_an_interrupted_check_counts_every_record_read_and_claims_nothing(tmp_pa
         assert result["dead_lettered_by_reason"] == {"missing_customer": result["dead_lettered"]}
         code, stdout = check_in_subprocess(fake, path, after=6, then=lambda process: process.send_signal(signal.SIGINT))
         assert code == 130 and "every event will be billed" not in stdout
-        assert "interrupted: INCOMPLETE" in stdout and "\n  not checked " in stdout and "of the events checked; the rest is unknown" in stdout
+        assert (
+            "interrupted: INCOMPLETE" in stdout
+            and "\n  not checked " in stdout
+            and "of the events checked; the rest is unknown" in stdout
+        )
 
 
 def test_a_read_failing_mid_check_stops_with_exit_3_and_counts_that_add_up(tmp_path: Path) -> None:
@@ -297,7 +354,9 @@ def test_a_read_failing_mid_check_stops_with_exit_3_and_counts_that_add_up(tmp_p
         code, stdout = check_in_subprocess(fake, path, "--max-retries", "0", after=6, then=fail_reads)
         assert code == 3 and "still failed after 0 retries" in stdout and "stopped early" in stdout
         assert "every event will be billed" not in stdout and "INCOMPLETE" in stdout
-        assert "records send would dead-letter (missing_customer " in stdout and "unreadable" not in stdout  # named as send names them
+        assert (
+            "records send would dead-letter (missing_customer " in stdout and "unreadable" not in stdout
+        )  # named as send names them
         fake.faults = {}
         code, stdout = check_in_subprocess(fake, path, "--max-retries", "0", "--json", after=6, then=fail_reads)
         result = orjson.loads(stdout)

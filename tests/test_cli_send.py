@@ -31,7 +31,9 @@ def summary_of(run) -> dict:
 
 def assert_adds_up(summary: dict) -> None:
     done = summary.get("converted", summary.get("delivered"))
-    assert summary["read"] == done + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
+    assert (
+        summary["read"] == done + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
+    )
     assert summary["skipped"] == sum(summary["skipped_by_reason"].values())
     assert summary["dead_lettered"] == sum(summary["dead_lettered_by_reason"].values())
 
@@ -152,7 +154,13 @@ def test_bad_lines_are_dead_lettered_with_file_and_line_and_the_rest_goes_throug
     assert entries[5]["record"]["messageId"] == "late"
     assert stat.S_IMODE(run.dead_letter.stat().st_mode) == 0o600
     summary = summary_of(run)
-    assert summary["dead_lettered_by_reason"] == {"bad_time": 1, "missing_customer": 1, "not_json": 1, "not_object": 2, "not_utf8": 1}
+    assert summary["dead_lettered_by_reason"] == {
+        "bad_time": 1,
+        "missing_customer": 1,
+        "not_json": 1,
+        "not_object": 2,
+        "not_utf8": 1,
+    }
     assert_adds_up(summary)
 
 
@@ -161,7 +169,16 @@ def test_the_dead_letter_file_replays_its_records_and_keeps_their_first_source(s
     path = write(tmp_path / "in.jsonl", jsonl(GOOD[0], anonymous) + b"oops\n")
     first = segbill("send", str(path), "--to", "hyperline", "--dry-run", dead_letter="first.jsonl")
     assert first.exit_code == 1 and len(first.dead_letters) == 2
-    retry = segbill("send", str(first.dead_letter), "--to", "hyperline", "--dry-run", "--customer-from", "anonymousId", dead_letter="second.jsonl")
+    retry = segbill(
+        "send",
+        str(first.dead_letter),
+        "--to",
+        "hyperline",
+        "--dry-run",
+        "--customer-from",
+        "anonymousId",
+        dead_letter="second.jsonl",
+    )
     assert retry.exit_code == 1
     [event] = retry.events
     assert event["customer_id"] == "anon-1"
@@ -200,7 +217,10 @@ def test_the_dead_letter_file_is_never_read_while_written(segbill, tmp_path: Pat
     [
         (["send", "missing.jsonl", "--to", "lago", "--dry-run"], "segbill: error: missing.jsonl: no such file or directory."),
         (["send", "in.jsonl", "--to", "lago", "--dry-run", "--customer-from", "context..x"], "is not a dotted path"),
-        (["send", "in.jsonl", "--to", "lago", "--dry-run", "--dead-letter", "nowhere/dl.jsonl"], "the folder nowhere does not exist"),
+        (
+            ["send", "in.jsonl", "--to", "lago", "--dry-run", "--dead-letter", "nowhere/dl.jsonl"],
+            "the folder nowhere does not exist",
+        ),
         (["send", "in.jsonl", "--to", "stripe", "--dry-run"], "'stripe' is not one of"),
         (["send", "in.jsonl", "--dry-run"], "Missing option '--to'"),
     ],
@@ -237,14 +257,38 @@ def _subprocess(*args: str, unbuffered: bool = True, **kwargs) -> subprocess.Pop
 def test_subprocess_dry_run_and_a_reader_that_goes_away(tmp_path: Path) -> None:
     path = write(tmp_path / "many.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(50_000))))
     whole = subprocess.run(
-        [sys.executable, "-m", "segbill", "send", str(path), "--to", "lago", "--dry-run", "--json", "--dead-letter", str(tmp_path / "d")],
-        capture_output=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "segbill",
+            "send",
+            str(path),
+            "--to",
+            "lago",
+            "--dry-run",
+            "--json",
+            "--dead-letter",
+            str(tmp_path / "d"),
+        ],
+        capture_output=True,
+        check=False,
     )
     assert whole.returncode == 0, whole.stderr
     assert whole.stdout.count(b"\n") == 50_000
     assert orjson.loads(whole.stderr.splitlines()[-1])["converted"] == 50_000
     # `| head -1`: the rest is not attempted, the summary says so, and there is no traceback.
-    process = _subprocess("send", str(path), "--to", "lago", "--dry-run", "--json", "--dead-letter", str(tmp_path / "d"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = _subprocess(
+        "send",
+        str(path),
+        "--to",
+        "lago",
+        "--dry-run",
+        "--json",
+        "--dead-letter",
+        str(tmp_path / "d"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert process.stdout is not None and process.stderr is not None
     process.stdout.readline()
     process.stdout.close()
@@ -258,8 +302,19 @@ def test_subprocess_dry_run_and_a_reader_that_goes_away(tmp_path: Path) -> None:
 
 def test_subprocess_interrupted_exits_130_with_a_summary(tmp_path: Path) -> None:
     # Buffered stdout, as in a user's pipe: an event from stdin is printed as soon as it is read.
-    process = _subprocess("send", "--to", "lago", "--dry-run", "--json", "--dead-letter", str(tmp_path / "d"), unbuffered=False,
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = _subprocess(
+        "send",
+        "--to",
+        "lago",
+        "--dry-run",
+        "--json",
+        "--dead-letter",
+        str(tmp_path / "d"),
+        unbuffered=False,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write(jsonl(GOOD[0]))
     process.stdin.flush()

@@ -74,7 +74,9 @@ def test_a_closed_stdin_and_no_files_is_a_usage_error(command: str, fake: FakePl
     assert not fake.events("lago")
 
 
-def test_a_send_to_a_closed_stdout_delivers_and_puts_the_summary_on_stderr(fake: FakePlatform, export: Path, tmp_path: Path) -> None:
+def test_a_send_to_a_closed_stdout_delivers_and_puts_the_summary_on_stderr(
+    fake: FakePlatform, export: Path, tmp_path: Path
+) -> None:
     done = segbill_with(">&-", [*COMMANDS["send"], str(export), "--json"], fake, tmp_path)
     assert_no_crash(done)
     error, summary = done.stderr.splitlines()[-2:]
@@ -83,7 +85,9 @@ def test_a_send_to_a_closed_stdout_delivers_and_puts_the_summary_on_stderr(fake:
     assert len(fake.events("lago")) == 3
 
 
-def test_a_dry_run_to_a_closed_stdout_stops_as_when_the_reader_went_away(fake: FakePlatform, export: Path, tmp_path: Path) -> None:
+def test_a_dry_run_to_a_closed_stdout_stops_as_when_the_reader_went_away(
+    fake: FakePlatform, export: Path, tmp_path: Path
+) -> None:
     done = segbill_with(">&-", [*COMMANDS["dry run"], str(export), "--json"], fake, tmp_path)
     assert_no_crash(done)
     summary = orjson.loads(done.stderr.splitlines()[-1])
@@ -92,7 +96,9 @@ def test_a_dry_run_to_a_closed_stdout_stops_as_when_the_reader_went_away(fake: F
 
 
 @pytest.mark.parametrize("command", ["inspect", "check", "reconcile"])
-def test_a_report_for_a_closed_stdout_goes_to_stderr_after_an_error_line(command: str, fake: FakePlatform, export: Path, tmp_path: Path) -> None:
+def test_a_report_for_a_closed_stdout_goes_to_stderr_after_an_error_line(
+    command: str, fake: FakePlatform, export: Path, tmp_path: Path
+) -> None:
     done = segbill_with(">&-", [*COMMANDS[command], str(export), "--json"], fake, tmp_path)
     assert_no_crash(done)
     error, report = done.stderr.splitlines()[-2:]

@@ -119,7 +119,14 @@ def test_integers_beyond_64_bits_stay_exact(target: str) -> None:
 def test_integers_beyond_2_53_are_sent_as_decimal_strings(target: str) -> None:
     """Lago's ClickHouse pipeline and Hyperline read JSON numbers as float64: past 2**53 a number
     would change; its decimal text does not."""
-    properties = {"safe": 2**53, "negative_safe": -(2**53), "over": 2**53 + 1, "under": -(2**53) - 1, "list": [1, 2**53 + 1, "x"], "deep": {"n": 2**63 - 1}}
+    properties = {
+        "safe": 2**53,
+        "negative_safe": -(2**53),
+        "over": 2**53 + 1,
+        "under": -(2**53) - 1,
+        "list": [1, 2**53 + 1, "x"],
+        "deep": {"n": 2**63 - 1},
+    }
     event = convert(target, track(properties=properties))
     values = event["properties"] if target == "lago" else event["record"]
     assert values["safe"] == 2**53 and values["negative_safe"] == -(2**53)
@@ -141,7 +148,7 @@ def test_hyperline_property_named_id_never_overwrites_the_record_id() -> None:
 
 @pytest.mark.parametrize("target", ["lago", "hyperline"])
 def test_a_property_that_collides_once_flattened_is_invalid(target: str) -> None:
-    with pytest.raises(Invalid, match='"a.b"') as caught:
+    with pytest.raises(Invalid, match=r'"a\.b"') as caught:
         convert(target, track(properties={"a.b": 1, "a": {"b": 2}}))
     assert caught.value.kind == "property_conflict"
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import re
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -29,7 +30,7 @@ def _lines(n: int, **options: object) -> list[bytes]:
     return [corpus.dumps_line(m) for m in corpus.messages(n, **options)]  # type: ignore[arg-type]
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _ms(value: str) -> int:
@@ -72,7 +73,7 @@ def test_track_ratio_events_and_span() -> None:
     received = [_ms(m["receivedAt"]) for m in msgs]
     span_days = (received[-1] - received[0]) / 86_400_000
     assert 1.5 < span_days < 2.5
-    assert sum(b < a for a, b in zip(received, received[1:])) < len(received) // 10  # monotonic-ish
+    assert sum(b < a for a, b in itertools.pairwise(received)) < len(received) // 10  # monotonic-ish
 
 
 def test_properties_hold_the_awkward_values() -> None:
@@ -136,8 +137,12 @@ def test_write_jsonl_plain_and_gzip(tmp_path: Path) -> None:
 
 def test_command_line(tmp_path: Path) -> None:
     out = tmp_path / "bench.jsonl.gz"
-    subprocess.run([sys.executable, "-m", "segbill.testing.corpus", "200", str(out), "--seed", "3", "--gzip"],
-                   check=True, cwd=ROOT, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "segbill.testing.corpus", "200", str(out), "--seed", "3", "--gzip"],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
     assert gzip.decompress(out.read_bytes()) == b"".join(_lines(200, seed=3))
 
 

@@ -52,7 +52,14 @@ def send(segbill, tmp_path: Path, target: str, url: str, data: bytes, *extra: st
         assert KEY not in run.dead_letter.read_text()
     summary = orjson.loads(run.stdout) if run.stdout.strip() else {}
     if summary:
-        assert summary["read"] == summary["delivered"] + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
+        assert (
+            summary["read"]
+            == summary["delivered"]
+            + summary["skipped"]
+            + summary["dead_lettered"]
+            + summary["not_attempted"]
+            + summary["unanswered"]
+        )
     return run, summary
 
 
@@ -63,7 +70,9 @@ def stored_once(fake: FakePlatform, target: str, ids: list[str]) -> None:
 
 
 @pytest.mark.parametrize("target", ["lago", "hyperline"])
-def test_everything_is_delivered_once_in_batches_with_the_key_as_a_bearer_token(segbill, tmp_path: Path, fake: FakePlatform, target: str) -> None:
+def test_everything_is_delivered_once_in_batches_with_the_key_as_a_bearer_token(
+    segbill, tmp_path: Path, fake: FakePlatform, target: str
+) -> None:
     run, summary = send(segbill, tmp_path, target, fake.url, jsonl(*messages(250), {"type": "identify", "userId": "u"}))
     assert run.exit_code == 0, run.stderr
     assert summary["delivered"] == 250 and summary["skipped_by_reason"] == {"identify": 1}
@@ -109,13 +118,15 @@ def test_hyperline_failed_events_are_matched_by_record_id(segbill, tmp_path: Pat
     missing = [f"m{i}" for i in range(70) if i % 7 == 6]
     assert summary["dead_lettered_by_reason"] == {"rejected": len(missing)}
     assert [e["record"]["messageId"] for e in run.dead_letters] == missing
-    assert {e["reason"] for e in run.dead_letters} == {"Rejected by Hyperline, which gives no reason; check that the customer exists."}
+    assert {e["reason"] for e in run.dead_letters} == {
+        "Rejected by Hyperline, which gives no reason; check that the customer exists."
+    }
     stored_once(fake, "hyperline", [f"m{i}" for i in range(70) if i % 7 != 6])
 
 
 def test_a_whole_request_400_is_narrowed_down_to_the_bad_event(segbill, tmp_path: Path, fake: FakePlatform) -> None:
     fake.hyperline_malformed = {"m13"}
-    run, summary = send(segbill, tmp_path, "hyperline", fake.url, jsonl(*messages(64)))
+    run, _summary = send(segbill, tmp_path, "hyperline", fake.url, jsonl(*messages(64)))
     assert run.exit_code == 1
     [entry] = run.dead_letters
     assert entry["record"]["messageId"] == "m13" and entry["reason"].startswith("Rejected by Hyperline (HTTP 400: ")
@@ -129,7 +140,9 @@ def exact_dead_letters(run: Run) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("target", ["lago", "hyperline"])
-def test_a_rejected_event_is_dead_lettered_with_its_original_message_exactly(segbill, tmp_path: Path, fake: FakePlatform, target: str) -> None:
+def test_a_rejected_event_is_dead_lettered_with_its_original_message_exactly(
+    segbill, tmp_path: Path, fake: FakePlatform, target: str
+) -> None:
     """Events travel without their parsed message: the dead letter reads it back from the line."""
     fake.lago_poison = {"odd"}
     fake.hyperline_customers = {"cus_0"}
@@ -145,7 +158,9 @@ def test_a_rejected_event_is_dead_lettered_with_its_original_message_exactly(seg
     stored_once(fake, target, [f"m{i}" for i in range(150)])
 
 
-def test_a_rejected_envelope_item_is_dead_lettered_alone_with_the_envelope_context_merged(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+def test_a_rejected_envelope_item_is_dead_lettered_alone_with_the_envelope_context_merged(
+    segbill, tmp_path: Path, fake: FakePlatform
+) -> None:
     fake.hyperline_customers = {"cus_ok"}
     envelope = {
         "batch": [track(messageId="e1", userId="cus_ok"), track(messageId="e2", userId="cus_gone", context={"ip": "2.2.2.2"})],
@@ -155,18 +170,27 @@ def test_a_rejected_envelope_item_is_dead_lettered_alone_with_the_envelope_conte
     run, summary = send(segbill, tmp_path, "hyperline", fake.url, jsonl(envelope))
     assert run.exit_code == 1 and summary["delivered"] == 1
     [entry] = exact_dead_letters(run)
-    expected = track(messageId="e2", userId="cus_gone", context={"library": {"name": "analytics-node"}, "ip": "2.2.2.2"}, integrations={"All": True})
+    expected = track(
+        messageId="e2",
+        userId="cus_gone",
+        context={"library": {"name": "analytics-node"}, "ip": "2.2.2.2"},
+        integrations={"All": True},
+    )
     assert entry["record"] == expected
     assert entry["source"] == {"path": str(tmp_path / "events.jsonl"), "line": 1, "index": 1}
     stored_once(fake, "hyperline", ["e1"])
 
 
-def test_a_replayed_dead_letter_rejected_again_keeps_its_record_and_first_source(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+def test_a_replayed_dead_letter_rejected_again_keeps_its_record_and_first_source(
+    segbill, tmp_path: Path, fake: FakePlatform
+) -> None:
     fake.lago_poison = {"m3"}
     first, _ = send(segbill, tmp_path, "lago", fake.url, jsonl(*messages(5)))
     [original] = exact_dead_letters(first)
     dead = tmp_path / "dead.jsonl"
-    again = segbill("send", str(dead), "--to", "lago", "--json", "--quiet", env=env_for("lago", fake.url), dead_letter="again.jsonl")
+    again = segbill(
+        "send", str(dead), "--to", "lago", "--json", "--quiet", env=env_for("lago", fake.url), dead_letter="again.jsonl"
+    )
     assert again.exit_code == 1
     [entry] = exact_dead_letters(again)
     assert entry["record"] == original["record"] == messages(5)[3]
@@ -174,7 +198,9 @@ def test_a_replayed_dead_letter_rejected_again_keeps_its_record_and_first_source
     assert entry["first_source"] == {"path": str(tmp_path / "events.jsonl"), "line": 4}
 
 
-def test_an_event_the_platform_rejected_is_sent_again_once_the_mapping_is_fixed(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+def test_an_event_the_platform_rejected_is_sent_again_once_the_mapping_is_fixed(
+    segbill, tmp_path: Path, fake: FakePlatform
+) -> None:
     """A rejected event travelled without its parsed message; its dead letter is still kept under
     the mapping that made it, not as a line that fails whatever the mapping."""
     fake.hyperline_customers = {"cus_ok"}
@@ -206,8 +232,13 @@ def test_a_lost_answer_ends_delivered_and_stored_once(segbill, tmp_path: Path, f
     stored_once(fake, target, [f"m{i}" for i in range(10)])
 
 
-@pytest.mark.parametrize(("fault", "words"), [("401", "rejected the API key"), ("403", "refused to let this API key write events"), ("404", "has no such endpoint")])
-def test_fatal_answers_stop_at_once_with_exit_3_naming_the_host(segbill, tmp_path: Path, fake: FakePlatform, fault: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("fault", "words"),
+    [("401", "rejected the API key"), ("403", "refused to let this API key write events"), ("404", "has no such endpoint")],
+)
+def test_fatal_answers_stop_at_once_with_exit_3_naming_the_host(
+    segbill, tmp_path: Path, fake: FakePlatform, fault: str, words: str
+) -> None:
     fake.script([fault])
     run, summary = send(segbill, tmp_path, "lago", fake.url, jsonl(*messages(1000)), "--concurrency", "1")
     assert run.exit_code == 3
@@ -228,14 +259,18 @@ def test_an_unreachable_host_dead_letters_with_the_last_error_then_stops(segbill
     assert summary["not_attempted"] == summary["read"] - 300 and summary["read"] < 1000  # reading stopped too
     assert summary["stopped"].startswith(f"{url.removeprefix('http://')} unreachable: 3 batches in a row")
     reasons = {e["reason"] for e in run.dead_letters}
-    assert len(reasons) == 1 and reasons.pop().startswith(f"Not delivered: {url.removeprefix('http://')} still failed after 2 retries (ConnectError")
+    assert len(reasons) == 1 and reasons.pop().startswith(
+        f"Not delivered: {url.removeprefix('http://')} still failed after 2 retries (ConnectError"
+    )
 
 
 def test_retries_count_only_requests_really_sent_again(segbill, tmp_path: Path) -> None:
     """Every request answered 503: with --max-retries 1 a batch is sent at most twice, so at
     most half of the requests are retries, however the stop cuts the batches in flight."""
     with FakePlatform(api_key=KEY, faults={"503": 1.0}, retry_after=0) as fake:
-        run, summary = send(segbill, tmp_path, "lago", fake.url, jsonl(*messages(3000)), "--max-retries", "1", "--concurrency", "4")
+        run, summary = send(
+            segbill, tmp_path, "lago", fake.url, jsonl(*messages(3000)), "--max-retries", "1", "--concurrency", "4"
+        )
         assert summary["requests"] == len(fake.requests("lago")) and fake.counts("lago") == {}
     assert run.exit_code == 3 and summary["stopped"].endswith("3 batches in a row failed every retry (HTTP 503)")
     assert summary["dead_lettered_by_reason"]["unreachable"] >= 300
@@ -245,7 +280,7 @@ def test_retries_count_only_requests_really_sent_again(segbill, tmp_path: Path) 
 def test_one_429_pauses_every_sender(segbill, tmp_path: Path) -> None:
     with FakePlatform(api_key=KEY, retry_after=1, latency=0.02) as fake:
         fake.script(["429"])
-        run, summary = send(segbill, tmp_path, "lago", fake.url, jsonl(*messages(2000)), "--concurrency", "8")
+        run, _summary = send(segbill, tmp_path, "lago", fake.url, jsonl(*messages(2000)), "--concurrency", "8")
         assert run.exit_code == 0
         requests = fake.requests("lago")
         throttled = next(r for r in requests if r.status == 429)

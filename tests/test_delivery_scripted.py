@@ -52,14 +52,17 @@ def run(replay: Replay, answers: list[httpx.Response | Exception], **options: ob
 
 def test_every_retry_resends_the_identical_body(tmp_path: Path) -> None:
     replay = replay_of(tmp_path, "lago", 5)
-    seen = run(replay, [
-        httpx.Response(503),
-        httpx.ConnectError("refused"),
-        httpx.ReadTimeout("slow"),
-        httpx.DecodingError("garbled gzip answer"),
-        httpx.Response(429, headers={"X-RateLimit-Reset": "0"}),
-        httpx.Response(200, json={"events": []}),
-    ])
+    seen = run(
+        replay,
+        [
+            httpx.Response(503),
+            httpx.ConnectError("refused"),
+            httpx.ReadTimeout("slow"),
+            httpx.DecodingError("garbled gzip answer"),
+            httpx.Response(429, headers={"X-RateLimit-Reset": "0"}),
+            httpx.Response(200, json={"events": []}),
+        ],
+    )
     assert len({request.content for request in seen}) == 1 and len(seen) == 6
     assert replay.tally.delivered == 5 and replay.tally.retries == 5 and replay.tally.requests == 6
 
@@ -80,7 +83,9 @@ def test_a_batch_sent_without_a_final_answer_when_the_run_stops_is_unanswered_no
     replay.close()
     tally = replay.tally
     first = [body for body in seen if b'"m0"' in body]
-    assert len(seen) == len(first) + 1 and 1 <= len(first) < 10  # one request of the second batch; the stop cut the first's retries
+    assert (
+        len(seen) == len(first) + 1 and 1 <= len(first) < 10
+    )  # one request of the second batch; the stop cut the first's retries
     assert tally.requests == len(seen) and tally.retries == len(first) - 1
     assert tally.unanswered == 100 and tally.not_attempted == tally.read - 100 >= 100 and tally.delivered == 0
     assert tally.unsettled == 0 and tally.exit_code() == 3 and "rejected the API key" in (tally.stopped or "")
@@ -98,10 +103,15 @@ def test_501_and_other_unexpected_statuses_are_dead_lettered_not_retried(tmp_pat
 def test_lago_422_mixing_duplicates_errors_and_valid_events(tmp_path: Path) -> None:
     replay = replay_of(tmp_path, "lago", 4)
     details = {"0": {"transaction_id": ["value_already_exist"]}, "2": {"code": ["value_is_mandatory"]}}
-    seen = run(replay, [
-        httpx.Response(422, json={"status": 422, "error": "Unprocessable Entity", "code": "validation_errors", "error_details": details}),
-        httpx.Response(200, json={"events": []}),
-    ])
+    seen = run(
+        replay,
+        [
+            httpx.Response(
+                422, json={"status": 422, "error": "Unprocessable Entity", "code": "validation_errors", "error_details": details}
+            ),
+            httpx.Response(200, json={"events": []}),
+        ],
+    )
     resent = orjson.loads(seen[1].content)["events"]
     assert [event["transaction_id"] for event in resent] == ["m1", "m3"]
     tally = replay.tally
@@ -114,7 +124,9 @@ def test_lago_422_mixing_duplicates_errors_and_valid_events(tmp_path: Path) -> N
 def test_lago_too_many_events_halves_the_batch(tmp_path: Path) -> None:
     """Self-hosted Lago can lower the batch limit: a batch-level 422 is split, not dead-lettered."""
     replay = replay_of(tmp_path, "lago", 8)
-    too_many = httpx.Response(422, json={"status": 422, "code": "validation_errors", "error_details": {"events": ["too_many_events"]}})
+    too_many = httpx.Response(
+        422, json={"status": 422, "code": "validation_errors", "error_details": {"events": ["too_many_events"]}}
+    )
     seen = run(replay, [too_many, httpx.Response(200, json={}), httpx.Response(200, json={})])
     assert [len(orjson.loads(r.content)["events"]) for r in seen] == [8, 4, 4]
     assert replay.tally.delivered == 8
@@ -176,7 +188,9 @@ def test_progress_without_a_terminal_is_one_plain_line_per_tick() -> None:
 
 
 @pytest.mark.parametrize(("budget", "most"), [(300, 3), (10_000, 16)])
-def test_the_events_out_at_once_stay_within_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int, most: int) -> None:
+def test_the_events_out_at_once_stay_within_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int, most: int
+) -> None:
     """Every batch handed to a sender holds its events until their outcome: however many requests
     may be in flight, no more than MAX_EVENTS_OUT events are out at once."""
     monkeypatch.setattr(delivery, "MAX_EVENTS_OUT", budget)

@@ -31,9 +31,18 @@ def test_the_readme_mapping_example_does_what_its_comments_say(segbill, tmp_path
     message = track(
         event="API Call",
         context={"groupId": "acct-9"},
-        properties={"subscription_id": "sub-1", "tokens": 5, "model": {"name": "m", "internal_id": 7}, "other": 1, "amount_cents": 12},
+        properties={
+            "subscription_id": "sub-1",
+            "tokens": 5,
+            "model": {"name": "m", "internal_id": 7},
+            "other": 1,
+            "amount_cents": 12,
+        },
     )
-    path = write(tmp_path / "in.jsonl", jsonl(message, track(event="API Call (test)", messageId="m2"), track(event="Signup", messageId="m3")))
+    path = write(
+        tmp_path / "in.jsonl",
+        jsonl(message, track(event="API Call (test)", messageId="m2"), track(event="Signup", messageId="m3")),
+    )
     lago = segbill("send", str(path), "--to", "lago", "--dry-run", "--config", str(config))
     [event] = lago.events
     assert (event["code"], event["external_subscription_id"], event["precise_total_amount_cents"]) == ("api_calls", "sub-1", "12")
@@ -54,10 +63,14 @@ def test_the_readme_summary_example_has_the_keys_json_prints(segbill, tmp_path: 
 
 def test_the_readme_machine_summary_example_writes_json(tmp_path: Path) -> None:
     """Run as written, in a shell, over an export whose dead letters are named on stderr first."""
-    [command] = [line.split("#")[0].strip() for block in fenced("sh") for line in block.splitlines() if line.endswith("# machine summary")]
+    [command] = [
+        line.split("#")[0].strip() for block in fenced("sh") for line in block.splitlines() if line.endswith("# machine summary")
+    ]
     shutil.copytree(SAMPLE_DATA, tmp_path / "exports")
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # this venv's segbill first
-    done = subprocess.run(["sh", "-c", command], cwd=tmp_path, env={**os.environ, "PATH": path}, capture_output=True, check=False, timeout=60)
+    done = subprocess.run(
+        ["sh", "-c", command], cwd=tmp_path, env={**os.environ, "PATH": path}, capture_output=True, check=False, timeout=60
+    )
     assert done.returncode == 0 and done.stderr == b""  # the pipeline's status is tail's; the summary says how segbill ended
     summary = orjson.loads((tmp_path / "summary.json").read_bytes())
     assert summary["dry_run"] is True and summary["dead_lettered"] > 0 and summary["exit_code"] == 1

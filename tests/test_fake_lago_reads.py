@@ -14,7 +14,9 @@ fake, client = writes.fake, writes.client  # the same fixtures as the write test
 
 def store(client: httpx.Client, *events: tuple[str, str, str, str]) -> None:
     """(transaction id, subscription, code, Unix seconds) each."""
-    body = {"events": [{"transaction_id": t, "external_subscription_id": s, "code": c, "timestamp": ts} for t, s, c, ts in events]}
+    body = {
+        "events": [{"transaction_id": t, "external_subscription_id": s, "code": c, "timestamp": ts} for t, s, c, ts in events]
+    }
     assert client.post("/api/v1/events/batch", json=body).status_code == 200
 
 
@@ -28,7 +30,10 @@ def test_pages_carry_kaminari_meta_and_default_to_100(fake: FakePlatform, client
     assert [s["external_id"] for s in last["subscriptions"]] == ["sub-200", "sub-201", "sub-202", "sub-203", "sub-204"]
     assert last["meta"] == {"current_page": 3, "next_page": None, "prev_page": 2, "total_pages": 3, "total_count": 205}
     nothing = client.get("/api/v1/billable_metrics").json()
-    assert nothing == {"billable_metrics": [], "meta": {"current_page": 1, "next_page": None, "prev_page": None, "total_pages": 0, "total_count": 0}}
+    assert nothing == {
+        "billable_metrics": [],
+        "meta": {"current_page": 1, "next_page": None, "prev_page": None, "total_pages": 0, "total_count": 0},
+    }
 
 
 def test_subscriptions_are_only_active_unless_status_says_otherwise(fake: FakePlatform, client: httpx.Client) -> None:
@@ -38,7 +43,9 @@ def test_subscriptions_are_only_active_unless_status_says_otherwise(fake: FakePl
     fake.add_subscription("c", status="canceled")
     listed = client.get("/api/v1/subscriptions").json()["subscriptions"]
     assert [s["external_id"] for s in listed] == ["a"]
-    every = client.get("/api/v1/subscriptions", params={"status[]": ["active", "pending", "terminated", "canceled"]}).json()["subscriptions"]
+    every = client.get("/api/v1/subscriptions", params={"status[]": ["active", "pending", "terminated", "canceled"]}).json()[
+        "subscriptions"
+    ]
     assert {s["external_id"]: (s["status"], s["started_at"], s["terminated_at"]) for s in every} == {
         "a": ("active", "2023-01-01T00:00:00Z", None),
         "p": ("pending", None, None),
@@ -58,12 +65,14 @@ def test_invoices_show_their_billing_periods_only_one_by_one(fake: FakePlatform,
     fake.add_invoice("draft", [("s", "2024-02-01T00:00:00Z", "2024-02-29T23:59:59Z")])
     fake.add_invoice("finalized", [("other", "2024-01-01T00:00:00Z", "2024-01-31T23:59:59Z")])
     listed = client.get("/api/v1/invoices", params={"external_customer_id": "acme", "statuses[]": ["finalized"]}).json()
-    assert [(i["lago_id"], i["status"], i["customer"]["external_id"]) for i in listed["invoices"]] == [(final["lago_id"], "finalized", "acme")]
+    assert [(i["lago_id"], i["status"], i["customer"]["external_id"]) for i in listed["invoices"]] == [
+        (final["lago_id"], "finalized", "acme")
+    ]
     assert "billing_periods" not in listed["invoices"][0]
     shown = client.get(f"/api/v1/invoices/{final['lago_id']}").json()["invoice"]
-    assert [(p["external_subscription_id"], p["charges_from_datetime"], p["charges_to_datetime"]) for p in shown["billing_periods"]] == [
-        ("s", "2024-01-01T00:00:00Z", "2024-01-31T23:59:59Z")
-    ]
+    assert [
+        (p["external_subscription_id"], p["charges_from_datetime"], p["charges_to_datetime"]) for p in shown["billing_periods"]
+    ] == [("s", "2024-01-01T00:00:00Z", "2024-01-31T23:59:59Z")]
     assert client.get("/api/v1/invoices/nope").json()["code"] == "invoice_not_found"
     assert client.get("/api/v1/customers/nope").json()["code"] == "customer_not_found"
 
@@ -77,9 +86,17 @@ def test_events_are_listed_newest_first_with_inclusive_bounds_and_counted(client
         ("other-code", "s", "seats", "1704100000"),
         ("other-sub", "t", "api", "1704100000"),
     )
-    scope = {"external_subscription_id": "s", "code": "api", "timestamp_from": "2024-01-01T00:00:00Z", "timestamp_to": "2024-01-01T23:59:59.999Z"}
+    scope = {
+        "external_subscription_id": "s",
+        "code": "api",
+        "timestamp_from": "2024-01-01T00:00:00Z",
+        "timestamp_to": "2024-01-01T23:59:59.999Z",
+    }
     listed = client.get("/api/v1/events", params=scope).json()
-    assert [(e["transaction_id"], e["timestamp"]) for e in listed["events"]] == [("last", "2024-01-01T23:59:59.999Z"), ("first", "2024-01-01T00:00:00.000Z")]
+    assert [(e["transaction_id"], e["timestamp"]) for e in listed["events"]] == [
+        ("last", "2024-01-01T23:59:59.999Z"),
+        ("first", "2024-01-01T00:00:00.000Z"),
+    ]
     counted = client.get("/api/v1/events", params={**scope, "per_page": 1}).json()
     assert len(counted["events"]) == 1 and counted["meta"]["total_count"] == 2 and counted["meta"]["total_pages"] == 2
     assert client.get("/api/v1/events/other-sub").json()["event"]["external_subscription_id"] == "t"

@@ -29,13 +29,24 @@ HYPERLINE = "/v1/events/batch"
 
 
 def lago_event(transaction_id: str = "t-0", **fields: Any) -> dict[str, Any]:
-    event = {"transaction_id": transaction_id, "external_subscription_id": "sub-1", "code": "api_calls", "timestamp": "1704067200.123", "properties": {"n": 1}}
+    event = {
+        "transaction_id": transaction_id,
+        "external_subscription_id": "sub-1",
+        "code": "api_calls",
+        "timestamp": "1704067200.123",
+        "properties": {"n": 1},
+    }
     event.update(fields)
     return event
 
 
 def hyperline_event(record_id: str = "r-0", **fields: Any) -> dict[str, Any]:
-    event = {"customer_id": "cus-1", "event_type": "api_call", "timestamp": "2024-01-01T00:00:00.123Z", "record": {"id": record_id, "n": 1}}
+    event = {
+        "customer_id": "cus-1",
+        "event_type": "api_call",
+        "timestamp": "2024-01-01T00:00:00.123Z",
+        "record": {"id": record_id, "n": 1},
+    }
     event.update(fields)
     return event
 
@@ -237,7 +248,10 @@ def test_hyperline_batch_stores_good_events_and_echoes_bad_ones_without_reason()
             hyperline_event("r-6", record={"n": 1}),
             hyperline_event("r-7", record={"id": "r-7", "none": None}),
         ]
-        good = [hyperline_event("r-0", record={"id": "r-0", "tags": ["a", 1, True], "ok": False}), hyperline_event("r-8", timestamp=1704067200123)]
+        good = [
+            hyperline_event("r-0", record={"id": "r-0", "tags": ["a", 1, True], "ok": False}),
+            hyperline_event("r-8", timestamp=1704067200123),
+        ]
         response = client.post(HYPERLINE, json=[good[0], *bad, good[1]])
         assert response.status_code == 201
         assert response.json() == {"events_created": good, "events_failed": bad}
@@ -275,7 +289,9 @@ def test_hyperline_malformed_trigger_fails_the_whole_request() -> None:
 
 
 @pytest.mark.parametrize("fault", sorted(STATUS_FAULTS - {"429"}))
-def test_scripted_status_faults_answer_in_the_platform_format_and_store_nothing(fake: FakePlatform, client: httpx.Client, fault: str) -> None:
+def test_scripted_status_faults_answer_in_the_platform_format_and_store_nothing(
+    fake: FakePlatform, client: httpx.Client, fault: str
+) -> None:
     fake.script([fault, fault])
     lago = send_lago(client, lago_event())
     hyperline = client.post(HYPERLINE, json=[hyperline_event()])
@@ -325,7 +341,11 @@ def test_scripted_429_carries_each_platform_headers() -> None:
         lago = send_lago(client, lago_event())
         hyperline = client.post(HYPERLINE, json=[hyperline_event()])
         assert lago.status_code == 429 and "retry-after" not in lago.headers
-        assert (lago.headers["x-ratelimit-limit"], lago.headers["x-ratelimit-remaining"], lago.headers["x-ratelimit-reset"]) == ("50", "0", "3")
+        assert (lago.headers["x-ratelimit-limit"], lago.headers["x-ratelimit-remaining"], lago.headers["x-ratelimit-reset"]) == (
+            "50",
+            "0",
+            "3",
+        )
         assert (hyperline.status_code, hyperline.text, hyperline.headers["retry-after"]) == (429, "Too many requests", "3")
         assert (hyperline.headers["x-ratelimit-limit"], hyperline.headers["x-ratelimit-remaining"]) == ("1000", "0")
         reset_at = reset_epoch(hyperline.headers["x-ratelimit-reset"], "epoch-seconds")
@@ -406,7 +426,9 @@ def test_a_request_served_out_of_arrival_order_is_never_told_a_reset_past_the_wi
     with FakePlatform(lago_rate_limit=50) as fake:
         opened = time.monotonic()
         fake._dispatch("POST", "/api/v1/events/batch", {"authorization": "Bearer test-key"}, b'{"events":[]}', opened)
-        late = fake._dispatch("POST", "/api/v1/events/batch", {"authorization": "Bearer test-key"}, b'{"events":[]}', opened - 0.001)
+        late = fake._dispatch(
+            "POST", "/api/v1/events/batch", {"authorization": "Bearer test-key"}, b'{"events":[]}', opened - 0.001
+        )
         assert late.headers["X-RateLimit-Reset"] == "1" and late.headers["X-RateLimit-Remaining"] == "48"
 
 
@@ -427,12 +449,17 @@ def reset_epoch(value: str, form: ResetFormat) -> float:
 @pytest.mark.parametrize("form", RESET_FORMATS)
 def test_hyperline_announces_its_ten_second_window_on_every_answer(form: ResetFormat) -> None:
     with FakePlatform(hyperline_rate_limit=2, hyperline_reset_format=form) as fake, connect(fake) as client:
-        responses = [client.post(HYPERLINE, content=b"not json"), *(client.post(HYPERLINE, json=[hyperline_event(str(i))]) for i in range(2))]
+        responses = [
+            client.post(HYPERLINE, content=b"not json"),
+            *(client.post(HYPERLINE, json=[hyperline_event(str(i))]) for i in range(2)),
+        ]
         assert [r.status_code for r in responses] == [400, 201, 429]
         assert [r.headers["x-ratelimit-remaining"] for r in responses] == ["1", "0", "0"]
         assert all(r.headers["x-ratelimit-limit"] == "2" for r in responses)
         for response in responses:
-            assert 8 <= reset_epoch(response.headers["x-ratelimit-reset"], form) - time.time() <= 11  # rounded to a second at most
+            assert (
+                8 <= reset_epoch(response.headers["x-ratelimit-reset"], form) - time.time() <= 11
+            )  # rounded to a second at most
         assert responses[2].text == "Too many requests"
         assert 9 <= int(responses[2].headers["retry-after"]) <= 10
         assert fake.throttled("hyperline") == 1 and fake.counts("hyperline") == {"0": 1}
@@ -456,7 +483,18 @@ def test_cli_refuses_a_non_loopback_host(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_cli_serves_until_interrupted_and_prints_the_count() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "segbill.testing.fake_platform", "--port", "0", "--api-key", "k", "--hyperline-reset-format", "iso8601", "--lago-pre-v1-39"],
+        [
+            sys.executable,
+            "-m",
+            "segbill.testing.fake_platform",
+            "--port",
+            "0",
+            "--api-key",
+            "k",
+            "--hyperline-reset-format",
+            "iso8601",
+            "--lago-pre-v1-39",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -466,7 +504,9 @@ def test_cli_serves_until_interrupted_and_prints_the_count() -> None:
         assert url
         response = httpx.post(url[0] + LAGO, json={"events": [lago_event()]}, headers={"Authorization": "Bearer k"})
         assert response.status_code == 200
-        refused = httpx.post(url[0] + LAGO, json={"events": [lago_event("t-1"), lago_event()]}, headers={"Authorization": "Bearer k"})
+        refused = httpx.post(
+            url[0] + LAGO, json={"events": [lago_event("t-1"), lago_event()]}, headers={"Authorization": "Bearer k"}
+        )
         assert refused.status_code == 422  # and, as before Lago v1.39, t-1 is stored
         hyperline = httpx.post(url[0] + "/v1/events", json=hyperline_event(), headers={"Authorization": "Bearer k"})
         assert reset_epoch(hyperline.headers["x-ratelimit-reset"], "iso8601") > time.time()

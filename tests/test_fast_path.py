@@ -109,7 +109,9 @@ def assert_same(fast: Any, general: Any) -> None:
 
 @pytest.mark.parametrize("target", ["lago", "hyperline"])
 @pytest.mark.parametrize("options", [(), ("--config", "segbill.toml"), ("--event", "API *", "--exclude-event", "*Ping")])
-def test_odd_messages_get_the_general_paths_answers(segbill, monkeypatch, tmp_path: Path, target: str, options: tuple[str, ...]) -> None:
+def test_odd_messages_get_the_general_paths_answers(
+    segbill, monkeypatch, tmp_path: Path, target: str, options: tuple[str, ...]
+) -> None:
     (tmp_path / "segbill.toml").write_text(CONFIG.replace("lago", target))
     write(tmp_path / "odd.jsonl", b"".join(dumps(message) + b"\n" for message in ODD_MESSAGES))  # integers past 64 bits too
     fast, general = run_both(segbill, monkeypatch, "send", "odd.jsonl", "--to", target, "--dry-run", "--json", *options)
@@ -118,7 +120,9 @@ def test_odd_messages_get_the_general_paths_answers(segbill, monkeypatch, tmp_pa
     assert summary["converted"] >= 8 and summary["dead_lettered"] >= 8 and summary["skipped"] >= 3  # every outcome is exercised
     if "--config" in options:  # the rule hits agree: of each pair, one rule matched, the other did not
         assert [warning.split(" matched")[0] for warning in summary["warnings"]] == [
-            'rename "Page viewed"', f'[{target}.events] exclude "Never *"', f'[{target}.properties] exclude "never_*"'
+            'rename "Page viewed"',
+            f'[{target}.events] exclude "Never *"',
+            f'[{target}.properties] exclude "never_*"',
         ]
 
 

@@ -7,7 +7,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def _millis(value: Any) -> int | None:
         return None
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp()) * 1000 + moment.microsecond // 1000
 
 
@@ -250,12 +250,28 @@ def test_a_truncated_gzip_file_is_reported_with_what_was_read_before(tmp_path: P
 def test_the_json_shape() -> None:
     result = report(str(EVENTS))
     assert set(result) == {
-        "files", "records", "interrupted", "types", "unreadable", "track", "events", "other_events",
-        "customer_fields", "message_ids", "limits",
+        "files",
+        "records",
+        "interrupted",
+        "types",
+        "unreadable",
+        "track",
+        "events",
+        "other_events",
+        "customer_fields",
+        "message_ids",
+        "limits",
     }
     assert set(result["track"]) == {
-        "messages", "first_time", "last_time", "without_user_id", "without_message_id", "without_time",
-        "without_event", "bad_properties", "property_conflicts",
+        "messages",
+        "first_time",
+        "last_time",
+        "without_user_id",
+        "without_message_id",
+        "without_time",
+        "without_event",
+        "bad_properties",
+        "property_conflicts",
     }
     event = result["events"][0]
     assert set(event) == {"name", "messages", "first_time", "last_time", "properties", "untracked_properties"}
@@ -264,10 +280,21 @@ def test_the_json_shape() -> None:
     assert set(key) == {"key", "present", "fraction", "types"} and 0 < key["fraction"] <= 1
     assert set(key["types"]) <= {"string", "integer", "number", "boolean", "array", "object", "null"}
     assert set(result["customer_fields"][0]) == {"path", "messages", "fraction", "unusable", "distinct", "distinct_capped"}
-    assert set(result["message_ids"]) == {"repeated", "repeated_time_differs", "extra_copies", "ids_tracked", "cap_hit", "examples"}
+    assert set(result["message_ids"]) == {
+        "repeated",
+        "repeated_time_differs",
+        "extra_copies",
+        "ids_tracked",
+        "cap_hit",
+        "examples",
+    }
     assert set(result["message_ids"]["examples"][0]) == {"message_id", "where", "first_time", "time"}
     assert result["limits"] == {
-        "events": 1000, "properties_per_event": 200, "distinct_values": 100_000, "message_ids": 5_000_000, "id_fields": 20,
+        "events": 1000,
+        "properties_per_event": 200,
+        "distinct_values": 100_000,
+        "message_ids": 5_000_000,
+        "id_fields": 20,
     }
 
 
@@ -283,21 +310,28 @@ def _inspect_bytes(data: bytes, **options: Any) -> dict[str, Any]:
 
 
 def test_track_checks_and_property_types() -> None:
-    result = _inspect_bytes(jsonl(
-        track(messageId="a", properties={"n": 1, "x": {"y": "s"}, "z": None, "e": {}, "l": [1], "f": 1.5, "b": True}),
-        track(messageId="b", userId=42, properties={"n": 2.5}),
-        track(messageId="c", userId="", timestamp="tomorrow"),
-        track(messageId="d", userId=None, properties=[1]),
-        track(messageId="e", event=" ", properties={"a.b": 1, "a": {"b": 2}}),
-    ))
+    result = _inspect_bytes(
+        jsonl(
+            track(messageId="a", properties={"n": 1, "x": {"y": "s"}, "z": None, "e": {}, "l": [1], "f": 1.5, "b": True}),
+            track(messageId="b", userId=42, properties={"n": 2.5}),
+            track(messageId="c", userId="", timestamp="tomorrow"),
+            track(messageId="d", userId=None, properties=[1]),
+            track(messageId="e", event=" ", properties={"a.b": 1, "a": {"b": 2}}),
+        )
+    )
     track_ = result["track"]
     assert (track_["messages"], track_["without_user_id"], track_["without_time"]) == (5, 2, 1)
     assert (track_["without_event"], track_["bad_properties"], track_["property_conflicts"]) == (1, 1, 1)
     [event] = result["events"]
     keys = {key["key"]: key["types"] for key in event["properties"]}
     assert keys == {
-        "n": {"integer": 1, "number": 1}, "x.y": {"string": 1}, "z": {"null": 1}, "e": {"object": 1},
-        "l": {"array": 1}, "f": {"number": 1}, "b": {"boolean": 1},
+        "n": {"integer": 1, "number": 1},
+        "x.y": {"string": 1},
+        "z": {"null": 1},
+        "e": {"object": 1},
+        "l": {"array": 1},
+        "f": {"number": 1},
+        "b": {"boolean": 1},
     }
     assert next(key for key in event["properties"] if key["key"] == "n")["fraction"] == 0.5
     user = next(field for field in result["customer_fields"] if field["path"] == "userId")
@@ -305,10 +339,12 @@ def test_track_checks_and_property_types() -> None:
 
 
 def test_customer_id_candidates_found_in_properties() -> None:
-    result = _inspect_bytes(jsonl(
-        track(messageId="a", properties={"workspace_id": "w1", "account": {"id": 7}, "product_id": "p", "orgId": "o"}),
-        track(messageId="b", properties={"workspace_id": "w2", "account": {"id": 7}}),
-    ))
+    result = _inspect_bytes(
+        jsonl(
+            track(messageId="a", properties={"workspace_id": "w1", "account": {"id": 7}, "product_id": "p", "orgId": "o"}),
+            track(messageId="b", properties={"workspace_id": "w2", "account": {"id": 7}}),
+        )
+    )
     fields = {field["path"]: (field["messages"], field["distinct"]) for field in result["customer_fields"]}
     assert fields == {
         "userId": (2, 1),

@@ -16,7 +16,13 @@ API_CALL = track(
     event="API Call",
     userId="user-1",
     context={"groupId": "acct-9"},
-    properties={"tokens": 1200, "model": {"name": "gpt", "tier": "pro"}, "debug": {"trace": "x"}, "amount": 12.5, "subscription_id": "sub_7"},
+    properties={
+        "tokens": 1200,
+        "model": {"name": "gpt", "tier": "pro"},
+        "debug": {"trace": "x"},
+        "amount": 12.5,
+        "subscription_id": "sub_7",
+    },
 )
 
 
@@ -69,7 +75,11 @@ other = "snake_case"
         {"type": "identify", "userId": "user-1"},
     ]
     run = dry(segbill, tmp_path, config, messages)
-    assert [(e["transaction_id"], e["code"]) for e in run.events] == [("m1", "api_calls"), ("m2", "order_completed"), ("m5", "page_viewed")]
+    assert [(e["transaction_id"], e["code"]) for e in run.events] == [
+        ("m1", "api_calls"),
+        ("m2", "order_completed"),
+        ("m5", "page_viewed"),
+    ]
     summary = orjson.loads(run.stderr.strip().splitlines()[-1])
     assert summary["skipped_by_reason"] == {"excluded": 1, "identify": 1, "not_included": 1}
 
@@ -86,7 +96,13 @@ constants = { source = "segment", version = 2 }
 include = ["id", "tokens"]
 """
     [event] = dry(segbill, tmp_path, config, [API_CALL]).events
-    assert event["properties"] == {"total_tokens": 1200, "model.name": "gpt", "model.tier": "pro", "source": "segment", "version": 2}
+    assert event["properties"] == {
+        "total_tokens": 1200,
+        "model.name": "gpt",
+        "model.tier": "pro",
+        "source": "segment",
+        "version": 2,
+    }
     [hyper] = dry(segbill, tmp_path, config, [API_CALL], "hyperline").events
     assert hyper["record"] == {"id": "m1", "tokens": 1200}  # the record id always stays
 
@@ -117,7 +133,21 @@ external_subscription_id = "userId"
 include = ["Nothing *"]
 """
     messages = [API_CALL, track(messageId="m2", event="Seat Added", context={"groupId": "acct-2"})]
-    run = dry(segbill, tmp_path, config, messages, "lago", "--customer-from", "context.groupId", "--event", "API *", "--event", "Seat *", "--exclude-event", "Seat *")
+    run = dry(
+        segbill,
+        tmp_path,
+        config,
+        messages,
+        "lago",
+        "--customer-from",
+        "context.groupId",
+        "--event",
+        "API *",
+        "--event",
+        "Seat *",
+        "--exclude-event",
+        "Seat *",
+    )
     assert [(e["transaction_id"], e["external_subscription_id"]) for e in run.events] == [("m1", "acct-9")]
 
 
@@ -131,21 +161,42 @@ def test_an_amount_that_is_not_a_number_is_dead_lettered(segbill, tmp_path: Path
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ("[lago]\ncustomer = 'userId'\n", "segbill.toml: lago: unknown key 'customer'; known keys: code, events, external_subscription_id, precise_total_amount_cents, properties, timestamp, transaction_id."),
+        (
+            "[lago]\ncustomer = 'userId'\n",
+            "segbill.toml: lago: unknown key 'customer'; known keys: code, events, external_subscription_id, precise_total_amount_cents, properties, timestamp, transaction_id.",
+        ),
         ("[stripe]\n", "segbill.toml: unknown table 'stripe'; the tables are [lago] and [hyperline]."),
-        ("[lago]\ncode = 3\n", "segbill.toml: lago.code: must be a dotted path, a list of paths to try in order, or { value = \"...\" }."),
-        ("[lago]\nexternal_subscription_id = ['userId', 'a..b']\n", "segbill.toml: lago.external_subscription_id[1]: 'a..b' is not a dotted path"),
+        (
+            "[lago]\ncode = 3\n",
+            'segbill.toml: lago.code: must be a dotted path, a list of paths to try in order, or { value = "..." }.',
+        ),
+        (
+            "[lago]\nexternal_subscription_id = ['userId', 'a..b']\n",
+            "segbill.toml: lago.external_subscription_id[1]: 'a..b' is not a dotted path",
+        ),
         ("[lago.events]\ninclude = 'API *'\n", "segbill.toml: lago.events.include: must be a list of globs, not str."),
-        ("[lago.events]\nexclude = ['[abc']\n", "segbill.toml: lago.events.exclude[0]: '[abc' is not a valid glob (an unclosed [ ])."),
-        ("[lago.events]\nother = 'camel'\n", "segbill.toml: lago.events.other: must be \"keep\" or \"snake_case\", not 'camel'."),
+        (
+            "[lago.events]\nexclude = ['[abc']\n",
+            "segbill.toml: lago.events.exclude[0]: '[abc' is not a valid glob (an unclosed [ ]).",
+        ),
+        ("[lago.events]\nother = 'camel'\n", 'segbill.toml: lago.events.other: must be "keep" or "snake_case", not \'camel\'.'),
         ("[lago.events]\nbillable_types = { track = 'x' }\n", "track is always billable"),
-        ("[lago.properties]\nconstants = { a = true }\n", "segbill.toml: lago.properties.constants.a: must be a string or a number."),
-        ("[lago.properties]\nseparator = ''\n", "segbill.toml: lago.properties.separator: must be a non-empty string such as \"_\", not ''."),
+        (
+            "[lago.properties]\nconstants = { a = true }\n",
+            "segbill.toml: lago.properties.constants.a: must be a string or a number.",
+        ),
+        (
+            "[lago.properties]\nseparator = ''\n",
+            "segbill.toml: lago.properties.separator: must be a non-empty string such as \"_\", not ''.",
+        ),
         ("[hyperline.properties]\nseparator = 1\n", "segbill.toml: hyperline.properties.separator: must be a non-empty string"),
         ("[hyperline]\nprecise_total_amount_cents = 'x'\n", "segbill.toml: hyperline: unknown key 'precise_total_amount_cents'"),
         ("[lago]\ntimestamp = { value = 'soon' }\n", "segbill.toml: lago.timestamp.value: 'soon' is not an ISO 8601 time."),
         ("[lago\n", "segbill.toml: not valid TOML"),
-        ("[lago]\ntransaction_id = { value = 'x' }\n", "segbill.toml: lago.transaction_id: the idempotency key cannot be a constant"),
+        (
+            "[lago]\ntransaction_id = { value = 'x' }\n",
+            "segbill.toml: lago.transaction_id: the idempotency key cannot be a constant",
+        ),
     ],
 )
 def test_a_mistake_in_the_file_exits_2_naming_the_key(segbill, tmp_path: Path, config: str, message: str) -> None:
@@ -168,7 +219,14 @@ def test_a_missing_config_file_exits_2(segbill, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("API Call", "api_call"), ("Order Completed", "order_completed"), ("pageView", "page_view"), ("HTTPRequest sent", "http_request_sent"), ("v2 Upload", "v2_upload"), ("already_snake", "already_snake")],
+    [
+        ("API Call", "api_call"),
+        ("Order Completed", "order_completed"),
+        ("pageView", "page_view"),
+        ("HTTPRequest sent", "http_request_sent"),
+        ("v2 Upload", "v2_upload"),
+        ("already_snake", "already_snake"),
+    ],
 )
 def test_snake_case(name: str, expected: str) -> None:
     assert snake_case(name) == expected

@@ -31,12 +31,16 @@ def test_a_config_without_a_table_for_the_platform_is_said_at_start_and_in_the_s
 
 def test_a_rename_that_matched_no_event_is_said_in_the_summary(segbill, tmp_path: Path) -> None:
     write(tmp_path / "in.jsonl", jsonl(*MESSAGES))
-    (tmp_path / "segbill.toml").write_text('[lago.events]\nrename = { "API Request Made" = "api_requests", "Seat Added" = "seats" }\n')
+    (tmp_path / "segbill.toml").write_text(
+        '[lago.events]\nrename = { "API Request Made" = "api_requests", "Seat Added" = "seats" }\n'
+    )
     run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--config", "segbill.toml")
     assert run.exit_code == 0
     assert [event["code"] for event in run.events] == ["Api Request Made", "seats"]
     warnings = [line for line in run.stderr.splitlines() if "warning" in line]
-    assert warnings == ['  warning          rename "API Request Made" matched no event read: names are matched exactly, case included (segbill inspect lists them).']
+    assert warnings == [
+        '  warning          rename "API Request Made" matched no event read: names are matched exactly, case included (segbill inspect lists them).'
+    ]
 
 
 HINT = "globs and names match exactly, case included (segbill inspect lists them)."
@@ -56,9 +60,9 @@ def summary_of(run: Any) -> dict[str, Any]:
 def test_globs_and_property_rules_that_matched_nothing_are_said(segbill, tmp_path: Path, target: str) -> None:
     write(tmp_path / "in.jsonl", jsonl(*MIXED))
     (tmp_path / "segbill.toml").write_text(
-        f"[{target}.events]\ninclude = [\"API *\", \"api*\"]\nexclude = [\"* (test)\", \"Seat *\"]\n"
-        f"[{target}.properties]\ninclude = [\"tokens\", \"tokenz\", \"model*\"]\nexclude = [\"model.internal\"]\n"
-        "rename = { tokens = \"total_tokens\", Tokens = \"t\" }\n"
+        f'[{target}.events]\ninclude = ["API *", "api*"]\nexclude = ["* (test)", "Seat *"]\n'
+        f'[{target}.properties]\ninclude = ["tokens", "tokenz", "model*"]\nexclude = ["model.internal"]\n'
+        'rename = { tokens = "total_tokens", Tokens = "t" }\n'
     )
     run = segbill("send", "in.jsonl", "--to", target, "--dry-run", "--json", "--config", "segbill.toml")
     assert run.exit_code == 0 and len(run.events) == 2  # "Seat Added" is excluded: that rule matched
@@ -69,7 +73,9 @@ def test_globs_and_property_rules_that_matched_nothing_are_said(segbill, tmp_pat
         f'[{target}.properties] exclude "model.internal" matched no property key read: {HINT}',
         f'[{target}.properties] rename "Tokens" matched no property key read: {HINT}',
     ]
-    every_rule_used = segbill("send", "in.jsonl", "--to", target, "--dry-run", "--json", "--event", "API *", "--exclude-event", "Seat *")
+    every_rule_used = segbill(
+        "send", "in.jsonl", "--to", target, "--dry-run", "--json", "--event", "API *", "--exclude-event", "Seat *"
+    )
     assert every_rule_used.exit_code == 0 and summary_of(every_rule_used)["warnings"] == []
 
 
@@ -98,8 +104,17 @@ def test_a_selection_that_leaves_out_every_event_read_exits_2(segbill, tmp_path:
 def test_a_send_whose_selection_leaves_out_everything_sends_nothing_and_exits_2(segbill, tmp_path: Path) -> None:
     write(tmp_path / "in.jsonl", jsonl(*MIXED))
     with FakePlatform(api_key="k") as fake:
-        run = segbill("send", "in.jsonl", "--to", "lago", "--json", "--quiet", "--event", "api call",
-                      env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": "k"})
+        run = segbill(
+            "send",
+            "in.jsonl",
+            "--to",
+            "lago",
+            "--json",
+            "--quiet",
+            "--event",
+            "api call",
+            env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": "k"},
+        )
         assert fake.requests() == []
     summary = orjson.loads(run.stdout)
     assert run.exit_code == 2 == summary["exit_code"] and summary["delivered"] == 0

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import formatdate
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def test_rate_spaces_request_starts_by_their_events() -> None:
         return times
 
     times = asyncio.run(starts())
-    assert all(later - earlier >= 0.045 for earlier, later in zip(times, times[1:]))
+    assert all(later - earlier >= 0.045 for earlier, later in itertools.pairwise(times))
 
 
 def test_adaptive_concurrency_grows_while_used_and_answers_are_steady_then_cuts_on_congestion() -> None:
@@ -158,7 +159,6 @@ def test_nothing_is_learned_from_a_small_sample_or_when_the_limit_is_announced()
     assert announced._learned == 0.0
 
 
-
 def test_one_odd_reset_does_not_set_the_pace_for_the_run() -> None:
     """A reset rounded up past a 1 s window (2) once must not halve the pace for good."""
     pacer = Pacer(rate=None)
@@ -179,7 +179,7 @@ def test_one_odd_reset_does_not_set_the_pace_for_the_run() -> None:
 
 
 def iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def test_a_reset_is_read_as_seconds_until_it_whatever_its_form() -> None:
@@ -191,7 +191,7 @@ def test_a_reset_is_read_as_seconds_until_it_whatever_its_form() -> None:
         formatdate(math.ceil(soon), usegmt=True),  # HTTP date
         iso(soon),  # ISO 8601
         iso(soon).replace("Z", "+00:00"),
-        datetime.fromtimestamp(soon, timezone.utc).replace(tzinfo=None).isoformat(),  # no zone: UTC
+        datetime.fromtimestamp(soon, UTC).replace(tzinfo=None).isoformat(),  # no zone: UTC
     ]
     for value in forms:
         seconds = seconds_until(value)
@@ -272,7 +272,9 @@ def test_a_reset_date_rounded_up_to_the_second_does_not_slow_the_pace(monkeypatc
     def window(opened: float) -> None:
         end = str(math.ceil(opened + 10))
         for remaining in (999, 700, 400, 100):
-            pacer.observe(httpx.Headers({"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": end}))
+            pacer.observe(
+                httpx.Headers({"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": end})
+            )
             clock.advance(2.5)
 
     window(clock.now)
@@ -286,7 +288,7 @@ def test_the_pacer_reads_each_form_of_the_fake_hyperline_window() -> None:
     for form in RESET_FORMATS:
         with FakePlatform(hyperline_rate_limit=3, hyperline_reset_format=form) as fake, httpx.Client(base_url=fake.url) as client:
             pacer = Pacer(rate=None)
-            for i in range(3):
+            for _i in range(3):
                 answer = client.post("/v1/events/batch", json=[], headers={"Authorization": "Bearer test-key"})
                 pacer.observe(answer.headers)
             assert answer.headers["x-ratelimit-remaining"] == "0"
@@ -325,4 +327,3 @@ def test_the_auto_concurrency_cap_follows_the_announced_pace() -> None:
     fixed = Concurrency(3)
     fixed.ceiling(1000.0)
     assert fixed.maximum == 3
-

@@ -82,11 +82,15 @@ def test_a_plain_line_on_stdin_has_no_percentage_nor_eta() -> None:
     assert re.search(r"segbill\[[0-9a-f]{6}\]: elapsed 0:00:0\d; read 1,234, ", line) and "%" not in line and "ETA" not in line
 
 
-def plain_lines_of_a_send(tmp_path: Path, count: int, every: float, fake: FakePlatform, concurrency: int | None = None) -> list[str]:
+def plain_lines_of_a_send(
+    tmp_path: Path, count: int, every: float, fake: FakePlatform, concurrency: int | None = None
+) -> list[str]:
     """Send `count` events to the fake with plain progress lines every `every` seconds; the lines."""
     path = write(tmp_path / "in.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(count))))
     target = get_target("lago")
-    replay = Replay(Options(sources=[Source(str(path), path, path.stat().st_size)], target=target, dead_letter=tmp_path / "d.jsonl"))
+    replay = Replay(
+        Options(sources=[Source(str(path), path, path.stat().st_size)], target=target, dead_letter=tmp_path / "d.jsonl")
+    )
     stream = io.StringIO()
     progress = Progress(replay.tally, path.stat().st_size, stream, terminal=False, every=every)
     asyncio.run(deliver_all(replay, target, DeliveryOptions(fake.url, "k", 100, concurrency=concurrency), progress))
@@ -129,7 +133,9 @@ def test_the_bar_is_not_full_while_events_are_still_being_sent(monkeypatch: pyte
 
 def test_the_bar_says_100_only_when_everything_read_is_settled(monkeypatch: pytest.MonkeyPatch) -> None:
     assert re.search(r" 99% 2\.5/2\.5 MB ETA .* elapsed 0:02:05", bar_text(lagging_tally(1000, 999), 2_500_000, 0.0, monkeypatch))
-    assert re.search(r" 100% 2\.5/2\.5 MB ETA .* elapsed 0:02:05", bar_text(lagging_tally(1000, 1000), 2_500_000, 0.0, monkeypatch))
+    assert re.search(
+        r" 100% 2\.5/2\.5 MB ETA .* elapsed 0:02:05", bar_text(lagging_tally(1000, 1000), 2_500_000, 0.0, monkeypatch)
+    )
     assert "600 records " in bar_text(lagging_tally(1000, 600), None, 0.0, monkeypatch)  # stdin: records settled
 
 
@@ -147,7 +153,9 @@ def test_the_plain_lines_of_a_real_send_say_100_only_once_everything_read_has_it
         lines = plain_lines_of_a_send(tmp_path, 1000, 0.02, fake, concurrency=1)
     shown = [
         (int(m["percent"]), int(m["read"].replace(",", "")), int(m["delivered"].replace(",", "")))
-        for m in re.finditer(r": (?P<percent>\d+)% of the input, .*; read (?P<read>[\d,]+), delivered (?P<delivered>[\d,]+),", "\n".join(lines))
+        for m in re.finditer(
+            r": (?P<percent>\d+)% of the input, .*; read (?P<read>[\d,]+), delivered (?P<delivered>[\d,]+),", "\n".join(lines)
+        )
     ]
     assert any(read == 1000 and delivered < 1000 for _, read, delivered in shown)  # the lines caught the lag
     for percent, read, delivered in shown:

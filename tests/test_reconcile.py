@@ -65,12 +65,24 @@ def reconcile(segbill, fake: FakePlatform, *args: str) -> tuple[int, dict[str, A
 
 def store_foreign(fake: FakePlatform, events: list[tuple[str, str, int]]) -> None:
     """Events from another source: (subscription, code, ms) each, ids the export does not have."""
-    body = {"events": [{"transaction_id": f"foreign-{i}", "external_subscription_id": s, "code": c, "timestamp": f"{ms // 1000}.{ms % 1000:03d}"} for i, (s, c, ms) in enumerate(events)]}
+    body = {
+        "events": [
+            {
+                "transaction_id": f"foreign-{i}",
+                "external_subscription_id": s,
+                "code": c,
+                "timestamp": f"{ms // 1000}.{ms % 1000:03d}",
+            }
+            for i, (s, c, ms) in enumerate(events)
+        ]
+    }
     with httpx.Client(base_url=fake.url, headers={"Authorization": f"Bearer {KEY}"}) as client:
         assert client.post("/api/v1/events/batch", json=body).status_code == 200
 
 
-def test_a_lossy_send_plus_foreign_events_is_reconciled_exactly_and_the_missing_file_completes_it(segbill, tmp_path: Path) -> None:
+def test_a_lossy_send_plus_foreign_events_is_reconciled_exactly_and_the_missing_file_completes_it(
+    segbill, tmp_path: Path
+) -> None:
     messages = export(3000)
     path = write(tmp_path / "export.jsonl", jsonl(*messages))
     with FakePlatform(api_key=KEY, lago_event_loss=0.01, seed=3, lago_read_rate_limit=50) as fake:
@@ -93,13 +105,22 @@ def test_a_lossy_send_plus_foreign_events_is_reconciled_exactly_and_the_missing_
 
         code, result = reconcile(segbill, fake, str(path), "--missing", "missing.jsonl")
         assert code == 1
-        assert (result["expected"], result["found"], result["missing"], result["extra"]) == (3000, 3000 - len(lost), len(lost), 30)
+        assert (result["expected"], result["found"], result["missing"], result["extra"]) == (
+            3000,
+            3000 - len(lost),
+            len(lost),
+            30,
+        )
         assert result["pairs"] == len(SUBSCRIPTIONS) * len(CODES)
         assert result["requests"] == len(fake.requests("lago")) - before
         assert result["requests"] <= 3000 // 25  # a count per pair; a listing where one page holds a pair's range
         assert fake.throttled("lago") == 0 and result["retries"] == 0  # paced under Cloud's 50 reads/s
         breakdown = result["breakdown"]
-        assert sum(row["missing"] for row in breakdown["subscriptions"].values()) == sum(row["missing"] for row in breakdown["days"].values()) == len(lost)
+        assert (
+            sum(row["missing"] for row in breakdown["subscriptions"].values())
+            == sum(row["missing"] for row in breakdown["days"].values())
+            == len(lost)
+        )
         assert sum(row["extra"] for row in breakdown["codes"].values()) == 30
         entries = [orjson.loads(line) for line in Path("missing.jsonl").read_bytes().splitlines()]
         assert {e["record"]["messageId"] for e in entries} == lost
@@ -131,7 +152,9 @@ def test_a_complete_backfill_exits_0_with_one_count_per_pair(segbill, tmp_path: 
 
 def test_listing_a_busy_day_pages_through_its_events(segbill, tmp_path: Path) -> None:
     """One pair, one day, 250 events: three lost ones are found by listing three pages."""
-    messages = [track(messageId=f"m{i}", userId="sub-00", event="api_calls", timestamp=_iso(START + i * 1000)) for i in range(250)]
+    messages = [
+        track(messageId=f"m{i}", userId="sub-00", event="api_calls", timestamp=_iso(START + i * 1000)) for i in range(250)
+    ]
     path = write(tmp_path / "export.jsonl", jsonl(*messages))
     with FakePlatform(api_key=KEY) as fake:
         keep = write(tmp_path / "kept.jsonl", jsonl(*(m for m in messages if m["messageId"] not in ("m0", "m100", "m249"))))
@@ -162,7 +185,10 @@ def test_whole_ranges_missing_or_extra_are_counted_without_listing(segbill, tmp_
         assert (result["expected"], result["missing"], result["extra"]) == (1050, 150, 1)  # +150 ms is past the range
         assert result["to"] == _iso(START + 7 * DAY + 149)
         assert not any("per_page=100" in r.path for r in fake.requests("lago")[before:])
-        assert result["breakdown"]["days"] == {"2024-03-07": {"missing": 150, "extra": 0}, "2024-03-04": {"missing": 0, "extra": 1}}
+        assert result["breakdown"]["days"] == {
+            "2024-03-07": {"missing": 150, "extra": 0},
+            "2024-03-04": {"missing": 0, "extra": 1},
+        }
         assert len(Path("missing.jsonl").read_bytes().splitlines()) == 150
         _, wider = reconcile(segbill, fake, str(path), "--until", "2024-03-12")  # the range runs to --until
         assert (wider["missing"], wider["extra"]) == (150, 2) and wider["to"] == "2024-03-11T23:59:59.999Z"
@@ -195,7 +221,9 @@ def test_a_repeat_with_a_shifted_time_on_clickhouse_is_extra(segbill, tmp_path: 
     shifted = [{**m, "timestamp": _iso((parse_time(m["timestamp"]) or 0) + 1)} for m in messages[:5]]
     with FakePlatform(api_key=KEY, lago_store="clickhouse") as fake:
         assert segbill("send", str(path), "--to", "lago", env=env(fake)).exit_code == 0
-        assert segbill("send", str(write(tmp_path / "again.jsonl", jsonl(*shifted))), "--to", "lago", env=env(fake)).exit_code == 0
+        assert (
+            segbill("send", str(write(tmp_path / "again.jsonl", jsonl(*shifted))), "--to", "lago", env=env(fake)).exit_code == 0
+        )
         _, result = reconcile(segbill, fake, str(path))
         assert (result["found"], result["missing"], result["extra"]) == (400, 0, 5)
 
@@ -290,8 +318,14 @@ def test_an_entry_marked_missing_is_not_resent_over_a_delivery_at_another_time(s
     resend would be billed twice on ClickHouse. It stays a shifted repeat, said on stderr."""
     message = track(messageId="m1", userId="sub-00", event="api_calls", timestamp=_iso(START))
     path = write(tmp_path / "export.jsonl", jsonl(message))
-    entry = {"segbill_dead_letter": 1, "reason": "missing on the platform", "missing_on_platform": True, "target": "lago",
-             "source": {"path": "other.jsonl", "line": 1}, "record": {**message, "timestamp": _iso(START + 1)}}
+    entry = {
+        "segbill_dead_letter": 1,
+        "reason": "missing on the platform",
+        "missing_on_platform": True,
+        "target": "lago",
+        "source": {"path": "other.jsonl", "line": 1},
+        "record": {**message, "timestamp": _iso(START + 1)},
+    }
     replay = write(tmp_path / "missing.jsonl", orjson.dumps(entry) + b"\n")
     with FakePlatform(api_key=KEY, lago_store="clickhouse") as fake:
         assert segbill("send", str(path), "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
@@ -326,7 +360,9 @@ def test_a_missing_file_that_cannot_be_written_stops_reconcile_with_one_line_and
         lost = lossy_backfill(segbill, fake, path, "--state", "backfill.db")
         limited = "import resource, runpy; resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000)); runpy.run_module('segbill', run_name='__main__')"
         args = ["reconcile", str(path), "--to", "lago", "--missing", "missing.jsonl", "--json"]
-        done = subprocess.run([sys.executable, "-c", limited, *args], env={**os.environ, **env(fake)}, capture_output=True, check=False, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-c", limited, *args], env={**os.environ, **env(fake)}, capture_output=True, check=False, timeout=60
+        )
         assert done.returncode == 3 and done.stderr == b"", done.stderr
         result = orjson.loads(done.stdout)
         assert "cannot write the dead-letter file missing.jsonl" in result["stopped"] and result["missing"] < len(lost)
@@ -394,13 +430,22 @@ def test_an_interrupted_reconcile_says_so_and_calls_found_only_what_it_compared(
     messages = export(500)
     path = write(tmp_path / "export.jsonl", jsonl(*messages))
     with FakePlatform(api_key=KEY) as fake:
-        sent = subprocess.run([sys.executable, "-m", "segbill", "send", str(path), "--to", "lago", "--dead-letter", str(tmp_path / "d")],
-                              env={**os.environ, **env(fake)}, capture_output=True, check=False, timeout=60)
+        sent = subprocess.run(
+            [sys.executable, "-m", "segbill", "send", str(path), "--to", "lago", "--dead-letter", str(tmp_path / "d")],
+            env={**os.environ, **env(fake)},
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
         assert sent.returncode == 0, sent.stderr
         before = len(fake.requests("lago"))
         fake.latency = 0.2
-        process = subprocess.Popen([sys.executable, "-m", "segbill", "reconcile", str(path), "--to", "lago", "--json"],
-                                   env={**os.environ, **env(fake)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "segbill", "reconcile", str(path), "--to", "lago", "--json"],
+            env={**os.environ, **env(fake)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         while len(fake.requests("lago")) < before + 8:  # a few pairs counted, most not
             assert process.poll() is None
             threading.Event().wait(0.01)

@@ -89,7 +89,7 @@ def test_a_rerun_with_another_selection_does_its_own_work_and_sends_nothing_twic
     write(tmp_path / "b.toml", CONFIG_B.encode())
     expected = billed_by(segbill, *first) | billed_by(segbill, *second)
     send(segbill, fake.url, "a.jsonl", "--state", "s.db", *first)
-    run, summary = send(segbill, fake.url, "a.jsonl", "--state", "s.db", *second)
+    _run, summary = send(segbill, fake.url, "a.jsonl", "--state", "s.db", *second)
     assert summary["files_already_done"] == 0 and summary["read"] == len(export())
     assert set(fake.counts("lago")) == expected
     assert set(fake.writes("lago").values()) == {1}
@@ -169,8 +169,22 @@ def test_interrupted_and_resumed_every_bad_record_is_dead_lettered_once(tmp_path
     write(tmp_path / "a.jsonl", data)
     with FakePlatform(api_key=KEY, latency=0.03) as fake:
         env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
-        command = [sys.executable, "-m", "segbill", "send", "a.jsonl", "--to", "lago", "--quiet", "--state", "s.db",
-                   "--batch-size", "20", "--concurrency", "2"]
+        command = [
+            sys.executable,
+            "-m",
+            "segbill",
+            "send",
+            "a.jsonl",
+            "--to",
+            "lago",
+            "--quiet",
+            "--state",
+            "s.db",
+            "--batch-size",
+            "20",
+            "--concurrency",
+            "2",
+        ]
         process = subprocess.Popen([*command, "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _wait_for(lambda: len(fake.counts("lago")) >= 500)
         process.send_signal(signal.SIGINT)
@@ -189,7 +203,9 @@ def test_interrupted_and_resumed_every_bad_record_is_dead_lettered_once(tmp_path
     assert fake.counts("lago") == {f"m{i}": 1 for i in range(3000)}
 
 
-def test_a_run_stopped_by_a_wrong_key_and_rerun_dead_letters_each_record_once(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+def test_a_run_stopped_by_a_wrong_key_and_rerun_dead_letters_each_record_once(
+    segbill, tmp_path: Path, fake: FakePlatform
+) -> None:
     data, bad = with_bad_lines(300, 5)
     write(tmp_path / "a.jsonl", data)
     fake.script(["401"])
@@ -241,7 +257,9 @@ def test_a_dry_run_replaces_its_own_dead_letter_file_and_never_a_sends(segbill, 
     real = sent.dead_letter.read_bytes()
     refused = segbill("send", "a.jsonl", "--to", "lago", "--dry-run")
     assert refused.exit_code == 2
-    assert "--dead-letter dead.jsonl holds dead letters of a send; a dry run replaces its file: name another one." in refused.stderr
+    assert (
+        "--dead-letter dead.jsonl holds dead letters of a send; a dry run replaces its file: name another one." in refused.stderr
+    )
     assert sent.dead_letter.read_bytes() == real
 
 
@@ -263,7 +281,7 @@ def test_the_summary_shows_what_a_rerun_did(segbill, tmp_path: Path, fake: FakeP
     resumed, _ = send(segbill, fake.url, "a.jsonl", "b.jsonl", "--state", "s.db", human=True)
     assert "resumed at       b.jsonl:4  (file:line)" in resumed.stderr  # lines 1-3 had their outcome: skipped, dead-lettered
     assert "files skipped    1" in resumed.stderr
-    again, summary = send(segbill, fake.url, "a.jsonl", "b.jsonl", "--state", "s.db", "--until", "2024-01-20")
+    _again, summary = send(segbill, fake.url, "a.jsonl", "b.jsonl", "--state", "s.db", "--until", "2024-01-20")
     assert summary["resumed_at"] == [] and summary["interrupted"] is False
 
 
@@ -282,7 +300,21 @@ def test_an_interrupted_send_says_so_and_how_to_resume(tmp_path: Path) -> None:
             (["--state", "s.db"], "To resume, run the same command again: --state s.db continues where this run stopped."),
             ([], "To resume, run the same command again: without --state it reads everything again"),
         ):
-            command = [sys.executable, "-m", "segbill", "send", "a.jsonl", "--to", "lago", "--quiet", "--batch-size", "10", "--concurrency", "1", *state]
+            command = [
+                sys.executable,
+                "-m",
+                "segbill",
+                "send",
+                "a.jsonl",
+                "--to",
+                "lago",
+                "--quiet",
+                "--batch-size",
+                "10",
+                "--concurrency",
+                "1",
+                *state,
+            ]
             process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             _wait_for(lambda: len(fake.requests("lago")) >= 2)
             process.send_signal(signal.SIGINT)
@@ -310,7 +342,9 @@ def test_a_shifted_repeat_is_explained_in_the_platforms_terms(
     assert "skipped          1  (duplicate_shifted 1)" in run.stderr
 
 
-def test_a_state_from_before_selections_reads_its_files_again_and_keeps_its_ledger(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+def test_a_state_from_before_selections_reads_its_files_again_and_keeps_its_ledger(
+    segbill, tmp_path: Path, fake: FakePlatform
+) -> None:
     path = write(tmp_path / "a.jsonl", jsonl(*export(10)))
     db = sqlite3.connect(tmp_path / "s.db")
     db.executescript(
@@ -320,7 +354,10 @@ def test_a_state_from_before_selections_reads_its_files_again_and_keeps_its_ledg
         " offset INTEGER NOT NULL, line INTEGER NOT NULL, complete INTEGER NOT NULL, updated TEXT NOT NULL);"
     )
     db.execute("INSERT INTO ledger VALUES ('lago', 'm0', 1704067200000, 1)")
-    db.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, 10, 1, datetime('now'))", (str(path.resolve()), path.stat().st_size, fingerprint(path), path.stat().st_size))
+    db.execute(
+        "INSERT INTO checkpoints VALUES (?, ?, ?, ?, 10, 1, datetime('now'))",
+        (str(path.resolve()), path.stat().st_size, fingerprint(path), path.stat().st_size),
+    )
     db.commit()
     db.close()
     refused = segbill("send", "a.jsonl", "--to", "hyperline", "--dry-run", "--state", "s.db", dead_letter="x.jsonl")

@@ -58,7 +58,7 @@ def test_a_truncated_gzip_file_yields_everything_before_the_break_then_says_wher
     assert all(kind is None for *_, kind in good)
     assert [data for _, _, _, data, _ in good] == data.split(b"\n")[: len(good)]
     assert last[4] == "bad_gzip" and last[0] == len(good) + 1
-    assert data[last[1]:].startswith(last[3])  # the partial line is kept, at its offset
+    assert data[last[1] :].startswith(last[3])  # the partial line is kept, at its offset
 
 
 def test_a_corrupt_gzip_member_ends_the_file_after_everything_before_it(tmp_path: Path, inflate: str) -> None:
@@ -115,7 +115,9 @@ def test_the_same_file_given_twice_is_read_once(tmp_path: Path) -> None:
         ([], True, "no input"),
     ],
 )
-def test_usage_errors_come_before_anything_is_read(args: list[str], terminal: bool, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_usage_errors_come_before_anything_is_read(
+    args: list[str], terminal: bool, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         expand(args, stdin_is_terminal=terminal)

@@ -41,10 +41,12 @@ def messages(count: int, prefix: str = "m") -> list[dict[str, Any]]:
 
 
 def summary_of(run) -> dict[str, Any]:
-    summary = orjson.loads(run.stdout.strip().splitlines()[-1]) if not run.stdout.startswith("{\"transaction") else None
+    summary = orjson.loads(run.stdout.strip().splitlines()[-1]) if not run.stdout.startswith('{"transaction') else None
     assert summary is not None
     done = summary["delivered"]
-    assert summary["read"] == done + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
+    assert (
+        summary["read"] == done + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
+    )
     return summary
 
 
@@ -70,11 +72,13 @@ def test_a_rerun_resumes_and_sends_nothing_twice(segbill, tmp_path: Path, fake: 
     assert set(fake.writes("lago").values()) == {1} and len(fake.writes("lago")) == 300
 
 
-def test_a_file_that_grew_is_read_again_and_its_delivered_events_are_duplicates(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+def test_a_file_that_grew_is_read_again_and_its_delivered_events_are_duplicates(
+    segbill, tmp_path: Path, fake: FakePlatform
+) -> None:
     path = write(tmp_path / "a.jsonl", jsonl(*messages(100)))
     send(segbill, fake.url, "a.jsonl", "--state", "s.db")
     path.write_bytes(jsonl(*messages(150)))  # same path, other size: not the same file
-    run, summary = send(segbill, fake.url, "a.jsonl", "--state", "s.db")
+    _run, summary = send(segbill, fake.url, "a.jsonl", "--state", "s.db")
     assert summary["delivered"] == 50 and summary["skipped_by_reason"] == {"duplicate": 100}
     assert set(fake.writes("lago").values()) == {1} and len(fake.writes("lago")) == 150
 
@@ -99,7 +103,7 @@ def test_overlapping_exports_and_a_shifted_repeat_are_each_sent_once(segbill, tm
 @pytest.mark.usefixtures("claim_method")
 def test_without_state_repeats_within_a_run_are_still_dropped(segbill, tmp_path: Path, fake: FakePlatform) -> None:
     write(tmp_path / "a.jsonl", jsonl(*messages(50), *messages(50)))
-    run, summary = send(segbill, fake.url, "a.jsonl")
+    _run, summary = send(segbill, fake.url, "a.jsonl")
     assert summary["delivered"] == 50 and summary["skipped_by_reason"] == {"duplicate": 50}
     assert set(fake.writes("lago").values()) == {1}
 
@@ -140,7 +144,9 @@ def test_a_file_that_is_not_a_state_file_exits_2(segbill, tmp_path: Path) -> Non
 
 def test_since_and_until_select_by_event_time_half_open(segbill, tmp_path: Path) -> None:
     write(tmp_path / "a.jsonl", jsonl(*messages(28)))  # one event a day, 2024-01-01 to 01-28
-    run = segbill("send", "a.jsonl", "--to", "lago", "--dry-run", "--json", "--since", "2024-01-10", "--until", "2024-01-20T00:00:00+00:00")
+    run = segbill(
+        "send", "a.jsonl", "--to", "lago", "--dry-run", "--json", "--since", "2024-01-10", "--until", "2024-01-20T00:00:00+00:00"
+    )
     days = [int(e["timestamp"].split(".")[0]) for e in run.events]
     assert len(days) == 10 and min(days) == 1704844800 and max(days) == 1704844800 + 9 * 86400
     summary = orjson.loads(run.stderr.strip().splitlines()[-1])
@@ -158,10 +164,28 @@ def test_shards_cover_the_input_exactly_with_no_overlap(segbill, tmp_path: Path)
         parts = []
         dead = 0
         for k in range(shards):
-            run = segbill("send", "a.jsonl", "--to", "hyperline", "--dry-run", "--shard", f"{k}/{shards}", dead_letter=f"dl-{shards}-{k}.jsonl")
+            run = segbill(
+                "send",
+                "a.jsonl",
+                "--to",
+                "hyperline",
+                "--dry-run",
+                "--shard",
+                f"{k}/{shards}",
+                dead_letter=f"dl-{shards}-{k}.jsonl",
+            )
             parts.append({e["record"]["id"] for e in run.events})
             customers = {e["customer_id"] for e in run.events}
-            assert all(customers.isdisjoint(other) for other in ({e["customer_id"] for e in segbill("send", "a.jsonl", "--to", "hyperline", "--dry-run", "--shard", f"{j}/{shards}").events} for j in range(k)))
+            assert all(
+                customers.isdisjoint(other)
+                for other in (
+                    {
+                        e["customer_id"]
+                        for e in segbill("send", "a.jsonl", "--to", "hyperline", "--dry-run", "--shard", f"{j}/{shards}").events
+                    }
+                    for j in range(k)
+                )
+            )
             dead += len(run.dead_letters)
         assert set().union(*parts) == everything and sum(map(len, parts)) == len(everything)
         assert dead == 2  # the bad line and the anonymous track: once, on shard 0
@@ -185,7 +209,22 @@ def test_gzip_files_resume_from_their_checkpoint(tmp_path: Path, fake: FakePlatf
     fake.latency = 0.02
     env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
     segbill = ["-m", "segbill"] if inflate == "isal" else ["-c", WITHOUT_ISAL]
-    command = [sys.executable, *segbill, "send", "a.gz", "--to", "lago", "--json", "--quiet", "--state", "s.db", "--concurrency", "1", "--batch-size", "50"]
+    command = [
+        sys.executable,
+        *segbill,
+        "send",
+        "a.gz",
+        "--to",
+        "lago",
+        "--json",
+        "--quiet",
+        "--state",
+        "s.db",
+        "--concurrency",
+        "1",
+        "--batch-size",
+        "50",
+    ]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for(lambda: len(fake.counts("lago")) >= 300)
     fake.script(["401"])
@@ -213,7 +252,23 @@ def test_killed_mid_run_then_rerun_every_event_is_stored_exactly_once(tmp_path: 
         write(tmp_path / "export" / "a.jsonl", jsonl(*messages(1500)))
         write(tmp_path / "export" / "b.gz", jsonl(*messages(1500, prefix="b"), {"type": "page"}), compress=True)
         env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
-        command = [sys.executable, "-m", "segbill", "send", "export", "--to", "lago", "--json", "--quiet", "--state", "s.db", "--batch-size", "20", "--concurrency", "3"]
+        command = [
+            sys.executable,
+            "-m",
+            "segbill",
+            "send",
+            "export",
+            "--to",
+            "lago",
+            "--json",
+            "--quiet",
+            "--state",
+            "s.db",
+            "--batch-size",
+            "20",
+            "--concurrency",
+            "3",
+        ]
         process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _wait_for(lambda: len(fake.counts("lago")) >= 1800)  # into the second file
         process.send_signal(signum)
@@ -248,8 +303,27 @@ def test_a_rerun_never_batches_maybe_stored_events_with_new_ones(segbill, tmp_pa
     with FakePlatform(api_key=KEY, lago_pre_v1_39=True, latency=60) as fake:
         write(tmp_path / "a.jsonl", jsonl(*messages(100)))
         env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
-        command = [sys.executable, "-m", "segbill", "send", "a.jsonl", "--to", "lago", "--quiet", "--state", "s.db", "--grace", "0"]
-        process = subprocess.Popen([*command, "--batch-size", "10", "--concurrency", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        command = [
+            sys.executable,
+            "-m",
+            "segbill",
+            "send",
+            "a.jsonl",
+            "--to",
+            "lago",
+            "--quiet",
+            "--state",
+            "s.db",
+            "--grace",
+            "0",
+        ]
+        process = subprocess.Popen(
+            [*command, "--batch-size", "10", "--concurrency", "2"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         _wait_for(lambda: len(fake.counts("lago")) >= 20)  # two batches stored, their answers a minute away
         process.send_signal(signum)
         _, err = process.communicate(timeout=60)
@@ -261,7 +335,14 @@ def test_a_rerun_never_batches_maybe_stored_events_with_new_ones(segbill, tmp_pa
         assert (summary["delivered"], summary["already_delivered"]) == (100, 20)
         assert fake.stored_by_refused_batches() == []  # no new event went in a batch with a stored one
         assert fake.counts("lago") == {f"m{i}": 1 for i in range(100)}
-        assert sorted(request.events for request in fake.requests("lago")[2:]) == [5, 10, 10, 25, 25, 25]  # as first sent, then new
+        assert sorted(request.events for request in fake.requests("lago")[2:]) == [
+            5,
+            10,
+            10,
+            25,
+            25,
+            25,
+        ]  # as first sent, then new
 
 
 def test_a_dead_letter_replay_never_batches_maybe_stored_events_with_new_ones(segbill, tmp_path: Path) -> None:
@@ -270,7 +351,9 @@ def test_a_dead_letter_replay_never_batches_maybe_stored_events_with_new_ones(se
     with FakePlatform(api_key=KEY, lago_pre_v1_39=True) as fake:
         write(tmp_path / "a.jsonl", jsonl(*messages(30)))
         fake.script(["lost", "503", "503"])  # the first batch is stored, then its retries fail
-        first, summary = send(segbill, fake.url, "a.jsonl", "--state", "s.db", "--batch-size", "10", "--concurrency", "1", "--max-retries", "2")
+        first, summary = send(
+            segbill, fake.url, "a.jsonl", "--state", "s.db", "--batch-size", "10", "--concurrency", "1", "--max-retries", "2"
+        )
         assert first.exit_code == 1 and summary["dead_lettered_by_reason"] == {"unreachable": 10}
         (tmp_path / "dead.jsonl").rename(tmp_path / "retry.jsonl")
         write(tmp_path / "b.jsonl", jsonl(*messages(30, prefix="b")))
@@ -318,7 +401,9 @@ def test_the_frontier_forgets_finished_lines_so_memory_stays_flat() -> None:
 
 
 @pytest.mark.parametrize("store", ["postgres", "clickhouse"])
-def test_a_repeat_of_an_event_still_in_flight_is_a_duplicate_not_a_resend(segbill, tmp_path: Path, claim_method: None, store: str) -> None:
+def test_a_repeat_of_an_event_still_in_flight_is_a_duplicate_not_a_resend(
+    segbill, tmp_path: Path, claim_method: None, store: str
+) -> None:
     """The first copy's request is marked "sent, no answer yet" while it travels; a repeat read
     meanwhile is a repeat of this run, not an event an earlier run left unanswered."""
     unique = messages(600)
@@ -349,7 +434,9 @@ def test_a_dry_run_judges_every_repeat_exactly(segbill, tmp_path: Path, index_li
     assert orjson.loads(run.stderr.splitlines()[-1])["skipped_by_reason"] == {"duplicate": 60, "duplicate_shifted": 1}
 
 
-def test_a_dry_run_with_state_judges_repeats_of_the_ledger_by_its_rows(segbill, tmp_path: Path, fake: FakePlatform, index_limit: None) -> None:
+def test_a_dry_run_with_state_judges_repeats_of_the_ledger_by_its_rows(
+    segbill, tmp_path: Path, fake: FakePlatform, index_limit: None
+) -> None:
     write(tmp_path / "a.jsonl", jsonl(*messages(10)))
     send(segbill, fake.url, "a.jsonl", "--state", "s.db")
     shifted = [track(messageId=f"m{i}", userId=f"cus_{i % 11}", timestamp="2024-02-01T00:00:00.000Z") for i in (2, 15)]
@@ -380,7 +467,17 @@ def test_a_run_that_keeps_nothing_judges_like_the_ledger(tmp_path: Path, index_l
             assert first == [Claim.NEW] * 5 + [Claim.DUPLICATE, Claim.SHIFTED, Claim.DUPLICATE, Claim.SHIFTED]
             assert later == [Claim.DUPLICATE, Claim.DUPLICATE, Claim.NEW]
         else:
-            assert first == [Claim.RESEND, Claim.DUPLICATE, Claim.NEW, Claim.NEW, Claim.NEW, Claim.DUPLICATE, Claim.SHIFTED, Claim.DUPLICATE, Claim.SHIFTED]
+            assert first == [
+                Claim.RESEND,
+                Claim.DUPLICATE,
+                Claim.NEW,
+                Claim.NEW,
+                Claim.NEW,
+                Claim.DUPLICATE,
+                Claim.SHIFTED,
+                Claim.DUPLICATE,
+                Claim.SHIFTED,
+            ]
             assert later == [Claim.DUPLICATE, Claim.DUPLICATE, Claim.NEW]
         assert again == [Claim.NEW, Claim.NEW, Claim.DUPLICATE, Claim.SHIFTED]
 

@@ -60,7 +60,10 @@ def assert_stopped_cleanly(process: subprocess.CompletedProcess[bytes], words: s
     assert len(errors) == 1 and words in errors[0] and "run the same command again" in errors[0]
     summary = orjson.loads(process.stdout)
     assert words in summary["stopped"] and summary["exit_code"] == 3
-    assert summary["read"] == summary["delivered"] + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
+    assert (
+        summary["read"]
+        == summary["delivered"] + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
+    )
     return summary
 
 
@@ -75,7 +78,10 @@ def test_a_full_disk_under_the_dead_letter_file_stops_a_send_with_the_summary(tm
     rerun = segbill_process([*args, "--dead-letter", str(tmp_path / "dead.jsonl")], fake.url)
     assert rerun.returncode == 1, rerun.stderr.decode()
     assert fake.counts("lago") == {id: 1 for id in ids if id not in fake.lago_poison}
-    reasons = {(entry["source"]["line"], entry["reason"][:8]) for entry in map(orjson.loads, (tmp_path / "dead.jsonl").read_bytes().splitlines())}
+    reasons = {
+        (entry["source"]["line"], entry["reason"][:8])
+        for entry in map(orjson.loads, (tmp_path / "dead.jsonl").read_bytes().splitlines())
+    }
     assert reasons == {(11, "Rejected"), (1501, "The line"), (2502, "Rejected")}
 
 
@@ -90,12 +96,28 @@ def test_a_full_disk_under_the_dead_letter_file_stops_a_dry_run_with_the_summary
     assert summary["converted"] == len(run.events) and summary["not_attempted"] == 6 - len(run.events)  # held events too
 
 
-@pytest.mark.parametrize(("limit", "checkpointed"), [(80_000, False), (150_000, True)])  # the first checkpoint fails, or a later one
-def test_a_full_disk_under_the_state_stops_with_the_summary_and_the_rerun_resumes(tmp_path: Path, fake: FakePlatform, limit: int, checkpointed: bool) -> None:
+@pytest.mark.parametrize(
+    ("limit", "checkpointed"), [(80_000, False), (150_000, True)]
+)  # the first checkpoint fails, or a later one
+def test_a_full_disk_under_the_state_stops_with_the_summary_and_the_rerun_resumes(
+    tmp_path: Path, fake: FakePlatform, limit: int, checkpointed: bool
+) -> None:
     ids = export(tmp_path / "in.jsonl", 3000)
     # One batch in flight: batches settle in order, so where the limit strikes does not depend on timing.
-    args = ["send", str(tmp_path / "in.jsonl"), "--to", "lago", "--json", "--quiet", "--concurrency", "1",
-            "--state", str(tmp_path / "s.db"), "--dead-letter", str(tmp_path / "dead.jsonl")]
+    args = [
+        "send",
+        str(tmp_path / "in.jsonl"),
+        "--to",
+        "lago",
+        "--json",
+        "--quiet",
+        "--concurrency",
+        "1",
+        "--state",
+        str(tmp_path / "s.db"),
+        "--dead-letter",
+        str(tmp_path / "dead.jsonl"),
+    ]
     full = segbill_process(args, fake.url, file_size_limit=limit)
     summary = assert_stopped_cleanly(full, f"cannot write the state file {tmp_path / 's.db'} (")
     assert 0 < summary["delivered"] < 3000 and summary["not_attempted"] > 0
@@ -112,9 +134,23 @@ def test_a_dry_run_onto_a_full_disk_stops_with_the_summary(tmp_path: Path) -> No
     export(tmp_path / "in.jsonl", 3000)
     with DEV_FULL.open("wb") as full:
         done = subprocess.run(
-            [sys.executable, "-m", "segbill", "send", str(tmp_path / "in.jsonl"), "--to", "lago", "--dry-run", "--json",
-             "--dead-letter", str(tmp_path / "dead.jsonl")],
-            stdout=full, stderr=subprocess.PIPE, check=False, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "segbill",
+                "send",
+                str(tmp_path / "in.jsonl"),
+                "--to",
+                "lago",
+                "--dry-run",
+                "--json",
+                "--dead-letter",
+                str(tmp_path / "dead.jsonl"),
+            ],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=120,
         )
     assert done.returncode == 3 and b"Traceback" not in done.stderr and b"internal error" not in done.stderr
     summary = orjson.loads(done.stderr.splitlines()[-1])
@@ -128,11 +164,28 @@ def test_a_json_summary_that_cannot_reach_stdout_goes_to_stderr(tmp_path: Path, 
     export(tmp_path / "in.jsonl", 300)
     with DEV_FULL.open("wb") as full:
         done = subprocess.run(
-            [sys.executable, "-m", "segbill", "send", str(tmp_path / "in.jsonl"), "--to", "lago", "--json", "--quiet",
-             "--dead-letter", str(tmp_path / "dead.jsonl")],
-            env={**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}, stdout=full, stderr=subprocess.PIPE, check=False, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "segbill",
+                "send",
+                str(tmp_path / "in.jsonl"),
+                "--to",
+                "lago",
+                "--json",
+                "--quiet",
+                "--dead-letter",
+                str(tmp_path / "dead.jsonl"),
+            ],
+            env={**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY},
+            stdout=full,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=120,
         )
-    assert done.returncode == 1 and b"Traceback" not in done.stderr and b"internal error" not in done.stderr  # the line that is not JSON
+    assert (
+        done.returncode == 1 and b"Traceback" not in done.stderr and b"internal error" not in done.stderr
+    )  # the line that is not JSON
     *_, error, last = done.stderr.decode().splitlines()
     assert error == "segbill: error: cannot write the summary to stdout (No space left on device); here it is:"
     assert orjson.loads(last)["delivered"] == 300 == len(fake.counts("lago"))
@@ -140,7 +193,16 @@ def test_a_json_summary_that_cannot_reach_stdout_goes_to_stderr(tmp_path: Path, 
 
 def test_a_state_that_cannot_even_be_created_is_said_so_before_anything_is_read(tmp_path: Path, fake: FakePlatform) -> None:
     export(tmp_path / "in.jsonl", 10)
-    args = ["send", str(tmp_path / "in.jsonl"), "--to", "lago", "--state", str(tmp_path / "s.db"), "--dead-letter", str(tmp_path / "dead.jsonl")]
+    args = [
+        "send",
+        str(tmp_path / "in.jsonl"),
+        "--to",
+        "lago",
+        "--state",
+        str(tmp_path / "s.db"),
+        "--dead-letter",
+        str(tmp_path / "dead.jsonl"),
+    ]
     done = segbill_process(args, fake.url, file_size_limit=4_000)
     assert done.returncode == 2 and fake.requests() == []
     assert done.stderr.decode() == f"segbill: error: --state {tmp_path / 's.db'}: cannot be written (disk I/O error).\n"

@@ -22,7 +22,9 @@ from .conftest import jsonl, track, write
 SECRET = "pw-SECRET3"
 
 
-@pytest.mark.parametrize(("status", "said"), [(401, "billing.test:8443 rejected the API key"), (503, "billing.test:8443 still failed after 0 retries")])
+@pytest.mark.parametrize(
+    ("status", "said"), [(401, "billing.test:8443 rejected the API key"), (503, "billing.test:8443 still failed after 0 retries")]
+)
 def test_a_send_names_the_host_without_the_password(tmp_path: Path, status: int, said: str) -> None:
     path = write(tmp_path / "in.jsonl", jsonl(track(messageId="m1")))
     dead = tmp_path / "dead.jsonl"

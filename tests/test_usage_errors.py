@@ -53,7 +53,10 @@ def test_an_empty_url_variable_is_a_usage_error(segbill, export: Path, target: s
     assert_usage_error(run, f"${variable} is set but empty")
 
 
-@pytest.mark.parametrize(("since", "until"), [("2024-02-01", "2024-01-01"), ("2024-01-07", "2024-01-07"), ("2024-01-07T00:00:00+01:00", "2024-01-06T23:00:00Z")])
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [("2024-02-01", "2024-01-01"), ("2024-01-07", "2024-01-07"), ("2024-01-07T00:00:00+01:00", "2024-01-06T23:00:00Z")],
+)
 def test_since_at_or_after_until_is_a_usage_error(segbill, export: Path, since: str, until: str) -> None:
     run = segbill("send", str(export), "--to", "lago", "--dry-run", "--since", since, "--until", until)
     assert_usage_error(run, f"--since {since} is not before --until {until}")
@@ -73,7 +76,9 @@ def test_a_config_naming_a_folder_says_it_is_a_folder(segbill, export: Path, tmp
 
 @pytest.mark.parametrize("command", ["send", "inspect"])
 @pytest.mark.parametrize("contents", [[], ["README.md", "manifest.txt"]])
-def test_a_folder_holding_no_exports_is_a_usage_error_naming_it(segbill, tmp_path: Path, command: str, contents: list[str]) -> None:
+def test_a_folder_holding_no_exports_is_a_usage_error_naming_it(
+    segbill, tmp_path: Path, command: str, contents: list[str]
+) -> None:
     mount = tmp_path / "mnt" / "exports"  # an unmounted volume's mount point is an empty folder
     mount.mkdir(parents=True)
     for name in contents:
@@ -106,10 +111,18 @@ def test_a_dead_letter_symlink_to_a_file_yet_to_be_made_is_followed(segbill, exp
 
 @pytest.mark.parametrize(
     "command",
-    [["send", "--to", "lago"], ["send", "--to", "lago", "--dry-run"], ["inspect"], ["check", "--to", "lago"], ["reconcile", "--to", "lago"]],
+    [
+        ["send", "--to", "lago"],
+        ["send", "--to", "lago", "--dry-run"],
+        ["inspect"],
+        ["check", "--to", "lago"],
+        ["reconcile", "--to", "lago"],
+    ],
 )
 @pytest.mark.parametrize("paths", [[""], ["in.jsonl", ""]])
-def test_an_empty_path_is_a_usage_error_not_the_current_folder(segbill, export: Path, command: list[str], paths: list[str]) -> None:
+def test_an_empty_path_is_a_usage_error_not_the_current_folder(
+    segbill, export: Path, command: list[str], paths: list[str]
+) -> None:
     """`segbill send "$EXPORTS"` with the variable unset, run where exports lie: nothing is read."""
     with FakePlatform(api_key=KEY) as fake:
         run = segbill(*command, *paths, env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY})

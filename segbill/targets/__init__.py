@@ -86,7 +86,7 @@ def _flatten_into(flat: dict[str, Any], prefix: str, values: dict[str, Any], kee
         if nested and key in flat:
             raise Invalid(
                 "property_conflict",
-                f"Two properties become \"{key}\" once nested objects are flattened; rename one.",
+                f'Two properties become "{key}" once nested objects are flattened; rename one.',
             )
         flat[key] = value
 

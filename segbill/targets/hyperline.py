@@ -19,7 +19,7 @@ def convert(billable: Billable, separator: str) -> dict[str, Any]:
     properties = flatten(billable.properties, keep_scalar_lists=True, separator=separator)
     if "id" in properties:
         if RENAMED_ID in properties:
-            raise Invalid("property_conflict", f"Properties \"id\" and \"{RENAMED_ID}\" would both be \"{RENAMED_ID}\"; rename one.")
+            raise Invalid("property_conflict", f'Properties "id" and "{RENAMED_ID}" would both be "{RENAMED_ID}"; rename one.')
         properties[RENAMED_ID] = properties.pop("id")
     return {
         "customer_id": billable.customer,

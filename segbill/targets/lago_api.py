@@ -116,7 +116,9 @@ class LagoReader:
                     raise self._failed(error) from None
             attempt += 1
             if attempt > self.options.max_retries:
-                raise self._failed(ReadFailed(f"{self.host} still failed after {self.options.max_retries} retries reading {path} ({last})"))
+                raise self._failed(
+                    ReadFailed(f"{self.host} still failed after {self.options.max_retries} retries reading {path} ({last})")
+                )
             self.retries += 1
             if response is None or response.status_code != 429:  # a 429 paused the pacer instead
                 await asyncio.sleep(backoff(attempt))
@@ -137,7 +139,9 @@ class LagoReader:
         except orjson.JSONDecodeError:
             body = None
         if not isinstance(body, dict):
-            raise ReadFailed(f"{self.host} answered {path} with something that is not a JSON object ({_excerpt(response.content)})")
+            raise ReadFailed(
+                f"{self.host} answered {path} with something that is not a JSON object ({_excerpt(response.content)})"
+            )
         return body
 
     async def pages(self, path: str, key: str, params: Params | None = None) -> AsyncIterator[dict[str, Any]]:
@@ -178,8 +182,12 @@ class LagoReader:
         """The billing periods of a customer's draft and finalized invoices: the list gives the
         invoices, each one's own page its `billing_periods`."""
         params: Params = {"external_customer_id": customer, "statuses[]": list(INVOICE_STATUSES)}
-        listed = [item async for item in self.pages("/api/v1/invoices", "invoices", params) if item.get("status") in INVOICE_STATUSES]
-        shown = await asyncio.gather(*(self.get(f"/api/v1/invoices/{quote(str(item.get('lago_id')), safe='')}") for item in listed))
+        listed = [
+            item async for item in self.pages("/api/v1/invoices", "invoices", params) if item.get("status") in INVOICE_STATUSES
+        ]
+        shown = await asyncio.gather(
+            *(self.get(f"/api/v1/invoices/{quote(str(item.get('lago_id')), safe='')}") for item in listed)
+        )
         periods = []
         for body in shown:
             invoice = body.get("invoice") or {}
@@ -188,7 +196,9 @@ class LagoReader:
                 if start is None or end is None or invoice.get("status") not in INVOICE_STATUSES:
                     continue
                 name = str(invoice.get("number") or invoice.get("lago_id"))
-                periods.append(Period(str(period.get("external_subscription_id")), start, end // 1000 * 1000 + 999, invoice["status"], name))
+                periods.append(
+                    Period(str(period.get("external_subscription_id")), start, end // 1000 * 1000 + 999, invoice["status"], name)
+                )
         return periods
 
     # -- events ------------------------------------------------------------------------------
@@ -210,4 +220,9 @@ class LagoReader:
 
 
 def _scope(subscription: str, code: str, start: int, end: int) -> Params:
-    return {"external_subscription_id": subscription, "code": code, "timestamp_from": iso_millis(start), "timestamp_to": iso_millis(end)}
+    return {
+        "external_subscription_id": subscription,
+        "code": code,
+        "timestamp_from": iso_millis(start),
+        "timestamp_to": iso_millis(end),
+    }

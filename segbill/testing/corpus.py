@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from random import Random
 from typing import Any, BinaryIO
@@ -96,8 +96,8 @@ def _zone(offset_minutes: int) -> str:
 def _to_us(value: datetime | str) -> int:
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * _US + delta.microseconds
 
 
@@ -113,8 +113,6 @@ class _Library:
     platform: str  # "web", "server" or "mobile"
     time_style: str  # "js" (…123Z), "python" (…123456+00:00), "go" (…123456+01:00)
     id_style: str  # "ajs", "ajs-next-md5", "ajs-next", "uuid", "UUID", "node-next"
-
-
 
 
 _WEB_LIBRARIES = (
@@ -137,17 +135,71 @@ _GO_ZONES = {offset: _zone(offset) for offset in _GO_OFFSETS}
 
 # --- vocabularies -------------------------------------------------------------------------------
 
-_FIRST_NAMES = ("Amélie", "Björn", "Chloé", "Dmitri", "Eun-ji", "Fatima", "Gianluca", "Hiroshi", "Inès", "José",
-                "Kwame", "Łukasz", "Marta", "Nguyễn", "Olusegun", "Priya", "Renée", "Søren", "Zoë", "陈")
-_LAST_NAMES = ("Müller", "O'Brien", "García", "Nakamura", "Kowalski", "Dubois", "Ivanova", "Smith", "Andersson",
-               "Đặng", "Nøkleby", "Schäfer", "van der Berg", "Ng", "Dupont-Lefèvre", "李")
-_COMPANIES = ("Acme Corp", "Globex GmbH", "Initech", "Umbrella SAS", "Hooli", "Stark Industries", "Wayne & Co",
-              "Société Générale de Test", "株式会社テスト", "Zürcher Daten AG", "Nordlys AS", "Piedpiper")
+_FIRST_NAMES = (
+    "Amélie",
+    "Björn",
+    "Chloé",
+    "Dmitri",
+    "Eun-ji",
+    "Fatima",
+    "Gianluca",
+    "Hiroshi",
+    "Inès",
+    "José",
+    "Kwame",
+    "Łukasz",
+    "Marta",
+    "Nguyễn",
+    "Olusegun",
+    "Priya",
+    "Renée",
+    "Søren",
+    "Zoë",
+    "陈",
+)
+_LAST_NAMES = (
+    "Müller",
+    "O'Brien",
+    "García",
+    "Nakamura",
+    "Kowalski",
+    "Dubois",
+    "Ivanova",
+    "Smith",
+    "Andersson",
+    "Đặng",
+    "Nøkleby",
+    "Schäfer",
+    "van der Berg",
+    "Ng",
+    "Dupont-Lefèvre",
+    "李",
+)
+_COMPANIES = (
+    "Acme Corp",
+    "Globex GmbH",
+    "Initech",
+    "Umbrella SAS",
+    "Hooli",
+    "Stark Industries",
+    "Wayne & Co",
+    "Société Générale de Test",
+    "株式会社テスト",
+    "Zürcher Daten AG",
+    "Nordlys AS",
+    "Piedpiper",
+)
 _INDUSTRIES = ("SaaS", "Fintech", "Retail", "Healthcare", "Logistics", "Media", "Education")
 _PLANS = ("free", "starter", "pro", "business", "enterprise")
 _ROLES = ("admin", "member", "viewer", "billing", "owner")
-_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/images/generations", "/v1/audio/transcriptions",
-              "/v2/search", "/v1/moderations")
+_ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/images/generations",
+    "/v1/audio/transcriptions",
+    "/v2/search",
+    "/v1/moderations",
+)
 _MODELS = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet", "llama-3.1-70b", "mistral-large", "text-embedding-3-small")
 _REGIONS = ("eu-west-1", "eu-central-1", "us-east-1", "us-west-2", "ap-northeast-1")
 _CURRENCIES = ("EUR", "USD", "GBP", "JPY", "CHF")
@@ -161,29 +213,62 @@ _PRODUCTS = (
     ("sku-kettle", "Gooseneck kettle 0,9 L", "Equipment", 49.0),
 )
 _PAGES = (
-    ("/", "Home — Acme"), ("/pricing", "Pricing | Acme"), ("/docs/getting-started", "Getting started · Docs"),
-    ("/dashboard", "Dashboard"), ("/settings/billing", "Billing settings"), ("/blog/über-uns", "Über uns"),
-    ("/checkout", "Checkout"), ("/search", "Search results"),
+    ("/", "Home — Acme"),
+    ("/pricing", "Pricing | Acme"),
+    ("/docs/getting-started", "Getting started · Docs"),
+    ("/dashboard", "Dashboard"),
+    ("/settings/billing", "Billing settings"),
+    ("/blog/über-uns", "Über uns"),
+    ("/checkout", "Checkout"),
+    ("/search", "Search results"),
 )
 _SCREENS = ("Home", "Dashboard", "Settings", "Checkout", "Product Detail", "Onboarding Step 2")
-_REFERRERS = ("", "", "https://www.google.com/", "https://news.ycombinator.com/", "https://t.co/abc123",
-              "https://www.bing.com/search?q=acme+pricing")
+_REFERRERS = (
+    "",
+    "",
+    "https://www.google.com/",
+    "https://news.ycombinator.com/",
+    "https://t.co/abc123",
+    "https://www.bing.com/search?q=acme+pricing",
+)
 _USER_AGENTS = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0",
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.2 Mobile/15E148 Safari/604.1",
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/119.0.0.0 Safari/537.36",
 )
-_LOCALES = (("en-US", "America/New_York"), ("de-DE", "Europe/Berlin"), ("fr-FR", "Europe/Paris"),
-            ("ja-JP", "Asia/Tokyo"), ("pt-BR", "America/Sao_Paulo"), ("en-GB", "Europe/London"))
-_DEVICES = (("Apple", "iPhone15,2", "ios", "iOS", "17.2.1"), ("Apple", "iPad13,4", "ios", "iOS", "16.7"),
-            ("samsung", "SM-S911B", "android", "Android", "14"), ("Google", "Pixel 8", "android", "Android", "14"))
+_LOCALES = (
+    ("en-US", "America/New_York"),
+    ("de-DE", "Europe/Berlin"),
+    ("fr-FR", "Europe/Paris"),
+    ("ja-JP", "Asia/Tokyo"),
+    ("pt-BR", "America/Sao_Paulo"),
+    ("en-GB", "Europe/London"),
+)
+_DEVICES = (
+    ("Apple", "iPhone15,2", "ios", "iOS", "17.2.1"),
+    ("Apple", "iPad13,4", "ios", "iOS", "16.7"),
+    ("samsung", "SM-S911B", "android", "Android", "14"),
+    ("Google", "Pixel 8", "android", "Android", "14"),
+)
 _TAGS = ("prod", "staging", "batch", "interactive", "eu", "us", "beta", "priority")
 # Pieces of long strings: accents, CJK, RTL scripts, emoji (astral), combining marks, quotes, escapes.
-_TEXT_PIECES = ("Überweisung für Kundin Ärzte-Zentrum, ", "naïve café crème brûlée — ", "日本語の説明文です。",
-                "中文字符测试，", "Ελληνικά κείμενα ", "עברית מימין לשמאל ", "النص العربي ", "emoji 🚀✨👩‍💻🇪🇺 ",
-                "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝕞𝕒𝕥𝕙 ", "combining e\u0301 and n\u0303 ", "quotes \"double\" and 'single' ",
-                "back\\slash and tab\t", "Ωmega ≥ 42 ± 0.5 ", "Кириллица и ещё ")
+_TEXT_PIECES = (
+    "Überweisung für Kundin Ärzte-Zentrum, ",
+    "naïve café crème brûlée — ",
+    "日本語の説明文です。",
+    "中文字符测试，",
+    "Ελληνικά κείμενα ",
+    "עברית מימין לשמאל ",
+    "النص العربي ",
+    "emoji 🚀✨👩‍💻🇪🇺 ",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝕞𝕒𝕥𝕙 ",
+    "combining e\u0301 and n\u0303 ",
+    "quotes \"double\" and 'single' ",
+    "back\\slash and tab\t",
+    "Ωmega ≥ 42 ± 0.5 ",
+    "Кириллица и ещё ",
+)
 
 
 @dataclass(slots=True)
@@ -205,8 +290,18 @@ class _Customer:
 class _Generator:
     """The state behind `messages()`: one seeded Random, the clock, customers, a duplicate pool."""
 
-    def __init__(self, *, seed: int, track_ratio: float, customers: int, events: Sequence[str],
-                 duplicate_ratio: float, start: datetime | str, days: float, n: int) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int,
+        track_ratio: float,
+        customers: int,
+        events: Sequence[str],
+        duplicate_ratio: float,
+        start: datetime | str,
+        days: float,
+        n: int,
+    ) -> None:
         if not events:
             raise ValueError("events must name at least one track event")
         if not 0.0 <= track_ratio <= 1.0 or not 0.0 <= duplicate_ratio < 1.0:
@@ -387,9 +482,13 @@ class _Generator:
             message["properties"] = {"name": message["name"], "previous": self.pick(_SCREENS)}
         elif kind == "group":
             message["groupId"] = customer.group_id
-            message["traits"] = {"name": customer.company, "industry": self.pick(_INDUSTRIES), "plan": customer.plan,
-                                 "employees": 5 + int(self.random() * 5000),
-                                 "address": {"city": "Zürich", "country": "CH"} if self.random() < 0.5 else None}
+            message["traits"] = {
+                "name": customer.company,
+                "industry": self.pick(_INDUSTRIES),
+                "plan": customer.plan,
+                "employees": 5 + int(self.random() * 5000),
+                "address": {"city": "Zürich", "country": "CH"} if self.random() < 0.5 else None,
+            }
         else:  # alias
             message["previousId"] = device
         message["version"] = 2
@@ -436,8 +535,13 @@ class _Generator:
             search = "?utm_source=newsletter&utm_campaign=jan" if random() < 0.1 else ""
             context["ip"] = customer.ip
             context["locale"] = customer.locale[0]
-            context["page"] = {"path": path, "referrer": referrer, "search": search, "title": title,
-                               "url": f"https://app.example.com{path}{search}"}
+            context["page"] = {
+                "path": path,
+                "referrer": referrer,
+                "search": search,
+                "title": title,
+                "url": f"https://app.example.com{path}{search}",
+            }
             context["timezone"] = customer.locale[1]
             context["userAgent"] = self.pick(_USER_AGENTS)
             if search:
@@ -445,8 +549,13 @@ class _Generator:
         elif library.platform == "mobile":
             manufacturer, model, os_key, os_name, os_version = self.pick(_DEVICES)
             context["app"] = {"name": "Acme", "version": "3.14.1", "build": "31401", "namespace": "com.example.acme"}
-            context["device"] = {"id": self.pick(customer.devices), "manufacturer": manufacturer, "model": model,
-                                 "type": os_key, "adTrackingEnabled": random() < 0.3}
+            context["device"] = {
+                "id": self.pick(customer.devices),
+                "manufacturer": manufacturer,
+                "model": model,
+                "type": os_key,
+                "adTrackingEnabled": random() < 0.3,
+            }
             context["ip"] = customer.ip
             context["locale"] = customer.locale[0]
             context["network"] = {"wifi": random() < 0.7, "cellular": random() < 0.5, "carrier": None}
@@ -487,8 +596,11 @@ class _Generator:
                 "latency_ms": round(20 + random() * 2500, 3),
                 "streaming": random() < 0.4,
                 "cached": None if random() < 0.5 else random() < 0.2,
-                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
-                          "cache": {"read": int(random() * 500), "write": 0}},
+                "usage": {
+                    "input_tokens": input_tokens,
+                    "output_tokens": output_tokens,
+                    "cache": {"read": int(random() * 500), "write": 0},
+                },
                 "tags": [self.pick(_TAGS), self.pick(_TAGS)],
                 "region": self.pick(_REGIONS),
             }
@@ -499,9 +611,18 @@ class _Generator:
                 sku, title, category, price = self.pick(_PRODUCTS)
                 quantity = 1 + int(random() * 3)
                 revenue += price * quantity
-                products.append({"product_id": f"prod_{self.hex(8)}", "sku": sku, "name": title,
-                                 "category": category, "price": price, "quantity": quantity,
-                                 "variant": None, "image_url": f"https://cdn.example.com/{sku}.png"})
+                products.append(
+                    {
+                        "product_id": f"prod_{self.hex(8)}",
+                        "sku": sku,
+                        "name": title,
+                        "category": category,
+                        "price": price,
+                        "quantity": quantity,
+                        "variant": None,
+                        "image_url": f"https://cdn.example.com/{sku}.png",
+                    }
+                )
             currency = self.pick(_CURRENCIES)
             tax = round(revenue * 0.2, 2)
             props = {
@@ -515,8 +636,11 @@ class _Generator:
                 "coupon": None if random() < 0.8 else "WINTER24",
                 "currency": currency,
                 "products": products,
-                "shipping_address": {"city": self.pick(("Zürich", "Lyon", "München", "東京", "São Paulo")),
-                                     "country": self.pick(("CH", "FR", "DE", "JP", "BR")), "line2": None},
+                "shipping_address": {
+                    "city": self.pick(("Zürich", "Lyon", "München", "東京", "São Paulo")),
+                    "country": self.pick(("CH", "FR", "DE", "JP", "BR")),
+                    "line2": None,
+                },
                 "is_first_order": random() < 0.3,
             }
         elif name == "Storage Used":
@@ -541,11 +665,21 @@ class _Generator:
             }
         elif name == "Page Viewed":
             path, title = self.pick(_PAGES)
-            props = {"path": path, "title": title, "url": f"https://app.example.com{path}",
-                     "referrer": self.pick(_REFERRERS), "load_time": round(random() * 3, 3), "search": None}
+            props = {
+                "path": path,
+                "title": title,
+                "url": f"https://app.example.com{path}",
+                "referrer": self.pick(_REFERRERS),
+                "load_time": round(random() * 3, 3),
+                "search": None,
+            }
         else:
-            props = {"value": int(random() * 100), "label": name.lower().replace(" ", "_"),
-                     "flags": [random() < 0.5, random() < 0.5], "meta": {"attempt": 1 + int(random() * 3)}}
+            props = {
+                "value": int(random() * 100),
+                "label": name.lower().replace(" ", "_"),
+                "flags": [random() < 0.5, random() < 0.5],
+                "meta": {"attempt": 1 + int(random() * 3)},
+            }
         x = random()
         if x < 0.015:
             # A 64-bit id from another system: above 2**53, so a float (or JavaScript) would lose it.
@@ -589,8 +723,16 @@ def messages(
     later receivedAt, sometimes a timestamp a few ms off). Each yielded dict is new: callers may
     change it freely.
     """
-    generator = _Generator(seed=seed, track_ratio=track_ratio, customers=customers, events=events,
-                           duplicate_ratio=duplicate_ratio, start=start, days=days, n=n)
+    generator = _Generator(
+        seed=seed,
+        track_ratio=track_ratio,
+        customers=customers,
+        events=events,
+        duplicate_ratio=duplicate_ratio,
+        start=start,
+        days=days,
+        n=n,
+    )
     for _ in range(n):
         yield generator.next()
 
@@ -608,7 +750,7 @@ def dumps_line(message: Any) -> bytes:
 
 def _open_gzip(path: Path, compresslevel: int) -> tuple[gzip_module.GzipFile, BinaryIO]:
     """A gzip writer whose bytes depend on the content only: mtime 0 and no file name inside."""
-    raw = open(path, "wb")
+    raw = open(path, "wb")  # noqa: SIM115 -- returned for the caller to close
     return gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel), raw
 
 
@@ -627,8 +769,7 @@ def _write_all(out: Any, msgs: Iterable[Any]) -> int:
     return count
 
 
-def write_jsonl(path: str | Path, msgs: Iterable[Any], *, gzip: bool = False,
-                compresslevel: int = DEFAULT_COMPRESSLEVEL) -> int:
+def write_jsonl(path: str | Path, msgs: Iterable[Any], *, gzip: bool = False, compresslevel: int = DEFAULT_COMPRESSLEVEL) -> int:
     """Write messages as NDJSON (gzip-compressed, deterministically, if asked); return the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -663,8 +804,7 @@ def _received_ms(value: str) -> int:
 class _DayFile:
     """The file currently being filled for one day of the S3 layout."""
 
-    def __init__(self, folder: Path, source_id: str, day: int, part: int, first: dict[str, Any],
-                 compresslevel: int) -> None:
+    def __init__(self, folder: Path, source_id: str, day: int, part: int, first: dict[str, Any], compresslevel: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         received = first.get("receivedAt")
         start = _received_ms(received) if isinstance(received, str) else day
@@ -691,8 +831,14 @@ class _DayFile:
         self.raw.close()
 
 
-def write_s3_layout(root: str | Path, msgs: Iterable[dict[str, Any]], *, source_id: str = DEFAULT_SOURCE_ID,
-                    per_file: int = 10_000, compresslevel: int = DEFAULT_COMPRESSLEVEL) -> list[Path]:
+def write_s3_layout(
+    root: str | Path,
+    msgs: Iterable[dict[str, Any]],
+    *,
+    source_id: str = DEFAULT_SOURCE_ID,
+    per_file: int = 10_000,
+    compresslevel: int = DEFAULT_COMPRESSLEVEL,
+) -> list[Path]:
     """Write messages the way a Segment S3 export lays them out; return the files, sorted.
 
     `root/segment-logs/<source_id>/<UTC day of receivedAt, epoch ms>/<first receivedAt ms>.<hash>.gz`,
@@ -737,8 +883,9 @@ def write_s3_layout(root: str | Path, msgs: Iterable[dict[str, Any]], *, source_
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m segbill.testing.corpus N OUT`: a benchmark corpus, with its time on stderr."""
-    parser = argparse.ArgumentParser(prog="python -m segbill.testing.corpus",
-                                     description="Write N deterministic, realistic Segment messages.")
+    parser = argparse.ArgumentParser(
+        prog="python -m segbill.testing.corpus", description="Write N deterministic, realistic Segment messages."
+    )
     parser.add_argument("n", type=int, help="how many messages")
     parser.add_argument("out", type=Path, help="NDJSON file to write (a folder with --s3)")
     parser.add_argument("--seed", type=int, default=0)
@@ -749,8 +896,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=50)
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    stream = messages(args.n, seed=args.seed, duplicate_ratio=args.duplicates, days=args.days,
-                      customers=args.customers)
+    stream = messages(args.n, seed=args.seed, duplicate_ratio=args.duplicates, days=args.days, customers=args.customers)
     if args.s3:
         files = write_s3_layout(args.out, stream, per_file=100_000)
         what = f"{len(files)} files under {args.out}"

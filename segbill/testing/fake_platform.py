@@ -13,6 +13,7 @@ rates, so a client's "every event stored exactly once" promise can be checked en
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import ipaddress
 import math
@@ -27,7 +28,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from email.utils import formatdate
 from http import HTTPStatus
@@ -73,7 +74,7 @@ _LAGO_READ_PATH = re.compile(r"(?:/[^/]+)*?/api/v1/(?P<resource>[a-z_]+)(?:/(?P<
 _HYPERLINE_PATHS = {"/v1/events/batch": "batch", "/v2/events/batch": "batch_v2", "/v1/events": "single"}
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
 _NOT_JSON = object()
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,9 @@ class FakePlatform:
 
     def start(self) -> FakePlatform:
         self._server = _Server((self.host, self.port), self)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-platform", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-platform", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -305,7 +308,9 @@ class FakePlatform:
 
     # -- the organization Lago's read API serves ----------------------------------------------
 
-    def add_billable_metric(self, code: str, *, aggregation_type: str = "count_agg", field_name: str | None = None) -> dict[str, Any]:
+    def add_billable_metric(
+        self, code: str, *, aggregation_type: str = "count_agg", field_name: str | None = None
+    ) -> dict[str, Any]:
         metric: dict[str, Any] = {
             "lago_id": _lago_id("bm", code),
             "name": code,
@@ -370,16 +375,18 @@ class FakePlatform:
         for external_id, start, end in periods:
             subscription = next(s for s in organization.subscriptions if s["external_id"] == external_id)
             owners.append(subscription["lago_customer_id"])
-            billing_periods.append({
-                "lago_subscription_id": subscription["lago_id"],
-                "external_subscription_id": external_id,
-                "lago_plan_id": _lago_id("plan", subscription["plan_code"]),
-                "subscription_from_datetime": start,
-                "subscription_to_datetime": end,
-                "charges_from_datetime": start,
-                "charges_to_datetime": end,
-                "invoicing_reason": "subscription_periodic",
-            })
+            billing_periods.append(
+                {
+                    "lago_subscription_id": subscription["lago_id"],
+                    "external_subscription_id": external_id,
+                    "lago_plan_id": _lago_id("plan", subscription["plan_code"]),
+                    "subscription_from_datetime": start,
+                    "subscription_to_datetime": end,
+                    "charges_from_datetime": start,
+                    "charges_to_datetime": end,
+                    "invoicing_reason": "subscription_periodic",
+                }
+            )
         customer = next(c for c in organization.customers if c["lago_id"] == owners[0])
         sequence = len(organization.invoices) + 1
         invoice = {
@@ -404,7 +411,12 @@ class FakePlatform:
             for customer in self.lago_organization.customers:
                 if customer["external_id"] == external_id:
                     return customer
-            customer = {"lago_id": _lago_id("cus", external_id), "external_id": external_id, "name": external_id, "created_at": "2023-01-01T00:00:00Z"}
+            customer = {
+                "lago_id": _lago_id("cus", external_id),
+                "external_id": external_id,
+                "name": external_id,
+                "created_at": "2023-01-01T00:00:00Z",
+            }
             self.lago_organization.customers.append(customer)
             return customer
 
@@ -427,12 +439,19 @@ class FakePlatform:
             else:
                 outcome = self._serve(platform, endpoint, headers, payload, arrival, path)
             window_name = _window_name(platform, endpoint)
-            if isinstance(outcome, _Reply) and platform is not None and window_name in self._windows and "X-RateLimit-Limit" not in outcome.headers:
+            if (
+                isinstance(outcome, _Reply)
+                and platform is not None
+                and window_name in self._windows
+                and "X-RateLimit-Limit" not in outcome.headers
+            ):
                 outcome.headers.update(self._limit_headers(window_name, arrival))
             if fault == "lost":
                 outcome = fault
             status = outcome.status if isinstance(outcome, _Reply) else None
-            self._requests.append(Request(method, path, platform, headers, _event_count(platform, endpoint, payload), status, fault, arrival))
+            self._requests.append(
+                Request(method, path, platform, headers, _event_count(platform, endpoint, payload), status, fault, arrival)
+            )
         return outcome
 
     def _next_fault(self) -> str | None:
@@ -447,7 +466,9 @@ class FakePlatform:
             draw -= rate
         return None
 
-    def _serve(self, platform: Platform | None, endpoint: str, headers: dict[str, str], payload: Any, now: float, path: str) -> _Reply:
+    def _serve(
+        self, platform: Platform | None, endpoint: str, headers: dict[str, str], payload: Any, now: float, path: str
+    ) -> _Reply:
         if platform is None:
             return _lago_error(404, code="resource_not_found")
         if headers.get("authorization") != f"Bearer {self.api_key}":
@@ -491,7 +512,11 @@ class FakePlatform:
         remaining, reset_in = window.state(now)
         if window_name == "hyperline":
             return self._hyperline_trio(window.limit, remaining, reset_in)
-        return {"X-RateLimit-Limit": str(window.limit), "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": str(math.ceil(reset_in))}
+        return {
+            "X-RateLimit-Limit": str(window.limit),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": str(math.ceil(reset_in)),
+        }
 
     def _hyperline_trio(self, limit: int, remaining: int, reset_in: float) -> dict[str, str]:
         """Hyperline's limit headers; the reset as a date in the configured form."""
@@ -504,7 +529,7 @@ class FakePlatform:
         elif form == "http-date":
             reset = formatdate(reset_at, usegmt=True)
         else:
-            reset = datetime.fromtimestamp(reset_at, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            reset = datetime.fromtimestamp(reset_at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": reset}
 
     # -- Lago ----------------------------------------------------------------------------------
@@ -603,25 +628,36 @@ class FakePlatform:
             if identifier is None:
                 statuses = set(query.get("status[]", ["active"]))
                 chosen = [
-                    s for s in organization.subscriptions
-                    if s["status"] in statuses and _matches(query, "external_customer_id", s["external_customer_id"]) and _matches(query, "plan_code", s["plan_code"])
+                    s
+                    for s in organization.subscriptions
+                    if s["status"] in statuses
+                    and _matches(query, "external_customer_id", s["external_customer_id"])
+                    and _matches(query, "plan_code", s["plan_code"])
                 ]
                 return _lago_page("subscriptions", chosen, query)
             status = query.get("status", ["active"])[0]
-            return _lago_one("subscription", [s for s in organization.subscriptions if s["external_id"] == identifier and s["status"] == status])
+            return _lago_one(
+                "subscription",
+                [s for s in organization.subscriptions if s["external_id"] == identifier and s["status"] == status],
+            )
         if resource == "invoices":
             if identifier is None:
                 statuses = set(query.get("statuses[]", []))
                 chosen = [
-                    _invoice_summary(i) for i in organization.invoices
-                    if (not statuses or i["status"] in statuses) and _matches(query, "external_customer_id", i["customer"]["external_id"])
+                    _invoice_summary(i)
+                    for i in organization.invoices
+                    if (not statuses or i["status"] in statuses)
+                    and _matches(query, "external_customer_id", i["customer"]["external_id"])
                 ]
                 return _lago_page("invoices", chosen, query)
             return _lago_one("invoice", [i for i in organization.invoices if i["lago_id"] == identifier])
         if resource == "events":
             if identifier is None:
                 return _lago_page("events", self._lago_events_listed(query), query, shown=_lago_event_shown)
-            return _lago_one("event", [_lago_event_shown(row) for row in self._lago_rows.values() if str(row["transaction_id"]) == identifier][:1])
+            return _lago_one(
+                "event",
+                [_lago_event_shown(row) for row in self._lago_rows.values() if str(row["transaction_id"]) == identifier][:1],
+            )
         return _lago_error(404, code="resource_not_found")
 
     def _lago_events_listed(self, query: dict[str, list[str]]) -> list[dict[str, Any]]:
@@ -799,7 +835,10 @@ def _matches(query: dict[str, list[str]], name: str, value: Any) -> bool:
 
 
 def _lago_page(
-    key: str, items: list[dict[str, Any]], query: dict[str, list[str]], shown: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    key: str,
+    items: list[dict[str, Any]],
+    query: dict[str, list[str]],
+    shown: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> _Reply:
     """One page and its `meta`, as Kaminari counts them (no pages at all when nothing matches);
     `shown` serializes the page's items only."""
@@ -837,7 +876,7 @@ def _query_millis(query: dict[str, list[str]], name: str) -> int | None:
     except (KeyError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return (when - _EPOCH) // timedelta(milliseconds=1)
 
 
@@ -853,7 +892,7 @@ def _row_millis(row: dict[str, Any]) -> int:
 
 def _lago_event_shown(row: dict[str, Any]) -> dict[str, Any]:
     millis = _row_millis(row)
-    when = datetime.fromtimestamp(millis // 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    when = datetime.fromtimestamp(millis // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return {
         "lago_id": _lago_id("event", str(row["transaction_id"])),
         "transaction_id": str(row["transaction_id"]),
@@ -997,10 +1036,8 @@ class _Server(ThreadingHTTPServer):
         with self._connections_lock:
             connections = list(self._connections)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up mid-answer is normal here (timeouts, tests); anything else is a bug."""
@@ -1032,12 +1069,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default="test-key", help="the Bearer key to accept (default test-key)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added before each answer")
     parser.add_argument("--lago-rate-limit", type=int, help="Lago batch requests per second (Cloud: 50)")
-    parser.add_argument("--hyperline-rate-limit", type=int, default=HYPERLINE_RATE_LIMIT, help="Hyperline requests per 10 s (default, as the real one: 1000)")
-    parser.add_argument("--hyperline-reset-format", choices=RESET_FORMATS, default="epoch-seconds", help="the form of Hyperline's X-RateLimit-Reset date")
-    parser.add_argument("--lago-pre-v1-39", action="store_true", help="a batch refused for a duplicate stores its other events, as before Lago v1.39")
+    parser.add_argument(
+        "--hyperline-rate-limit",
+        type=int,
+        default=HYPERLINE_RATE_LIMIT,
+        help="Hyperline requests per 10 s (default, as the real one: 1000)",
+    )
+    parser.add_argument(
+        "--hyperline-reset-format",
+        choices=RESET_FORMATS,
+        default="epoch-seconds",
+        help="the form of Hyperline's X-RateLimit-Reset date",
+    )
+    parser.add_argument(
+        "--lago-pre-v1-39",
+        action="store_true",
+        help="a batch refused for a duplicate stores its other events, as before Lago v1.39",
+    )
     parser.add_argument("--lago-store", choices=("postgres", "clickhouse"), default="postgres")
     parser.add_argument("--lago-batch-limit", type=int, default=100)
-    parser.add_argument("--fault", type=_fault_rate, action="append", default=[], metavar="NAME=RATE", help=f"random fault rate, repeatable; names: {', '.join(sorted(FAULTS))}")
+    parser.add_argument(
+        "--fault",
+        type=_fault_rate,
+        action="append",
+        default=[],
+        metavar="NAME=RATE",
+        help=f"random fault rate, repeatable; names: {', '.join(sorted(FAULTS))}",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
