@@ -63,14 +63,17 @@ class ClosedStdout(io.TextIOBase):
 
 
 def hold_closed_streams() -> None:
-    """A process started with stdin or stdout closed: hold fds 0 and 1 on /dev/null, so that no
-    file segbill opens (the state, the dead letters) takes their number, and give stdout a
-    stream that fails on every write. sys.stdin stays None: a closed stdin has nothing to read."""
-    for fd in (0, 1):
+    """A process started with stdin, stdout or stderr closed: hold fds 0-2 on /dev/null, so that
+    no file segbill opens (the state, the dead letters) takes their number, and give stdout a
+    stream that fails on every write. sys.stdin stays None: a closed stdin has nothing to read.
+    A closed stderr swallows notices (Python would otherwise print them into stdout's events)."""
+    for fd in (0, 1, 2):
         if _is_closed(fd):
             os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
     if sys.stdout is None:
         sys.stdout = ClosedStdout()
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 -- the process's stderr, for its whole life
 
 
 def _is_closed(fd: int) -> bool:

@@ -108,3 +108,15 @@ def test_a_report_for_a_closed_stdout_goes_to_stderr_after_an_error_line(
         assert result["records"] == 3 and done.returncode == 0
     else:
         assert result["exit_code"] == done.returncode
+
+
+def test_a_closed_stderr_keeps_notices_out_of_the_event_stream(fake: FakePlatform, tmp_path: Path) -> None:
+    """With stderr closed, Python would print notices to stdout: a dry run's events must stay pure."""
+    path = write(tmp_path / "in.jsonl", jsonl(track(messageId="m1"), track(messageId="m2", userId=None)) + b"oops\n")
+    done = segbill_with(
+        "2>&-", ["send", "--to", "lago", "--dry-run", "--dead-letter", str(tmp_path / "dead.jsonl"), str(path)], fake, tmp_path
+    )
+    assert done.returncode == 1
+    [event] = [orjson.loads(line) for line in done.stdout.splitlines()]  # every line is an event
+    assert event["transaction_id"] == "m1"
+    assert len((tmp_path / "dead.jsonl").read_bytes().splitlines()) == 2
