@@ -18,7 +18,8 @@ from rich.table import Table
 
 from segbill.pipeline import Options, Replay, selected_events
 from segbill.report import ExitCode, Tally
-from segbill.segment import iso_millis
+from segbill.segment import iso_millis, parse_time
+from segbill.targets.hyperline_api import HyperlineReader
 from segbill.targets.lago_api import (
     LagoReader,
     Period,
@@ -31,6 +32,9 @@ from segbill.targets.lago_api import (
 # In the order the rules apply: an event gets the first that fits.
 VERDICTS = ("unknown_code", "unknown_subscription", "before_start", "after_termination", "invoiced", "draft", "billable")
 BILLED = ("billable", "draft")
+# Hyperline's API shows customers, and no metric, subscription or invoice to check an event against.
+SHOWN = {"lago": ("billable", *VERDICTS[:-1]), "hyperline": ("billable", "unknown_customer")}  # the JSON's verdicts
+GROUP_KEYS = {"lago": ("code", "external_subscription_id"), "hyperline": ("event_type", "customer_id")}
 MEANING = {
     "billable": "billed in the current or a coming invoice",
     "draft": "in a draft invoice's period: billed once the draft is refreshed or finalized",
@@ -39,6 +43,7 @@ MEANING = {
     "before_start": "before the subscription's started_at (or it has not started): never billed",
     "after_termination": "at or after the subscription's terminated_at: never billed",
     "invoiced": "in a period of a finalized invoice, which is never reopened: never billed",
+    "unknown_customer": "Hyperline has no such customer (GET /v1/customers/{id} answers 404): a send is refused",
 }
 TOP = 5  # groups shown per verdict
 YIELD_EVERY = 1000  # events checked between two chances for a Ctrl-C to land
@@ -142,26 +147,32 @@ class CheckResult:
         chosen.sort(key=lambda item: (-item[2].events, item[0], item[1]))
         return chosen[:TOP]
 
+    @property
+    def shown(self) -> tuple[str, ...]:
+        """The verdicts this platform's check gives, billable first."""
+        return SHOWN.get(self.tally.target, SHOWN["lago"])
+
     def as_dict(self) -> dict[str, Any]:
         summary = self.tally.as_dict()
+        kind, scope = GROUP_KEYS.get(self.tally.target, GROUP_KEYS["lago"])
         return {
             "target": summary["target"],
             "read": summary["read"],
             "checked": self.checked,
-            "verdicts": {verdict: self.verdicts[verdict] for verdict in ("billable", *VERDICTS[:-1])},
+            "verdicts": {verdict: self.verdicts[verdict] for verdict in self.shown},
             "not_billed": self.unbilled,
             "top": {
                 verdict: [
                     {
-                        "code": code,
-                        "external_subscription_id": sub,
+                        kind: code,
+                        scope: sub,
                         "events": g.events,
                         "first": iso_millis(g.first),
                         "last": iso_millis(g.last),
                     }
                     for code, sub, g in self.top(verdict)
                 ]
-                for verdict in VERDICTS
+                for verdict in self.shown
                 if self.verdicts[verdict]
             },
             **{
@@ -182,6 +193,10 @@ def run_check(options: Options, reading: ReadOptions) -> CheckResult:
     result = CheckResult(replay.tally)
 
     async def run() -> None:
+        if options.target.name == "hyperline":
+            async with HyperlineReader(reading) as hyperline:
+                await check_customers(replay, hyperline, result)
+            return
         async with LagoReader(reading) as reader:
             await check(replay, reader, result)
 
@@ -218,6 +233,25 @@ async def check(replay: Replay, reader: LagoReader, result: CheckResult) -> None
         result.requests, result.retries = reader.requests, reader.retries
 
 
+async def check_customers(replay: Replay, reader: HyperlineReader, result: CheckResult) -> None:
+    """Hyperline's check: each event's customer exists, one read per customer (the first of its
+    events asks); nothing is sent."""
+    known: dict[str, bool] = {}
+    try:
+        for _, event in selected_events(replay):
+            customer, event_type = str(event["customer_id"]), str(event["event_type"])
+            if customer not in known:
+                known[customer] = await reader.customer_exists(customer)
+            verdict = "billable" if known[customer] else "unknown_customer"
+            result.add(verdict, event_type, customer, parse_time(event["timestamp"]) or 0)
+            if result.checked % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a Ctrl-C lands at an await
+    except ReadFailed as error:
+        result.stopped = str(error)
+    finally:
+        result.requests, result.retries = reader.requests, reader.retries
+
+
 def render(result: CheckResult, stream: IO[str], *, terminal: bool) -> None:
     """Verdicts with counts and, for each, the codes, subscriptions and times behind it."""
     data = result.as_dict()
@@ -230,7 +264,7 @@ def render(result: CheckResult, stream: IO[str], *, terminal: bool) -> None:
     if not result.complete:
         title += ": INCOMPLETE, the counts cover what was checked"
     rows: list[tuple[str, str, str]] = []
-    for verdict in ("billable", *VERDICTS[:-1]):
+    for verdict in result.shown:
         count = result.verdicts[verdict]
         if not count and verdict != "billable":
             continue

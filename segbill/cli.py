@@ -348,9 +348,7 @@ Paths = Annotated[
     list[str] | None,
     typer.Argument(help="The Segment exports, read exactly as send reads them. '-' or nothing reads stdin.", show_default=False),
 ]
-ToLago = Annotated[
-    TargetName, typer.Option("--to", help="The billing platform to read (Lago only, for now).", case_sensitive=False)
-]
+ToLago = Annotated[TargetName, typer.Option("--to", help="The billing platform to read.", case_sensitive=False)]
 Config = Annotated[
     Path | None,
     typer.Option("--config", metavar="FILE", help="The mapping file the send uses (see send --help).", show_default=False),
@@ -408,7 +406,8 @@ def check_command(
     """Before a backfill: read the export as send would, send nothing, and say for every event
     whether Lago will bill it (billable, draft) or store it and never bill it (unknown_code,
     unknown_subscription, before_start, after_termination, invoiced), with the codes,
-    subscriptions and times behind each verdict.
+    subscriptions and times behind each verdict. Hyperline: whether its customer exists
+    (billable, unknown_customer); its API shows nothing more to check against.
 
     Exit codes: 0 every event will be billed (billable or draft); 1 some will not, or there was
     no event to check; 2 usage error; 3 a read failed (key, URL, the platform); 130 interrupted.
@@ -421,7 +420,7 @@ def check_command(
     with streaming_gc():
         result = run_check(options, reading)
     if result.stopped is not None and not result.tally.read and not json_:  # the organization could not be read
-        fail(f"check could not read Lago ({result.stopped}); nothing was checked.", ExitCode.FATAL)
+        fail(f"check could not read {options.target.label} ({result.stopped}); nothing was checked.", ExitCode.FATAL)
     _report(result.as_dict() if json_ else None, lambda out: render(result, out, terminal=out.isatty()))
     raise typer.Exit(int(result.exit_code()))
 
@@ -436,7 +435,7 @@ def reconcile_command(
             "--missing",
             metavar="FILE",
             help="Write the missing events' original records here, in the dead-letter format, so that "
-            "segbill send FILE --to lago (with the same mapping options and --state) completes the backfill. Must not exist yet.",
+            "segbill send FILE --to lago|hyperline (with the same mapping options and --state) completes the backfill. Must not exist yet.",
             show_default=False,
         ),
     ] = None,
@@ -445,7 +444,7 @@ def reconcile_command(
         typer.Option(
             "--state",
             metavar="PATH",
-            help="The state file the send used: the missing events are no longer delivered in its ledger (Lago "
+            help="The state file the send used: the missing events are no longer delivered in its ledger (the platform "
             "answered 200 and does not hold them), so a send with it sends them. Locked as send locks it. Without "
             "it, reconcile changes no file but --missing.",
             show_default=False,
@@ -464,8 +463,9 @@ def reconcile_command(
     max_retries: MaxRetries = 10,
     json_: Json = False,
 ) -> None:
-    """After a send: compare, per (subscription, code) over the export's time range (or
-    --since/--until), the events the export bills with those Lago holds, and name the
+    """After a send: compare, per (subscription, code) for Lago or (customer, event type) for
+    Hyperline over the export's time range (or --since/--until), the events the export bills
+    with those the platform holds, and name the
     difference: missing (expected, not found) and extra (held, from no event of the export).
     Counts first; events are listed only in the ranges whose counts disagree. Reads the input twice.
     With --state, the missing events are no longer delivered in the send's ledger.
@@ -576,8 +576,6 @@ def _selection(
     """What a send of these options would select, and how to read the platform."""
     from segbill.targets.lago_api import ReadOptions
 
-    if to is not TargetName.lago:
-        fail(f"--to {to.value}: checking and reconciling read Lago's API; {to.value} is not supported yet.")
     if config is not None and not config.is_file():
         fail(f"--config {config}: no such file.")
     try:

@@ -30,8 +30,9 @@ from segbill.check import write_table
 from segbill.deadletter import DeadLetterFile
 from segbill.pipeline import Options, Replay, selected_events
 from segbill.report import ExitCode
-from segbill.segment import iso_millis
+from segbill.segment import iso_millis, parse_time
 from segbill.state import State
+from segbill.targets.hyperline_api import HyperlineReader
 from segbill.targets.lago_api import (
     PER_PAGE,
     LagoReader,
@@ -46,7 +47,19 @@ TOP = 5
 PAIRS_AT_ONCE = 64  # pairs narrowed concurrently (the reader bounds the requests in flight)
 FORGET_CHUNK = 500  # missing events taken out of the ledger at a time
 
-Pair = tuple[str, str]  # (external subscription id, code)
+Pair = tuple[str, str]  # Lago: (external subscription id, code); Hyperline: (customer id, event type)
+DIMENSIONS = {"lago": ("subscription", "code"), "hyperline": ("customer", "event_type")}  # what a Pair's parts are
+
+
+def scope_of(target: str, event: dict[str, Any]) -> tuple[Pair, int]:
+    """The pair a converted event is counted in, and its time in ms."""
+    if target == "hyperline":
+        return (str(event["customer_id"]), str(event["event_type"])), parse_time(event["timestamp"]) or 0
+    return (str(event["external_subscription_id"]), str(event["code"])), event_millis(event)
+
+
+def reader_for(target: str, reading: ReadOptions) -> LagoReader:
+    return HyperlineReader(reading) if target == "hyperline" else LagoReader(reading)
 
 
 @dataclass
@@ -137,10 +150,11 @@ class Reconciliation:
     def breakdown(self, top: int | None = None) -> dict[str, dict[str, dict[str, int]]]:
         """Per subscription, code and day, those with a difference, the largest first."""
         breakdown: dict[str, dict[str, dict[str, int]]] = {}
+        names = dict(zip(("subscription", "code"), DIMENSIONS.get(self.target, DIMENSIONS["lago"]), strict=True))
         for dimension in ("subscription", "code", "day"):
             totals = self.missing_by[dimension] + self.extra_by[dimension]
             ranked = sorted(totals, key=lambda key: (-totals[key], key))[:top]
-            breakdown[dimension + "s"] = {
+            breakdown[names.get(dimension, dimension) + "s"] = {
                 key: {"missing": self.missing_by[dimension][key], "extra": self.extra_by[dimension][key]} for key in ranked
             }
         return breakdown
@@ -190,7 +204,7 @@ def reconcile(
         return
     result.start = options.since if options.since is not None else expected.first
     result.end = options.until - 1 if options.until is not None else expected.last
-    differences = asyncio.run(_narrow(expected, reading, result))
+    differences = asyncio.run(_narrow(expected, reader_for(options.target.name, reading), result))
     if result.stopped is not None:
         return
     second = Replay(options)
@@ -213,14 +227,14 @@ def reconcile(
 
 def _expected(replay: Replay, expected: Expected) -> None:
     for _, event in selected_events(replay):
-        expected.add((str(event["external_subscription_id"]), str(event["code"])), event_millis(event))
+        expected.add(*scope_of(replay.options.target.name, event))
 
 
-async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliation) -> Differences:
+async def _narrow(expected: Expected, reader: LagoReader, result: Reconciliation) -> Differences:
     differences = Differences()
     assert result.start is not None and result.end is not None
     start, end = result.start, result.end
-    async with LagoReader(reading) as reader:
+    async with reader:
 
         def bounds(low: int, high: int) -> tuple[int, int]:
             return max(start, low * DAY), min(end, high * DAY + DAY - 1)
@@ -277,18 +291,18 @@ def _match(
     forget: list[tuple[str, int]] = []
     try:
         for record, event in selected_events(replay):
-            millis = event_millis(event)
-            pair, day = (str(event["external_subscription_id"]), str(event["code"])), millis // DAY
+            pair, millis = scope_of(replay.options.target.name, event)
+            day, key = millis // DAY, key_of(event)
             ids = listed.get((pair, day))
-            if ids is not None and ids[event["transaction_id"]] > 0:
-                ids[event["transaction_id"]] -= 1
+            if ids is not None and ids[key] > 0:
+                ids[key] -= 1
                 result.found += 1
             elif ids is not None or (pair, day) in none_found:
                 result.count("missing", pair, day)
                 if missing_file is not None:
                     missing_file.write(record, MISSING_REASON, missing_on_platform=True)
                 if ledger is not None:
-                    forget.append((key_of(event), millis))
+                    forget.append((key, millis))
                     if len(forget) >= FORGET_CHUNK:
                         chunk, forget = forget, []
                         result.forgotten += ledger.forget(chunk)
@@ -315,7 +329,8 @@ def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
         if result.start is not None and result.end is not None
         else ""
     )
-    title = f"segbill reconcile against {result.target}: {result.pairs:,} (subscription, code) pairs{span}"
+    pair = ", ".join(DIMENSIONS.get(result.target, DIMENSIONS["lago"]))
+    title = f"segbill reconcile against {result.target}: {result.pairs:,} ({pair}) pairs{span}"
     if result.stopped:
         title += f"; stopped early ({result.stopped})"
     elif result.interrupted:

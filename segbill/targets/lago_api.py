@@ -87,8 +87,9 @@ class LagoReader:
     async def __aexit__(self, *exc: object) -> None:
         await self.client.aclose()
 
-    async def get(self, path: str, params: Params | None = None) -> dict[str, Any]:
-        """One JSON object, retrying transient failures like a send does."""
+    async def get(self, path: str, params: Params | None = None, base: str | None = None) -> dict[str, Any]:
+        """One JSON object, retrying transient failures like a send does; from `base` when the
+        platform serves it on another host."""
         attempt = 0
         while True:
             async with self.slots:
@@ -98,7 +99,7 @@ class LagoReader:
                 self.requests += 1
                 response: httpx.Response | None = None
                 try:
-                    answer = await self.client.get(self.base + path, params=params, headers=self.headers)
+                    answer = await self.client.get((base or self.base) + path, params=params, headers=self.headers)
                 except httpx.RequestError as error:  # transport errors, timeouts
                     last = _describe(error)
                 else:

@@ -34,7 +34,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
@@ -65,6 +65,7 @@ LAGO_FIELDS = ("transaction_id", "external_subscription_id", "code", "timestamp"
 """The only event keys Lago keeps; the rest (external_customer_id included) are dropped."""
 HYPERLINE_MAX_BATCH = 5000
 HYPERLINE_WINDOW = 10.0
+HYPERLINE_MAX_TAKE = 100
 HYPERLINE_RATE_LIMIT = 1000
 """Hyperline ingest: 1,000 requests per 10 s window, announced on every answer."""
 POISON_ERROR = "expression_evaluation_failed: undefined variable in expression"
@@ -72,6 +73,7 @@ POISON_ERROR = "expression_evaluation_failed: undefined variable in expression"
 _LAGO_PATH = re.compile(r"(?:/[^/]+)*/api/v1/events(?P<batch>/batch)?/?")
 _LAGO_READ_PATH = re.compile(r"(?:/[^/]+)*?/api/v1/(?P<resource>[a-z_]+)(?:/(?P<id>[^/]+)(?:/(?P<sub>[a-z_]+))?)?/?")
 _HYPERLINE_PATHS = {"/v1/events/batch": "batch", "/v2/events/batch": "batch_v2", "/v1/events": "single"}
+_HYPERLINE_CUSTOMER = re.compile(r"/v1/customers/[^/]+")
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
 _NOT_JSON = object()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -133,8 +135,9 @@ class FakePlatform:
 
     Public attributes a test may change while it runs: `lago_poison` (codes or transaction ids
     answered with an expression error), `lago_event_loss` (the share of accepted Lago events
-    silently never stored, as in lago#637), `hyperline_customers` (None accepts any customer
-    id), `hyperline_malformed` (record ids that make a whole Hyperline request answer 400),
+    silently never stored, as in lago#637), `hyperline_event_loss` (the same for Hyperline),
+    `hyperline_customers` (None accepts any customer id; otherwise the only customers that exist,
+    for ingest and for `GET /v1/customers/{id}`), `hyperline_malformed` (record ids that make a whole Hyperline request answer 400),
     `latency`. The organization Lago's read API serves is loaded with `add_billable_metric`,
     `add_subscription` and `add_invoice`.
     """
@@ -155,6 +158,7 @@ class FakePlatform:
         hyperline_rate_limit: int | None = HYPERLINE_RATE_LIMIT,
         hyperline_reset_format: ResetFormat = "epoch-seconds",
         hyperline_customers: Collection[str] | None = None,
+        hyperline_event_loss: float = 0.0,
         hyperline_malformed: Iterable[str] = (),
         latency: float = 0.0,
         seed: int = 0,
@@ -185,6 +189,7 @@ class FakePlatform:
         self.hyperline_reset_format = hyperline_reset_format
         self.hyperline_customers = None if hyperline_customers is None else set(hyperline_customers)
         self.hyperline_malformed = set(hyperline_malformed)
+        self.hyperline_event_loss = hyperline_event_loss
         self.latency = latency
         self.seed = seed
         self.retry_after = retry_after
@@ -242,6 +247,7 @@ class FakePlatform:
             self._requests: list[Request] = []
             self._windows: dict[str, _Window] = {}
             self._lago_lost: list[dict[str, Any]] = []
+            self._hyperline_lost: list[dict[str, Any]] = []
             self._lago_scopes: dict[tuple[str, str], dict[tuple[Any, ...], int]] = {}  # (subscription, code) -> stored key -> ms
             self._loss_rng = random.Random(f"{self.seed}:loss")
             read_limit = self.lago_read_rate_limit or (LAGO_CLOUD_READ_RATE if self.lago_rate_limit else None)
@@ -300,10 +306,12 @@ class FakePlatform:
                 f"from {len(self._requests)} requests ({sum(r.status == 429 for r in self._requests)} throttled)"
             )
 
-    def lost(self) -> list[dict[str, Any]]:
-        """Lago events answered 200 and never stored (`lago_event_loss`), in arrival order."""
+    def lost(self, platform: Platform = "lago") -> list[dict[str, Any]]:
+        """Events answered 2xx and never stored (`lago_event_loss`, `hyperline_event_loss`), in
+        arrival order."""
         with self._lock:
-            lost: list[dict[str, Any]] = orjson.loads(orjson.dumps(self._lago_lost))
+            gone = self._lago_lost if platform == "lago" else self._hyperline_lost
+            lost: list[dict[str, Any]] = orjson.loads(orjson.dumps(gone))
             return lost
 
     # -- the organization Lago's read API serves ----------------------------------------------
@@ -479,6 +487,10 @@ class FakePlatform:
             return self._too_many(platform, endpoint, reset_in, now)
         if platform == "lago":
             return self._lago_read(path) if endpoint == "read" else self._lago_request(endpoint, payload)
+        if endpoint == "events":
+            return self._hyperline_events_listed(parse_qs(urlsplit(path).query))
+        if endpoint == "customer":
+            return self._hyperline_customer(unquote(urlsplit(path).path.removeprefix("/v1/customers/")))
         return self._hyperline_event(payload) if endpoint == "single" else self._hyperline_batch(payload, endpoint)
 
     def _fault_reply(self, platform: Platform | None, endpoint: str, status: int) -> _Reply:
@@ -712,8 +724,53 @@ class FakePlatform:
     def _hyperline_store(self, event: dict[str, Any]) -> None:
         """Upsert by (event_type, record.id): a resend updates, never duplicates."""
         record_id = event["record"]["id"]
-        self._hyperline_rows[(event["event_type"], record_id)] = event
         self._writes["hyperline"][record_id] += 1
+        if self.hyperline_event_loss and self._loss_rng.random() < self.hyperline_event_loss:
+            self._hyperline_lost.append(event)
+            return
+        self._hyperline_rows[(event["event_type"], record_id)] = event
+
+    # -- Hyperline read API (its API reference: GET /v1/events, GET /v1/customers/{id}) -------
+
+    def _hyperline_events_listed(self, query: dict[str, list[str]]) -> _Reply:
+        """Stored events of one event type, filtered by customer, record ids and time (both
+        bounds inclusive), paged by take/skip with `meta.total`."""
+        if not query.get("event_type"):
+            return _message(400, "event_type is required")
+        take, skip = _count_param(query, "take", 50), _count_param(query, "skip", 0)
+        if take is None or not 0 <= take <= HYPERLINE_MAX_TAKE or skip is None:
+            return _message(400, f"take must be 0 to {HYPERLINE_MAX_TAKE} and skip at least 0")
+        start, end = _query_millis(query, "timestamp_gte"), _query_millis(query, "timestamp_lte")
+        record_ids = set(",".join(query["record_id__in"]).split(",")) if "record_id__in" in query else None
+        chosen = []
+        for (event_type, record_id), event in self._hyperline_rows.items():
+            millis = _hyperline_millis(event["timestamp"])
+            if (
+                event_type == query["event_type"][0]
+                and _matches(query, "customer_id", event["customer_id"])
+                and (record_ids is None or record_id in record_ids)
+                and (start is None or millis >= start)
+                and (end is None or millis <= end)
+            ):
+                chosen.append((millis, record_id, event))
+        chosen.sort(key=lambda row: (row[0], row[1]), reverse=query.get("order", ["asc"])[0] == "desc")
+        data = [
+            {
+                "id": f"evt_{record_id}",
+                "event_type": event["event_type"],
+                "timestamp": _hyperline_time(millis),
+                "customer_id": event["customer_id"],
+                "record_id": record_id,
+                "record": event["record"],
+            }
+            for millis, record_id, event in chosen[skip : skip + take]
+        ]
+        return _json(200, {"meta": {"total": len(chosen), "taken": len(data), "skipped": skip}, "data": data})
+
+    def _hyperline_customer(self, customer: str) -> _Reply:
+        if self.hyperline_customers is not None and customer not in self.hyperline_customers:
+            return _message(404, "Customer not found")
+        return _json(200, {"id": customer})
 
     def _hyperline_is_malformed(self, event: Any) -> bool:
         record = event.get("record") if isinstance(event, dict) else None
@@ -760,6 +817,8 @@ def _loopback(host: str) -> str:
 def _route(method: str, path: str) -> tuple[Platform | None, str]:
     """(platform, endpoint). Lago paths may sit under any prefix; Hyperline's host has none."""
     path = path.split("?", 1)[0]
+    if method == "GET" and (path == "/v1/events" or _HYPERLINE_CUSTOMER.fullmatch(path)):
+        return "hyperline", "events" if path == "/v1/events" else "customer"
     if method == "GET":
         return ("lago", "read") if _LAGO_READ_PATH.fullmatch(path) else (None, "")
     if method != "POST":
@@ -923,6 +982,24 @@ def _hyperline_value_ok(value: Any) -> bool:
     if isinstance(value, list):
         return all(isinstance(item, (str, int, float, bool)) for item in value)
     return isinstance(value, (str, int, float, bool))
+
+
+def _count_param(query: dict[str, list[str]], name: str, default: int) -> int | None:
+    """A non-negative integer query parameter; None when it is not one."""
+    value = query.get(name, [str(default)])[0]
+    return int(value) if value.isdigit() else None
+
+
+def _hyperline_millis(value: Any) -> int:
+    """A stored Hyperline timestamp (ISO 8601 or integer ms) in ms."""
+    if isinstance(value, int):
+        return value
+    when = datetime.fromisoformat(value)
+    return ((when if when.tzinfo else when.replace(tzinfo=UTC)) - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _hyperline_time(millis: int) -> str:
+    return (_EPOCH + timedelta(milliseconds=millis)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _json(status: int, body: Any) -> _Reply:

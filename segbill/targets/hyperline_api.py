@@ -1,0 +1,81 @@
+"""Hyperline's read API, for `segbill check` and `segbill reconcile`: events from the ingest host
+(the URL send uses), customers from the API host. Same key, retries and pacing as Lago's reader
+(Hyperline announces its limit on every answer); lists are paged by take/skip through `meta.total`."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+
+from segbill.segment import iso_millis, parse_time
+from segbill.targets.lago_api import LagoReader, ReadFailed, ReadOptions
+
+TAKE = 100  # the largest page GET /v1/events gives
+CUSTOMERS = "/v1/customers/"
+
+
+class UnknownCustomer(Exception):
+    """GET /v1/customers/{id} answered 404 (`{"message": "Customer not found"}`)."""
+
+
+def api_url(ingest_url: str) -> str:
+    """The API host that serves customers, next to the ingest host events go to:
+    ingest.hyperline.co -> api.hyperline.co, sandbox.ingest... -> sandbox.api...; any other
+    URL (a proxy, a test server) is taken to serve both."""
+    parts = urlsplit(ingest_url)
+    labels = parts.netloc.split(".")
+    if "ingest" not in labels:
+        return ingest_url
+    labels[labels.index("ingest")] = "api"
+    return urlunsplit(parts._replace(netloc=".".join(labels)))
+
+
+class HyperlineReader(LagoReader):
+    """Reads one Hyperline account; `requests` and `retries` count what it cost."""
+
+    def __init__(self, options: ReadOptions) -> None:
+        super().__init__(options)
+        self.api = api_url(options.url).rstrip("/")
+
+    def _read(self, path: str, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code == 404 and path.startswith(CUSTOMERS):
+            raise UnknownCustomer(path.removeprefix(CUSTOMERS))
+        return super()._read(path, response)
+
+    async def customer_exists(self, customer: str) -> bool:
+        try:
+            await self.get(CUSTOMERS + quote(customer, safe=""), base=self.api)
+        except UnknownCustomer:
+            return False
+        return True
+
+    async def count(self, customer: str, event_type: str, start: int, end: int) -> int:
+        """Events stored for (customer, event type) from `start` to `end` ms, both inclusive."""
+        body = await self.get("/v1/events", {**_scope(customer, event_type, start, end), "take": 0})
+        total = (body.get("meta") or {}).get("total")
+        if not isinstance(total, int):
+            raise self._failed(ReadFailed(f"{self.host} answered /v1/events without meta.total"))
+        return total
+
+    async def events(self, customer: str, event_type: str, start: int, end: int) -> list[tuple[str, int]]:
+        """(record id, ms) of each event stored in that scope, oldest first."""
+        listed: list[tuple[str, int]] = []
+        while True:
+            params = {**_scope(customer, event_type, start, end), "take": TAKE, "skip": len(listed), "sort": "timestamp"}
+            body = await self.get("/v1/events", {**params, "order": "asc"})
+            page = [item for item in body.get("data") or [] if isinstance(item, dict)]
+            listed += [(str(item.get("record_id")), parse_time(item.get("timestamp")) or start) for item in page]
+            total = (body.get("meta") or {}).get("total")
+            if not page or not isinstance(total, int) or len(listed) >= total:
+                return listed
+
+
+def _scope(customer: str, event_type: str, start: int, end: int) -> dict[str, str | int | list[str]]:
+    return {
+        "event_type": event_type,
+        "customer_id": customer,
+        "timestamp_gte": iso_millis(start),
+        "timestamp_lte": iso_millis(end),
+    }
