@@ -229,12 +229,6 @@ def test_an_empty_input_is_not_a_pass(segbill, fake: FakePlatform, tmp_path: Pat
     assert segbill("reconcile", str(path), "--to", "lago", env=env(fake)).exit_code == 1
 
 
-def test_hyperline_is_refused_for_now(segbill, tmp_path: Path) -> None:
-    path = write(tmp_path / "e.jsonl", jsonl(track()))
-    run = segbill("check", str(path), "--to", "hyperline", env={"HYPERLINE_API_KEY": "k"})
-    assert run.exit_code == 2 and "not supported yet" in run.stderr
-
-
 def test_send_check_refuses_to_send_what_would_not_be_billed(segbill, fake: FakePlatform, tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.jsonl", jsonl(*messages()))
     run = segbill("send", str(bad), "--to", "lago", "--check", env=env(fake))

@@ -179,3 +179,14 @@ def test_a_complete_hyperline_backfill_reconciles_with_one_count_per_pair(segbil
         assert code == 0 and (result["expected"], result["found"], result["missing"], result["extra"]) == (300, 300, 0, 0)
         assert result["requests"] == len(fake.requests("hyperline")) - before == result["pairs"]
         assert all("take=0" in r.path for r in fake.requests("hyperline")[before:])
+
+
+def test_a_rejected_key_stops_check_and_reconcile_at_the_first_read(segbill, tmp_path: Path) -> None:
+    path = write(tmp_path / "export.jsonl", jsonl(*export(5)))
+    with FakePlatform(api_key="the-right-key") as fake:
+        run = segbill("check", str(path), "--to", "hyperline", env=env(fake))
+        assert run.exit_code == 3 and KEY not in run.stdout + run.stderr
+        assert "rejected the API key" in run.stdout and "INCOMPLETE" in run.stdout
+        assert len(fake.requests("hyperline")) == 1  # the first failed read stops the run
+        reconciled = segbill("reconcile", str(path), "--to", "hyperline", env=env(fake))
+        assert reconciled.exit_code == 3 and KEY not in reconciled.stdout + reconciled.stderr
