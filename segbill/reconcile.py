@@ -1,4 +1,5 @@
-"""`segbill reconcile`: what the export should have put on Lago against what Lago holds.
+"""`segbill reconcile`: what the export should have put on Lago against what Lago holds (on
+Hyperline, pairs are (customer id, event type) and ids are record ids).
 
 Scope: the (subscription, code) pairs the export bills, over its time range. Cost grows with the
 differences, not with the events:
@@ -204,7 +205,7 @@ def reconcile(
         return
     result.start = options.since if options.since is not None else expected.first
     result.end = options.until - 1 if options.until is not None else expected.last
-    differences = asyncio.run(_narrow(expected, reader_for(options.target.name, reading), result))
+    differences = asyncio.run(_narrow(expected, reading, result))
     if result.stopped is not None:
         return
     second = Replay(options)
@@ -230,11 +231,11 @@ def _expected(replay: Replay, expected: Expected) -> None:
         expected.add(*scope_of(replay.options.target.name, event))
 
 
-async def _narrow(expected: Expected, reader: LagoReader, result: Reconciliation) -> Differences:
+async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliation) -> Differences:
     differences = Differences()
     assert result.start is not None and result.end is not None
     start, end = result.start, result.end
-    async with reader:
+    async with reader_for(result.target, reading) as reader:
 
         def bounds(low: int, high: int) -> tuple[int, int]:
             return max(start, low * DAY), min(end, high * DAY + DAY - 1)
