@@ -11,6 +11,7 @@ import httpx
 import orjson
 
 from segbill.segment import iso_millis, parse_time
+from segbill.targets.hyperline_api import api_url
 from segbill.testing.fake_platform import FakePlatform
 
 from .conftest import jsonl, track, write
@@ -86,7 +87,9 @@ def test_the_fake_lists_events_by_type_customer_ids_and_time_with_take_and_skip(
 
 def test_check_names_the_unknown_customers_with_one_read_per_customer_and_sends_nothing(segbill, tmp_path: Path) -> None:
     messages = export(400)
-    ghosts = [track(messageId=f"ghost-{i}", userId="cus-ghost", event="seats", timestamp=iso_millis(START + i)) for i in range(7)]
+    ghosts = [
+        track(messageId=f"ghost-{i}", userId="cus ghost/1", event="seats", timestamp=iso_millis(START + i)) for i in range(7)
+    ]
     path = write(tmp_path / "export.jsonl", jsonl(*messages, *ghosts))
     with FakePlatform(api_key=KEY, hyperline_customers=CUSTOMERS) as fake:
         code, result = run_json(segbill, fake, "check", str(path))
@@ -95,7 +98,7 @@ def test_check_names_the_unknown_customers_with_one_read_per_customer_and_sends_
         assert result["top"]["unknown_customer"] == [
             {
                 "event_type": "seats",
-                "customer_id": "cus-ghost",
+                "customer_id": "cus ghost/1",
                 "events": 7,
                 "first": iso_millis(START),
                 "last": iso_millis(START + 6),
@@ -110,7 +113,7 @@ def test_check_names_the_unknown_customers_with_one_read_per_customer_and_sends_
         code, clean = run_json(segbill, fake, "check", str(known))
         assert code == 0 and clean["verdicts"] == {"billable": 400, "unknown_customer": 0} and clean["not_billed"] == 0
         table = segbill("check", str(path), "--to", "hyperline", env=env(fake))
-        assert table.exit_code == 1 and "unknown_customer" in table.stdout and "seats on cus-ghost" in table.stdout
+        assert table.exit_code == 1 and "unknown_customer" in table.stdout and "seats on cus ghost/1" in table.stdout
 
 
 def test_a_lossy_send_plus_foreign_events_is_reconciled_exactly_and_the_missing_file_completes_it(
@@ -190,3 +193,19 @@ def test_a_rejected_key_stops_check_and_reconcile_at_the_first_read(segbill, tmp
         assert len(fake.requests("hyperline")) == 1  # the first failed read stops the run
         reconciled = segbill("reconcile", str(path), "--to", "hyperline", env=env(fake))
         assert reconciled.exit_code == 3 and KEY not in reconciled.stdout + reconciled.stderr
+
+
+def test_a_throttled_read_is_paced_and_retried_then_answers_the_same(segbill, tmp_path: Path) -> None:
+    path = write(tmp_path / "export.jsonl", jsonl(*export(50)))
+    with FakePlatform(api_key=KEY, hyperline_customers=CUSTOMERS, retry_after=0) as fake:
+        fake.script(["429"])
+        code, result = run_json(segbill, fake, "check", str(path))
+        assert code == 0 and result["verdicts"]["billable"] == 50
+        assert result["retries"] == 1 and fake.throttled("hyperline") == 1
+        assert result["requests"] == len(fake.requests("hyperline")) == len({r.path for r in fake.requests("hyperline")}) + 1
+
+
+def test_customers_are_read_from_the_api_host_next_to_the_ingest_host() -> None:
+    assert api_url("https://ingest.hyperline.co") == "https://api.hyperline.co"
+    assert api_url("https://sandbox.ingest.hyperline.co/") == "https://sandbox.api.hyperline.co/"
+    assert api_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080"  # a proxy or the fake serves both
