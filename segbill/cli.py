@@ -23,7 +23,7 @@ from segbill.mapping import load as load_mapping
 from segbill.pipeline import STORAGE_ERRORS, Options, Replay, dry_run
 from segbill.report import ExitCode, Progress, Tally, render
 from segbill.segment import parse_time
-from segbill.sources import Source
+from segbill.sources import Source, SourceUnreadable
 from segbill.state import OtherDestination, State, StateBusy
 from segbill.targets import Target, get_target
 from segbill.usage import fail, hold_closed_streams, inputs, report_stream, say_empty, streaming_gc, warn
@@ -783,6 +783,9 @@ def main() -> None:
         app()
     except SystemExit:
         raise
+    except SourceUnreadable as error:  # inspect, check, reconcile: nothing was sent
+        print(f"segbill: error: {error}; nothing was sent.", file=sys.stderr)
+        sys.exit(int(ExitCode.FATAL))
     except Exception as error:  # a bug of ours: one line for the user, details on request
         if os.environ.get("SEGBILL_DEBUG"):
             raise

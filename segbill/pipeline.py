@@ -27,7 +27,7 @@ from segbill.segment import (
     dumps,
     exact_message,
 )
-from segbill.sources import Source, read_records
+from segbill.sources import Source, SourceUnreadable, read_records
 from segbill.state import Claim, Frontier, State
 from segbill.targets import Target
 
@@ -36,8 +36,9 @@ MAX_WARNINGS = 20
 # Converted events are checked against the duplicate index this many at a time (one per event
 # on stdin, so that a slow pipe still flows).
 CLAIM_CHUNK = 256
-# What a full disk or a lost volume raises while a run writes its dead letters or its state.
-STORAGE_ERRORS = (DeadLetterWriteError, sqlite3.Error)
+# What stops a run on storage: a full disk or a lost volume under its dead letters or its state,
+# or an input that can no longer be opened.
+STORAGE_ERRORS = (DeadLetterWriteError, sqlite3.Error, SourceUnreadable)
 
 
 @dataclass

@@ -42,6 +42,11 @@ class UsageError(Exception):
     """A problem with the command line, found before anything is read."""
 
 
+class SourceUnreadable(Exception):
+    """An input that was listed cannot be opened any more (removed, permissions changed, a lost
+    volume): the run stops there, and a rerun resumes."""
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """One input: `name` is how messages and dead-letter entries refer to it."""
@@ -143,7 +148,10 @@ def read_lines(
     truncated or corrupt gzip stream ends with one unreadable line naming where it broke.
     `on_progress` receives the bytes of the source consumed so far (compressed bytes for gzip).
     """
-    raw, close = _open_binary(source)
+    try:
+        raw, close = _open_binary(source)
+    except OSError as error:
+        raise SourceUnreadable(f"cannot read {source.name} ({error.strerror or error})") from None
     try:
         # read1: a pipe yields what it has (jq output flows through), and a truncated gzip
         # stream gives back everything it decoded before the break.

@@ -206,3 +206,25 @@ def test_a_state_that_cannot_even_be_created_is_said_so_before_anything_is_read(
     done = segbill_process(args, fake.url, file_size_limit=4_000)
     assert done.returncode == 2 and fake.requests() == []
     assert done.stderr.decode() == f"segbill: error: --state {tmp_path / 's.db'}: cannot be written (disk I/O error).\n"
+
+
+def test_an_input_removed_after_it_was_listed_stops_the_run_with_one_line(tmp_path: Path) -> None:
+    """The folder is listed at start; a file gone by the time it is read is a stop (exit 3), not
+    an internal error. The pipe holds the first file's output until the second is removed."""
+    folder = tmp_path / "exports"
+    write(folder / "a.jsonl", jsonl(*(track(messageId=f"a{i}") for i in range(20_000))))
+    second = write(folder / "b.jsonl", jsonl(track(messageId="b")))
+    command = ["send", "--to", "lago", "--dry-run", "--json", str(folder)]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "segbill", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
+    )
+    assert child.stdout is not None
+    child.stdout.readline()  # reading has begun: the folder was listed
+    second.unlink()
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 3, err
+    assert b"Traceback" not in err and b"internal error" not in err
+    assert f"cannot read {second}".encode() in err
+    summary = orjson.loads(err.strip().splitlines()[-1])
+    assert summary["stopped"].startswith(f"cannot read {second}")
+    assert summary["read"] == 20_000 == summary["converted"]
