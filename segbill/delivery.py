@@ -27,8 +27,9 @@ from segbill.segment import Record, dumps
 from segbill.targets import Answer, Target
 
 if TYPE_CHECKING:
+    from segbill.cli.progress import Progress
     from segbill.pipeline import Replay
-    from segbill.report import Progress, Tally
+    from segbill.report import Tally
 
 BACKOFF_BASE = 0.5  # seconds; full jitter: a retry waits uniform(0, min(cap, base * 2**n))
 BACKOFF_CAP = 30.0

@@ -169,7 +169,8 @@ def test_the_api_key_is_not_in_the_delivery_options_repr() -> None:
 def test_progress_without_a_terminal_is_one_plain_line_per_tick() -> None:
     import io
 
-    from segbill.report import Progress, Tally
+    from segbill.cli.progress import Progress
+    from segbill.report import Tally
 
     tally = Tally(target="lago", dry_run=False)
     tally.read, tally.delivered = 1500, 1200

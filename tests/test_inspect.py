@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 import segbill.inspection as inspection_module
 from segbill.cli import app
-from segbill.inspection import Inspection, inspect_command, inspect_sources, render
+from segbill.cli.inspect import inspect_command, render
+from segbill.inspection import Inspection, inspect_sources
 from segbill.segment import read_line
 from segbill.sources import expand
 

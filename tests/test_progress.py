@@ -13,9 +13,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from segbill.cli.progress import Progress
 from segbill.delivery import DeliveryOptions, deliver_all
 from segbill.pipeline import Options, Replay
-from segbill.report import Progress, Tally
+from segbill.report import Tally
 from segbill.sources import Source
 from segbill.targets import get_target
 from segbill.testing.fake_platform import FakePlatform

@@ -16,17 +16,19 @@ import orjson
 import typer
 
 from segbill import __version__
+from segbill.cli.inspect import inspect_command
+from segbill.cli.progress import Progress
+from segbill.cli.summary import render
+from segbill.cli.usage import fail, hold_closed_streams, inputs, report_stream, say_empty, streaming_gc, warn
 from segbill.deadletter import DEFAULT_PATH, written_by_dry_runs
-from segbill.inspection import inspect_command
 from segbill.mapping import ConfigError, Mapping
 from segbill.mapping import load as load_mapping
 from segbill.pipeline import STORAGE_ERRORS, Options, Replay, dry_run
-from segbill.report import ExitCode, Progress, Tally, render
+from segbill.report import ExitCode, Tally
 from segbill.segment import parse_time
 from segbill.sources import Source, SourceUnreadable
 from segbill.state import OtherDestination, State, StateBusy
 from segbill.targets import Target, get_target
-from segbill.usage import fail, hold_closed_streams, inputs, report_stream, say_empty, streaming_gc, warn
 
 if TYPE_CHECKING:
     from segbill.delivery import DeliveryOptions
@@ -412,7 +414,8 @@ def check_command(
     Exit codes: 0 every event will be billed (billable or draft); 1 some will not, or there was
     no event to check; 2 usage error; 3 a read failed (key, URL, the platform); 130 interrupted.
     """
-    from segbill.check import render, run_check
+    from segbill.check import run_check
+    from segbill.cli.check import render
 
     options, reading = _selection(
         to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries
@@ -474,7 +477,8 @@ def reconcile_command(
     2 usage error; 3 a read failed (key, URL, the platform), or --missing or the state could not
     be written; 130 interrupted.
     """
-    from segbill.reconcile import Reconciliation, reconcile, render
+    from segbill.cli.reconcile import render
+    from segbill.reconcile import Reconciliation, reconcile
 
     options, reading = _selection(
         to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries
@@ -531,7 +535,8 @@ def _storage_failure(error: Exception, state: Path | None) -> str:
 def _check_before_sending(options: Options, delivery: DeliveryOptions | None) -> None:
     """send --check: the check of exactly what this send would deliver (the state's ledger
     included); anything Lago would not bill stops the send before it starts."""
-    from segbill.check import render, run_check
+    from segbill.check import run_check
+    from segbill.cli.check import render
     from segbill.targets.lago_api import ReadOptions
 
     if delivery is None or options.target.name != "lago":

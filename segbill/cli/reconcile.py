@@ -1,0 +1,71 @@
+"""`segbill reconcile`'s report: totals and the worst pairs, as check prints its verdicts."""
+
+from __future__ import annotations
+
+from typing import IO
+
+from segbill.cli.check import write_table
+from segbill.reconcile import DIMENSIONS, TOP, Reconciliation
+from segbill.segment import iso_millis
+
+
+def _replay_hint(path: str) -> str:
+    return f"replay: segbill send {path} --to lago, with the backfill's mapping and --state"
+
+
+def _ledger_note(result: Reconciliation) -> str:
+    """What reconcile did to the ledger of --state."""
+    if not result.missing:
+        return f"{result.state} left as it was: nothing is missing"
+    return f"missing events {result.state} had as delivered, and no longer has: a send with it sends them"
+
+
+def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
+    """Totals, then the worst subscriptions, codes and days."""
+    span = (
+        f" from {iso_millis(result.start)} to {iso_millis(result.end)}"
+        if result.start is not None and result.end is not None
+        else ""
+    )
+    pair = ", ".join(DIMENSIONS.get(result.target, DIMENSIONS["lago"]))
+    title = f"segbill reconcile against {result.target}: {result.pairs:,} ({pair}) pairs{span}"
+    if result.stopped:
+        title += f"; stopped early ({result.stopped})"
+    elif result.interrupted:
+        title += "; interrupted"
+    if not result.complete:
+        title += ": INCOMPLETE, not a reconciliation"
+    rows: list[tuple[str, str, str]] = [
+        ("expected", f"{result.expected:,}", "events the export bills (what send delivers)"),
+        ("found", f"{result.found:,}", "of them, held by the platform"),
+        (
+            "missing",
+            f"{result.missing:,}",
+            _replay_hint(result.missing_file) if result.missing_file else "expected, not on the platform",
+        ),
+    ]
+    if not result.complete:
+        rows.append(
+            (
+                "unchecked",
+                f"{result.unchecked:,}",
+                "expected, not compared before the run ended: neither found nor missing; run it again",
+            )
+        )
+    rows.append(
+        (
+            "extra",
+            f"{result.extra:,}",
+            "on the platform in scope, from no event of the export" + ("" if result.complete else " (incomplete)"),
+        )
+    )
+    if result.state is not None:
+        rows.append(("forgotten", f"{result.forgotten:,}", _ledger_note(result)))
+    for dimension, worst in result.breakdown(TOP).items():
+        if worst:
+            lines = [f"{key}: {row['missing']:,} missing, {row['extra']:,} extra" for key, row in worst.items()]
+            rows.append((f"worst {dimension}", "", "\n".join(lines)))
+    rows.append(("requests", f"{result.requests:,}", f"reads of the platform, {result.retries:,} retries"))
+    if not result.expected and result.complete:
+        rows.append(("nothing reconciled", "0", "no event in the input would be sent: check the paths and filters"))
+    write_table(title, rows, stream, terminal)
