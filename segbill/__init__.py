@@ -1,8 +1,89 @@
-"""segbill: replay Segment event exports into usage-based billing platforms."""
+"""segbill: replay Segment event exports into usage-based billing platforms.
 
+The command line lives in `segbill.cli`; everything named in `__all__` is the library a Python
+user calls, and none of it imports typer or rich. A replay in code:
+
+    from segbill import Options, Replay, dry_run, expand, get_target, load_mapping
+
+    target = get_target("lago")
+    sources = expand(["exports/"], stdin_is_terminal=True)
+    replay = Replay(Options(sources, target, load_mapping("lago"), dry_run=True))
+    dry_run(replay, sys.stdout.buffer)   # or: asyncio.run(deliver_all(replay, target, DeliveryOptions(...)))
+    replay.close()
+    replay.tally.exit_code()             # an ExitCode, as `segbill send` exits
+
+Names are imported on first use, so `segbill --version` (and `import segbill`) loads none of them.
+"""
+
+from __future__ import annotations
+
+import importlib
 import sys
 
+TYPE_CHECKING = False  # typing's own would import typing, which `segbill --version` does not need
+if TYPE_CHECKING:
+    from segbill.delivery import DeliveryOptions, deliver_all
+    from segbill.inspection import inspect_sources
+    from segbill.mapping import ConfigError, Mapping
+    from segbill.mapping import load as load_mapping
+    from segbill.pipeline import Options, Replay, dry_run
+    from segbill.report import ExitCode, Tally
+    from segbill.sources import Source, expand
+    from segbill.state import State
+    from segbill.targets import Target, get_target
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DeliveryOptions",
+    "ExitCode",
+    "Mapping",
+    "Options",
+    "Replay",
+    "Source",
+    "State",
+    "Tally",
+    "Target",
+    "__version__",
+    "deliver_all",
+    "dry_run",
+    "expand",
+    "get_target",
+    "inspect_sources",
+    "load_mapping",
+    "main",
+]
+
+# public name -> (module, name there)
+_PUBLIC = {
+    "ConfigError": ("segbill.mapping", "ConfigError"),
+    "DeliveryOptions": ("segbill.delivery", "DeliveryOptions"),
+    "ExitCode": ("segbill.report", "ExitCode"),
+    "Mapping": ("segbill.mapping", "Mapping"),
+    "Options": ("segbill.pipeline", "Options"),
+    "Replay": ("segbill.pipeline", "Replay"),
+    "Source": ("segbill.sources", "Source"),
+    "State": ("segbill.state", "State"),
+    "Tally": ("segbill.report", "Tally"),
+    "Target": ("segbill.targets", "Target"),
+    "deliver_all": ("segbill.delivery", "deliver_all"),
+    "dry_run": ("segbill.pipeline", "dry_run"),
+    "expand": ("segbill.sources", "expand"),
+    "get_target": ("segbill.targets", "get_target"),
+    "inspect_sources": ("segbill.inspection", "inspect_sources"),
+    "load_mapping": ("segbill.mapping", "load"),
+}
+
+
+def __getattr__(name: str) -> object:
+    """Imports a public name when it is first asked for (PEP 562)."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'segbill' has no attribute {name!r}")
+    module, attribute = _PUBLIC[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
 
 
 def main() -> None:

@@ -1,0 +1,41 @@
+"""The core is a library: no module outside `segbill.cli` imports typer or rich, and the public
+names of `segbill` resolve without loading the command line."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import segbill
+
+CORE = sorted(
+    module.name
+    for module in pkgutil.walk_packages(segbill.__path__, "segbill.")
+    if module.name != "segbill.__main__" and not module.name.startswith("segbill.cli")
+)
+
+
+def test_the_core_is_every_module_but_the_command_line() -> None:
+    assert {"segbill.pipeline", "segbill.report", "segbill.inspection", "segbill.targets.lago_api"} <= set(CORE)
+    assert "segbill.cli.summary" not in CORE
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_a_core_module_imports_neither_typer_nor_rich(module: str) -> None:
+    code = f"import {module}, sys; loaded = {{'typer', 'rich'}} & set(sys.modules); assert not loaded, loaded"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_the_public_names_resolve_without_the_command_line() -> None:
+    code = (
+        "import segbill, sys; assert not {'segbill.pipeline', 'orjson', 'httpx'} & set(sys.modules); "
+        "[getattr(segbill, name) for name in segbill.__all__]; "
+        "loaded = {'typer', 'rich', 'segbill.cli'} & set(sys.modules); assert not loaded, loaded; "
+        "assert segbill.load_mapping is sys.modules['segbill.mapping'].load"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
