@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from segbill.deadletter import DEFAULT_PATH, DeadLetterFile, DeadLetterWriteError
+from segbill.decode import Decoded, block_decoder
 from segbill.mapping import AMOUNT_FIELD, Mapping, Skipped
 from segbill.report import Tally
 from segbill.segment import (
@@ -27,7 +28,7 @@ from segbill.segment import (
     dumps,
     exact_message,
 )
-from segbill.sources import Source, SourceUnreadable, read_records
+from segbill.sources import Source, SourceUnreadable, read_lines, read_records
 from segbill.state import Claim, Frontier, State
 from segbill.targets import Target
 
@@ -102,6 +103,7 @@ class Replay:
         self._pending: deque[tuple[Record, dict[str, Any], int]] = deque()  # (record, event, millis)
         self._fresh: deque[tuple[Record, dict[str, Any], str, int | None]] = deque()  # claimed, not yet handed out
         self._quick = options.mapping.fast_billable()
+        self._decoder = block_decoder(options.mapping, options.target, self._quick, _event)
         # Checkpoints exist only when the state is kept: only then is each record held until its
         # outcome is final.
         self._tracking = self.state.keeps
@@ -130,14 +132,14 @@ class Replay:
             chunk = 1 if source.is_stdin else CLAIM_CHUNK
             progress = (lambda done, name=source.name: on_progress(name, done)) if on_progress else None
             position = {"offset": start.offset, "line": start.line} if start else {}
-            for record in read_records(source, progress, **position):
+            for record, decoded in self._records(source, progress, position):
                 tally.read += 1
                 if hold is not None:
                     hold(record)
                 if earlier is not None and earlier.holds(record):
                     self.skip(record, "dead_lettered_before")
                     continue
-                item = take(record)
+                item = take(record) if decoded is None else self._take_decoded(record, decoded)
                 if item is not None:
                     pending.append(item)
                     if len(pending) >= chunk:
@@ -152,6 +154,25 @@ class Replay:
         self._files[source.name] = file
         earlier = _EarlierDeadLetters(self.state.earlier_dead_letters(file, (self._conversion, ""), offset))
         return earlier if earlier.any else None
+
+    def _records(
+        self, source: Source, progress: Callable[[int], None] | None, position: dict[str, int]
+    ) -> Iterator[tuple[Record, Decoded]]:
+        """Each record read, with what the decoder made of it (None: `_take` converts it)."""
+        if self._decoder is None:
+            return ((record, None) for record in read_records(source, progress, **position))
+        return self._decoder.records(read_lines(source, progress, **position), source.name)
+
+    def _take_decoded(self, record: Record, decoded: Decoded) -> tuple[Record, dict[str, Any], int] | None:
+        """`_take` for a record the decoder converted or gave its outcome."""
+        if type(decoded) is tuple:
+            fields, event, _ = decoded
+            return (record, event, fields.millis) if self._selected(record, fields) else None
+        if isinstance(decoded, Skipped):
+            self.skip(record, decoded.reason)
+        else:
+            self._not_billable(record, decoded)
+        return None
 
     def _take(self, record: Record) -> tuple[Record, dict[str, Any], int] | None:
         """A record read -> (record, converted event, event time) for the ledger, or its outcome now."""
@@ -178,6 +199,10 @@ class Replay:
         except Invalid as invalid:
             self._unbillable(record, invalid.kind, invalid.reason)
             return None
+        return (record, event, fields.millis) if self._selected(record, fields) else None
+
+    def _selected(self, record: Record, fields: Billable) -> bool:
+        """Whether the run's shard and time bounds take this event; if not, it is skipped."""
         since, until, shard = self.options.since, self.options.until, self.options.shard
         if shard is not None and shard_of(fields.customer, shard[1]) != shard[0]:
             self.skip(record, "other_shard")
@@ -186,8 +211,8 @@ class Replay:
         elif until is not None and fields.millis >= until:
             self.skip(record, "after_until")
         else:
-            return record, event, fields.millis
-        return None
+            return True
+        return False
 
     @property
     def ready(self) -> bool:

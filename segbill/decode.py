@@ -1,0 +1,143 @@
+"""Decode only what the mapping reads (issue 14, lever 1).
+
+A Segment line is mostly what segbill never reads: `context` (1-2 KB from a browser),
+`integrations`, `traits`, `sentAt`... `orjson.loads` builds all of it as Python objects. The
+decoder here is a msgspec `Struct` made from the mapping's top-level keys (type, event, id,
+customer, time, properties, amount): msgspec skips every other key in C and builds only these,
+and the usual track message then goes through the mapping's own fast path
+(`Mapping.fast_billable`) and the same conversion as every other message.
+
+Anything unusual falls back to the exact general path, which stays the authority: a line that
+is not one message (an envelope, an array, a dead-letter entry), a type the mapping may bill
+besides track, anything the fast path refuses (a missing or odd field, a time it does not
+read), a float of 2**63 or more, a conflict between flattened properties, a line msgspec
+refuses or one that is not valid UTF-8 (msgspec does not check the text of keys it skips).
+msgspec reads integers beyond 64 bits exactly, as the general path's exact re-parse does; a
+list sent as JSON text that may hold one falls back, since the general path writes such a list
+as orjson read it (a float).
+
+One difference is kept on purpose: a number beyond float64's range (such as 1e400) in a key
+the mapping does not read. orjson refuses such a line whole (it is dead-lettered as not JSON);
+msgspec skips the key unread, so the line is billed from the fields it does read. Finding
+such a number without reading the line costs about what skipping it saves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import msgspec
+
+from segbill.mapping import Mapping, Skipped
+from segbill.segment import DEAD_LETTER_MARKER, Billable, InexactNumber, Invalid, Record, read_line
+from segbill.sources import Line
+from segbill.targets import Target
+
+# A converted message: (billable fields, the platform's event, its idempotency key).
+Converted = tuple[Billable, dict[str, Any], str]
+# What the decoder says about one line: converted; a `str`, the type of a message the mapping
+# does not bill; a `Skipped`, left out by the selection rules; None: ask the general path.
+Decoded = Converted | str | Skipped | None
+# Builds the platform's event from a message's fields (the conversion step the general path uses).
+# The mapping's fast path (`Mapping.fast_billable`): a usual track message -> its fields, or None.
+FastPath = Callable[[dict[str, Any]], Billable | None]
+EventOf = Callable[[Billable, dict[str, Any], Target, Mapping], dict[str, Any]]
+
+_ABSENT = msgspec.UNSET
+_LONG_INTEGER = re.compile(r"\d{19}")
+
+
+def _keys(mapping: Mapping) -> list[str]:
+    """The top-level keys the mapping's fast path reads (each field from one top-level key, the
+    time from the first of its paths), and the amount's. Everything read from the mapping is
+    read here."""
+    paths = [mapping.id.paths[0], mapping.customer.paths[0], mapping.event.paths[0], mapping.time.paths[0]]
+    if mapping.amount is not None:
+        paths += mapping.amount.paths
+    return list(dict.fromkeys(["type", "properties", *(path[0] for path in paths)]))
+
+
+class BlockDecoder:
+    """Lines -> what each one bills as, reading only the keys the mapping reads."""
+
+    def __init__(self, mapping: Mapping, target: Target, fields: FastPath, event_of: EventOf) -> None:
+        keys = _keys(mapping)
+        self._mapping = mapping
+        self._target = target
+        self._event_of = event_of
+        self._keys = keys
+        # Attributes f0, f1...: a key may be any string, and two fields may read one key.
+        attributes: list[tuple[str, Any, Any]] = [(f"f{index}", Any, None) for index in range(len(keys))]
+        attributes.append(("marker", Any, _ABSENT))
+        rename = {f"f{index}": key for index, key in enumerate(keys)} | {"marker": DEAD_LETTER_MARKER}
+        message = msgspec.defstruct("Message", attributes, rename=rename)
+        self._decode = msgspec.json.Decoder(message).decode
+        self._fields = fields
+        self._billed_types = set(mapping.billable_types)
+        self._properties = target.properties_key
+
+    def decode(self, raw: bytes) -> Decoded:
+        """What one line bills as, or None: the general path must read it."""
+        try:
+            decoded = self._decode(raw)
+        except msgspec.MsgspecError:  # not an object, not JSON, or refused: the general path says why
+            return None
+        values = msgspec.structs.astuple(decoded)  # the keys' values, then the dead-letter marker
+        if values[-1] is not _ABSENT or not (raw.isascii() or _utf8(raw)):
+            return None
+        kind = values[0]
+        if kind != "track":
+            if type(kind) is str and kind and kind not in self._billed_types:
+                return kind
+            return None
+        message = dict(zip(self._keys, values, strict=False))
+        try:
+            fields = self._fields(message)
+            if fields is None:
+                return None
+            event = self._event_of(fields, message, self._target, self._mapping)
+        except Skipped as skipped:
+            return skipped
+        except (Invalid, InexactNumber):
+            return None
+        if self._lossy_list(event[self._properties]):
+            return None
+        return fields, event, self._target.key(event)
+
+    @staticmethod
+    def _lossy_list(properties: dict[str, Any]) -> bool:
+        """Whether a list sent as JSON text may hold an integer orjson reads as a float (19 digits
+        or more): the general path writes what orjson read, so it must write this one too."""
+        return any(type(value) is str and value[:1] == "[" and _LONG_INTEGER.search(value) for value in properties.values())
+
+    def records(self, lines: Iterable[Line], path: str) -> Iterator[tuple[Record, Decoded]]:
+        """The records of `lines` (as `read_records` makes them), each with what it bills as;
+        a record the decoder did not read comes from the general path's parse, with None."""
+        decode = self.decode
+        for number, start, end, data, problem in lines:
+            if problem is not None:
+                yield Record(path, number, start, end, data, invalid=problem), None
+                continue
+            decoded = decode(data)
+            if decoded is not None:
+                yield Record(path, number, start, end, data), decoded
+                continue
+            for record in read_line(data, path, number, start, end):
+                yield record, None
+
+
+def _utf8(raw: bytes) -> bool:
+    """Whether a line is valid UTF-8 (orjson refuses it otherwise, even in a key segbill skips)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def block_decoder(mapping: Mapping, target: Target, fields: FastPath | None, event_of: EventOf) -> BlockDecoder | None:
+    """The decoder for this mapping given its fast path, or None when it has none (a field from
+    a nested path, a fallback or a constant: no usual case to decode)."""
+    return None if fields is None else BlockDecoder(mapping, target, fields, event_of)
