@@ -301,11 +301,13 @@ class _Generator:
         start: datetime | str,
         days: float,
         n: int,
+        browser: bool = False,
     ) -> None:
         if not events:
             raise ValueError("events must name at least one track event")
         if not 0.0 <= track_ratio <= 1.0 or not 0.0 <= duplicate_ratio < 1.0:
             raise ValueError("track_ratio must be in [0, 1] and duplicate_ratio in [0, 1)")
+        self.browser = browser
         self.rng = Random(seed)
         self.random = self.rng.random
         self.bits = self.rng.getrandbits
@@ -437,7 +439,10 @@ class _Generator:
         else:
             y = (x - self.track_ratio) / max(1.0 - self.track_ratio, 1e-9)
             kind = "identify" if y < 0.35 else "page" if y < 0.65 else "screen" if y < 0.8 else "group" if y < 0.95 else "alias"
-        if kind == "page" or kind == "alias":
+        if self.browser:
+            kind = "page" if kind == "screen" else kind  # a browser has pages, not screens
+            library = self.pick(_WEB_LIBRARIES)
+        elif kind == "page" or kind == "alias":
             library = self.pick(_WEB_LIBRARIES)
         elif kind == "screen":
             library = self.pick(_MOBILE_LIBRARIES)
@@ -546,6 +551,8 @@ class _Generator:
             context["userAgent"] = self.pick(_USER_AGENTS)
             if search:
                 context["campaign"] = {"source": "newsletter", "name": "jan", "medium": "email"}
+            if self.browser:
+                self.browser_context(context, customer)
         elif library.platform == "mobile":
             manufacturer, model, os_key, os_name, os_version = self.pick(_DEVICES)
             context["app"] = {"name": "Acme", "version": "3.14.1", "build": "31401", "namespace": "com.example.acme"}
@@ -567,6 +574,55 @@ class _Generator:
         if kind == "track" and random() < 0.7:
             context["groupId"] = customer.group_id
         return context
+
+    def browser_context(self, context: dict[str, Any], customer: _Customer) -> None:
+        """What analytics.js adds in a browser beyond the usual page and agent: a campaign with
+        its click id, client hints, consent, the cached traits: 1-2 KB that segbill never reads."""
+        random = self.random
+        page = context["page"]
+        if random() < 0.6:
+            click = self.hex(40)
+            search = (
+                f"?utm_source=google&utm_medium=cpc&utm_campaign=brand_{self.pick(_REGIONS)}&utm_term=acme+pricing&gclid={click}"
+            )
+            page["search"] = search
+            page["url"] = f"https://app.example.com{page['path']}{search}"
+            context["campaign"] = {
+                "source": "google",
+                "medium": "cpc",
+                "name": f"brand_{self.pick(_REGIONS)}",
+                "term": "acme pricing",
+                "content": self.pick(_PAGES)[1],
+            }
+        brand = self.pick(("Google Chrome", "Microsoft Edge", "Chromium"))
+        version = f"{118 + int(random() * 4)}"
+        context["userAgentData"] = {
+            "brands": [
+                {"brand": "Not_A Brand", "version": "8"},
+                {"brand": "Chromium", "version": version},
+                {"brand": brand, "version": version},
+            ],
+            "mobile": random() < 0.2,
+            "platform": self.pick(("macOS", "Windows", "Linux", "Android")),
+            "fullVersionList": [{"brand": brand, "version": f"{version}.0.{6000 + int(random() * 200)}.{int(random() * 200)}"}],
+        }
+        context["screen"] = {
+            "width": self.pick((1440, 1920, 2560, 390)),
+            "height": self.pick((900, 1080, 1440, 844)),
+            "density": 2,
+        }
+        context["instanceId"] = self.uuid4()
+        context["consent"] = {
+            "categoryPreferences": {"Advertising": random() < 0.5, "Analytics": True, "Functional": True, "DataSharing": False}
+        }
+        context["traits"] = {
+            "email": customer.email,
+            "name": customer.name,
+            "plan": customer.plan,
+            "company": {"id": customer.group_id, "name": customer.company},
+        }
+        if random() < 0.3:
+            context["referrer"] = {"type": "google", "id": self.hex(24)}
 
     def traits(self, customer: _Customer, now_us: int) -> dict[str, Any]:
         random = self.random
@@ -714,8 +770,12 @@ def messages(
     duplicate_ratio: float = 0.0,
     start: datetime | str = DEFAULT_START,
     days: float = 3.0,
+    browser: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """`n` Segment messages, the same ones for the same arguments, one at a time.
+
+    With `browser`, every message comes from analytics.js in a browser, each with the 1-2 KB
+    `context` a browser sends (campaign, client hints, consent, cached traits).
 
     About `track_ratio` of the fresh messages are track calls (named from `events`), the rest
     identify/page/screen/group/alias. Times start at `start` and advance over about `days`
@@ -732,6 +792,7 @@ def messages(
         start=start,
         days=days,
         n=n,
+        browser=browser,
     )
     for _ in range(n):
         yield generator.next()
@@ -894,9 +955,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duplicates", type=float, default=0.0, metavar="RATIO", help="share of repeated messages")
     parser.add_argument("--days", type=float, default=3.0, help="how many days the messages span")
     parser.add_argument("--customers", type=int, default=50)
+    parser.add_argument("--browser", action="store_true", help="only analytics.js messages from browsers, with a 1-2 KB context")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    stream = messages(args.n, seed=args.seed, duplicate_ratio=args.duplicates, days=args.days, customers=args.customers)
+    stream = messages(
+        args.n, seed=args.seed, duplicate_ratio=args.duplicates, days=args.days, customers=args.customers, browser=args.browser
+    )
     if args.s3:
         files = write_s3_layout(args.out, stream, per_file=100_000)
         what = f"{len(files)} files under {args.out}"
