@@ -4,7 +4,8 @@ Generates realistic Segment exports (segbill.testing.corpus, cached in benchmark
 starts the project's fake Lago/Hyperline server on 127.0.0.1 and runs the real `segbill` in
 subprocesses, then prints a Markdown table (or JSON with --json) with PASS/FAIL per target:
 
-  1. dry run to /dev/null vs the parse floor (orjson.loads of every line of the same file)
+  1. dry run to /dev/null vs the parse floor (orjson.loads of every line of the same file):
+     server-side and browser messages, plain and gzip
   2. send to a zero-latency fake Lago vs a one-request-per-event loop and lago-python-client
   3. send under rate limits (80 ms latency; Lago 50 batch requests/s; Hyperline 1000 per 10 s)
   4. peak memory of a dry run over 1M messages, and its growth from 100k; the same for a send
@@ -70,6 +71,7 @@ HYPERLINE_BATCH = 5  # small batches, so the request limit (not the CPU) is the 
 OVERSUBSCRIBED = 16  # the informational row-3 runs: far more in flight than the limit allows
 
 TARGET_DRY = 0.4  # floor_time / segbill_time >= 0.4
+TARGET_DRY_BROWSER = 0.7  # the same on browser messages, whose unread context segbill need not build
 TARGET_PER_EVENT = 40.0  # segbill events/s >= 40x a one-request-per-event loop
 TARGET_LAGO_CLIENT = 20.0  # >= 20x lago-python-client's batch_create loop
 TARGET_RATE_SHARE = 0.90  # of the platform's ceiling
@@ -120,7 +122,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def corpus(n: int, seed: int, *, gz: bool = False) -> Path:
+def corpus(n: int, seed: int, *, gz: bool = False, browser: bool = False) -> Path:
     """A cached Segment export of n messages. The key includes a hash of the generator's source,
     so a changed generator never serves a stale corpus."""
     import segbill.testing.corpus as generator
@@ -130,12 +132,15 @@ def corpus(n: int, seed: int, *, gz: bool = False) -> Path:
     if not ignore.exists():
         ignore.write_text("# generated benchmark corpora (benchmarks/bench.py)\n*\n")
     digest = hashlib.sha256(Path(generator.__file__).read_bytes()).hexdigest()[:8]
-    path = CACHE / f"segment-{n}-seed{seed}-{digest}.jsonl{'.gz' if gz else ''}"
+    path = CACHE / f"segment-{'browser-' if browser else ''}{n}-seed{seed}-{digest}.jsonl{'.gz' if gz else ''}"
     if path.exists():
         return path
-    log(f"generating {n:,} messages (seed {seed}{', gzip' if gz else ''}) -> {path.relative_to(ROOT)}")
+    log(
+        f"generating {n:,} messages (seed {seed}{', gzip' if gz else ''}{', browser' if browser else ''}) -> {path.relative_to(ROOT)}"
+    )
     partial = path.with_name(path.name + ".partial")
-    command = [PY, "-m", "segbill.testing.corpus", str(n), str(partial), "--seed", str(seed)] + (["--gzip"] if gz else [])
+    command = [PY, "-m", "segbill.testing.corpus", str(n), str(partial), "--seed", str(seed)]
+    command += (["--gzip"] if gz else []) + (["--browser"] if browser else [])
     subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
     os.replace(partial, path)
     return path
@@ -260,25 +265,49 @@ class Row:
         return "info" if self.ok is None else "PASS" if self.ok else "FAIL"
 
 
-def row_dry_run(sizes: Sizes, work: Path) -> list[Row]:
-    path = corpus(sizes.speed, 1)
-    mib = path.stat().st_size / 2**20
-    floors, runs = [], []
-    summary: dict[str, Any] = {}
+@dataclass
+class DryRuns:
+    path: Path
+    floors: list[float]  # seconds
+    runs: list[float]
+    summary: dict[str, Any]  # the last run's
+
+    @property
+    def floor(self) -> float:
+        return statistics.median(self.floors)
+
+    @property
+    def segbill(self) -> float:
+        return statistics.median(self.runs)
+
+
+def dry_runs(sizes: Sizes, work: Path, what: str, *, browser: bool = False, gz: bool = False) -> DryRuns:
+    """`dry_repeats` parse floors and dry runs, alternating. The floor always parses the plain
+    file: a .gz input's inflation is part of what segbill does, as the issue's rows define it."""
+    plain = corpus(sizes.speed, 1, browser=browser)
+    result = DryRuns(corpus(sizes.speed, 1, browser=browser, gz=True) if gz else plain, [], [], {})
+    mib = result.path.stat().st_size / 2**20
     for attempt in range(sizes.dry_repeats):
         log(
-            f"row 1: parse floor and dry run over {sizes.speed:,} messages ({mib:,.0f} MiB), run {attempt + 1}/{sizes.dry_repeats}"
+            f"{what}: parse floor and dry run over {sizes.speed:,} messages ({mib:,.0f} MiB), run {attempt + 1}/{sizes.dry_repeats}"
         )
-        floor = run([PY, __file__, "_floor", str(path)])
-        floors.append(json.loads(floor.stdout)["seconds"])
-        result, summary = segbill_send(path, "lago", work=work, dry=True)
-        runs.append(result.wall)
-    floor_s, segbill_s = statistics.median(floors), statistics.median(runs)
+        floor = run([PY, __file__, "_floor", str(plain)])
+        result.floors.append(json.loads(floor.stdout)["seconds"])
+        done, result.summary = segbill_send(result.path, "lago", work=work, dry=True)
+        result.runs.append(done.wall)
+    return result
+
+
+def row_dry_run(sizes: Sizes, work: Path) -> list[Row]:
+    measured = dry_runs(sizes, work, "row 1")
+    path, floors, runs, summary = measured.path, measured.floors, measured.runs, measured.summary
+    mib = path.stat().st_size / 2**20
+    floor_s, segbill_s = measured.floor, measured.segbill
     ratio = floor_s / segbill_s
     log("row 1: the stripped conversion loop (information)")
     stripped = json.loads(run([PY, __file__, "_stripped", str(path)]).stdout)
     stripped_ratio = floor_s / stripped["seconds"]
-    return [
+    rows = [
         Row(
             "1",
             f"dry run to /dev/null, {sizes.speed:,} messages ({mib:,.0f} MiB), wall time",
@@ -308,6 +337,26 @@ def row_dry_run(sizes: Sizes, work: Path) -> list[Row]:
             {"seconds": stripped["seconds"], "events": stripped["events"], "ratio": stripped_ratio},
         ),
     ]
+    for number, browser, gz in (("1c", True, False), ("1d (info)", False, True), ("1e (info)", True, True)):
+        measured = dry_runs(sizes, work, f"row {number}", browser=browser, gz=gz)
+        floor_s, segbill_s = measured.floor, measured.segbill
+        ratio = floor_s / segbill_s
+        source = "browser (analytics.js, 1-2 KB context)" if browser else "server-side"
+        target = TARGET_DRY_BROWSER if browser and not gz else None
+        rows.append(
+            Row(
+                number,
+                f"dry run to /dev/null, {sizes.speed:,} {source} messages, {'gzip' if gz else 'plain'} "
+                f"({measured.path.stat().st_size / 2**20:,.0f} MiB), wall time",
+                f"{segbill_s:.2f} s ({sizes.speed / segbill_s:,.0f} msg/s)",
+                f"orjson.loads per line of the plain file: {floor_s:.2f} s",
+                f"{ratio:.2f}",
+                "none (information)" if target is None else f">= {target}",
+                None if target is None else ratio >= target,
+                {"messages": sizes.speed, "segbill_seconds": measured.runs, "floor_seconds": measured.floors, "ratio": ratio},
+            )
+        )
+    return rows
 
 
 def converted_events(path: Path, count: int, work: Path) -> Path:
