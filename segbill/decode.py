@@ -34,14 +34,15 @@ from segbill.segment import DEAD_LETTER_MARKER, Billable, InexactNumber, Invalid
 from segbill.sources import Line
 from segbill.targets import Target
 
-# A converted message: (billable fields, the platform's event, its idempotency key).
-Converted = tuple[Billable, dict[str, Any], str]
+# A converted message: its billable fields (customer and time: for the shard and time bounds) and
+# the platform's event (its idempotency key is read from it when claimed, as for any event).
+Converted = tuple[Billable, dict[str, Any]]
 # What the decoder says about one line: converted; a `str`, the type of a message the mapping
 # does not bill; a `Skipped`, left out by the selection rules; None: ask the general path.
 Decoded = Converted | str | Skipped | None
-# Builds the platform's event from a message's fields (the conversion step the general path uses).
 # The mapping's fast path (`Mapping.fast_billable`): a usual track message -> its fields, or None.
 FastPath = Callable[[dict[str, Any]], Billable | None]
+# Builds the platform's event from a message's fields (the conversion step the general path uses).
 EventOf = Callable[[Billable, dict[str, Any], Target, Mapping], dict[str, Any]]
 
 # Properties nested deeper than this fall back: msgspec builds the type below in time and
@@ -111,7 +112,7 @@ class BlockDecoder:
             return skipped
         except (Invalid, InexactNumber):
             return None
-        return fields, event, self._target.key(event)
+        return fields, event
 
     def records(self, lines: Iterable[Line], path: str) -> Iterator[tuple[Record, Decoded]]:
         """The records of `lines` (as `read_records` makes them), each with what it bills as;

@@ -166,7 +166,7 @@ class Replay:
     def _take_decoded(self, record: Record, decoded: Decoded) -> tuple[Record, dict[str, Any], int] | None:
         """`_take` for a record the decoder converted or gave its outcome."""
         if type(decoded) is tuple:
-            fields, event, _ = decoded
+            fields, event = decoded
             return (record, event, fields.millis) if self._selected(record, fields) else None
         if isinstance(decoded, Skipped):
             self.skip(record, decoded.reason)

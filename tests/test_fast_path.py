@@ -211,6 +211,17 @@ def test_the_decoder_leaves_the_unusual_to_the_general_path(line: bytes) -> None
     assert _decoder("lago", billable_types={"page": "page_viewed"}).decode(line) is None
 
 
+def test_a_key_given_twice_counts_once_its_last_value() -> None:
+    """As orjson and the general path read it: the last value, at the first one's place."""
+    line = dumps(track(properties={"a": 1, "b": 2}))[:-1] + b',"userId":"u2","properties":{"a":1,"b":2,"a":3}}'
+    decoded = _decoder("lago").decode(line)
+    assert type(decoded) is tuple
+    fields, event = decoded
+    parsed = orjson.loads(line)
+    assert fields.customer == parsed["userId"] == "u2"
+    assert list(event["properties"].items()) == list(parsed["properties"].items()) == [("a", 3), ("b", 2)]
+
+
 def test_a_number_beyond_float64_in_a_key_segbill_does_not_read_is_billed(segbill, tmp_path: Path) -> None:
     """The one difference the decoder keeps (see segbill/decode.py): orjson refuses the whole
     line, msgspec never reads `context`; the same number in a key segbill reads is refused."""
