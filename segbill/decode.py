@@ -29,6 +29,7 @@ from typing import Annotated, Any, TypedDict
 
 import msgspec
 
+from segbill.deadletter import _is_utf8
 from segbill.mapping import Mapping, Skipped
 from segbill.segment import DEAD_LETTER_MARKER, Billable, InexactNumber, Invalid, Record, read_line
 from segbill.sources import Line
@@ -96,7 +97,8 @@ class BlockDecoder:
             message = self._decode(raw)
         except msgspec.MsgspecError:  # not an object, not JSON, or refused: the general path says why
             return None
-        if DEAD_LETTER_MARKER in message or not (raw.isascii() or _utf8(raw)):
+        # orjson refuses a line that is not UTF-8, even in a key segbill skips: so must this.
+        if DEAD_LETTER_MARKER in message or not (raw.isascii() or _is_utf8(raw)):
             return None
         kind = message.get("type")
         if kind != "track":
@@ -128,15 +130,6 @@ class BlockDecoder:
                 continue
             for record in read_line(data, path, number, start, end):
                 yield record, None
-
-
-def _utf8(raw: bytes) -> bool:
-    """Whether a line is valid UTF-8 (orjson refuses it otherwise, even in a key segbill skips)."""
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def block_decoder(mapping: Mapping, target: Target, fields: FastPath | None, event_of: EventOf) -> BlockDecoder | None:
