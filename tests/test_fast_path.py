@@ -249,3 +249,32 @@ def test_a_left_out_event_does_not_grow_a_traceback_per_message() -> None:
                 depth, tb = depth + 1, tb.tb_next
             depths.append(depth)
     assert len(depths) == 50 and len(set(depths[1:])) == 1 and depths[-1] <= depths[0]  # no growth
+
+
+AMOUNT_CONFIG = """
+[lago]
+precise_total_amount_cents = "properties.revenue"
+
+[lago.properties]
+exclude = ["products", "usage.*"]
+rename = { tokens = "total_tokens" }
+constants = { source = "segment" }
+"""
+
+
+@pytest.mark.parametrize(
+    "options",
+    [("--config", "amount.toml"), ("--since", "2024-01-05T12:00:00Z", "--until", "2024-01-07T00:00:00Z"), ("--shard", "1/3")],
+)
+def test_generated_exports_with_amounts_rules_bounds_and_shards(
+    segbill, monkeypatch, tmp_path: Path, options: tuple[str, ...]
+) -> None:
+    (tmp_path / "amount.toml").write_text(AMOUNT_CONFIG)
+    generated = [*messages(1500, seed=12, browser=True), *messages(1500, seed=13, duplicate_ratio=0.05)]
+    write(tmp_path / "export.jsonl", jsonl(*generated))
+    fast, general = run_both(segbill, monkeypatch, "send", "export.jsonl", "--to", "lago", "--dry-run", *options)
+    assert_same(fast, general)
+    assert len(fast.events) > 300
+    if "--config" in options:
+        assert sum("precise_total_amount_cents" in event for event in fast.events) > 100
+        assert all(event["properties"]["source"] == "segment" for event in fast.events)
