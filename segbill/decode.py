@@ -85,6 +85,7 @@ class BlockDecoder:
         self._fields = fields
         self._event_of = event_of
         self._billed_types = set(mapping.billable_types)
+        self._customer_key = mapping.customer.paths[0][0]
         # A TypedDict rather than a Struct: the fast path reads a dict, and making one from a
         # Struct costs more per line (0.4 us) than msgspec's building the dict itself.
         schema = {key: _PROPERTIES if key == "properties" else Any for key in _keys(mapping)}
@@ -105,6 +106,9 @@ class BlockDecoder:
             if type(kind) is str and kind and kind not in self._billed_types:
                 return kind
             return None
+        customer = message.get(self._customer_key)
+        if type(customer) is int:  # a numeric user id: the general path makes it this string
+            message[self._customer_key] = str(customer)
         try:
             fields = self._fields(message)
             if fields is None:
