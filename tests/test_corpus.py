@@ -165,3 +165,14 @@ def test_sample_data_regenerates_identically(tmp_path: Path) -> None:
     committed = _digests(SAMPLE)
     assert committed and _digests(tmp_path) == committed
     assert sum(path.stat().st_size for path in SAMPLE.rglob("*") if path.is_file()) < 200_000
+
+
+def test_browser_messages_come_from_analytics_js_with_a_large_context() -> None:
+    lines = _lines(2000, seed=4, browser=True)
+    assert lines == _lines(2000, seed=4, browser=True)
+    parsed = [orjson.loads(line) for line in lines]
+    assert {message["context"]["library"]["name"] for message in parsed} == {"analytics.js"}
+    assert {message["type"] for message in parsed} == {"track", "identify", "page", "group", "alias"}  # no screens
+    sizes = sorted(len(orjson.dumps(message["context"])) for message in parsed)
+    assert sizes[0] >= 800 and sizes[len(sizes) // 2] >= 1100 and sizes[-1] <= 2048
+    assert sum(message["type"] == "track" for message in parsed) > 0.7 * len(parsed)

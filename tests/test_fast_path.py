@@ -19,9 +19,8 @@ import pytest
 
 from segbill.decode import BlockDecoder, block_decoder
 from segbill.mapping import Mapping, load
-from segbill.pipeline import _event
-from segbill.segment import dumps
-from segbill.targets import get_target
+from segbill.segment import Billable, dumps
+from segbill.targets import Target, get_target
 from segbill.testing.corpus import messages
 
 from .conftest import jsonl, track, write
@@ -175,9 +174,13 @@ def test_generated_exports_get_the_general_paths_answers(
     assert len(fast.events) > 1500
 
 
+def _platform_event(fields: Billable, message: dict[str, Any], target: Target, mapping: Mapping) -> dict[str, Any]:
+    return target.convert(fields, mapping.separator)
+
+
 def _decoder(target: str, **rules: Any) -> BlockDecoder:
     mapping = replace(load(target), **rules)
-    decoder = block_decoder(mapping, get_target(target), mapping.fast_billable(), _event)
+    decoder = block_decoder(mapping, get_target(target), mapping.fast_billable(), _platform_event)
     assert decoder is not None
     return decoder
 
