@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from segbill.deadletter import DEFAULT_PATH, DeadLetterFile, DeadLetterWriteError
-from segbill.mapping import AMOUNT_FIELD, Mapping, Skipped
+from segbill.mapping import Mapping, Skipped
 from segbill.report import Tally
 from segbill.segment import (
     Billable,
@@ -57,7 +57,7 @@ class Options:
     def conversion(self) -> str:
         """Names how records become events (platform and mapping): a record dead-lettered under
         one conversion is dead-lettered under it again, so a later pass does not write it twice."""
-        return _digest(self.target.name, repr(self.mapping))
+        return _digest(self.target.name, self.mapping.canonical())
 
     def selection(self) -> str:
         """Names which records a run bills and how: each selection has its own checkpoints."""
@@ -383,7 +383,9 @@ def _event(fields: Billable, message: dict[str, Any], target: Target, mapping: M
         event[key] = mapping.shape(event[key], target.protected_key)
     amount = mapping.amount_of(message)
     if amount is not None:
-        event[AMOUNT_FIELD[target.name]] = amount
+        # The mapping file offers an amount only where the platform takes one.
+        assert target.amount_field is not None, f"{target.label} takes no amount"
+        event[target.amount_field] = amount
     return event
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from segbill.mapping import load
+from segbill.mapping_file import load
 from segbill.pipeline import to_event
 from segbill.segment import Invalid, Record, derived_id, exact_message, read_line
 from segbill.targets import get_target

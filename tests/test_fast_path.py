@@ -137,7 +137,8 @@ def test_generated_exports_get_the_general_paths_answers(segbill, monkeypatch, t
 
 def test_a_left_out_event_does_not_grow_a_traceback_per_message() -> None:
     """Raising one cached exception again and again chains every raise into its traceback."""
-    from segbill.mapping import Skipped, load
+    from segbill.mapping import Skipped
+    from segbill.mapping_file import load
 
     fields = load("lago", events=["API *"]).fast_billable()
     assert fields is not None

@@ -16,6 +16,7 @@ import pytest
 
 from segbill import delivery
 from segbill.delivery import MAX_WAIT, Concurrency, Pacer, seconds_until, wait_hint
+from segbill.targets import get_target
 from segbill.testing.fake_platform import RESET_FORMATS, FakePlatform, ResetFormat
 
 from .conftest import jsonl, track, write
@@ -228,8 +229,9 @@ def test_absurd_resets_never_mean_a_long_wait(value: str, expected: float | None
 
 
 def test_a_429_never_asks_for_more_than_the_cap() -> None:
-    assert wait_hint(httpx.Headers({"Retry-After": "3600"})) == MAX_WAIT
-    assert wait_hint(httpx.Headers({"Retry-After": "garbage", "X-RateLimit-Reset": "1796061616"})) == 0.0
+    rates = get_target("hyperline").rates
+    assert wait_hint(httpx.Headers({"Retry-After": "3600"}), rates) == MAX_WAIT
+    assert wait_hint(httpx.Headers({"Retry-After": "garbage", "X-RateLimit-Reset": "1796061616"}), rates) == 0.0
 
 
 def test_an_epoch_reset_on_a_spent_window_pauses_until_its_end_not_for_57_years() -> None:
