@@ -17,7 +17,6 @@ from segbill.segment import iso_millis
 from segbill.targets import Reader, Reading
 from segbill.targets.lago_api import ReadFailed, ReadOptions
 
-BILLED = ("billable", "draft")  # the verdicts of events that will be billed
 TOP = 5  # groups shown per verdict
 YIELD_EVERY = 1000  # events checked between two chances for a Ctrl-C to land
 
@@ -57,7 +56,7 @@ class CheckResult:
 
     @property
     def unbilled(self) -> int:
-        return self.checked - sum(self.verdicts[v] for v in BILLED)
+        return self.checked - sum(self.verdicts[v] for v in self.reading.billed)
 
     @property
     def complete(self) -> bool:

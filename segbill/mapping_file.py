@@ -104,11 +104,7 @@ def _event_rules(events: Any, where: str) -> EventRules:
         changes["billable_types"] = _strings(events["billable_types"], f"{where}.billable_types")
         if "track" in changes["billable_types"]:
             raise ConfigError(f'{where}.billable_types: track is always billable; list the other types (page = "page_viewed").')
-    for key in ("include", "exclude"):
-        if key in events:
-            changes[key] = _globs(events[key], f"{where}.{key}")
-    if "rename" in events:
-        changes["rename"] = _strings(events["rename"], f"{where}.rename")
+    changes.update(_matching(events, where))
     if "other" in events:
         if events["other"] not in ("keep", "snake_case"):
             raise ConfigError(f'{where}.other: must be "keep" or "snake_case", not {events["other"]!r}.')
@@ -119,12 +115,7 @@ def _event_rules(events: Any, where: str) -> EventRules:
 def _property_rules(properties: Any, where: str) -> PropertyRules:
     _expect(properties, dict, where, "a table")
     _no_unknown(properties, PROPERTY_KEYS, where)
-    changes: dict[str, Any] = {}
-    for key in ("include", "exclude"):
-        if key in properties:
-            changes[key] = _globs(properties[key], f"{where}.{key}")
-    if "rename" in properties:
-        changes["rename"] = _strings(properties["rename"], f"{where}.rename")
+    changes = _matching(properties, where)
     if "constants" in properties:
         constants = properties["constants"]
         _expect(constants, dict, f"{where}.constants", "a table")
@@ -138,6 +129,14 @@ def _property_rules(properties: Any, where: str) -> PropertyRules:
             raise ConfigError(f'{where}.separator: must be a non-empty string such as "_", not {separator!r}.')
         changes["separator"] = separator
     return PropertyRules(**changes)
+
+
+def _matching(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """The keys event and property rules share: include and exclude (globs), rename (names)."""
+    changes: dict[str, Any] = {key: _globs(table[key], f"{where}.{key}") for key in ("include", "exclude") if key in table}
+    if "rename" in table:
+        changes["rename"] = _strings(table["rename"], f"{where}.rename")
+    return changes
 
 
 def _source(value: Any, where: str, *, time: bool) -> FieldSource:

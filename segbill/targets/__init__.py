@@ -91,6 +91,7 @@ class Reading:
     names: tuple[str, str]  # what people call (scope, kind): reconcile's dimensions
     time: Callable[[dict[str, Any]], int]  # a converted event's time in ms, exactly
     verdicts: dict[str, str]  # what check can say of an event -> what it means; billable first
+    billed: tuple[str, ...] = ("billable",)  # the verdicts of events that will be billed
     decided_by: str | None = None  # what check reads that decides billing, when that is all of it: send --check may gate on it
 
     def place(self, event: dict[str, Any]) -> tuple[tuple[str, str], int]:

@@ -90,6 +90,7 @@ READING = Reading(
         "invoiced": "in a period of a finalized invoice, which is never reopened: never billed",
         "draft": "in a draft invoice's period: billed once the draft is refreshed or finalized",
     },
+    billed=("billable", "draft"),
     decided_by="metrics, subscriptions, invoices",
 )
 

@@ -68,8 +68,9 @@ class Period:
 
 class Organization:
     """What decides whether Lago bills an event. Invoice periods are read per customer, the
-    first time one of its subscriptions' events needs them. Its rules apply in the order of
-    `lago.READING.verdicts`: an event gets the first that fits."""
+    first time one of its subscriptions' events needs them. An event gets the first rule that
+    fits: unknown_code, unknown_subscription, before_start, after_termination, then the invoices
+    (invoiced, draft), else billable."""
 
     def __init__(self, codes: set[str], subscriptions: dict[str, list[Subscription]]) -> None:
         self.codes = codes
