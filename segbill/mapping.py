@@ -123,6 +123,13 @@ class Mapping:
     notes: tuple[str, ...] = ()  # what the user should hear about this mapping (said at start and in the summary)
     renamed: set[str] = field(default_factory=set, compare=False, repr=False)  # `rename` keys that matched an event
     hits: Hits = field(default_factory=Hits, compare=False, repr=False)
+    # Read for every event: plain attributes, not properties.
+    separator: str = field(init=False, compare=False, repr=False)
+    shapes_properties: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "separator", self.properties.separator)
+        object.__setattr__(self, "shapes_properties", self.properties.shape)
 
     def canonical(self) -> str:
         """The mapping as the conversion digest names it (`Options.conversion`), written out
@@ -148,14 +155,6 @@ class Mapping:
             "notes": repr(self.notes),
         }
         return "Mapping(" + ", ".join(f"{name}={value}" for name, value in parts.items()) + ")"
-
-    @property
-    def separator(self) -> str:
-        return self.properties.separator
-
-    @property
-    def shapes_properties(self) -> bool:
-        return self.properties.shape
 
     def select(self, message: dict[str, Any]) -> str | None:
         """The Segment event name a message bills as, or None: not a billable type. Raises
