@@ -110,13 +110,16 @@ class PropertyRules:
     separator: str = "."  # joins nested property keys: "model_name" is reachable from a Lago custom expression
 
     @property
-    def shape(self) -> bool:
+    def active(self) -> bool:
         """Whether any rule changes the properties (the usual mapping keeps them as they are)."""
         return bool(self.include or self.exclude or self.rename or self.constants)
 
 
 @dataclass(frozen=True)
 class Mapping:
+    """Field sources, event rules and property rules; `renamed` and `hits` record what the rules
+    met in the input read so far (to say a rule that matched nothing)."""
+
     fields: Fields = field(default_factory=Fields)
     events: EventRules = field(default_factory=EventRules)
     properties: PropertyRules = field(default_factory=PropertyRules)
@@ -129,7 +132,7 @@ class Mapping:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "separator", self.properties.separator)
-        object.__setattr__(self, "shapes_properties", self.properties.shape)
+        object.__setattr__(self, "shapes_properties", self.properties.active)
 
     def canonical(self) -> str:
         """The mapping as the conversion digest names it (`Options.conversion`), written out
@@ -183,7 +186,7 @@ class Mapping:
         rule is `include`, `exclude`, `properties.include`, `properties.exclude` or `properties.rename`."""
         events, properties = self.events, self.properties
         rules = [("include", glob) for glob in events.include] + [("exclude", glob) for glob in events.exclude]
-        if properties.shape:
+        if properties.active:
             rules += [("properties.include", glob) for glob in properties.include]
             rules += [("properties.exclude", glob) for glob in properties.exclude]
             rules += [("properties.rename", key) for key in properties.rename]
