@@ -65,6 +65,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from segbill.deadletter import ENTRIES
 from segbill.segment import (
     InexactNumber,
     Invalid,
@@ -304,7 +305,7 @@ class Inspection:
         try:
             track = self._read_track(message)
         except InexactNumber:  # orjson read an integer beyond 64 bits as a float
-            track = self._read_track(exact_message(record))
+            track = self._read_track(exact_message(record, ENTRIES))
         self._count_track(track, record)
 
     def _unreadable(self, kind: str, where: str) -> None:

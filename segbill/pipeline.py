@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from segbill.deadletter import DEFAULT_PATH, DeadLetterFile, DeadLetterWriteError
+from segbill.deadletter import DEFAULT_PATH, ENTRIES, DeadLetterFile, DeadLetterWriteError
 from segbill.mapping import Mapping, Skipped
 from segbill.report import Tally
 from segbill.segment import (
@@ -367,7 +367,7 @@ def to_event(
     try:
         return _convert(message, name, target, mapping)
     except InexactNumber:
-        record.message = exact_message(record)
+        record.message = exact_message(record, ENTRIES)
         return _convert(record.message, name, target, mapping)
 
 

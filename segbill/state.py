@@ -538,16 +538,17 @@ class Frontier:
         self.read_all = False
 
     def hold(self, record: Record) -> None:
-        entry = self._held.get(record.offset)
+        origin = record.origin
+        entry = self._held.get(origin.offset)
         if entry is None:
-            self._held[record.offset] = [record.line, 1]
+            self._held[origin.offset] = [origin.line, 1]
         else:
             entry[1] += 1
-        if record.end >= self._last[0]:
-            self._last = (record.end, record.line)
+        if origin.end >= self._last[0]:
+            self._last = (origin.end, origin.line)
 
     def release(self, record: Record) -> None:
-        entry = self._held[record.offset]
+        entry = self._held[record.origin.offset]
         entry[1] -= 1
         if entry[1] == 0:
             self._trim()  # finished lines leave at once: memory stays flat, checkpoint or not

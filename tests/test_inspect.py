@@ -19,7 +19,7 @@ import segbill.inspection as inspection_module
 from segbill.cli import app
 from segbill.cli.inspect import inspect_command, render
 from segbill.inspection import Inspection, inspect_sources
-from segbill.segment import read_line
+from segbill.segment import Origin, read_line
 from segbill.sources import expand
 
 from .conftest import SAMPLE_DATA, jsonl, track, write
@@ -305,7 +305,7 @@ def test_the_json_shape() -> None:
 def _inspect_bytes(data: bytes, **options: Any) -> dict[str, Any]:
     inspection = Inspection(**options)
     for number, line in enumerate(data.splitlines(), 1):
-        for record in read_line(line, "x.jsonl", number, 0, 0):
+        for record in read_line(line, Origin("x.jsonl", number, 0, 0)):
             inspection.add(record)
     return inspection.result()
 

@@ -385,11 +385,11 @@ def test_keys_sent_without_an_answer_are_resent_once_with_their_request(tmp_path
 
 
 def test_the_frontier_forgets_finished_lines_so_memory_stays_flat() -> None:
-    from segbill.segment import Record
+    from segbill.segment import Origin, Record
     from segbill.state import Frontier
 
     frontier = Frontier(None)
-    records = [Record("f", n, n * 10, n * 10 + 10, b"") for n in range(1, 1001)]
+    records = [Record(Origin("f", n, n * 10, n * 10 + 10), b"") for n in range(1, 1001)]
     for record in records:
         frontier.hold(record)
     frontier.release(records[1])  # finished out of order: the first line still holds it back
