@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import segbill.inspection as inspection_module
 from segbill.cli import app
-from segbill.cli.inspect import inspect_command, render
+from segbill.cli.inspect import inspect_command, render_inspect
 from segbill.inspection import Inspection, inspect_sources
 from segbill.segment import Origin, read_line
 from segbill.sources import expand
@@ -203,7 +203,7 @@ def test_the_plain_report_on_sample_data() -> None:
 def test_the_terminal_report_is_rich_tables_and_names_are_not_markup() -> None:
     result = _inspect_bytes(jsonl(track(event="[bold]Odd[/bold]", properties={"n": 1})))
     out = io.StringIO()
-    render(result, out, terminal=True)
+    render_inspect(result, out, terminal=True)
     assert "┃" in out.getvalue() and "[bold]Odd[/bold]" in out.getvalue()
 
 

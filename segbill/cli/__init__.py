@@ -18,7 +18,7 @@ import typer
 from segbill import __version__
 from segbill.cli.inspect import inspect_command
 from segbill.cli.progress import Progress
-from segbill.cli.summary import render
+from segbill.cli.summary import render_summary
 from segbill.cli.usage import fail, hold_closed_streams, inputs, report_stream, say_empty, streaming_gc, warn
 from segbill.deadletter import DEFAULT_PATH, written_by_dry_runs
 from segbill.mapping import Mapping
@@ -417,7 +417,7 @@ def check_command(
     no event to check; 2 usage error; 3 a read failed (key, URL, the platform); 130 interrupted.
     """
     from segbill.check import run_check
-    from segbill.cli.check import render
+    from segbill.cli.check import render_check
 
     options, reading = _selection(
         to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries
@@ -426,7 +426,7 @@ def check_command(
         result = run_check(options, reading)
     if result.stopped is not None and not result.tally.read and not json_:  # the organization could not be read
         fail(f"check could not read {options.target.label} ({result.stopped}); nothing was checked.", ExitCode.FATAL)
-    _report(result.as_dict() if json_ else None, lambda out: render(result, out, terminal=out.isatty()))
+    _report(result.as_dict() if json_ else None, lambda out: render_check(result, out, terminal=out.isatty()))
     raise typer.Exit(int(result.exit_code()))
 
 
@@ -479,7 +479,7 @@ def reconcile_command(
     2 usage error; 3 a read failed (key, URL, the platform), or --missing or the state could not
     be written; 130 interrupted.
     """
-    from segbill.cli.reconcile import render
+    from segbill.cli.reconcile import render_reconcile
     from segbill.reconcile import Reconciliation, reconcile
 
     options, reading = _selection(
@@ -513,7 +513,7 @@ def reconcile_command(
             ledger.close(save=result.stopped is None)
         except sqlite3.Error as error:
             result.stopped = result.stopped or _storage_failure(error, state)
-    _report(result.as_dict() if json_ else None, lambda out: render(result, out, terminal=out.isatty()))
+    _report(result.as_dict() if json_ else None, lambda out: render_reconcile(result, out, terminal=out.isatty()))
     raise typer.Exit(int(result.exit_code()))
 
 
@@ -538,7 +538,7 @@ def _check_before_sending(options: Options, delivery: DeliveryOptions | None) ->
     """send --check: the check of exactly what this send would deliver (the state's ledger
     included); anything Lago would not bill stops the send before it starts."""
     from segbill.check import run_check
-    from segbill.cli.check import render
+    from segbill.cli.check import render_check
     from segbill.targets.lago_api import ReadOptions
 
     reading = options.target.reading
@@ -554,7 +554,7 @@ def _check_before_sending(options: Options, delivery: DeliveryOptions | None) ->
     if result.stopped is not None:
         fail(f"--check could not read Lago ({result.stopped}); nothing was sent.", ExitCode.FATAL)
     if result.unbilled:
-        render(result, sys.stderr, terminal=sys.stderr.isatty())
+        render_check(result, sys.stderr, terminal=sys.stderr.isatty())
         fail(
             f"--check: {result.unbilled:,} of {result.checked:,} events would not be billed (above); nothing was sent.",
             ExitCode.DEAD_LETTERED,
@@ -784,7 +784,7 @@ def _summarize(tally: Tally, as_json: bool) -> None:
             _flush_stdout()
             sys.stderr.write(f"segbill: error: cannot write the summary to stdout ({error.strerror}); here it is:\n{summary}")
         return
-    render(tally, sys.stderr, terminal=sys.stderr.isatty())
+    render_summary(tally, sys.stderr, terminal=sys.stderr.isatty())
 
 
 def main() -> None:

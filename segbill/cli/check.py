@@ -11,7 +11,7 @@ from segbill.check import CheckResult, Group
 from segbill.segment import iso_millis
 
 
-def render(result: CheckResult, stream: IO[str], *, terminal: bool) -> None:
+def render_check(result: CheckResult, stream: IO[str], *, terminal: bool) -> None:
     """Verdicts with counts and, for each, the codes, subscriptions and times behind it."""
     data = result.as_dict()
     checked = "events a send would deliver" if result.complete else "events checked"

@@ -20,7 +20,7 @@ def _ledger_note(result: Reconciliation) -> str:
     return f"missing events {result.state} had as delivered, and no longer has: a send with it sends them"
 
 
-def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
+def render_reconcile(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
     """Totals, then the worst subscriptions, codes and days."""
     span = (
         f" from {iso_millis(result.start)} to {iso_millis(result.end)}"
