@@ -339,6 +339,14 @@ def test_track_checks_and_property_types() -> None:
     assert (user["messages"], user["unusable"], user["distinct"]) == (3, 1, 2)  # "user-1" twice, 42; "" unusable
 
 
+def test_customer_ids_are_counted_as_send_bills_them() -> None:
+    """7, 7.0 and "7" are one customer for send; a boolean, an object and 7.5 are refused."""
+    users: list[Any] = [7, 7.0, "7", True, {"id": 7}, 7.5]
+    result = _inspect_bytes(jsonl(*(track(messageId=f"m{n}", userId=user) for n, user in enumerate(users))))
+    user = next(field for field in result["customer_fields"] if field["path"] == "userId")
+    assert (user["messages"], user["unusable"], user["distinct"]) == (3, 3, 1)
+
+
 def test_customer_id_candidates_found_in_properties() -> None:
     result = _inspect_bytes(
         jsonl(
