@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -157,13 +156,6 @@ def assert_each_once(dead_letter: Path, bad: int) -> None:
     assert len(entries) == bad and set(lines.values()) == {1}
 
 
-def _wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_interrupted_and_resumed_every_bad_record_is_dead_lettered_once(tmp_path: Path) -> None:
     data, bad = with_bad_lines(3000, 10)
     write(tmp_path / "a.jsonl", data)
@@ -186,7 +178,7 @@ def test_interrupted_and_resumed_every_bad_record_is_dead_lettered_once(tmp_path
             "2",
         ]
         process = subprocess.Popen([*command, "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _wait_for(lambda: len(fake.counts("lago")) >= 500)
+        assert fake.wait_until(lambda: len(fake.counts("lago")) >= 500)
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=60)
         assert process.returncode == 130
@@ -316,7 +308,7 @@ def test_an_interrupted_send_says_so_and_how_to_resume(tmp_path: Path) -> None:
                 *state,
             ]
             process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            _wait_for(lambda: len(fake.requests("lago")) >= 2)
+            assert fake.wait_until(lambda: len(fake.requests("lago")) >= 2)
             process.send_signal(signal.SIGINT)
             _, err = process.communicate(timeout=60)
             assert process.returncode == 130

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +225,7 @@ def test_gzip_files_resume_from_their_checkpoint(tmp_path: Path, fake: FakePlatf
         "50",
     ]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for(lambda: len(fake.counts("lago")) >= 300)
+    assert fake.wait_until(lambda: len(fake.counts("lago")) >= 300)
     fake.script(["401"])
     out, _ = process.communicate(timeout=60)
     first = orjson.loads(out)
@@ -237,13 +236,6 @@ def test_gzip_files_resume_from_their_checkpoint(tmp_path: Path, fake: FakePlatf
     assert second["read"] == 1000 - first["delivered"]  # resumed right after the last delivered batch
     assert fake.counts("lago") == {f"m{i}": 1 for i in range(1000)}
     assert set(fake.writes("lago").values()) == {1}
-
-
-def _wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
@@ -270,7 +262,7 @@ def test_killed_mid_run_then_rerun_every_event_is_stored_exactly_once(tmp_path: 
             "3",
         ]
         process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _wait_for(lambda: len(fake.counts("lago")) >= 1800)  # into the second file
+        assert fake.wait_until(lambda: len(fake.counts("lago")) >= 1800)  # into the second file
         process.send_signal(signum)
         out, err = process.communicate(timeout=60)
         assert b"Traceback" not in err
@@ -324,7 +316,7 @@ def test_a_rerun_never_batches_maybe_stored_events_with_new_ones(segbill, tmp_pa
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        _wait_for(lambda: len(fake.counts("lago")) >= 20)  # two batches stored, their answers a minute away
+        assert fake.wait_until(lambda: len(fake.counts("lago")) >= 20)  # two batches stored, their answers a minute away
         process.send_signal(signum)
         _, err = process.communicate(timeout=60)
         assert b"Traceback" not in err
