@@ -545,6 +545,11 @@ class Frontier:
         if origin.end >= self._last[0]:
             self._last = (origin.end, origin.line)
 
+    @property
+    def lines_held(self) -> int:
+        """Lines with a record whose outcome is not final yet (or behind one): what memory holds."""
+        return len(self._held)
+
     def release(self, record: Record) -> None:
         entry = self._held[record.origin.offset]
         entry[1] -= 1

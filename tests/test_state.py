@@ -385,10 +385,10 @@ def test_the_frontier_forgets_finished_lines_so_memory_stays_flat() -> None:
     for record in records:
         frontier.hold(record)
     frontier.release(records[1])  # finished out of order: the first line still holds it back
-    assert frontier.position().offset == 10 and len(frontier._held) == 1000
+    assert frontier.position().offset == 10 and frontier.lines_held == 1000
     for record in records[:1] + records[2:]:
         frontier.release(record)
-    assert len(frontier._held) == 0
+    assert frontier.lines_held == 0
     assert frontier.position().offset == 10010
 
 
@@ -481,8 +481,8 @@ def test_a_hash_found_across_two_entries_of_the_index_is_not_a_hit(tmp_path: Pat
     index = state.KeyIndex(run.db)
     first, second = bytes([7, 7]) + bytes(range(1, 11)), bytes([7, 7]) + bytes(range(101, 111))
     assert index.claim([first, second], [1, 2]) == [None, None]
-    packed = bytes(index._buckets[(7 << 6) | (7 >> 2)])
-    assert len(packed) == 32
-    straddling = bytes([7, 7]) + packed[11:21]  # the last 5 bytes of the first entry, the first 5 of the second
+    # Both in one bucket (same first two bytes), each entry 10 hash bytes then a 6-byte time: the
+    # last 5 bytes of the first entry (its time's) and the first 5 of the second.
+    straddling = bytes([7, 7]) + (1).to_bytes(6, "little")[1:] + bytes(range(101, 106))
     assert index.claim([straddling, straddling, first], [3, 3, 1]) == [None, 3, 1]
     run.close()
