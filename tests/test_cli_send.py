@@ -17,7 +17,7 @@ import typer
 from segbill import __version__
 from segbill.cli import app
 
-from .conftest import SAMPLE_DATA, jsonl, track, write
+from .conftest import SAMPLE_DATA, assert_adds_up, jsonl, track, write
 from .schemas import ASSERT_SCHEMA
 
 GOOD = [track(messageId=f"m{i}", userId=f"u{i % 3}", properties={"n": i}) for i in range(5)]
@@ -27,15 +27,6 @@ OTHERS = [{"type": "identify", "userId": "u"}, {"type": "page", "name": "Home"},
 def summary_of(run) -> dict:
     """The --json summary (stderr in a dry run, where stdout holds the events)."""
     return orjson.loads(run.stderr.strip().splitlines()[-1])
-
-
-def assert_adds_up(summary: dict) -> None:
-    done = summary.get("converted", summary.get("delivered"))
-    assert (
-        summary["read"] == done + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
-    )
-    assert summary["skipped"] == sum(summary["skipped_by_reason"].values())
-    assert summary["dead_lettered"] == sum(summary["dead_lettered_by_reason"].values())
 
 
 @pytest.mark.parametrize("target", ["lago", "hyperline"])

@@ -20,10 +20,7 @@ from segbill.targets import get_target
 
 from .conftest import jsonl, track, write
 
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery, "BACKOFF_BASE", 0.01)
+pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
 def replay_of(tmp_path: Path, target: str, count: int) -> Replay:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,18 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
-from segbill import delivery, state
+from segbill import state
 from segbill.state import State
 from segbill.testing.fake_platform import FakePlatform
 
-from .conftest import WITHOUT_ISAL, jsonl, track, write
+from .conftest import KEY, WITHOUT_ISAL, jsonl, process_env, send, track, write
 
-KEY = "sk-state-test-key"
-
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery, "BACKOFF_BASE", 0.01)
+pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
 @pytest.fixture(params=[True, False], ids=["insert-returning", "sqlite-before-3.35"])
@@ -37,28 +31,6 @@ def messages(count: int, prefix: str = "m") -> list[dict[str, Any]]:
         track(messageId=f"{prefix}{i}", userId=f"cus_{i % 11}", timestamp=f"2024-01-{1 + i % 28:02d}T00:00:00.000Z")
         for i in range(count)
     ]
-
-
-def summary_of(run) -> dict[str, Any]:
-    summary = orjson.loads(run.stdout.strip().splitlines()[-1]) if not run.stdout.startswith('{"transaction') else None
-    assert summary is not None
-    done = summary["delivered"]
-    assert (
-        summary["read"] == done + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
-    )
-    return summary
-
-
-def send(segbill, url: str, *args: str) -> tuple[Any, dict[str, Any]]:
-    run = segbill("send", *args, "--to", "lago", "--json", "--quiet", env={"LAGO_API_URL": url, "LAGO_API_KEY": KEY})
-    assert KEY not in run.stdout + run.stderr
-    return run, summary_of(run)
-
-
-@pytest.fixture
-def fake():
-    with FakePlatform(api_key=KEY, retry_after=0) as platform:
-        yield platform
 
 
 def test_a_rerun_resumes_and_sends_nothing_twice(segbill, tmp_path: Path, fake: FakePlatform) -> None:
@@ -206,7 +178,7 @@ def test_gzip_files_resume_from_their_checkpoint(tmp_path: Path, fake: FakePlatf
     """A run stopped by a fatal answer resumes mid-file; lines before the checkpoint are not re-read."""
     write(tmp_path / "a.gz", jsonl(*messages(1000)), compress=True)
     fake.latency = 0.02
-    env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+    env = process_env(fake.url)
     segbill = ["-m", "segbill"] if inflate == "isal" else ["-c", WITHOUT_ISAL]
     command = [
         sys.executable,
@@ -243,7 +215,7 @@ def test_killed_mid_run_then_rerun_every_event_is_stored_exactly_once(tmp_path: 
     with FakePlatform(api_key=KEY, latency=0.03) as fake:
         write(tmp_path / "export" / "a.jsonl", jsonl(*messages(1500)))
         write(tmp_path / "export" / "b.gz", jsonl(*messages(1500, prefix="b"), {"type": "page"}), compress=True)
-        env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+        env = process_env(fake.url)
         command = [
             sys.executable,
             "-m",
@@ -294,7 +266,7 @@ def test_a_rerun_never_batches_maybe_stored_events_with_new_ones(segbill, tmp_pa
     only with the others of their request, even when a rerun changes the batch size."""
     with FakePlatform(api_key=KEY, lago_pre_v1_39=True, latency=60) as fake:
         write(tmp_path / "a.jsonl", jsonl(*messages(100)))
-        env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+        env = process_env(fake.url)
         command = [
             sys.executable,
             "-m",
