@@ -192,6 +192,21 @@ def test_a_message_dead_lettered_while_reading_keeps_every_integer_exact(segbill
     assert entry["record"]["properties"] == {"n": 123456789012345678901234567890, "m": -99999999999999999999}
 
 
+def test_a_replayed_dead_letter_keeps_every_integer_exact(segbill, tmp_path: Path) -> None:
+    """A dead letter's record is read back with the fast parse too: an integer beyond 64 bits
+    sends its exact re-read through the dead-letter reading, not the line as a message."""
+    line = b'{"type":"track","event":"API Call","messageId":"m","timestamp":"2024-01-01T00:00:00Z","properties":{"n":123456789012345678901234567890}}\n'
+    first = segbill("send", str(write(tmp_path / "in.jsonl", line)), "--to", "lago", "--dry-run", dead_letter="dead.jsonl")
+    assert first.exit_code == 1 and len(first.dead_letters) == 1  # no customer id
+    replay = segbill(
+        "send", "dead.jsonl", "--to", "lago", "--dry-run", "--customer-from", "properties.n", dead_letter="again.jsonl"
+    )
+    assert replay.exit_code == 0, replay.stderr
+    [event] = replay.events
+    assert event["external_subscription_id"] == "123456789012345678901234567890"
+    assert event["properties"]["n"] == "123456789012345678901234567890"
+
+
 def test_the_dead_letter_file_is_never_read_while_written(segbill, tmp_path: Path) -> None:
     path = write(tmp_path / "in.jsonl", b"bad one\n")
     segbill("send", str(path), "--to", "lago", "--dry-run")
