@@ -12,6 +12,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import BinaryIO
 
+import orjson
+
 from segbill.deadletter import ENTRIES
 from segbill.segment import UTF8_BOM, Invalid, Origin, Record, read_line
 
@@ -175,7 +177,7 @@ def read_records(
     for number, start, end, data, problem in read_lines(source, on_progress, offset=offset, line=line):
         origin = Origin(name, number, start, end)
         if problem is None:
-            yield from read_line(data, origin, wrapper=ENTRIES)
+            yield from read_line(data, origin, orjson.loads, ENTRIES)
         else:
             yield Record(origin, data, invalid=problem)
 
