@@ -28,7 +28,7 @@ from segbill.segment import (
     exact_message,
 )
 from segbill.sources import Source, SourceUnreadable, read_records
-from segbill.state import Claim, Frontier, Keeping, State
+from segbill.state import Claim, Frontier, Mode, State
 from segbill.targets import Target
 
 # Past this many, bad input lines are counted and dead-lettered without a line each on stderr.
@@ -104,7 +104,7 @@ class Replay:
         self._quick = options.mapping.fast_billable()
         # Checkpoints exist only when the state is kept: only then is each record held until its
         # outcome is final.
-        self._tracking = self.state.keeping is Keeping.WRITES
+        self._tracking = self.state.mode is Mode.WRITE
 
     def events(
         self, on_progress: Callable[[str, int], None] | None = None

@@ -92,7 +92,7 @@ class Record:
 
     def drop_message(self) -> None:
         """Let the parsed message go once its event is converted: thousands of events wait in
-        batches, and a parsed message is several times the size of its line. `original` reads
+        batches, and a parsed message is several times the size of its line. `exact_message` reads
         it back from `raw` for the rare dead letter."""
         self.message = None
 
@@ -110,8 +110,7 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def loads_exact(raw: bytes) -> Any:
-    """The standard library's parse, which keeps every integer exact (see `InexactNumber`)."""
+def _loads_exact(raw: bytes) -> Any:
     return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
 
 
@@ -139,7 +138,7 @@ def read_line(raw: bytes, origin: Origin, loads: Loads = orjson.loads, wrapper: 
 def exact_message(record: Record, wrapper: Wrapper | None = None) -> dict[str, Any]:
     """The record's message parsed again with every integer exact (see `InexactNumber`), through
     the `wrapper` it was read with."""
-    for candidate in read_line(record.raw, record.origin, loads_exact, wrapper):
+    for candidate in read_line(record.raw, record.origin, _loads_exact, wrapper):
         if candidate.index == record.index and candidate.message is not None:
             return candidate.message
     raise AssertionError("an exact parse found no message where orjson found one")

@@ -81,12 +81,12 @@ class Checkpoint:
     complete: bool
 
 
-class Keeping(Enum):
-    """What a run does with its state file: the one fact every method asks."""
+class Mode(Enum):
+    """How a run uses its state: the one fact behind what it reads and what it writes back."""
 
-    NOTHING = "nothing"  # no --state: an in-memory ledger, gone at the end
-    READS = "reads"  # --state in a dry run: duplicates and checkpoints are read, nothing written
-    WRITES = "writes"  # --state in a send: read and written back
+    MEMORY = "memory"  # no --state: a ledger in memory, gone at the end of the run
+    READ = "read"  # --state in a dry run: duplicates and checkpoints are read, nothing is written
+    WRITE = "write"  # --state in a send: read, and written back
 
 
 class State:
@@ -98,7 +98,7 @@ class State:
         (None in a dry run): a state that delivered elsewhere raises `OtherDestination`."""
         self.path = path
         self.target = target
-        self.keeping = Keeping.NOTHING if path is None else Keeping.READS if read_only else Keeping.WRITES
+        self.mode = Mode.MEMORY if path is None else Mode.READ if read_only else Mode.WRITE
         self.selection = selection
         self.url = url
         self._destination_kept = False
@@ -123,7 +123,7 @@ class State:
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
         # A run that keeps nothing claims in memory, and reads the ledger only if it holds keys.
-        self._index = None if self.keeping is Keeping.WRITES else KeyIndex(self.db)
+        self._index = None if self.mode is Mode.WRITE else KeyIndex(self.db)
         self._ledger_empty = self.db.execute("SELECT 1 FROM ledger WHERE target = ? LIMIT 1", (target,)).fetchone() is None
         self.checkpoints_changed: dict[str, tuple[Source, Checkpoint]] = {}
         self.resending: dict[str, int] = {}  # RESEND keys claimed by this run -> the request they were sent in
@@ -134,7 +134,7 @@ class State:
         """Refuse a state whose ledger was delivered to another platform or URL: its duplicates
         and checkpoints say nothing about this destination, and a mistyped --to or --api-url
         would otherwise send a whole backfill to the wrong place."""
-        if self.keeping is Keeping.NOTHING:
+        if self.mode is Mode.MEMORY:
             return
         rows = self.db.execute("SELECT target, url FROM destinations").fetchall()
         if not rows:  # a state from before destinations were kept: its ledger names the platform
@@ -250,7 +250,7 @@ class State:
         never comes (a kill, a lost answer, a stop), they may be stored: a later run resends
         them together, never beside new events, because a Lago before v1.39 refusing a batch
         for a duplicate still stores its other events (without their fees or wallet updates)."""
-        if self.keeping is not Keeping.WRITES:
+        if self.mode is not Mode.WRITE:
             return
         request = -random.getrandbits(62) - 1
         self._requests.add(request)
@@ -264,7 +264,7 @@ class State:
         self.commit()
 
     def delivered(self, keys: list[str]) -> None:
-        if self.keeping is not Keeping.WRITES:  # a claim is only ever released if undelivered: no mark needed
+        if self.mode is not Mode.WRITE:  # a claim is only ever released if undelivered: no mark needed
             return
         if self.url is not None and keys and not self._destination_kept:
             self.db.execute("INSERT OR IGNORE INTO destinations VALUES (?, ?, datetime('now'))", (self.target, self.url))
@@ -293,7 +293,7 @@ class State:
 
     def checkpoint(self, source: Source) -> Checkpoint | None:
         """Where to resume `source`, if it is the same file (path, size, first bytes) as before."""
-        if source.path is None or self.keeping is Keeping.NOTHING:
+        if source.path is None or self.mode is Mode.MEMORY:
             return None
         row = self.db.execute(
             "SELECT size, fingerprint, offset, line, complete FROM checkpoints WHERE selection = ? AND path = ?",
@@ -304,21 +304,21 @@ class State:
         return Checkpoint(row[2], row[3], bool(row[4]))
 
     def set_checkpoint(self, source: Source, checkpoint: Checkpoint) -> None:
-        if source.path is not None and self.keeping is not Keeping.NOTHING:
+        if source.path is not None and self.mode is not Mode.MEMORY:
             self.checkpoints_changed[_key(source)] = (source, checkpoint)
 
     # -- dead letters ------------------------------------------------------------------------------
 
     def file_identity(self, source: Source) -> str | None:
         """Names one version of a file (path, size, first bytes), for its dead letters."""
-        if source.path is None or self.keeping is Keeping.NOTHING:
+        if source.path is None or self.mode is Mode.MEMORY:
             return None
         text = f"{_key(source)}\0{source.size}\0{self._fingerprint(source.path)}"
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
     def dead_lettered(self, file: str, conversion: str, record: Record) -> None:
         """Remember a record written to the dead-letter file, kept with the next checkpoint."""
-        if self.keeping is Keeping.WRITES:
+        if self.mode is Mode.WRITE:
             self.db.execute(
                 "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?)",
                 (file, conversion, record.offset, -1 if record.index is None else record.index),
@@ -343,7 +343,7 @@ class State:
     def commit(self) -> None:
         """Make the ledger and the checkpoints durable together (a dry run keeps nothing, nor
         does a run without --state)."""
-        if self.keeping is not Keeping.WRITES:
+        if self.mode is not Mode.WRITE:
             return
         for key, (source, checkpoint) in self.checkpoints_changed.items():
             assert source.path is not None
@@ -367,7 +367,7 @@ class State:
         """Save (not after a failed write: SQLite may have rolled part of it back) and let go of
         the file; the lock is released even when saving fails (a full disk)."""
         try:
-            if self.keeping is not Keeping.WRITES or not save:  # nothing to keep (a temporary file goes with the connection)
+            if self.mode is not Mode.WRITE or not save:  # nothing to keep (a temporary file goes with the connection)
                 self.db.rollback()
             else:
                 self.db.execute("DELETE FROM ledger WHERE delivered = 0")
