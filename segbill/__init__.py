@@ -24,8 +24,9 @@ TYPE_CHECKING = False  # typing's own would import typing, which `segbill --vers
 if TYPE_CHECKING:
     from segbill.delivery import DeliveryOptions, deliver_all
     from segbill.inspection import inspect_sources
-    from segbill.mapping import ConfigError, Mapping
-    from segbill.mapping import load as load_mapping
+    from segbill.mapping import Mapping
+    from segbill.mapping_file import ConfigError
+    from segbill.mapping_file import load as load_mapping
     from segbill.pipeline import Options, Replay, dry_run
     from segbill.report import ExitCode, Tally
     from segbill.sources import Source, expand
@@ -57,7 +58,7 @@ __all__ = [
 
 # public name -> (module, name there)
 _PUBLIC = {
-    "ConfigError": ("segbill.mapping", "ConfigError"),
+    "ConfigError": ("segbill.mapping_file", "ConfigError"),
     "DeliveryOptions": ("segbill.delivery", "DeliveryOptions"),
     "ExitCode": ("segbill.report", "ExitCode"),
     "Mapping": ("segbill.mapping", "Mapping"),
@@ -72,7 +73,7 @@ _PUBLIC = {
     "expand": ("segbill.sources", "expand"),
     "get_target": ("segbill.targets", "get_target"),
     "inspect_sources": ("segbill.inspection", "inspect_sources"),
-    "load_mapping": ("segbill.mapping", "load"),
+    "load_mapping": ("segbill.mapping_file", "load"),
 }
 
 

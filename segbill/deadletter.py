@@ -1,7 +1,8 @@
 """The dead-letter file: every record that could not be delivered, with the reason, replayable.
 
 One JSON object per line, marked `"segbill_dead_letter": 1` so that `segbill send` reads its own
-file back and replays the original `record` (or re-reads `raw`, the original text).
+file back and replays the original `record` (or re-reads `raw`, the original text): the writer
+and that reading (`ENTRIES`, which `segment.read_line` calls for a marked line) live here.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from typing import Any, BinaryIO, NoReturn
 
 import orjson
 
-from segbill.segment import DEAD_LETTER_MARKER, MISSING_MARKER, Record, dumps
+from segbill.segment import Invalid, Loads, Origin, Record, Wrapper, dumps, exact_message, read_line
 
 DEFAULT_PATH = "segbill-dead-letter.jsonl"
+DEAD_LETTER_MARKER = "segbill_dead_letter"
+# In a dead-letter entry written by `segbill reconcile`: the platform does not hold this event.
+MISSING_MARKER = "missing_on_platform"
 
 
 class DeadLetterWriteError(Exception):
@@ -53,9 +57,8 @@ class DeadLetterFile:
             entry[MISSING_MARKER] = True
         if record.first_source is not None and record.first_source != entry["source"]:
             entry["first_source"] = record.first_source
-        message = record.original()
-        if message is not None:
-            entry["record"] = message
+        if record.invalid is None:  # a message, read again with every integer exact
+            entry["record"] = exact_message(record, ENTRIES)
         else:
             entry["raw"] = record.raw.rstrip(b"\r").decode("utf-8", "replace")
             if not _is_utf8(record.raw):
@@ -101,6 +104,39 @@ class DeadLetterFile:
             with contextlib.suppress(OSError):  # the unwritten entry stays in the buffer: drop it
                 handle.close()
         raise DeadLetterWriteError(self._failure) from None
+
+
+def _unwrap(entry: dict[str, Any], raw: bytes, origin: Origin, loads: Loads) -> Record | None:
+    """A line of segbill's own dead-letter file: read back the original record or text. None
+    for a marker that is not segbill's (only the integer 1 is: not True, not 1.0)."""
+    marker = entry[DEAD_LETTER_MARKER]
+    if type(marker) is not int or marker != 1:
+        return None
+    first = entry.get("first_source") or entry.get("source")
+    first_source = first if isinstance(first, dict) else None
+    missing = entry.get(MISSING_MARKER) is True
+    record = entry.get("record")
+    if isinstance(record, dict):
+        return Record(origin, raw, message=record, first_source=first_source, missing_on_platform=missing)
+    original: bytes | None = None
+    if isinstance(entry.get("raw_base64"), str):
+        original = base64.b64decode(entry["raw_base64"])
+    elif isinstance(entry.get("raw"), str):
+        original = entry["raw"].encode("utf-8", "surrogatepass")
+    if original is None:
+        invalid = Invalid("not_object", "This dead-letter line holds neither a record nor raw text.")
+        return Record(origin, raw, invalid=invalid, first_source=first_source)
+    records = read_line(original, origin, loads, ENTRIES)
+    if len(records) != 1:
+        invalid = Invalid("not_object", "This dead-letter line's raw text holds several messages; replay it as a file.")
+        return Record(origin, original, invalid=invalid, first_source=first_source)
+    records[0].first_source = first_source
+    records[0].missing_on_platform = missing
+    return records[0]
+
+
+ENTRIES = Wrapper(DEAD_LETTER_MARKER, _unwrap)
+"""How `read_line` reads segbill's own dead-letter lines back: pass it to read an input."""
 
 
 def written_by_dry_runs(path: Path) -> bool:

@@ -28,10 +28,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Any, TypedDict
 
 import msgspec
+import orjson
 
-from segbill.deadletter import _is_utf8
+from segbill.deadletter import DEAD_LETTER_MARKER, ENTRIES, _is_utf8
 from segbill.mapping import Mapping, Skipped
-from segbill.segment import DEAD_LETTER_MARKER, Billable, InexactNumber, Invalid, Record, read_line
+from segbill.segment import Billable, InexactNumber, Invalid, Origin, Record, read_line
 from segbill.sources import Line
 from segbill.targets import Target
 
@@ -70,9 +71,10 @@ def _keys(mapping: Mapping) -> list[str]:
     """The top-level keys the mapping's fast path reads (each field from one top-level key, the
     time from the first of its paths), and the amount's. Everything read from the mapping is
     read here."""
-    paths = [mapping.id.paths[0], mapping.customer.paths[0], mapping.event.paths[0], mapping.time.paths[0]]
-    if mapping.amount is not None:
-        paths += mapping.amount.paths
+    fields = mapping.fields
+    paths = [fields.id.paths[0], fields.customer.paths[0], fields.event.paths[0], fields.time.paths[0]]
+    if fields.amount is not None:
+        paths += fields.amount.paths
     return list(dict.fromkeys(["type", "properties", *(path[0] for path in paths)]))
 
 
@@ -84,8 +86,8 @@ class BlockDecoder:
         self._target = target
         self._fields = fields
         self._event_of = event_of
-        self._billed_types = set(mapping.billable_types)
-        self._customer_key = mapping.customer.paths[0][0]
+        self._billed_types = set(mapping.events.billable_types)
+        self._customer_key = mapping.fields.customer.paths[0][0]
         # A TypedDict rather than a Struct: the fast path reads a dict, and making one from a
         # Struct costs more per line (0.4 us) than msgspec's building the dict itself.
         schema = {key: _PROPERTIES if key == "properties" else Any for key in _keys(mapping)}
@@ -125,14 +127,15 @@ class BlockDecoder:
         a record the decoder did not read comes from the general path's parse, with None."""
         decode = self.decode
         for number, start, end, data, problem in lines:
+            origin = Origin(path, number, start, end)
             if problem is not None:
-                yield Record(path, number, start, end, data, invalid=problem), None
+                yield Record(origin, data, invalid=problem), None
                 continue
             decoded = decode(data)
             if decoded is not None:
-                yield Record(path, number, start, end, data), decoded
+                yield Record(origin, data), decoded
                 continue
-            for record in read_line(data, path, number, start, end):
+            for record in read_line(data, origin, orjson.loads, ENTRIES):
                 yield record, None
 
 

@@ -1,6 +1,7 @@
 """Delivery: batches over one keep-alive async client, retried, paced by 429s, split when refused.
 
-It knows the platforms only through `Target`: the request path and body, and `read_answer`.
+It knows the platforms only through `Target`: the request path and body, `read_answer`, and the
+headers that announce rate limits.
 Every event handed to `Sender.deliver` ends delivered, dead-lettered or not attempted.
 """
 
@@ -24,7 +25,7 @@ import httpx
 
 from segbill.pipeline import STORAGE_ERRORS
 from segbill.segment import Record, dumps
-from segbill.targets import Answer, Target
+from segbill.targets import X_RATELIMIT, Answer, RateHeaders, Target
 
 if TYPE_CHECKING:
     from segbill.cli.progress import Progress
@@ -100,9 +101,9 @@ def backoff(attempt: int) -> float:
     return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
 
 
-def wait_hint(headers: httpx.Headers) -> float | None:
-    """Seconds a 429 asks to wait: Retry-After (Hyperline), else X-RateLimit-Reset (Lago)."""
-    for name in ("retry-after", "x-ratelimit-reset"):
+def wait_hint(headers: httpx.Headers, rates: RateHeaders) -> float | None:
+    """Seconds a 429 asks to wait: the first of the platform's wait headers that names a time."""
+    for name in rates.wait:
         seconds = seconds_until(headers.get(name))
         if seconds is not None:
             return seconds
@@ -210,8 +211,9 @@ class Pacer:
     and no faster than a rate limit the platform announces (X-RateLimit-Limit per window), so
     a run stays just under the limit instead of bouncing off it."""
 
-    def __init__(self, rate: float | None) -> None:
+    def __init__(self, rate: float | None, rates: RateHeaders = X_RATELIMIT) -> None:
         self.rate = rate
+        self.rates = rates  # where the platform announces its limit
         self.paused_until = 0.0
         self._next = 0.0
         self._spacing = 0.0  # seconds between request starts, from the announced limit
@@ -266,9 +268,9 @@ class Pacer:
         return 1 / self._spacing if self._spacing else None
 
     def observe(self, headers: httpx.Headers) -> None:
-        limit = _number(headers.get("x-ratelimit-limit"))
-        remaining = _number(headers.get("x-ratelimit-remaining"))
-        reset = seconds_until(headers.get("x-ratelimit-reset"))
+        limit = _number(headers.get(self.rates.limit))
+        remaining = _number(headers.get(self.rates.remaining))
+        reset = seconds_until(headers.get(self.rates.reset))
         if reset is None:
             return
         now = time.monotonic()
@@ -323,7 +325,7 @@ class Sender:
         self.host = urlsplit(options.url).netloc.rpartition("@")[2]  # host:port, never a user:password@
         self.headers = {"Authorization": f"Bearer {options.api_key}", "Content-Type": "application/json"}
         self.concurrency = Concurrency(options.concurrency)
-        self.pacer = Pacer(options.rate)
+        self.pacer = Pacer(options.rate, target.rates)
         self.unreachable_streak = 0
         self.stopped: str | None = None
 
@@ -447,7 +449,7 @@ class Sender:
         self.concurrency.ceiling(self.pacer.pace)
         wait = None
         if status == 429:
-            hint = wait_hint(response.headers)
+            hint = wait_hint(response.headers, self.target.rates)
             wait = backoff(1) if hint is None else hint
             self.pacer.throttled(wait)
         else:

@@ -65,14 +65,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from segbill.deadletter import ENTRIES
 from segbill.segment import (
     InexactNumber,
     Invalid,
     Record,
     check_exact,
+    customer_id,
     event_time,
     exact_message,
     iso_millis,
+    lookup,
 )
 from segbill.sources import Source, read_records
 
@@ -304,7 +307,7 @@ class Inspection:
         try:
             track = self._read_track(message)
         except InexactNumber:  # orjson read an integer beyond 64 bits as a float
-            track = self._read_track(exact_message(record))
+            track = self._read_track(exact_message(record, ENTRIES))
         self._count_track(track, record)
 
     def _unreadable(self, kind: str, where: str) -> None:
@@ -330,9 +333,7 @@ class Inspection:
             _flatten(properties, "", flat)
         looked_up = []
         for path, candidate in self._lookups:
-            value: Any = message
-            for key in path:
-                value = value.get(key) if type(value) is dict else None
+            value = lookup(message, path)
             if value is not None:
                 if type(value) is float:
                     check_exact(value)
@@ -492,7 +493,9 @@ def inspect_sources(sources: Iterable[Source], **options: Any) -> dict[str, Any]
 
 
 def _flatten(values: dict[str, Any], prefix: str, out: list[tuple[str, Any]]) -> None:
-    """Nested objects -> dotted keys, as segbill flattens properties; an empty object stays."""
+    """Nested objects -> dotted keys, as `targets.flatten` joins them, but every value as read
+    (nulls, empty objects and colliding keys kept): their types and collisions are what is counted,
+    where `targets.flatten` converts values for a platform and refuses a collision."""
     for name, value in values.items():
         kind = type(value)
         if kind is dict and value:
@@ -505,14 +508,10 @@ def _flatten(values: dict[str, Any], prefix: str, out: list[tuple[str, Any]]) ->
 
 def _id_text(value: Any) -> str | None:
     """The id `send` would bill a value as (numbers -> text), or None where it refuses one."""
-    kind = type(value)
-    if kind is str:
-        return value or None
-    if kind is int:
-        return str(value)
-    if kind is float and value.is_integer():
-        return str(int(value))
-    return None
+    try:
+        return customer_id(value, "")
+    except Invalid:
+        return None
 
 
 def _event_result(event: _Event) -> dict[str, Any]:

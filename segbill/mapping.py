@@ -1,18 +1,17 @@
 """The mapping: which messages are billable and where each billing field comes from.
 
-Built from defaults (Segment's usual fields), a TOML file (`--config`) and flags, in that order
-of precedence, and checked whole before anything is read: a mistake names its key.
+Three groups of rules, as in the mapping file (`mapping_file.py` reads it): where each field
+comes from (`Fields`), which events bill and under which code (`EventRules`), and what their
+properties become (`PropertyRules`).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 
 from segbill.segment import (
@@ -26,22 +25,9 @@ from segbill.segment import (
     lookup,
     parse_time,
 )
-from segbill.targets import exact
 
-# The platform's field -> the Billable slot it fills.
-FIELDS = {
-    "lago": {"transaction_id": "id", "external_subscription_id": "customer", "code": "event", "timestamp": "time"},
-    "hyperline": {"record_id": "id", "customer_id": "customer", "event_type": "event", "timestamp": "time"},
-}
-AMOUNT_FIELD = {"lago": "precise_total_amount_cents"}
 MAX_CACHED_NAMES = 10_000  # event names whose code is remembered (names are few; memory stays flat)
 MAX_CACHED_KEYS = 10_000  # property keys whose shaped key is remembered
-EVENT_KEYS = {"billable_types", "include", "exclude", "rename", "other"}
-PROPERTY_KEYS = {"include", "exclude", "rename", "constants", "separator"}
-
-
-class ConfigError(Exception):
-    """A mistake in the mapping file or flags, naming the key."""
 
 
 Path_ = tuple[str, ...]
@@ -60,7 +46,7 @@ class Hits:
 
 
 @dataclass(frozen=True)
-class Source:
+class FieldSource:
     """A field's origin: the first present value among dotted paths, or a constant."""
 
     paths: tuple[Path_, ...] = ()
@@ -76,73 +62,134 @@ class Source:
                 return value, ".".join(path)
         return None, " or ".join(".".join(path) for path in self.paths)
 
+    def canonical(self) -> str:
+        return f"Source(paths={self.paths!r}, constant={self.constant!r})"
 
-def _single_key(source: Source) -> str | None:
+
+def _single_key(source: FieldSource) -> str | None:
     """The key of a field read from one top-level key (the usual case), else None."""
     if source.constant is None and len(source.paths) == 1 and len(source.paths[0]) == 1:
         return source.paths[0][0]
     return None
 
 
-def _paths(*names: str) -> Source:
-    return Source(tuple(tuple(name.split(".")) for name in names))
+def _paths(*names: str) -> FieldSource:
+    return FieldSource(tuple(tuple(name.split(".")) for name in names))
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Where each part of a billing event comes from (the platform names them: `Target.fields`)."""
+
+    id: FieldSource = field(default_factory=lambda: _paths("messageId"))
+    customer: FieldSource = field(default_factory=lambda: _paths("userId"))
+    event: FieldSource = field(default_factory=lambda: _paths("event"))
+    time: FieldSource = field(default_factory=lambda: FieldSource(DEFAULT_TIME_PATHS))
+    amount: FieldSource | None = None  # only where the platform takes an amount (`Target.amount_field`)
+
+
+@dataclass(frozen=True)
+class EventRules:
+    """Which messages bill, and under which code."""
+
+    billable_types: dict[str, str] = field(default_factory=dict)  # a message type -> its event name
+    include: tuple[str, ...] = ()  # globs on the event name
+    exclude: tuple[str, ...] = ()
+    rename: dict[str, str] = field(default_factory=dict)  # event name -> code
+    snake_case: bool = False  # names not renamed become snake_case codes
+
+
+@dataclass(frozen=True)
+class PropertyRules:
+    """What an event's properties become, on the flattened keys."""
+
+    include: tuple[str, ...] = ()  # globs
+    exclude: tuple[str, ...] = ()
+    rename: dict[str, str] = field(default_factory=dict)
+    constants: dict[str, Any] = field(default_factory=dict)  # added to every event
+    separator: str = "."  # joins nested property keys: "model_name" is reachable from a Lago custom expression
+
+    @property
+    def active(self) -> bool:
+        """Whether any rule changes the properties (the usual mapping keeps them as they are)."""
+        return bool(self.include or self.exclude or self.rename or self.constants)
 
 
 @dataclass(frozen=True)
 class Mapping:
-    id: Source = field(default_factory=lambda: _paths("messageId"))
-    customer: Source = field(default_factory=lambda: _paths("userId"))
-    event: Source = field(default_factory=lambda: _paths("event"))
-    time: Source = field(default_factory=lambda: Source(DEFAULT_TIME_PATHS))
-    amount: Source | None = None
-    billable_types: dict[str, str] = field(default_factory=dict)  # a message type -> its event name
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    rename: dict[str, str] = field(default_factory=dict)
-    snake_case: bool = False
-    property_include: tuple[str, ...] = ()
-    property_exclude: tuple[str, ...] = ()
-    property_rename: dict[str, str] = field(default_factory=dict)
-    property_constants: dict[str, Any] = field(default_factory=dict)
-    separator: str = "."  # joins nested property keys: "model_name" is reachable from a Lago custom expression
+    """Field sources, event rules and property rules; `renamed` and `hits` record what the rules
+    met in the input read so far (to say a rule that matched nothing)."""
+
+    fields: Fields = field(default_factory=Fields)
+    events: EventRules = field(default_factory=EventRules)
+    properties: PropertyRules = field(default_factory=PropertyRules)
     notes: tuple[str, ...] = ()  # what the user should hear about this mapping (said at start and in the summary)
     renamed: set[str] = field(default_factory=set, compare=False, repr=False)  # `rename` keys that matched an event
     hits: Hits = field(default_factory=Hits, compare=False, repr=False)
+    # Read for every event: plain attributes, not properties.
+    separator: str = field(init=False, compare=False, repr=False)
+    shapes_properties: bool = field(init=False, compare=False, repr=False)
 
-    @property
-    def shapes_properties(self) -> bool:
-        return bool(self.property_include or self.property_exclude or self.property_rename or self.property_constants)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "separator", self.properties.separator)
+        object.__setattr__(self, "shapes_properties", self.properties.active)
+
+    def canonical(self) -> str:
+        """The mapping as the conversion digest names it (`Options.conversion`), written out
+        field by field in the form segbill 0.1 gave (its dataclass repr), so that a state file
+        keeps matching its checkpoints and dead letters whatever these classes look like."""
+        fields, events, properties = self.fields, self.events, self.properties
+        parts = {
+            "id": fields.id.canonical(),
+            "customer": fields.customer.canonical(),
+            "event": fields.event.canonical(),
+            "time": fields.time.canonical(),
+            "amount": "None" if fields.amount is None else fields.amount.canonical(),
+            "billable_types": repr(events.billable_types),
+            "include": repr(events.include),
+            "exclude": repr(events.exclude),
+            "rename": repr(events.rename),
+            "snake_case": repr(events.snake_case),
+            "property_include": repr(properties.include),
+            "property_exclude": repr(properties.exclude),
+            "property_rename": repr(properties.rename),
+            "property_constants": repr(properties.constants),
+            "separator": repr(properties.separator),
+            "notes": repr(self.notes),
+        }
+        return "Mapping(" + ", ".join(f"{name}={value}" for name, value in parts.items()) + ")"
 
     def select(self, message: dict[str, Any]) -> str | None:
         """The Segment event name a message bills as, or None: not a billable type. Raises
         `Skipped` for an event the include/exclude rules leave out."""
         kind = message.get("type")
         if kind == "track":
-            value, where = self.event.read(message)
+            value, where = self.fields.event.read(message)
             if not isinstance(value, str) or not value.strip():
                 raise Invalid("missing_event", f'The track message has no event name ("{where}").')
             name = value
-        elif isinstance(kind, str) and kind in self.billable_types:
-            name = self.billable_types[kind]
+        elif isinstance(kind, str) and kind in self.events.billable_types:
+            name = self.events.billable_types[kind]
         else:
             return None
         self._included(name)
-        if name in self.rename:
+        if name in self.events.rename:
             self.renamed.add(name)
         return name
 
     def unused_renames(self) -> list[str]:
         """`rename` rules that matched no event so far: usually a name spelt another way."""
-        return [name for name in self.rename if name not in self.renamed]
+        return [name for name in self.events.rename if name not in self.renamed]
 
     def unmatched(self) -> list[tuple[str, str]]:
         """(rule, glob or key) of the include/exclude/property rules that matched nothing so far:
         rule is `include`, `exclude`, `properties.include`, `properties.exclude` or `properties.rename`."""
-        rules = [("include", glob) for glob in self.include] + [("exclude", glob) for glob in self.exclude]
-        if self.shapes_properties:
-            rules += [("properties.include", glob) for glob in self.property_include]
-            rules += [("properties.exclude", glob) for glob in self.property_exclude]
-            rules += [("properties.rename", key) for key in self.property_rename]
+        events, properties = self.events, self.properties
+        rules = [("include", glob) for glob in events.include] + [("exclude", glob) for glob in events.exclude]
+        if properties.active:
+            rules += [("properties.include", glob) for glob in properties.include]
+            rules += [("properties.exclude", glob) for glob in properties.exclude]
+            rules += [("properties.rename", key) for key in properties.rename]
         return [rule for rule in dict.fromkeys(rules) if rule not in self.hits.rules]
 
     def _included(self, name: str) -> None:
@@ -154,10 +201,10 @@ class Mapping:
 
     def _judge(self, name: str) -> str | None:
         """Why the include/exclude rules leave out a name not met before (or None), noting which globs it matched."""
-        included = [glob for glob in self.include if fnmatch.fnmatchcase(name, glob)]
-        excluded = [glob for glob in self.exclude if fnmatch.fnmatchcase(name, glob)]
+        included = [glob for glob in self.events.include if fnmatch.fnmatchcase(name, glob)]
+        excluded = [glob for glob in self.events.exclude if fnmatch.fnmatchcase(name, glob)]
         self.hits.rules.update([("include", glob) for glob in included] + [("exclude", glob) for glob in excluded])
-        reason = "not_included" if self.include and not included else "excluded" if excluded else None
+        reason = "not_included" if self.events.include and not included else "excluded" if excluded else None
         if reason is None:
             self.hits.selected = True
         if len(self.hits.names) < MAX_CACHED_NAMES:
@@ -166,7 +213,7 @@ class Mapping:
 
     def billable(self, message: dict[str, Any], name: str) -> Billable:
         """A selected message -> the fields a billing event is made of, or `Invalid` saying why not."""
-        value, where = self.customer.read(message)
+        value, where = self.fields.customer.read(message)
         customer = customer_id(value, where)
         millis = self._time(message)
         properties = message.get("properties")
@@ -178,11 +225,11 @@ class Mapping:
 
     def _code(self, name: str) -> str:
         """The event's code on the platform: renamed, snake_cased, or the Segment name as is."""
-        return self.rename.get(name) or (snake_case(name) if self.snake_case else name)
+        return self.events.rename.get(name) or (snake_case(name) if self.events.snake_case else name)
 
     def _id(self, message: dict[str, Any]) -> str:
         """The idempotency key; with none present, one derived from the whole message."""
-        given, _ = self.id.read(message)
+        given, _ = self.fields.id.read(message)
         if isinstance(given, str):
             return given
         if isinstance(given, int) and not isinstance(given, bool):
@@ -190,9 +237,10 @@ class Mapping:
         return derived_id(message)
 
     def _time(self, message: dict[str, Any]) -> int:
-        if self.time.constant is not None:
-            return parse_time(self.time.constant)  # type: ignore[return-value]  # checked when loaded
-        return event_time(message, self.time.paths)
+        time = self.fields.time
+        if time.constant is not None:
+            return parse_time(time.constant)  # type: ignore[return-value]  # checked when loaded
+        return event_time(message, time.paths)
 
     def fast_billable(self) -> Callable[[dict[str, Any]], Billable | None] | None:
         """`select` and `billable` for the usual track message in a few dict lookups, or None when
@@ -201,11 +249,12 @@ class Mapping:
         The function returns None for anything unusual (another type, a missing or odd field, an
         unreadable time): the caller then takes the general path, which gives
         the same answer or says what is wrong. It raises `Skipped` as `select` does."""
-        id_key, customer_key, event_key = [_single_key(source) for source in (self.id, self.customer, self.event)]
-        time_paths = self.time.paths
+        sources = self.fields
+        id_key, customer_key, event_key = [_single_key(source) for source in (sources.id, sources.customer, sources.event)]
+        time_paths = sources.time.paths
         if id_key is None or customer_key is None or event_key is None:
             return None
-        if self.time.constant is not None or not time_paths or len(time_paths[0]) != 1:
+        if sources.time.constant is not None or not time_paths or len(time_paths[0]) != 1:
             return None
         time_key = time_paths[0][0]
         codes: dict[str, str] = {}  # event name -> its code
@@ -218,7 +267,7 @@ class Mapping:
                 if len(left_out) < MAX_CACHED_NAMES:
                     left_out[name] = skipped.reason
                 raise
-            if name in self.rename:
+            if name in self.events.rename:
                 self.renamed.add(name)
             code = self._code(name)
             if len(codes) < MAX_CACHED_NAMES:
@@ -267,18 +316,19 @@ class Mapping:
             new_key = keys[key] if key in keys else self._shaped_key(key)
             if new_key is not None:
                 shaped[new_key] = value
-        shaped.update(self.property_constants)
+        shaped.update(self.properties.constants)
         return shaped
 
     def _shaped_key(self, key: str) -> str | None:
         """A property key not met before -> its key once shaped, or None: left out; noting which rules it matched."""
-        included = [glob for glob in self.property_include if fnmatch.fnmatchcase(key, glob)]
-        excluded = [glob for glob in self.property_exclude if fnmatch.fnmatchcase(key, glob)]
+        properties = self.properties
+        included = [glob for glob in properties.include if fnmatch.fnmatchcase(key, glob)]
+        excluded = [glob for glob in properties.exclude if fnmatch.fnmatchcase(key, glob)]
         rules = [("properties.include", glob) for glob in included] + [("properties.exclude", glob) for glob in excluded]
         new_key: str | None = None
-        if not excluded and (included or not self.property_include):
-            new_key = self.property_rename.get(key, key)
-            if key in self.property_rename:
+        if not excluded and (included or not properties.include):
+            new_key = properties.rename.get(key, key)
+            if key in properties.rename:
                 rules.append(("properties.rename", key))
         self.hits.rules.update(rules)
         if len(self.hits.keys) < MAX_CACHED_KEYS:
@@ -286,10 +336,11 @@ class Mapping:
         return new_key
 
     def amount_of(self, message: dict[str, Any]) -> str | None:
-        """Lago's precise_total_amount_cents: a decimal string, exact."""
-        if self.amount is None:
+        """The amount (Lago's precise_total_amount_cents): a decimal string, exact."""
+        amount_field = self.fields.amount
+        if amount_field is None:
             return None
-        value, where = self.amount.read(message)
+        value, where = amount_field.read(message)
         if value is None:
             return None
         if isinstance(value, float):
@@ -321,158 +372,3 @@ _WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+\d*|[A-Z]+\d*|\d+")
 def snake_case(name: str) -> str:
     """ "API Call" -> api_call, "Order Completed" -> order_completed, "pageView" -> page_view, "v2 Upload" -> v2_upload."""
     return "_".join(word.lower() for word in _WORDS.findall(name)) or name
-
-
-# --- loading ------------------------------------------------------------------------------------
-
-
-def load(
-    target: str,
-    config: Path | None = None,
-    *,
-    customer_from: str | None = None,
-    events: list[str] | None = None,
-    exclude_events: list[str] | None = None,
-) -> Mapping:
-    """Defaults, then the file's table for `target`, then the flags. Raises ConfigError."""
-    mapping = Mapping()
-    if config is not None:
-        mapping = _from_file(config, target)
-    if customer_from is not None:
-        mapping = replace(mapping, customer=Source((_path(customer_from, "--customer-from"),)))
-    if events:
-        mapping = replace(mapping, include=tuple(_glob(p, "--event") for p in events))
-    if exclude_events:
-        mapping = replace(mapping, exclude=tuple(_glob(p, "--exclude-event") for p in exclude_events))
-    return mapping
-
-
-def _from_file(config: Path, target: str) -> Mapping:
-    try:
-        data = tomllib.loads(config.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(f"{config}: cannot be read ({error.strerror}).") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{config}: not valid TOML ({error}).") from None
-    unknown = set(data) - set(FIELDS)
-    if unknown:
-        raise ConfigError(f"{config}: unknown table {sorted(unknown)[0]!r}; the tables are [lago] and [hyperline].")
-    mappings = {name: _table(config, name, data[name]) for name in data}  # check every table
-    if target not in mappings:
-        tables = " and ".join(f"[{name}]" for name in mappings) or "no table"
-        return Mapping(notes=(f"{config} has no [{target}] table (it has {tables}): {target} gets the default mapping.",))
-    return mappings[target]
-
-
-def _table(config: Path, target: str, table: Any) -> Mapping:
-    where = f"{config}: {target}"
-    _expect(table, dict, where, "a table")
-    fields = FIELDS[target]
-    allowed = set(fields) | {"events", "properties"}
-    if target in AMOUNT_FIELD:
-        allowed.add(AMOUNT_FIELD[target])
-    _no_unknown(table, allowed, where)
-    mapping = Mapping()
-    changes: dict[str, Any] = {}
-    for name, slot in fields.items():
-        if name in table:
-            changes[slot] = _source(table[name], f"{where}.{name}", time=slot == "time")
-            if slot == "id" and changes[slot].constant is not None:
-                raise ConfigError(
-                    f"{where}.{name}: the idempotency key cannot be a constant: every event after the first would be a duplicate."
-                )
-    amount = AMOUNT_FIELD.get(target)
-    if amount and amount in table:
-        changes["amount"] = _source(table[amount], f"{where}.{amount}", time=False)
-    events = table.get("events", {})
-    _expect(events, dict, f"{where}.events", "a table")
-    _no_unknown(events, EVENT_KEYS, f"{where}.events")
-    if "billable_types" in events:
-        changes["billable_types"] = _strings(events["billable_types"], f"{where}.events.billable_types")
-        if "track" in changes["billable_types"]:
-            raise ConfigError(
-                f'{where}.events.billable_types: track is always billable; list the other types (page = "page_viewed").'
-            )
-    for key in ("include", "exclude"):
-        if key in events:
-            changes[key] = _globs(events[key], f"{where}.events.{key}")
-    if "rename" in events:
-        changes["rename"] = _strings(events["rename"], f"{where}.events.rename")
-    if "other" in events:
-        if events["other"] not in ("keep", "snake_case"):
-            raise ConfigError(f'{where}.events.other: must be "keep" or "snake_case", not {events["other"]!r}.')
-        changes["snake_case"] = events["other"] == "snake_case"
-    properties = table.get("properties", {})
-    _expect(properties, dict, f"{where}.properties", "a table")
-    _no_unknown(properties, PROPERTY_KEYS, f"{where}.properties")
-    for key in ("include", "exclude"):
-        if key in properties:
-            changes[f"property_{key}"] = _globs(properties[key], f"{where}.properties.{key}")
-    if "rename" in properties:
-        changes["property_rename"] = _strings(properties["rename"], f"{where}.properties.rename")
-    if "constants" in properties:
-        constants = properties["constants"]
-        _expect(constants, dict, f"{where}.properties.constants", "a table")
-        for key, value in constants.items():
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise ConfigError(f"{where}.properties.constants.{key}: must be a string or a number.")
-        changes["property_constants"] = {key: exact(value) for key, value in constants.items()}
-    if "separator" in properties:
-        separator = properties["separator"]
-        if not isinstance(separator, str) or not separator:
-            raise ConfigError(f'{where}.properties.separator: must be a non-empty string such as "_", not {separator!r}.')
-        changes["separator"] = separator
-    return replace(mapping, **changes)
-
-
-def _source(value: Any, where: str, *, time: bool) -> Source:
-    if isinstance(value, str):
-        return Source((_path(value, where),))
-    if isinstance(value, list) and value:
-        return Source(tuple(_path(item, f"{where}[{index}]") for index, item in enumerate(value)))
-    if isinstance(value, dict) and set(value) == {"value"}:
-        constant = value["value"]
-        if isinstance(constant, bool) or not isinstance(constant, (str, int)):
-            raise ConfigError(f"{where}.value: must be a string or an integer.")
-        if time and parse_time(constant) is None:
-            raise ConfigError(f"{where}.value: {constant!r} is not an ISO 8601 time.")
-        return Source(constant=str(constant) if not time else constant)
-    raise ConfigError(f'{where}: must be a dotted path, a list of paths to try in order, or {{ value = "..." }}.')
-
-
-def _path(value: Any, where: str) -> Path_:
-    if not isinstance(value, str) or not value or not all(value.split(".")):
-        raise ConfigError(f"{where}: {value!r} is not a dotted path such as userId or context.groupId.")
-    return tuple(value.split("."))
-
-
-def _glob(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f'{where}: {value!r} is not a glob such as "API *".')
-    if value.count("[") != value.count("]"):
-        raise ConfigError(f"{where}: {value!r} is not a valid glob (an unclosed [ ]).")
-    return value
-
-
-def _globs(value: Any, where: str) -> tuple[str, ...]:
-    _expect(value, list, where, "a list of globs")
-    return tuple(_glob(item, f"{where}[{index}]") for index, item in enumerate(value))
-
-
-def _strings(value: Any, where: str) -> dict[str, str]:
-    _expect(value, dict, where, "a table of names")
-    for key, item in value.items():
-        if not isinstance(item, str) or not item:
-            raise ConfigError(f"{where}.{key}: must be a non-empty string.")
-    return dict(value)
-
-
-def _expect(value: Any, kind: type, where: str, what: str) -> None:
-    if not isinstance(value, kind):
-        raise ConfigError(f"{where}: must be {what}, not {type(value).__name__}.")
-
-
-def _no_unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(allowed))}.")

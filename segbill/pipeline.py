@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from segbill.deadletter import DEFAULT_PATH, DeadLetterFile, DeadLetterWriteError
+from segbill.deadletter import DEFAULT_PATH, ENTRIES, DeadLetterFile, DeadLetterWriteError
 from segbill.decode import Decoded, block_decoder
-from segbill.mapping import AMOUNT_FIELD, Mapping, Skipped
+from segbill.mapping import Mapping, Skipped
 from segbill.report import Tally
 from segbill.segment import (
     Billable,
@@ -29,7 +29,7 @@ from segbill.segment import (
     exact_message,
 )
 from segbill.sources import Source, SourceUnreadable, read_lines, read_records
-from segbill.state import Claim, Frontier, State
+from segbill.state import Claim, Frontier, Mode, State
 from segbill.targets import Target
 
 # Past this many, bad input lines are counted and dead-lettered without a line each on stderr.
@@ -58,7 +58,7 @@ class Options:
     def conversion(self) -> str:
         """Names how records become events (platform and mapping): a record dead-lettered under
         one conversion is dead-lettered under it again, so a later pass does not write it twice."""
-        return _digest(self.target.name, repr(self.mapping))
+        return _digest(self.target.name, self.mapping.canonical())
 
     def selection(self) -> str:
         """Names which records a run bills and how: each selection has its own checkpoints."""
@@ -106,7 +106,7 @@ class Replay:
         self._decoder = block_decoder(options.mapping, options.target, self._quick, _event)
         # Checkpoints exist only when the state is kept: only then is each record held until its
         # outcome is final.
-        self._tracking = self.state.keeps
+        self._tracking = self.state.mode is Mode.WRITE
 
     def events(
         self, on_progress: Callable[[str, int], None] | None = None
@@ -392,7 +392,7 @@ def to_event(
     try:
         return _convert(message, name, target, mapping)
     except InexactNumber:
-        record.message = exact_message(record)
+        record.message = exact_message(record, ENTRIES)
         return _convert(record.message, name, target, mapping)
 
 
@@ -408,7 +408,9 @@ def _event(fields: Billable, message: dict[str, Any], target: Target, mapping: M
         event[key] = mapping.shape(event[key], target.protected_key)
     amount = mapping.amount_of(message)
     if amount is not None:
-        event[AMOUNT_FIELD[target.name]] = amount
+        # The mapping file offers an amount only where the platform takes one.
+        assert target.amount_field is not None, f"{target.label} takes no amount"
+        event[target.amount_field] = amount
     return event
 
 

@@ -30,16 +30,10 @@ from typing import Any
 from segbill.deadletter import DeadLetterFile
 from segbill.pipeline import Options, Replay, selected_events
 from segbill.report import ExitCode
-from segbill.segment import iso_millis, parse_time
+from segbill.segment import iso_millis
 from segbill.state import State
-from segbill.targets.hyperline_api import HyperlineReader
-from segbill.targets.lago_api import (
-    PER_PAGE,
-    LagoReader,
-    ReadFailed,
-    ReadOptions,
-    event_millis,
-)
+from segbill.targets import Target
+from segbill.targets.lago_api import PER_PAGE, ReadFailed, ReadOptions
 
 DAY = 86_400_000  # ms
 MISSING_REASON = "missing on the platform"
@@ -47,19 +41,7 @@ TOP = 5
 PAIRS_AT_ONCE = 64  # pairs narrowed concurrently (the reader bounds the requests in flight)
 FORGET_CHUNK = 500  # missing events taken out of the ledger at a time
 
-Pair = tuple[str, str]  # Lago: (external subscription id, code); Hyperline: (customer id, event type)
-DIMENSIONS = {"lago": ("subscription", "code"), "hyperline": ("customer", "event_type")}  # what a Pair's parts are
-
-
-def scope_of(target: str, event: dict[str, Any]) -> tuple[Pair, int]:
-    """The pair a converted event is counted in, and its time in ms."""
-    if target == "hyperline":
-        return (str(event["customer_id"]), str(event["event_type"])), parse_time(event["timestamp"]) or 0
-    return (str(event["external_subscription_id"]), str(event["code"])), event_millis(event)
-
-
-def reader_for(target: str, reading: ReadOptions) -> LagoReader:
-    return HyperlineReader(reading) if target == "hyperline" else LagoReader(reading)
+Pair = tuple[str, str]  # (scope, kind) as `Reading.place` gives it: Lago's (external subscription id, code)
 
 
 @dataclass
@@ -94,7 +76,7 @@ class Differences:
 
 @dataclass
 class Reconciliation:
-    target: str
+    target: Target
     read: int = 0
     expected: int = 0
     found: int = 0  # proved held: in a range whose counts agreed, or listed by transaction id
@@ -150,7 +132,7 @@ class Reconciliation:
     def breakdown(self, top: int | None = None) -> dict[str, dict[str, dict[str, int]]]:
         """Per subscription, code and day, those with a difference, the largest first."""
         breakdown: dict[str, dict[str, dict[str, int]]] = {}
-        names = dict(zip(("subscription", "code"), DIMENSIONS.get(self.target, DIMENSIONS["lago"]), strict=True))
+        names = dict(zip(("subscription", "code"), self.target.require_reading().names, strict=True))
         for dimension in ("subscription", "code", "day"):
             totals = self.missing_by[dimension] + self.extra_by[dimension]
             ranked = sorted(totals, key=lambda key: (-totals[key], key))[:top]
@@ -161,7 +143,7 @@ class Reconciliation:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "target": self.target,
+            "target": self.target.name,
             "read": self.read,
             "expected": self.expected,
             "found": self.found,
@@ -226,15 +208,16 @@ def reconcile(
 
 
 def _expected(replay: Replay, expected: Expected) -> None:
+    place = replay.options.target.require_reading().place
     for _, event in selected_events(replay):
-        expected.add(*scope_of(replay.options.target.name, event))
+        expected.add(*place(event))
 
 
 async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliation) -> Differences:
     differences = Differences()
     assert result.start is not None and result.end is not None
     start, end = result.start, result.end
-    async with reader_for(result.target, reading) as reader:
+    async with result.target.require_reading().reader(reading) as reader:
 
         def bounds(low: int, high: int) -> tuple[int, int]:
             return max(start, low * DAY), min(end, high * DAY + DAY - 1)
@@ -287,11 +270,11 @@ def _match(
     was listed) or missing; what stays listed afterwards is extra. The missing leave the ledger
     a chunk at a time, each once its entry is written."""
     listed, none_found = differences.listed, differences.none_found
-    key_of = replay.options.target.key
+    key_of, place = replay.options.target.key, replay.options.target.require_reading().place
     forget: list[tuple[str, int]] = []
     try:
         for record, event in selected_events(replay):
-            pair, millis = scope_of(replay.options.target.name, event)
+            pair, millis = place(event)
             day, key = millis // DAY, key_of(event)
             ids = listed.get((pair, day))
             if ids is not None and ids[key] > 0:

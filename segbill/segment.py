@@ -6,20 +6,16 @@ Everything that knows the shape of a Segment message or the forms its times take
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-DEAD_LETTER_MARKER = "segbill_dead_letter"
-# In a dead-letter entry written by `segbill reconcile`: the platform does not hold this event.
-MISSING_MARKER = "missing_on_platform"
 UTF8_BOM = b"\xef\xbb\xbf"
 
 # orjson reads integers beyond 64 bits as floats; a float this large may be such an integer, so
@@ -40,20 +36,27 @@ class InexactNumber(Exception):
     """orjson turned an integer above 64 bits into a float: the line must be parsed exactly."""
 
 
-@dataclass(slots=True)
-class Record:
-    """One thing read from the input: a message, or a line that could not become one.
-
-    `line` is 1-based, `offset` the byte offset of the line in the (decompressed) stream, `end`
-    the offset just after it. `index` is the position inside a line holding several messages.
-    A record is a message exactly when `invalid` is None, even once `drop_message` let it go.
-    `missing_on_platform`: read from a reconcile's entry saying the platform does not hold it.
-    """
+class Origin(NamedTuple):
+    """Where a line was read: `line` is 1-based, `offset` the byte offset of the line in the
+    (decompressed) stream, `end` the offset just after it. A named tuple: one is made per line
+    read, and it is the cheapest immutable value to make."""
 
     path: str
     line: int
     offset: int
     end: int
+
+
+@dataclass(slots=True)
+class Record:
+    """One thing read from the input: a message, or a line that could not become one.
+
+    `index` is the position inside a line holding several messages. A record is a message
+    exactly when `invalid` is None, even once `drop_message` let it go.
+    `first_source`, `missing_on_platform`: read back from a dead-letter entry (see deadletter.py).
+    """
+
+    origin: Origin
     raw: bytes
     message: dict[str, Any] | None = None
     index: int | None = None
@@ -61,29 +64,37 @@ class Record:
     first_source: dict[str, Any] | None = None
     missing_on_platform: bool = False
 
+    @property
+    def path(self) -> str:
+        return self.origin.path
+
+    @property
+    def line(self) -> int:
+        return self.origin.line
+
+    @property
+    def offset(self) -> int:
+        return self.origin.offset
+
+    @property
+    def end(self) -> int:
+        return self.origin.end
+
     def source(self) -> dict[str, Any]:
-        source: dict[str, Any] = {"path": self.path, "line": self.line}
+        source: dict[str, Any] = {"path": self.origin.path, "line": self.origin.line}
         if self.index is not None:
             source["index"] = self.index
         return source
 
     def where(self) -> str:
-        where = f"{self.path}:{self.line}"
+        where = f"{self.origin.path}:{self.origin.line}"
         return where if self.index is None else f"{where} (message {self.index})"
 
     def drop_message(self) -> None:
         """Let the parsed message go once its event is converted: thousands of events wait in
-        batches, and a parsed message is several times the size of its line. `original` reads
+        batches, and a parsed message is several times the size of its line. `exact_message` reads
         it back from `raw` for the rare dead letter."""
         self.message = None
-
-    def original(self) -> dict[str, Any] | None:
-        """The message as read, for a dead letter: read again from the line with every integer
-        exact (the fast parse holds one beyond 64 bits as a float). None for a record that is
-        not a message."""
-        if self.invalid is not None:
-            return None
-        return exact_message(self)
 
 
 def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
@@ -106,18 +117,28 @@ def _loads_exact(raw: bytes) -> Any:
 Loads = Callable[[bytes], Any]
 
 
-def read_line(raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads = orjson.loads) -> list[Record]:
+@dataclass(frozen=True, slots=True)
+class Wrapper:
+    """Lines that wrap other records (segbill's own dead-letter entries, see deadletter.py): the
+    key that marks one, and how to read its record back (None: not such a line after all)."""
+
+    marker: str
+    unwrap: Callable[[dict[str, Any], bytes, Origin, Loads], Record | None]
+
+
+def read_line(raw: bytes, origin: Origin, loads: Loads = orjson.loads, wrapper: Wrapper | None = None) -> list[Record]:
     """Parse one non-blank line into records: a message, an envelope's messages, or a reason."""
     try:
         value = loads(raw)
     except ValueError as error:  # orjson's and the standard library's decode errors, bad UTF-8
-        return [Record(path, line, offset, end, raw, invalid=_unreadable(raw, error))]
-    return records_of(value, raw, path, line, offset, end, loads)
+        return [Record(origin, raw, invalid=_unreadable(raw, error))]
+    return records_of(value, raw, origin, loads, wrapper)
 
 
-def exact_message(record: Record) -> dict[str, Any]:
-    """The record's message parsed again with every integer exact (see `InexactNumber`)."""
-    for candidate in read_line(record.raw, record.path, record.line, record.offset, record.end, _loads_exact):
+def exact_message(record: Record, wrapper: Wrapper | None = None) -> dict[str, Any]:
+    """The record's message parsed again with every integer exact (see `InexactNumber`), through
+    the `wrapper` it was read with."""
+    for candidate in read_line(record.raw, record.origin, _loads_exact, wrapper):
         if candidate.index == record.index and candidate.message is not None:
             return candidate.message
     raise AssertionError("an exact parse found no message where orjson found one")
@@ -132,45 +153,39 @@ def _unreadable(raw: bytes, error: Exception) -> Invalid:
     return Invalid("not_json", f"The line is not valid JSON ({detail}).")
 
 
-def records_of(value: Any, raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads = orjson.loads) -> list[Record]:
-    """The records of one parsed line: a message, an envelope's or array's messages, a dead-letter
-    entry's original, or why the value is not a message."""
-    if type(value) is dict and type(value.get("type")) is str and DEAD_LETTER_MARKER not in value:
-        return [Record(path, line, offset, end, raw, value)]  # a message: the usual line
+def records_of(
+    value: Any, raw: bytes, origin: Origin, loads: Loads = orjson.loads, wrapper: Wrapper | None = None
+) -> list[Record]:
+    """The records of one parsed line: a message, an envelope's or array's messages, a wrapped
+    record (`wrapper`), or why the value is not a message."""
+    if type(value) is dict and type(value.get("type")) is str and (wrapper is None or wrapper.marker not in value):
+        return [Record(origin, raw, value)]  # a message: the usual line
     if isinstance(value, dict):
-        marker = value.get(DEAD_LETTER_MARKER)
-        if type(marker) is int and marker == 1:  # not True, not 1.0: only segbill's own marker
-            return [_replayed(value, raw, path, line, offset, end, loads)]
+        if wrapper is not None and wrapper.marker in value:
+            unwrapped = wrapper.unwrap(value, raw, origin, loads)
+            if unwrapped is not None:
+                return [unwrapped]
         batch = value.get("batch")
         if isinstance(batch, list) and "type" not in value:
             shared = {key: value[key] for key in ("context", "integrations") if key in value}
             items = [_merge_envelope(item, shared) for item in batch]
-            return _many(items, raw, path, line, offset, end, "envelope batch item")
-        return [Record(path, line, offset, end, raw, message=value)]
+            return _many(items, raw, origin, "envelope batch item")
+        return [Record(origin, raw, message=value)]
     if isinstance(value, list):
-        return _many(value, raw, path, line, offset, end, "array item")
-    return [
-        Record(
-            path,
-            line,
-            offset,
-            end,
-            raw,
-            invalid=Invalid("not_object", f"The line is JSON but not an object (it is {_kind(value)})."),
-        )
-    ]
+        return _many(value, raw, origin, "array item")
+    return [Record(origin, raw, invalid=Invalid("not_object", f"The line is JSON but not an object (it is {_kind(value)})."))]
 
 
-def _many(items: list[Any], raw: bytes, path: str, line: int, offset: int, end: int, what: str) -> list[Record]:
+def _many(items: list[Any], raw: bytes, origin: Origin, what: str) -> list[Record]:
     if not items:
-        return [Record(path, line, offset, end, raw, invalid=Invalid("empty_batch", f"The line is an empty {what.split()[0]}."))]
+        return [Record(origin, raw, invalid=Invalid("empty_batch", f"The line is an empty {what.split()[0]}."))]
     records = []
     for index, item in enumerate(items):
         if isinstance(item, dict):
-            records.append(Record(path, line, offset, end, raw, message=item, index=index))
+            records.append(Record(origin, raw, message=item, index=index))
         else:
             reason = f"This {what} is not an object (it is {_kind(item)})."
-            records.append(Record(path, line, offset, end, dumps(item), index=index, invalid=Invalid("not_object", reason)))
+            records.append(Record(origin, dumps(item), index=index, invalid=Invalid("not_object", reason)))
     return records
 
 
@@ -186,31 +201,6 @@ def _merge_envelope(item: Any, shared: dict[str, Any]) -> Any:
         elif own is None:
             merged[key] = value
     return merged
-
-
-def _replayed(entry: dict[str, Any], raw: bytes, path: str, line: int, offset: int, end: int, loads: Loads) -> Record:
-    """A line of segbill's own dead-letter file: read back the original record or text."""
-    first = entry.get("first_source") or entry.get("source")
-    first_source = first if isinstance(first, dict) else None
-    missing = entry.get(MISSING_MARKER) is True
-    record = entry.get("record")
-    if isinstance(record, dict):
-        return Record(path, line, offset, end, raw, message=record, first_source=first_source, missing_on_platform=missing)
-    original: bytes | None = None
-    if isinstance(entry.get("raw_base64"), str):
-        original = base64.b64decode(entry["raw_base64"])
-    elif isinstance(entry.get("raw"), str):
-        original = entry["raw"].encode("utf-8", "surrogatepass")
-    if original is None:
-        invalid = Invalid("not_object", "This dead-letter line holds neither a record nor raw text.")
-        return Record(path, line, offset, end, raw, invalid=invalid, first_source=first_source)
-    records = read_line(original, path, line, offset, end, loads)
-    if len(records) != 1:
-        invalid = Invalid("not_object", "This dead-letter line's raw text holds several messages; replay it as a file.")
-        return Record(path, line, offset, end, original, invalid=invalid, first_source=first_source)
-    records[0].first_source = first_source
-    records[0].missing_on_platform = missing
-    return records[0]
 
 
 def _kind(value: Any) -> str:

@@ -12,7 +12,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import BinaryIO
 
-from segbill.segment import UTF8_BOM, Invalid, Record, read_line
+import orjson
+
+from segbill.deadletter import ENTRIES
+from segbill.segment import UTF8_BOM, Invalid, Origin, Record, read_line
 
 
 def _inflater() -> ModuleType:
@@ -168,12 +171,15 @@ def read_lines(
 def read_records(
     source: Source, on_progress: Callable[[int], None] | None = None, *, offset: int = 0, line: int = 0
 ) -> Iterator[Record]:
-    """Every record of a source, in order: the messages of each line, or why a line is unreadable."""
+    """Every record of a source, in order: the messages of each line (segbill's own dead-letter
+    lines read back), or why a line is unreadable."""
+    name = source.name
     for number, start, end, data, problem in read_lines(source, on_progress, offset=offset, line=line):
+        origin = Origin(name, number, start, end)
         if problem is None:
-            yield from read_line(data, source.name, number, start, end)
+            yield from read_line(data, origin, orjson.loads, ENTRIES)
         else:
-            yield Record(source.name, number, start, end, data, invalid=problem)
+            yield Record(origin, data, invalid=problem)
 
 
 def _skip(stream: BinaryIO, raw: BinaryIO, offset: int) -> None:

@@ -81,6 +81,14 @@ class Checkpoint:
     complete: bool
 
 
+class Mode(Enum):
+    """How a run uses its state: the one fact behind what it reads and what it writes back."""
+
+    MEMORY = "memory"  # no --state: a ledger in memory, gone at the end of the run
+    READ = "read"  # --state in a dry run: duplicates and checkpoints are read, nothing is written
+    WRITE = "write"  # --state in a send: read, and written back
+
+
 class State:
     def __init__(
         self, path: Path | None, target: str, *, read_only: bool = False, selection: str = "", url: str | None = None
@@ -90,7 +98,7 @@ class State:
         (None in a dry run): a state that delivered elsewhere raises `OtherDestination`."""
         self.path = path
         self.target = target
-        self.read_only = read_only
+        self.mode = Mode.MEMORY if path is None else Mode.READ if read_only else Mode.WRITE
         self.selection = selection
         self.url = url
         self._destination_kept = False
@@ -115,7 +123,7 @@ class State:
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
         # A run that keeps nothing claims in memory, and reads the ledger only if it holds keys.
-        self._index = None if self.keeps else KeyIndex(self.db)
+        self._index = None if self.mode is Mode.WRITE else KeyIndex(self.db)
         self._ledger_empty = self.db.execute("SELECT 1 FROM ledger WHERE target = ? LIMIT 1", (target,)).fetchone() is None
         self.checkpoints_changed: dict[str, tuple[Source, Checkpoint]] = {}
         self.resending: dict[str, int] = {}  # RESEND keys claimed by this run -> the request they were sent in
@@ -126,7 +134,7 @@ class State:
         """Refuse a state whose ledger was delivered to another platform or URL: its duplicates
         and checkpoints say nothing about this destination, and a mistyped --to or --api-url
         would otherwise send a whole backfill to the wrong place."""
-        if self.path is None:
+        if self.mode is Mode.MEMORY:
             return
         rows = self.db.execute("SELECT target, url FROM destinations").fetchall()
         if not rows:  # a state from before destinations were kept: its ledger names the platform
@@ -142,16 +150,6 @@ class State:
                     f"--state {self.path} holds deliveries to {was}; this run would send to {now}. "
                     "Use a new --state file for another destination (the platform ignores events it already holds)."
                 )
-
-    @property
-    def persistent(self) -> bool:
-        return self.path is not None
-
-    @property
-    def keeps(self) -> bool:
-        """Whether this run writes anything back: --state, and not a dry run. Otherwise the
-        index only has to stop repeats within the run: no delivered marks, no commits."""
-        return self.path is not None and not self.read_only
 
     def _fingerprint(self, path: Path) -> str:
         if path not in self._fingerprints:
@@ -252,7 +250,7 @@ class State:
         never comes (a kill, a lost answer, a stop), they may be stored: a later run resends
         them together, never beside new events, because a Lago before v1.39 refusing a batch
         for a duplicate still stores its other events (without their fees or wallet updates)."""
-        if not self.keeps:
+        if self.mode is not Mode.WRITE:
             return
         request = -random.getrandbits(62) - 1
         self._requests.add(request)
@@ -266,7 +264,7 @@ class State:
         self.commit()
 
     def delivered(self, keys: list[str]) -> None:
-        if not self.keeps:  # a claim is only ever released if undelivered: no mark needed
+        if self.mode is not Mode.WRITE:  # a claim is only ever released if undelivered: no mark needed
             return
         if self.url is not None and keys and not self._destination_kept:
             self.db.execute("INSERT OR IGNORE INTO destinations VALUES (?, ?, datetime('now'))", (self.target, self.url))
@@ -295,7 +293,7 @@ class State:
 
     def checkpoint(self, source: Source) -> Checkpoint | None:
         """Where to resume `source`, if it is the same file (path, size, first bytes) as before."""
-        if source.path is None or not self.persistent:
+        if source.path is None or self.mode is Mode.MEMORY:
             return None
         row = self.db.execute(
             "SELECT size, fingerprint, offset, line, complete FROM checkpoints WHERE selection = ? AND path = ?",
@@ -306,21 +304,21 @@ class State:
         return Checkpoint(row[2], row[3], bool(row[4]))
 
     def set_checkpoint(self, source: Source, checkpoint: Checkpoint) -> None:
-        if source.path is not None and self.persistent:
+        if source.path is not None and self.mode is not Mode.MEMORY:
             self.checkpoints_changed[_key(source)] = (source, checkpoint)
 
     # -- dead letters ------------------------------------------------------------------------------
 
     def file_identity(self, source: Source) -> str | None:
         """Names one version of a file (path, size, first bytes), for its dead letters."""
-        if source.path is None or not self.persistent:
+        if source.path is None or self.mode is Mode.MEMORY:
             return None
         text = f"{_key(source)}\0{source.size}\0{self._fingerprint(source.path)}"
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
     def dead_lettered(self, file: str, conversion: str, record: Record) -> None:
         """Remember a record written to the dead-letter file, kept with the next checkpoint."""
-        if self.keeps:
+        if self.mode is Mode.WRITE:
             self.db.execute(
                 "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?)",
                 (file, conversion, record.offset, -1 if record.index is None else record.index),
@@ -345,7 +343,7 @@ class State:
     def commit(self) -> None:
         """Make the ledger and the checkpoints durable together (a dry run keeps nothing, nor
         does a run without --state)."""
-        if not self.keeps:
+        if self.mode is not Mode.WRITE:
             return
         for key, (source, checkpoint) in self.checkpoints_changed.items():
             assert source.path is not None
@@ -369,7 +367,7 @@ class State:
         """Save (not after a failed write: SQLite may have rolled part of it back) and let go of
         the file; the lock is released even when saving fails (a full disk)."""
         try:
-            if not self.keeps or not save:  # nothing to keep (a temporary file goes with the connection)
+            if self.mode is not Mode.WRITE or not save:  # nothing to keep (a temporary file goes with the connection)
                 self.db.rollback()
             else:
                 self.db.execute("DELETE FROM ledger WHERE delivered = 0")
@@ -538,16 +536,22 @@ class Frontier:
         self.read_all = False
 
     def hold(self, record: Record) -> None:
-        entry = self._held.get(record.offset)
+        origin = record.origin
+        entry = self._held.get(origin.offset)
         if entry is None:
-            self._held[record.offset] = [record.line, 1]
+            self._held[origin.offset] = [origin.line, 1]
         else:
             entry[1] += 1
-        if record.end >= self._last[0]:
-            self._last = (record.end, record.line)
+        if origin.end >= self._last[0]:
+            self._last = (origin.end, origin.line)
+
+    @property
+    def lines_held(self) -> int:
+        """Lines with a record whose outcome is not final yet (or behind one): what memory holds."""
+        return len(self._held)
 
     def release(self, record: Record) -> None:
-        entry = self._held[record.offset]
+        entry = self._held[record.origin.offset]
         entry[1] -= 1
         if entry[1] == 0:
             self._trim()  # finished lines leave at once: memory stays flat, checkpoint or not

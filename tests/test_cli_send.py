@@ -17,7 +17,7 @@ import typer
 from segbill import __version__
 from segbill.cli import app
 
-from .conftest import SAMPLE_DATA, jsonl, track, write
+from .conftest import SAMPLE_DATA, assert_adds_up, jsonl, track, write
 from .schemas import ASSERT_SCHEMA
 
 GOOD = [track(messageId=f"m{i}", userId=f"u{i % 3}", properties={"n": i}) for i in range(5)]
@@ -27,15 +27,6 @@ OTHERS = [{"type": "identify", "userId": "u"}, {"type": "page", "name": "Home"},
 def summary_of(run) -> dict:
     """The --json summary (stderr in a dry run, where stdout holds the events)."""
     return orjson.loads(run.stderr.strip().splitlines()[-1])
-
-
-def assert_adds_up(summary: dict) -> None:
-    done = summary.get("converted", summary.get("delivered"))
-    assert (
-        summary["read"] == done + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
-    )
-    assert summary["skipped"] == sum(summary["skipped_by_reason"].values())
-    assert summary["dead_lettered"] == sum(summary["dead_lettered_by_reason"].values())
 
 
 @pytest.mark.parametrize("target", ["lago", "hyperline"])
@@ -199,6 +190,21 @@ def test_a_message_dead_lettered_while_reading_keeps_every_integer_exact(segbill
     [entry] = [json.loads(line) for line in run.dead_letter.read_bytes().splitlines()]  # orjson would read floats
     assert entry["reason"].startswith("The track message has no customer id")
     assert entry["record"]["properties"] == {"n": 123456789012345678901234567890, "m": -99999999999999999999}
+
+
+def test_a_replayed_dead_letter_keeps_every_integer_exact(segbill, tmp_path: Path) -> None:
+    """A dead letter's record is read back with the fast parse too: an integer beyond 64 bits
+    sends its exact re-read through the dead-letter reading, not the line as a message."""
+    line = b'{"type":"track","event":"API Call","messageId":"m","timestamp":"2024-01-01T00:00:00Z","properties":{"n":123456789012345678901234567890}}\n'
+    first = segbill("send", str(write(tmp_path / "in.jsonl", line)), "--to", "lago", "--dry-run", dead_letter="dead.jsonl")
+    assert first.exit_code == 1 and len(first.dead_letters) == 1  # no customer id
+    replay = segbill(
+        "send", "dead.jsonl", "--to", "lago", "--dry-run", "--customer-from", "properties.n", dead_letter="again.jsonl"
+    )
+    assert replay.exit_code == 0, replay.stderr
+    [event] = replay.events
+    assert event["external_subscription_id"] == "123456789012345678901234567890"
+    assert event["properties"]["n"] == "123456789012345678901234567890"
 
 
 def test_the_dead_letter_file_is_never_read_while_written(segbill, tmp_path: Path) -> None:

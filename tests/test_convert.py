@@ -7,9 +7,10 @@ from typing import Any
 import orjson
 import pytest
 
-from segbill.mapping import load
+from segbill.deadletter import ENTRIES
+from segbill.mapping_file import load
 from segbill.pipeline import to_event
-from segbill.segment import Invalid, Record, derived_id, exact_message, read_line
+from segbill.segment import Invalid, Origin, Record, derived_id, exact_message, read_line
 from segbill.targets import get_target
 
 from .conftest import track
@@ -37,7 +38,7 @@ NESTED = {
 def convert(target: str, message: dict[str, Any], customer: str = "userId") -> dict[str, Any]:
     """Parse a message the way the pipeline does (from its JSON line) and convert it."""
     line = _huge_line(message) if "huge" in message else orjson.dumps(message)
-    [record] = read_line(line, "t", 1, 0, len(line))
+    [record] = read_line(line, Origin("t", 1, 0, len(line)))
     assert record.message is not None
     mapping = load(target, customer_from=customer)
     name = mapping.select(record.message)
@@ -136,7 +137,7 @@ def test_integers_beyond_2_53_are_sent_as_decimal_strings(target: str) -> None:
 
 def test_the_exact_reparse_finds_the_right_message_in_an_envelope() -> None:
     line = b'{"batch":[{"type":"identify"},{"type":"track","event":"e","userId":"u","messageId":"m2","timestamp":"2024-01-01T00:00:00Z","properties":{"n":18446744073709551616}}]}'
-    records = read_line(line, "t", 1, 0, len(line))
+    records = read_line(line, Origin("t", 1, 0, len(line)))
     exact = exact_message(records[1])
     assert exact["messageId"] == "m2" and exact["properties"]["n"] == 2**64
 
@@ -228,7 +229,7 @@ def test_envelope_context_and_integrations_merge_into_each_item() -> None:
             "sentAt": "2024-01-01T00:00:01Z",
         }
     )
-    records = read_line(line, "f", 3, 10, 10 + len(line))
+    records = read_line(line, Origin("f", 3, 10, 10 + len(line)))
     assert [r.index for r in records] == [0, 1, 2]
     first, second, third = (r.message for r in records)
     assert first["context"] == {"groupId": "shared", "library": {"name": "analytics-node"}, "ip": "1.2.3.4"}
@@ -240,7 +241,7 @@ def test_envelope_context_and_integrations_merge_into_each_item() -> None:
 
 def test_a_json_array_line_holds_several_messages() -> None:
     line = orjson.dumps([track(messageId="a"), "oops", track(messageId="b")])
-    records = read_line(line, "f", 1, 0, len(line))
+    records = read_line(line, Origin("f", 1, 0, len(line)))
     assert [r.message["messageId"] if r.message else r.invalid.kind for r in records] == ["a", "not_object", "b"]
     assert records[1].raw == b'"oops"' and records[1].where() == "f:1 (message 1)"
 
@@ -260,7 +261,7 @@ def test_a_json_array_line_holds_several_messages() -> None:
     ],
 )
 def test_unreadable_lines(line: bytes, kind: str) -> None:
-    [record] = read_line(line, "f", 9, 0, len(line))
+    [record] = read_line(line, Origin("f", 9, 0, len(line)))
     assert record.message is None and record.invalid is not None
     assert record.invalid.kind == kind
     assert record.raw == line
@@ -268,20 +269,20 @@ def test_unreadable_lines(line: bytes, kind: str) -> None:
 
 def test_a_message_with_a_type_field_and_a_batch_property_is_a_message() -> None:
     message = track(batch=[1, 2])
-    [record] = read_line(orjson.dumps(message), "f", 1, 0, 0)
+    [record] = read_line(orjson.dumps(message), Origin("f", 1, 0, 0))
     assert record.message == message
 
 
 def test_dead_letter_lines_are_read_back_as_their_original_record() -> None:
     original = track(messageId="m-9")
     entry = {"segbill_dead_letter": 1, "reason": "x", "record": original, "source": {"path": "a", "line": 4}}
-    [record] = read_line(orjson.dumps(entry), "dl.jsonl", 1, 0, 0)
+    [record] = read_line(orjson.dumps(entry), Origin("dl.jsonl", 1, 0, 0), wrapper=ENTRIES)
     assert record.message == original and record.first_source == {"path": "a", "line": 4}
     raw_entry = {"segbill_dead_letter": 1, "reason": "x", "raw": orjson.dumps(original).decode()}
-    [again] = read_line(orjson.dumps(raw_entry), "dl.jsonl", 2, 0, 0)
+    [again] = read_line(orjson.dumps(raw_entry), Origin("dl.jsonl", 2, 0, 0), wrapper=ENTRIES)
     assert again.message == original
 
 
 def test_record_source() -> None:
-    record = Record("f.jsonl", 3, 0, 1, b"", index=2)
+    record = Record(Origin("f.jsonl", 3, 0, 1), b"", index=2)
     assert record.source() == {"path": "f.jsonl", "line": 3, "index": 2}

@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 import pytest
 
-from segbill import delivery
 from segbill.testing.fake_platform import FakePlatform
 
 from .conftest import Run, jsonl, track, write
@@ -23,9 +22,7 @@ KEY = "sk-live-5e5e-do-not-print"
 ENV_NAMES = {"lago": ("LAGO_API_URL", "LAGO_API_KEY"), "hyperline": ("HYPERLINE_API_URL", "HYPERLINE_API_KEY")}
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery, "BACKOFF_BASE", 0.01)
+pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
 @pytest.fixture

@@ -20,10 +20,7 @@ from segbill.targets import get_target
 
 from .conftest import jsonl, track, write
 
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery, "BACKOFF_BASE", 0.01)
+pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
 def replay_of(tmp_path: Path, target: str, count: int) -> Replay:
@@ -151,14 +148,15 @@ def test_statuses_not_retried(status: int) -> None:
 
 
 def test_wait_hints_from_both_platforms() -> None:
-    assert wait_hint(httpx.Headers({"X-RateLimit-Reset": "3"})) == 3.0  # Lago: seconds
-    assert wait_hint(httpx.Headers({"Retry-After": "7"})) == 7.0  # Hyperline: seconds
+    lago, hyperline = get_target("lago").rates, get_target("hyperline").rates
+    assert wait_hint(httpx.Headers({"X-RateLimit-Reset": "3"}), lago) == 3.0  # Lago: seconds
+    assert wait_hint(httpx.Headers({"Retry-After": "7"}), hyperline) == 7.0  # Hyperline: seconds
     future = formatdate(time.time() + 20, usegmt=True)
-    hint = wait_hint(httpx.Headers({"Retry-After": future}))
+    hint = wait_hint(httpx.Headers({"Retry-After": future}), hyperline)
     assert hint is not None and 18 <= hint <= 20  # an HTTP date
     past = formatdate(time.time() - 60, usegmt=True)
-    assert wait_hint(httpx.Headers({"Retry-After": "soon", "X-RateLimit-Reset": past})) == 0.0
-    assert wait_hint(httpx.Headers({})) is None
+    assert wait_hint(httpx.Headers({"Retry-After": "soon", "X-RateLimit-Reset": past}), hyperline) == 0.0
+    assert wait_hint(httpx.Headers({}), lago) is None
 
 
 def test_the_api_key_is_not_in_the_delivery_options_repr() -> None:

@@ -406,15 +406,28 @@ def test_unknown_faults_are_refused() -> None:
 # -- rate limits ---------------------------------------------------------------------------------
 
 
+class Clock:
+    """A clock the fake reads arrival times from, moved by the test instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_lago_rate_limit_fixed_one_second_windows() -> None:
-    with FakePlatform(lago_rate_limit=3) as fake, connect(fake) as client:
+    clock = Clock()
+    with FakePlatform(lago_rate_limit=3, clock=clock) as fake, connect(fake) as client:
         responses = [send_lago(client, lago_event(str(i))) for i in range(4)]
         assert [r.status_code for r in responses] == [200, 200, 200, 429]
         assert [r.headers["x-ratelimit-remaining"] for r in responses] == ["2", "1", "0", "0"]
         assert all(r.headers["x-ratelimit-limit"] == "3" and r.headers["x-ratelimit-reset"] == "1" for r in responses)
         assert "retry-after" not in responses[3].headers
         assert fake.throttled("lago") == 1 and fake.counts("lago") == {"0": 1, "1": 1, "2": 1}
-        time.sleep(1.05)
+        clock.now += 0.999  # still the same window
+        assert send_lago(client, lago_event("3")).status_code == 429
+        clock.now += 0.001
         again = send_lago(client, lago_event("3"))
         assert (again.status_code, again.headers["x-ratelimit-remaining"]) == (200, "2")
         assert client.post("/nothing").headers.get("x-ratelimit-limit") is None
@@ -423,13 +436,12 @@ def test_lago_rate_limit_fixed_one_second_windows() -> None:
 def test_a_request_served_out_of_arrival_order_is_never_told_a_reset_past_the_window() -> None:
     """Connections are served by threads: a request that arrived just before another opened the
     window may be counted after it. Its reset must still be at most the 1 s window."""
-    with FakePlatform(lago_rate_limit=50) as fake:
-        opened = time.monotonic()
-        fake._dispatch("POST", "/api/v1/events/batch", {"authorization": "Bearer test-key"}, b'{"events":[]}', opened)
-        late = fake._dispatch(
-            "POST", "/api/v1/events/batch", {"authorization": "Bearer test-key"}, b'{"events":[]}', opened - 0.001
-        )
-        assert late.headers["X-RateLimit-Reset"] == "1" and late.headers["X-RateLimit-Remaining"] == "48"
+    clock = Clock()
+    with FakePlatform(lago_rate_limit=50, clock=clock) as fake, connect(fake) as client:
+        assert send_lago(client, lago_event("0")).status_code == 200  # opens the window
+        clock.now -= 0.001  # arrived just before, counted after
+        late = send_lago(client, lago_event("1"))
+        assert late.headers["x-ratelimit-reset"] == "1" and late.headers["x-ratelimit-remaining"] == "48"
 
 
 def reset_epoch(value: str, form: ResetFormat) -> float:

@@ -18,7 +18,8 @@ import orjson
 import pytest
 
 from segbill.decode import BlockDecoder, block_decoder
-from segbill.mapping import Mapping, load
+from segbill.mapping import Mapping
+from segbill.mapping_file import load
 from segbill.segment import Billable, dumps
 from segbill.targets import Target, get_target
 from segbill.testing.corpus import messages
@@ -178,8 +179,9 @@ def _platform_event(fields: Billable, message: dict[str, Any], target: Target, m
     return target.convert(fields, mapping.separator)
 
 
-def _decoder(target: str, **rules: Any) -> BlockDecoder:
-    mapping = replace(load(target), **rules)
+def _decoder(target: str, **event_rules: Any) -> BlockDecoder:
+    mapping = load(target)
+    mapping = replace(mapping, events=replace(mapping.events, **event_rules))
     decoder = block_decoder(mapping, get_target(target), mapping.fast_billable(), _platform_event)
     assert decoder is not None
     return decoder
@@ -238,7 +240,8 @@ def test_a_number_beyond_float64_in_a_key_segbill_does_not_read_is_billed(segbil
 
 def test_a_left_out_event_does_not_grow_a_traceback_per_message() -> None:
     """Raising one cached exception again and again chains every raise into its traceback."""
-    from segbill.mapping import Skipped, load
+    from segbill.mapping import Skipped
+    from segbill.mapping_file import load
 
     fields = load("lago", events=["API *"]).fast_billable()
     assert fields is not None

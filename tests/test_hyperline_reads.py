@@ -162,6 +162,8 @@ def test_a_lossy_send_plus_foreign_events_is_reconciled_exactly_and_the_missing_
         assert sum(row["extra"] for row in result["breakdown"]["event_types"].values()) == 30
         entries = [orjson.loads(line) for line in Path("missing.jsonl").read_bytes().splitlines()]
         assert {e["record"]["messageId"] for e in entries} == lost
+        table = segbill("reconcile", str(path), "--to", "hyperline", "--missing", "again.jsonl", env=env(fake))
+        assert "replay: segbill send again.jsonl --to hyperline, with the backfill's mapping" in table.stdout
 
         replay = segbill("send", "missing.jsonl", "--to", "hyperline", env=env(fake))
         assert replay.exit_code == 0, replay.stderr

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 import segbill.inspection as inspection_module
 from segbill.cli import app
-from segbill.cli.inspect import inspect_command, render
+from segbill.cli.inspect import inspect_command, render_inspect
 from segbill.inspection import Inspection, inspect_sources
-from segbill.segment import read_line
+from segbill.segment import Origin, read_line
 from segbill.sources import expand
 
 from .conftest import SAMPLE_DATA, jsonl, track, write
@@ -203,7 +203,7 @@ def test_the_plain_report_on_sample_data() -> None:
 def test_the_terminal_report_is_rich_tables_and_names_are_not_markup() -> None:
     result = _inspect_bytes(jsonl(track(event="[bold]Odd[/bold]", properties={"n": 1})))
     out = io.StringIO()
-    render(result, out, terminal=True)
+    render_inspect(result, out, terminal=True)
     assert "┃" in out.getvalue() and "[bold]Odd[/bold]" in out.getvalue()
 
 
@@ -305,7 +305,7 @@ def test_the_json_shape() -> None:
 def _inspect_bytes(data: bytes, **options: Any) -> dict[str, Any]:
     inspection = Inspection(**options)
     for number, line in enumerate(data.splitlines(), 1):
-        for record in read_line(line, "x.jsonl", number, 0, 0):
+        for record in read_line(line, Origin("x.jsonl", number, 0, 0)):
             inspection.add(record)
     return inspection.result()
 
@@ -337,6 +337,14 @@ def test_track_checks_and_property_types() -> None:
     assert next(key for key in event["properties"] if key["key"] == "n")["fraction"] == 0.5
     user = next(field for field in result["customer_fields"] if field["path"] == "userId")
     assert (user["messages"], user["unusable"], user["distinct"]) == (3, 1, 2)  # "user-1" twice, 42; "" unusable
+
+
+def test_customer_ids_are_counted_as_send_bills_them() -> None:
+    """7, 7.0 and "7" are one customer for send; a boolean, an object and 7.5 are refused."""
+    users: list[Any] = [7, 7.0, "7", True, {"id": 7}, 7.5]
+    result = _inspect_bytes(jsonl(*(track(messageId=f"m{n}", userId=user) for n, user in enumerate(users))))
+    user = next(field for field in result["customer_fields"] if field["path"] == "userId")
+    assert (user["messages"], user["unusable"], user["distinct"]) == (3, 3, 1)
 
 
 def test_customer_id_candidates_found_in_properties() -> None:

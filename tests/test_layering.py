@@ -35,7 +35,7 @@ def test_the_public_names_resolve_without_the_command_line() -> None:
         "import segbill, sys; assert not {'segbill.pipeline', 'orjson', 'httpx'} & set(sys.modules); "
         "[getattr(segbill, name) for name in segbill.__all__]; "
         "loaded = {'typer', 'rich', 'segbill.cli'} & set(sys.modules); assert not loaded, loaded; "
-        "assert segbill.load_mapping is sys.modules['segbill.mapping'].load"
+        "assert segbill.load_mapping is sys.modules['segbill.mapping_file'].load"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

@@ -3,12 +3,10 @@ every bad record is dead-lettered once per backfill, and the summary says what a
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,25 +15,13 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from segbill import delivery
 from segbill.cli import app
 from segbill.state import fingerprint
 from segbill.testing.fake_platform import FakePlatform
 
-from .conftest import jsonl, track, write
+from .conftest import KEY, jsonl, process_env, send, track, write
 
-KEY = "sk-rerun-test-key"
-
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery, "BACKOFF_BASE", 0.01)
-
-
-@pytest.fixture
-def fake():
-    with FakePlatform(api_key=KEY, retry_after=0) as platform:
-        yield platform
+pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
 def export(count: int = 56) -> list[dict[str, Any]]:
@@ -50,13 +36,6 @@ def export(count: int = 56) -> list[dict[str, Any]]:
         )
         for i in range(count)
     ]
-
-
-def send(segbill, url: str, *args: str, to: str = "lago", human: bool = False):
-    env = {"LAGO_API_URL": url, "LAGO_API_KEY": KEY, "HYPERLINE_API_URL": url, "HYPERLINE_API_KEY": KEY}
-    run = segbill("send", *args, "--to", to, "--quiet", *([] if human else ["--json"]), env=env)
-    assert KEY not in run.stdout + run.stderr
-    return run, (None if human else orjson.loads(run.stdout.strip().splitlines()[-1]))
 
 
 def billed_by(segbill, *args: str) -> set[str]:
@@ -157,18 +136,11 @@ def assert_each_once(dead_letter: Path, bad: int) -> None:
     assert len(entries) == bad and set(lines.values()) == {1}
 
 
-def _wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_interrupted_and_resumed_every_bad_record_is_dead_lettered_once(tmp_path: Path) -> None:
     data, bad = with_bad_lines(3000, 10)
     write(tmp_path / "a.jsonl", data)
     with FakePlatform(api_key=KEY, latency=0.03) as fake:
-        env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+        env = process_env(fake.url)
         command = [
             sys.executable,
             "-m",
@@ -186,7 +158,7 @@ def test_interrupted_and_resumed_every_bad_record_is_dead_lettered_once(tmp_path
             "2",
         ]
         process = subprocess.Popen([*command, "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _wait_for(lambda: len(fake.counts("lago")) >= 500)
+        assert fake.wait_until(lambda: len(fake.counts("lago")) >= 500)
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=60)
         assert process.returncode == 130
@@ -295,7 +267,7 @@ def test_a_resend_of_what_the_platform_holds_is_shown_as_already_delivered(segbi
 def test_an_interrupted_send_says_so_and_how_to_resume(tmp_path: Path) -> None:
     write(tmp_path / "a.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(2000))))
     with FakePlatform(api_key=KEY, latency=0.05) as fake:
-        env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+        env = process_env(fake.url)
         for state, advice in (
             (["--state", "s.db"], "To resume, run the same command again: --state s.db continues where this run stopped."),
             ([], "To resume, run the same command again: without --state it reads everything again"),
@@ -316,7 +288,7 @@ def test_an_interrupted_send_says_so_and_how_to_resume(tmp_path: Path) -> None:
                 *state,
             ]
             process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            _wait_for(lambda: len(fake.requests("lago")) >= 2)
+            assert fake.wait_until(lambda: len(fake.requests("lago")) >= 2)
             process.send_signal(signal.SIGINT)
             _, err = process.communicate(timeout=60)
             assert process.returncode == 130

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from segbill import delivery, state
+from segbill import state
 from segbill.state import State
 from segbill.testing.fake_platform import FakePlatform
 
-from .conftest import WITHOUT_ISAL, jsonl, track, write
+from .conftest import KEY, WITHOUT_ISAL, jsonl, process_env, send, track, write
 
-KEY = "sk-state-test-key"
-
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery, "BACKOFF_BASE", 0.01)
+pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
 @pytest.fixture(params=[True, False], ids=["insert-returning", "sqlite-before-3.35"])
@@ -38,28 +31,6 @@ def messages(count: int, prefix: str = "m") -> list[dict[str, Any]]:
         track(messageId=f"{prefix}{i}", userId=f"cus_{i % 11}", timestamp=f"2024-01-{1 + i % 28:02d}T00:00:00.000Z")
         for i in range(count)
     ]
-
-
-def summary_of(run) -> dict[str, Any]:
-    summary = orjson.loads(run.stdout.strip().splitlines()[-1]) if not run.stdout.startswith('{"transaction') else None
-    assert summary is not None
-    done = summary["delivered"]
-    assert (
-        summary["read"] == done + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
-    )
-    return summary
-
-
-def send(segbill, url: str, *args: str) -> tuple[Any, dict[str, Any]]:
-    run = segbill("send", *args, "--to", "lago", "--json", "--quiet", env={"LAGO_API_URL": url, "LAGO_API_KEY": KEY})
-    assert KEY not in run.stdout + run.stderr
-    return run, summary_of(run)
-
-
-@pytest.fixture
-def fake():
-    with FakePlatform(api_key=KEY, retry_after=0) as platform:
-        yield platform
 
 
 def test_a_rerun_resumes_and_sends_nothing_twice(segbill, tmp_path: Path, fake: FakePlatform) -> None:
@@ -207,7 +178,7 @@ def test_gzip_files_resume_from_their_checkpoint(tmp_path: Path, fake: FakePlatf
     """A run stopped by a fatal answer resumes mid-file; lines before the checkpoint are not re-read."""
     write(tmp_path / "a.gz", jsonl(*messages(1000)), compress=True)
     fake.latency = 0.02
-    env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+    env = process_env(fake.url)
     segbill = ["-m", "segbill"] if inflate == "isal" else ["-c", WITHOUT_ISAL]
     command = [
         sys.executable,
@@ -226,7 +197,7 @@ def test_gzip_files_resume_from_their_checkpoint(tmp_path: Path, fake: FakePlatf
         "50",
     ]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for(lambda: len(fake.counts("lago")) >= 300)
+    assert fake.wait_until(lambda: len(fake.counts("lago")) >= 300)
     fake.script(["401"])
     out, _ = process.communicate(timeout=60)
     first = orjson.loads(out)
@@ -239,19 +210,12 @@ def test_gzip_files_resume_from_their_checkpoint(tmp_path: Path, fake: FakePlatf
     assert set(fake.writes("lago").values()) == {1}
 
 
-def _wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_mid_run_then_rerun_every_event_is_stored_exactly_once(tmp_path: Path, signum: int) -> None:
     with FakePlatform(api_key=KEY, latency=0.03) as fake:
         write(tmp_path / "export" / "a.jsonl", jsonl(*messages(1500)))
         write(tmp_path / "export" / "b.gz", jsonl(*messages(1500, prefix="b"), {"type": "page"}), compress=True)
-        env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+        env = process_env(fake.url)
         command = [
             sys.executable,
             "-m",
@@ -270,7 +234,7 @@ def test_killed_mid_run_then_rerun_every_event_is_stored_exactly_once(tmp_path: 
             "3",
         ]
         process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _wait_for(lambda: len(fake.counts("lago")) >= 1800)  # into the second file
+        assert fake.wait_until(lambda: len(fake.counts("lago")) >= 1800)  # into the second file
         process.send_signal(signum)
         out, err = process.communicate(timeout=60)
         assert b"Traceback" not in err
@@ -302,7 +266,7 @@ def test_a_rerun_never_batches_maybe_stored_events_with_new_ones(segbill, tmp_pa
     only with the others of their request, even when a rerun changes the batch size."""
     with FakePlatform(api_key=KEY, lago_pre_v1_39=True, latency=60) as fake:
         write(tmp_path / "a.jsonl", jsonl(*messages(100)))
-        env = {**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+        env = process_env(fake.url)
         command = [
             sys.executable,
             "-m",
@@ -324,7 +288,7 @@ def test_a_rerun_never_batches_maybe_stored_events_with_new_ones(segbill, tmp_pa
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        _wait_for(lambda: len(fake.counts("lago")) >= 20)  # two batches stored, their answers a minute away
+        assert fake.wait_until(lambda: len(fake.counts("lago")) >= 20)  # two batches stored, their answers a minute away
         process.send_signal(signum)
         _, err = process.communicate(timeout=60)
         assert b"Traceback" not in err
@@ -385,18 +349,18 @@ def test_keys_sent_without_an_answer_are_resent_once_with_their_request(tmp_path
 
 
 def test_the_frontier_forgets_finished_lines_so_memory_stays_flat() -> None:
-    from segbill.segment import Record
+    from segbill.segment import Origin, Record
     from segbill.state import Frontier
 
     frontier = Frontier(None)
-    records = [Record("f", n, n * 10, n * 10 + 10, b"") for n in range(1, 1001)]
+    records = [Record(Origin("f", n, n * 10, n * 10 + 10), b"") for n in range(1, 1001)]
     for record in records:
         frontier.hold(record)
     frontier.release(records[1])  # finished out of order: the first line still holds it back
-    assert frontier.position().offset == 10 and len(frontier._held) == 1000
+    assert frontier.position().offset == 10 and frontier.lines_held == 1000
     for record in records[:1] + records[2:]:
         frontier.release(record)
-    assert len(frontier._held) == 0
+    assert frontier.lines_held == 0
     assert frontier.position().offset == 10010
 
 
@@ -489,8 +453,8 @@ def test_a_hash_found_across_two_entries_of_the_index_is_not_a_hit(tmp_path: Pat
     index = state.KeyIndex(run.db)
     first, second = bytes([7, 7]) + bytes(range(1, 11)), bytes([7, 7]) + bytes(range(101, 111))
     assert index.claim([first, second], [1, 2]) == [None, None]
-    packed = bytes(index._buckets[(7 << 6) | (7 >> 2)])
-    assert len(packed) == 32
-    straddling = bytes([7, 7]) + packed[11:21]  # the last 5 bytes of the first entry, the first 5 of the second
+    # Both in one bucket (same first two bytes), each entry 10 hash bytes then a 6-byte time: the
+    # last 5 bytes of the first entry (its time's) and the first 5 of the second.
+    straddling = bytes([7, 7]) + (1).to_bytes(6, "little")[1:] + bytes(range(101, 106))
     assert index.claim([straddling, straddling, first], [3, 3, 1]) == [None, 3, 1]
     run.close()

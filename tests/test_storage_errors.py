@@ -7,10 +7,8 @@ subprocess) makes SQLite's writes past the limit fail with EFBIG, the same path 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -18,17 +16,10 @@ import pytest
 
 from segbill.testing.fake_platform import FakePlatform
 
-from .conftest import jsonl, track, write
+from .conftest import assert_adds_up, jsonl, process_env, track, write
 
-KEY = "sk-test-full-disk"
 DEV_FULL = Path("/dev/full")
 needs_dev_full = pytest.mark.skipif(not DEV_FULL.exists(), reason="no /dev/full on this system")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakePlatform]:
-    with FakePlatform(api_key=KEY, retry_after=0) as platform:
-        yield platform
 
 
 def export(path: Path, count: int) -> list[str]:
@@ -48,8 +39,7 @@ LIMITED = (
 
 def segbill_process(args: list[str], url: str, file_size_limit: int | None = None) -> subprocess.CompletedProcess[bytes]:
     command = ["-c", LIMITED, str(file_size_limit)] if file_size_limit else ["-m", "segbill"]
-    env = {**os.environ, "LAGO_API_URL": url, "LAGO_API_KEY": KEY}
-    return subprocess.run([sys.executable, *command, *args], env=env, capture_output=True, check=False, timeout=120)
+    return subprocess.run([sys.executable, *command, *args], env=process_env(url), capture_output=True, check=False, timeout=120)
 
 
 def assert_stopped_cleanly(process: subprocess.CompletedProcess[bytes], words: str) -> dict:
@@ -60,11 +50,7 @@ def assert_stopped_cleanly(process: subprocess.CompletedProcess[bytes], words: s
     assert len(errors) == 1 and words in errors[0] and "run the same command again" in errors[0]
     summary = orjson.loads(process.stdout)
     assert words in summary["stopped"] and summary["exit_code"] == 3
-    assert (
-        summary["read"]
-        == summary["delivered"] + summary["skipped"] + summary["dead_lettered"] + summary["not_attempted"] + summary["unanswered"]
-    )
-    return summary
+    return assert_adds_up(summary)
 
 
 @needs_dev_full
@@ -177,7 +163,7 @@ def test_a_json_summary_that_cannot_reach_stdout_goes_to_stderr(tmp_path: Path, 
                 "--dead-letter",
                 str(tmp_path / "dead.jsonl"),
             ],
-            env={**os.environ, "LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY},
+            env=process_env(fake.url),
             stdout=full,
             stderr=subprocess.PIPE,
             check=False,

@@ -18,17 +18,18 @@ import typer
 from segbill import __version__
 from segbill.cli.inspect import inspect_command
 from segbill.cli.progress import Progress
-from segbill.cli.summary import render
+from segbill.cli.summary import render_summary
 from segbill.cli.usage import fail, hold_closed_streams, inputs, report_stream, say_empty, streaming_gc, warn
 from segbill.deadletter import DEFAULT_PATH, written_by_dry_runs
-from segbill.mapping import ConfigError, Mapping
-from segbill.mapping import load as load_mapping
+from segbill.mapping import Mapping
+from segbill.mapping_file import ConfigError
+from segbill.mapping_file import load as load_mapping
 from segbill.pipeline import STORAGE_ERRORS, Options, Replay, dry_run
 from segbill.report import ExitCode, Tally
 from segbill.segment import parse_time
 from segbill.sources import Source, SourceUnreadable
 from segbill.state import OtherDestination, State, StateBusy
-from segbill.targets import Target, get_target
+from segbill.targets import PLATFORMS, Target, get_target
 
 if TYPE_CHECKING:
     from segbill.delivery import DeliveryOptions
@@ -46,9 +47,7 @@ app = typer.Typer(
 )
 
 
-class TargetName(StrEnum):
-    lago = "lago"
-    hyperline = "hyperline"
+TargetName = StrEnum("TargetName", {name: name for name in PLATFORMS})  # type: ignore[misc]  # --to: the registry's platforms
 
 
 def _version(value: bool) -> None:
@@ -337,8 +336,11 @@ def send(
         say_empty(sources)
     _flush_stdout()
     _summarize(replay.tally, json_)
-    if dry_run_ and options.target.name == "lago" and not json_:
-        warn("whether Lago will bill these events (metrics, subscriptions, invoices): segbill check with the same options.")
+    reading = options.target.reading
+    if dry_run_ and reading is not None and reading.decided_by is not None and not json_:
+        warn(
+            f"whether {options.target.label} will bill these events ({reading.decided_by}): segbill check with the same options."
+        )
     raise typer.Exit(int(replay.tally.exit_code()))
 
 
@@ -415,7 +417,7 @@ def check_command(
     no event to check; 2 usage error; 3 a read failed (key, URL, the platform); 130 interrupted.
     """
     from segbill.check import run_check
-    from segbill.cli.check import render
+    from segbill.cli.check import render_check
 
     options, reading = _selection(
         to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries
@@ -424,7 +426,7 @@ def check_command(
         result = run_check(options, reading)
     if result.stopped is not None and not result.tally.read and not json_:  # the organization could not be read
         fail(f"check could not read {options.target.label} ({result.stopped}); nothing was checked.", ExitCode.FATAL)
-    _report(result.as_dict() if json_ else None, lambda out: render(result, out, terminal=out.isatty()))
+    _report(result.as_dict() if json_ else None, lambda out: render_check(result, out, terminal=out.isatty()))
     raise typer.Exit(int(result.exit_code()))
 
 
@@ -477,7 +479,7 @@ def reconcile_command(
     2 usage error; 3 a read failed (key, URL, the platform), or --missing or the state could not
     be written; 130 interrupted.
     """
-    from segbill.cli.reconcile import render
+    from segbill.cli.reconcile import render_reconcile
     from segbill.reconcile import Reconciliation, reconcile
 
     options, reading = _selection(
@@ -498,7 +500,7 @@ def reconcile_command(
             ledger = State(state, to.value, selection=options.selection(), url=_destination(reading.url))
         except (StateBusy, OtherDestination, OSError, sqlite3.DatabaseError) as error:
             _state_refused(state, error)
-    result = Reconciliation(to.value, state=None if state is None else str(state))
+    result = Reconciliation(options.target, state=None if state is None else str(state))
     try:
         with streaming_gc():
             reconcile(options, reading, missing, result, ledger)
@@ -511,7 +513,7 @@ def reconcile_command(
             ledger.close(save=result.stopped is None)
         except sqlite3.Error as error:
             result.stopped = result.stopped or _storage_failure(error, state)
-    _report(result.as_dict() if json_ else None, lambda out: render(result, out, terminal=out.isatty()))
+    _report(result.as_dict() if json_ else None, lambda out: render_reconcile(result, out, terminal=out.isatty()))
     raise typer.Exit(int(result.exit_code()))
 
 
@@ -536,11 +538,13 @@ def _check_before_sending(options: Options, delivery: DeliveryOptions | None) ->
     """send --check: the check of exactly what this send would deliver (the state's ledger
     included); anything Lago would not bill stops the send before it starts."""
     from segbill.check import run_check
-    from segbill.cli.check import render
+    from segbill.cli.check import render_check
     from segbill.targets.lago_api import ReadOptions
 
-    if delivery is None or options.target.name != "lago":
-        fail("--check works with a Lago send (not a dry run): it reads Lago's API; see segbill check.")
+    reading = options.target.reading
+    if delivery is None or reading is None or reading.decided_by is None:
+        gates = [target.label for target in map(get_target, PLATFORMS) if target.reading and target.reading.decided_by]
+        fail(f"--check works with a {' or '.join(gates)} send (not a dry run): it reads what decides billing; see segbill check.")
     if any(source.is_stdin for source in options.sources):
         fail("--check reads the input twice (checking, then sending): give files or folders, not stdin.")
     with streaming_gc():
@@ -550,7 +554,7 @@ def _check_before_sending(options: Options, delivery: DeliveryOptions | None) ->
     if result.stopped is not None:
         fail(f"--check could not read Lago ({result.stopped}); nothing was sent.", ExitCode.FATAL)
     if result.unbilled:
-        render(result, sys.stderr, terminal=sys.stderr.isatty())
+        render_check(result, sys.stderr, terminal=sys.stderr.isatty())
         fail(
             f"--check: {result.unbilled:,} of {result.checked:,} events would not be billed (above); nothing was sent.",
             ExitCode.DEAD_LETTERED,
@@ -588,6 +592,8 @@ def _selection(
     except ConfigError as error:
         fail(str(error))
     target = get_target(to.value)
+    if target.reading is None:
+        fail(f"segbill cannot read {target.label}'s API: check and reconcile do not work with --to {target.name}.")
     url, key = _endpoint(target, api_url, api_key, "look without the platform with send --dry-run")
     options = Options(
         sources=inputs(paths),
@@ -778,7 +784,7 @@ def _summarize(tally: Tally, as_json: bool) -> None:
             _flush_stdout()
             sys.stderr.write(f"segbill: error: cannot write the summary to stdout ({error.strerror}); here it is:\n{summary}")
         return
-    render(tally, sys.stderr, terminal=sys.stderr.isatty())
+    render_summary(tally, sys.stderr, terminal=sys.stderr.isatty())
 
 
 def main() -> None:

@@ -7,11 +7,11 @@ from typing import IO
 from rich.console import Console
 from rich.table import Table
 
-from segbill.check import MEANING, CheckResult, Group
+from segbill.check import CheckResult, Group
 from segbill.segment import iso_millis
 
 
-def render(result: CheckResult, stream: IO[str], *, terminal: bool) -> None:
+def render_check(result: CheckResult, stream: IO[str], *, terminal: bool) -> None:
     """Verdicts with counts and, for each, the codes, subscriptions and times behind it."""
     data = result.as_dict()
     checked = "events a send would deliver" if result.complete else "events checked"
@@ -27,9 +27,9 @@ def render(result: CheckResult, stream: IO[str], *, terminal: bool) -> None:
         count = result.verdicts[verdict]
         if not count and verdict != "billable":
             continue
-        why = [MEANING[verdict]]
+        why = [result.meaning(verdict)]
         if verdict != "billable":
-            why += [f"{code} on {sub}: {_span(g)}" for code, sub, g in result.top(verdict)]
+            why += [f"{kind} on {scope}: {_span(g)}" for kind, scope, g in result.top(verdict)]
         rows.append((verdict, f"{count:,}", "\n".join(why)))
     if not result.complete:
         rows.append(("not billed", f"{result.unbilled:,}", "of the events checked; the rest is unknown"))

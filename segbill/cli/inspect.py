@@ -156,7 +156,7 @@ def _repeats_section(ids: dict[str, Any], cap: int) -> _Section:
     return repeats
 
 
-def render(result: dict[str, Any], stream: IO[str], *, terminal: bool) -> None:
+def render_inspect(result: dict[str, Any], stream: IO[str], *, terminal: bool) -> None:
     """Rich tables on a terminal; aligned plain text otherwise (files, pipes, logs)."""
     header, sections = _sections(result)
     if terminal:
@@ -239,7 +239,7 @@ def inspect_command(
         if json_:
             out.write(orjson.dumps(result).decode() + "\n")
         else:
-            render(result, out, terminal=out.isatty())
+            render_inspect(result, out, terminal=out.isatty())
         out.flush()
     except BrokenPipeError:  # | head: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

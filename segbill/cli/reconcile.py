@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import IO
 
 from segbill.cli.check import write_table
-from segbill.reconcile import DIMENSIONS, TOP, Reconciliation
+from segbill.reconcile import TOP, Reconciliation
 from segbill.segment import iso_millis
 
 
-def _replay_hint(path: str) -> str:
-    return f"replay: segbill send {path} --to lago, with the backfill's mapping and --state"
+def _replay_hint(result: Reconciliation, path: str) -> str:
+    return f"replay: segbill send {path} --to {result.target.name}, with the backfill's mapping and --state"
 
 
 def _ledger_note(result: Reconciliation) -> str:
@@ -20,15 +20,15 @@ def _ledger_note(result: Reconciliation) -> str:
     return f"missing events {result.state} had as delivered, and no longer has: a send with it sends them"
 
 
-def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
+def render_reconcile(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
     """Totals, then the worst subscriptions, codes and days."""
     span = (
         f" from {iso_millis(result.start)} to {iso_millis(result.end)}"
         if result.start is not None and result.end is not None
         else ""
     )
-    pair = ", ".join(DIMENSIONS.get(result.target, DIMENSIONS["lago"]))
-    title = f"segbill reconcile against {result.target}: {result.pairs:,} ({pair}) pairs{span}"
+    pair = ", ".join(result.target.require_reading().names)
+    title = f"segbill reconcile against {result.target.name}: {result.pairs:,} ({pair}) pairs{span}"
     if result.stopped:
         title += f"; stopped early ({result.stopped})"
     elif result.interrupted:
@@ -41,7 +41,7 @@ def render(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
         (
             "missing",
             f"{result.missing:,}",
-            _replay_hint(result.missing_file) if result.missing_file else "expected, not on the platform",
+            _replay_hint(result, result.missing_file) if result.missing_file else "expected, not on the platform",
         ),
     ]
     if not result.complete:

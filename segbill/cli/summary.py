@@ -17,7 +17,7 @@ def _breakdown(counts: Counter[str]) -> str:
     return ", ".join(f"{reason} {count:,}" for reason, count in sorted(counts.items()))
 
 
-def render(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
+def render_summary(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
     """The human summary: a rich table on a terminal, plain `name value` lines for logs."""
     data = tally.as_dict()
     done = "converted" if tally.dry_run else "delivered"

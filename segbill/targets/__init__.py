@@ -1,15 +1,27 @@
-"""Billing platforms. Each module turns a `Billable` into that platform's event format, builds its
-batch request and reads its answers. A new platform is one new module and one branch in `get_target`.
+"""Billing platforms. Each is one module that declares its `Target`: how a `Billable` becomes its
+event, its batch request and answers, its mapping fields, its rate-limit headers and (for check
+and reconcile) its read API. The core reads these capabilities and never names a platform.
+
+A new platform is one module defining `TARGET` and one line in `PLATFORMS`.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from segbill.segment import Billable, Invalid, check_exact, dumps
+
+if TYPE_CHECKING:
+    from segbill.targets.lago_api import ReadOptions
+
+PLATFORMS = {  # name (`--to`) -> the module that declares its TARGET, imported only when used
+    "lago": "segbill.targets.lago",
+    "hyperline": "segbill.targets.hyperline",
+}
 
 MAX_EXACT_INT = 2**53
 """Beyond it a JSON number is inexact in float64: Lago's ClickHouse pipeline (its Go
@@ -29,7 +41,68 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class RateHeaders:
+    """Where a platform announces its rate limit and the waits it asks for (header names)."""
+
+    wait: tuple[str, ...] = ("retry-after", "x-ratelimit-reset")  # a 429's wait: the first present that reads as a time
+    limit: str = "x-ratelimit-limit"  # requests a window allows
+    remaining: str = "x-ratelimit-remaining"  # requests left in this window
+    reset: str = "x-ratelimit-reset"  # when the window ends: seconds from now, or a date
+
+
+X_RATELIMIT = RateHeaders()
+"""The X-RateLimit-* trio both platforms send, and a 429's Retry-After."""
+
+Judge = Callable[[str, str, int], Awaitable[str]]
+"""check's verdict on one event: (scope, kind, ms) -> a verdict of `Reading.verdicts`."""
+
+
+class Reader(Protocol):
+    """A platform's read API as check and reconcile use it; `requests` and `retries` count its cost."""
+
+    requests: int
+    retries: int
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def judge(self) -> Judge:
+        """Reads what check needs up front, and gives the function that judges each event."""
+        ...
+
+    async def count(self, scope: str, kind: str, start: int, end: int) -> int:
+        """Events stored for (scope, kind) from `start` to `end` ms, both inclusive."""
+        ...
+
+    async def events(self, scope: str, kind: str, start: int, end: int) -> list[tuple[str, int]]:
+        """(idempotency key, ms) of each event stored in that range, repeats included."""
+        ...
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What `segbill check` and `segbill reconcile` read on a platform. Both group converted
+    events by two of their fields: `scope` (who is billed) and `kind` (for what)."""
+
+    reader: Callable[[ReadOptions], Reader]  # imports the API module (and httpx) only when called
+    scope: str  # the event's field: Lago's external_subscription_id
+    kind: str  # Lago's code
+    names: tuple[str, str]  # what people call (scope, kind): reconcile's dimensions
+    time: Callable[[dict[str, Any]], int]  # a converted event's time in ms, exactly
+    verdicts: dict[str, str]  # what check can say of an event -> what it means; billable first
+    billed: tuple[str, ...] = ("billable",)  # the verdicts of events that will be billed
+    decided_by: str | None = None  # what check reads that decides billing, when that is all of it: send --check may gate on it
+
+    def place(self, event: dict[str, Any]) -> tuple[tuple[str, str], int]:
+        """The (scope, kind) pair a converted event counts in, and its time in ms."""
+        return (str(event[self.scope]), str(event[self.kind])), self.time(event)
+
+
+@dataclass(frozen=True)
 class Target:
+    """A billing platform, as the core sees it."""
+
     name: str
     label: str
     convert: Callable[[Billable, str], dict[str, Any]]  # (billable, flattening separator) -> event
@@ -43,8 +116,18 @@ class Target:
     body: Callable[[list[bytes]], bytes]  # serialized events -> request body
     read_answer: Callable[[int, bytes, list[str]], Answer | None]  # status, body, the batch's keys
     properties_key: str  # where an event keeps its (flattened) properties
+    fields: dict[str, str]  # the mapping file's field names -> the Billable part each fills (id, customer, event, time)
     protected_key: str | None = None  # a key in there that is not a property (Hyperline's record id)
     shifted_repeat: str = ""  # what the platform would do with an id sent again at another time
+    amount_field: str | None = None  # the event's field for an exact amount (`Mapping.amount_of`), if the platform has one
+    rates: RateHeaders = X_RATELIMIT
+    reading: Reading | None = None  # None: check and reconcile cannot read this platform
+
+    def require_reading(self) -> Reading:
+        """Its read API: check and reconcile are offered only where there is one."""
+        if self.reading is None:
+            raise ValueError(f"segbill cannot read {self.label}'s API")
+        return self.reading
 
 
 def flatten(properties: dict[str, Any], *, keep_scalar_lists: bool, separator: str = ".") -> dict[str, Any]:
@@ -141,13 +224,8 @@ def _check_nested(value: Any) -> None:
 
 
 def get_target(name: str) -> Target:
-    """Import only the platform in use."""
-    if name == "lago":
-        from segbill.targets import lago
-
-        return lago.TARGET
-    if name == "hyperline":
-        from segbill.targets import hyperline
-
-        return hyperline.TARGET
-    raise KeyError(name)
+    """The platform called `name` (a key of `PLATFORMS`); only its module is imported."""
+    target = importlib.import_module(PLATFORMS[name]).TARGET
+    if not isinstance(target, Target):
+        raise TypeError(f"{PLATFORMS[name]}.TARGET is not a Target")
+    return target

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from segbill.segment import Billable, Invalid, iso_millis
-from segbill.targets import Answer, Target, flatten
+from segbill.segment import Billable, Invalid, iso_millis, parse_time
+from segbill.targets import Answer, RateHeaders, Reader, Reading, Target, flatten
+
+if TYPE_CHECKING:
+    from segbill.targets.lago_api import ReadOptions
 
 # A property called `id` would overwrite the record id, Hyperline's idempotency key.
 RENAMED_ID = "properties.id"
@@ -60,6 +63,25 @@ def _failed_ids(content: bytes) -> set[str]:
     return ids
 
 
+def reader(options: ReadOptions) -> Reader:
+    from segbill.targets.hyperline_api import HyperlineReader
+
+    return HyperlineReader(options, TARGET.rates)
+
+
+READING = Reading(
+    reader=reader,
+    scope="customer_id",
+    kind="event_type",
+    names=("customer", "event_type"),
+    time=lambda event: parse_time(event["timestamp"]) or 0,
+    # Hyperline's API shows customers, and no metric, subscription or invoice to check an event against.
+    verdicts={
+        "billable": "billed in the current or a coming invoice",
+        "unknown_customer": "Hyperline has no such customer (GET /v1/customers/{id} answers 404): a send is refused",
+    },
+)
+
 TARGET = Target(
     name="hyperline",
     label="Hyperline",
@@ -74,6 +96,10 @@ TARGET = Target(
     body=body,
     read_answer=read_answer,
     properties_key="record",
+    fields={"record_id": "id", "customer_id": "customer", "event_type": "event", "timestamp": "time"},
     protected_key="id",
     shifted_repeat="Hyperline would move the stored event to the other time",
+    # Every answer carries the X-RateLimit-* trio, its reset a date; a 429 adds Retry-After in seconds.
+    rates=RateHeaders(wait=("retry-after", "x-ratelimit-reset")),
+    reading=READING,
 )

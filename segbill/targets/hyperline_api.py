@@ -10,6 +10,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 
 from segbill.segment import iso_millis, parse_time
+from segbill.targets import X_RATELIMIT, Judge, RateHeaders
 from segbill.targets.lago_api import LagoReader, ReadFailed, ReadOptions
 
 TAKE = 100  # the largest page GET /v1/events gives
@@ -35,8 +36,8 @@ def api_url(ingest_url: str) -> str:
 class HyperlineReader(LagoReader):
     """Reads one Hyperline account; `requests` and `retries` count what it cost."""
 
-    def __init__(self, options: ReadOptions) -> None:
-        super().__init__(options)
+    def __init__(self, options: ReadOptions, rates: RateHeaders = X_RATELIMIT) -> None:
+        super().__init__(options, rates)
         self.api = api_url(options.url).rstrip("/")
 
     def _read(self, path: str, response: httpx.Response) -> dict[str, Any]:
@@ -50,6 +51,17 @@ class HyperlineReader(LagoReader):
         except UnknownCustomer:
             return False
         return True
+
+    async def judge(self) -> Judge:
+        """Whether each event's customer exists, one read per customer (the first of its events asks)."""
+        known: dict[str, bool] = {}
+
+        async def verdict(customer: str, event_type: str, millis: int) -> str:
+            if customer not in known:
+                known[customer] = await self.customer_exists(customer)
+            return "billable" if known[customer] else "unknown_customer"
+
+        return verdict
 
     async def count(self, customer: str, event_type: str, start: int, end: int) -> int:
         """Events stored for (customer, event type) from `start` to `end` ms, both inclusive."""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from segbill.segment import Billable, unix_seconds
-from segbill.targets import Answer, Target, flatten
+from segbill.targets import Answer, RateHeaders, Reader, Reading, Target, flatten
+
+if TYPE_CHECKING:
+    from segbill.targets.lago_api import ReadOptions
 
 DUPLICATE = {"transaction_id": ["value_already_exist"]}
 
@@ -59,6 +63,37 @@ def _details(content: bytes) -> dict[str, Any] | None:
     return details if isinstance(details, dict) else None
 
 
+def event_millis(event: dict[str, Any]) -> int:
+    """The time of a converted Lago event: its Unix-seconds string, exactly, in ms."""
+    return int(Decimal(event["timestamp"]) * 1000)
+
+
+def reader(options: ReadOptions) -> Reader:
+    from segbill.targets.lago_api import LagoReader
+
+    return LagoReader(options, TARGET.rates)
+
+
+READING = Reading(
+    reader=reader,
+    scope="external_subscription_id",
+    kind="code",
+    names=("subscription", "code"),
+    time=event_millis,
+    # Lago answers 200 to events it will never bill; check reads why (see check.py).
+    verdicts={
+        "billable": "billed in the current or a coming invoice",
+        "unknown_code": "no billable metric has this code: stored, never billed",
+        "unknown_subscription": "no subscription in any status has this external id: stored, never billed",
+        "before_start": "before the subscription's started_at (or it has not started): never billed",
+        "after_termination": "at or after the subscription's terminated_at: never billed",
+        "invoiced": "in a period of a finalized invoice, which is never reopened: never billed",
+        "draft": "in a draft invoice's period: billed once the draft is refreshed or finalized",
+    },
+    billed=("billable", "draft"),
+    decided_by="metrics, subscriptions, invoices",
+)
+
 TARGET = Target(
     name="lago",
     label="Lago",
@@ -73,5 +108,11 @@ TARGET = Target(
     body=body,
     read_answer=read_answer,
     properties_key="properties",
+    fields={"transaction_id": "id", "external_subscription_id": "customer", "code": "event", "timestamp": "time"},
     shifted_repeat="on Lago's ClickHouse store it would be billed twice",
+    amount_field="precise_total_amount_cents",
+    # A 429 carries the X-RateLimit-* trio, its reset in seconds; Retry-After is not documented,
+    # but a proxy in front of a self-hosted Lago may send it.
+    rates=RateHeaders(wait=("retry-after", "x-ratelimit-reset")),
+    reading=READING,
 )

@@ -1,13 +1,18 @@
 """Lago's read API, for `segbill check` and `segbill reconcile`: the same key, retries and pacing
 as sending (a 429 pauses every reader; an announced limit sets the pace), every list read page by
-page through `meta.next_page`. The key is only ever in the Authorization header."""
+page through `meta.next_page`. The key is only ever in the Authorization header.
+
+check's verdicts: Lago answers 200 to events it will never bill (an unknown code or
+subscription, a time outside the subscription, a period already invoiced). The organization is
+read first (billable metrics, subscriptions in every status), each customer's invoices when one of
+its events first needs them: reads follow the subscriptions and invoices involved, never the
+number of events."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
@@ -16,6 +21,7 @@ import orjson
 
 from segbill.delivery import Pacer, _describe, _excerpt, backoff, retryable, wait_hint
 from segbill.segment import iso_millis, parse_time
+from segbill.targets import X_RATELIMIT, Judge, RateHeaders
 
 PER_PAGE = 100  # lago-api's default page size; larger pages are not documented
 SUBSCRIPTION_STATUSES = ("active", "pending", "terminated", "canceled")
@@ -60,22 +66,61 @@ class Period:
     invoice: str  # the invoice number, for people
 
 
-def event_millis(event: dict[str, Any]) -> int:
-    """The time of a converted Lago event: its Unix-seconds string, exactly, in ms."""
-    return int(Decimal(event["timestamp"]) * 1000)
+class Organization:
+    """What decides whether Lago bills an event. Invoice periods are read per customer, the
+    first time one of its subscriptions' events needs them. An event gets the first rule that
+    fits: unknown_code, unknown_subscription, before_start, after_termination, then the invoices
+    (invoiced, draft), else billable."""
+
+    def __init__(self, codes: set[str], subscriptions: dict[str, list[Subscription]]) -> None:
+        self.codes = codes
+        self.subscriptions = subscriptions
+        self.periods: dict[str, list[Period]] = {}
+        self.customers_read: set[str] = set()
+
+    def unread_customers(self, subscription: str) -> list[str]:
+        customers = {s.customer for s in self.subscriptions.get(subscription, ())}
+        return sorted(customers - self.customers_read)
+
+    def learn(self, customer: str, periods: list[Period]) -> None:
+        self.customers_read.add(customer)
+        for period in periods:
+            self.periods.setdefault(period.subscription, []).append(period)
+
+    def standing(self, subscription: str, code: str, millis: int) -> str | None:
+        """The verdict that needs no invoice, or None when the invoices decide."""
+        if code not in self.codes:
+            return "unknown_code"
+        candidates = self.subscriptions.get(subscription)
+        if not candidates:
+            return "unknown_subscription"
+        started = [s for s in candidates if s.started is not None and s.started <= millis]
+        if not started:
+            return "before_start"
+        if all(s.terminated is not None and millis >= s.terminated for s in started):
+            return "after_termination"
+        return None
+
+    def invoiced(self, subscription: str, millis: int) -> str:
+        """The verdict of a running subscription's event, once its customers' invoices are read."""
+        statuses = {p.status for p in self.periods.get(subscription, ()) if p.start <= millis <= p.end}
+        if "finalized" in statuses:
+            return "invoiced"
+        return "draft" if "draft" in statuses else "billable"
 
 
 class LagoReader:
     """Reads one organization; `requests` and `retries` count what it cost."""
 
-    def __init__(self, options: ReadOptions) -> None:
+    def __init__(self, options: ReadOptions, rates: RateHeaders = X_RATELIMIT) -> None:
         self.options = options
+        self.rates = rates
         self.base = options.url.rstrip("/")
         self.host = urlsplit(options.url).netloc.rpartition("@")[2]  # host:port, never a user:password@
         self.headers = {"Authorization": f"Bearer {options.api_key}", "Accept": "application/json"}
         limits = httpx.Limits(max_connections=READ_CONCURRENCY, max_keepalive_connections=READ_CONCURRENCY)
         self.client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(options.timeout), trust_env=False)
-        self.pacer = Pacer(None)
+        self.pacer = Pacer(None, rates)
         self.slots = asyncio.Semaphore(READ_CONCURRENCY)
         self.requests = 0
         self.retries = 0
@@ -106,7 +151,7 @@ class LagoReader:
                     response, last = answer, f"HTTP {answer.status_code}"
                     self.pacer.observe(answer.headers)
                     if answer.status_code == 429:
-                        hint = wait_hint(answer.headers)
+                        hint = wait_hint(answer.headers, self.rates)
                         self.pacer.throttled(backoff(1) if hint is None else hint)
                     else:
                         self.pacer.accepted()
@@ -159,6 +204,22 @@ class LagoReader:
             page = following
 
     # -- the organization --------------------------------------------------------------------
+
+    async def judge(self) -> Judge:
+        """Reads the organization, then judges each event (subscription, code, ms), reading a
+        customer's invoices the first time one of its subscriptions' events needs them."""
+        organization = Organization(await self.metric_codes(), await self.subscriptions())
+
+        async def verdict(subscription: str, code: str, millis: int) -> str:
+            standing = organization.standing(subscription, code, millis)
+            if standing is not None:
+                return standing
+            customers = organization.unread_customers(subscription)
+            for customer, periods in zip(customers, await asyncio.gather(*(self.periods(c) for c in customers)), strict=False):
+                organization.learn(customer, periods)
+            return organization.invoiced(subscription, millis)
+
+        return verdict
 
     async def metric_codes(self) -> set[str]:
         return {str(metric.get("code")) async for metric in self.pages("/api/v1/billable_metrics", "billable_metrics")}

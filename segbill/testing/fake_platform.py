@@ -92,7 +92,7 @@ class Request:
     status: int | None
     fault: str | None
     at: float
-    """time.monotonic() at arrival."""
+    """The fake's `clock` (time.monotonic unless a test gave its own) at arrival."""
 
 
 @dataclass
@@ -138,7 +138,8 @@ class FakePlatform:
     silently never stored, as in lago#637), `hyperline_event_loss` (the same for Hyperline),
     `hyperline_customers` (None accepts any customer id; otherwise the only customers that exist,
     for ingest and for `GET /v1/customers/{id}`), `hyperline_malformed` (record ids that make a whole Hyperline request answer 400),
-    `latency`. The organization Lago's read API serves is loaded with `add_billable_metric`,
+    `latency`. `clock` gives each request's arrival time (seconds, monotonic), which the rate
+    limit windows count in: a test moves it instead of sleeping. The organization Lago's read API serves is loaded with `add_billable_metric`,
     `add_subscription` and `add_invoice`.
     """
 
@@ -165,6 +166,7 @@ class FakePlatform:
         faults: Mapping[str, float] | None = None,
         retry_after: int = 1,
         hang_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if lago_store not in ("postgres", "clickhouse"):
             raise ValueError(f"lago_store must be 'postgres' or 'clickhouse', not {lago_store!r}")
@@ -194,7 +196,9 @@ class FakePlatform:
         self.seed = seed
         self.retry_after = retry_after
         self.hang_seconds = hang_seconds
+        self.clock = clock
         self._lock = threading.Lock()
+        self._served = threading.Condition()  # notified after each request is answered
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.reset()
@@ -290,6 +294,18 @@ class FakePlatform:
         """Lago transaction ids stored by a batch answered 422 (only `lago_pre_v1_39` does that)."""
         with self._lock:
             return list(self._stored_by_refused)
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+        """Block until `condition()` holds, checked again after each request the fake answers
+        (a test waits on a client in another process without polling); False after `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._served:
+            while not condition():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._served.wait(left)
+        return True
 
     def requests(self, platform: Platform | None = None) -> list[Request]:
         with self._lock:
@@ -460,6 +476,8 @@ class FakePlatform:
             self._requests.append(
                 Request(method, path, platform, headers, _event_count(platform, endpoint, payload), status, fault, arrival)
             )
+        with self._served:
+            self._served.notify_all()
         return outcome
 
     def _next_fault(self) -> str | None:
@@ -1027,7 +1045,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_POST(self) -> None:
-        arrival = time.monotonic()
+        arrival = self.server.fake.clock()
         try:
             body = self._read_body()
         except ValueError:
