@@ -76,6 +76,7 @@ from segbill.segment import (
     exact_message,
     iso_millis,
     lookup,
+    parsed_exactly,
 )
 from segbill.sources import Source, read_records
 
@@ -306,8 +307,10 @@ class Inspection:
             return
         try:
             track = self._read_track(message)
-        except InexactNumber:  # orjson read an integer beyond 64 bits as a float
-            track = self._read_track(exact_message(record, ENTRIES))
+        except InexactNumber:  # orjson read an integer beyond 64 bits as a float (or a float is that large)
+            with parsed_exactly():
+                self._count_track(self._read_track(exact_message(record, ENTRIES)), record)
+            return
         self._count_track(track, record)
 
     def _unreadable(self, kind: str, where: str) -> None:

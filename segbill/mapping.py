@@ -17,8 +17,8 @@ from typing import Any
 from segbill.segment import (
     DEFAULT_TIME_PATHS,
     Billable,
-    InexactNumber,
     Invalid,
+    check_exact,
     customer_id,
     derived_id,
     event_time,
@@ -344,9 +344,7 @@ class Mapping:
         if value is None:
             return None
         if isinstance(value, float):
-            if abs(value) >= 2**63:
-                raise InexactNumber
-            value = repr(value)
+            value = repr(check_exact(value))
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise Invalid("bad_amount", f'The amount at "{where}" is not a number.')
         try:

@@ -27,6 +27,7 @@ from segbill.segment import (
     Record,
     dumps,
     exact_message,
+    parsed_exactly,
 )
 from segbill.sources import Source, SourceUnreadable, read_lines, read_records
 from segbill.state import Claim, Frontier, Mode, State
@@ -393,7 +394,8 @@ def to_event(
         return _convert(message, name, target, mapping)
     except InexactNumber:
         record.message = exact_message(record, ENTRIES)
-        return _convert(record.message, name, target, mapping)
+        with parsed_exactly():
+            return _convert(record.message, name, target, mapping)
 
 
 def _convert(message: dict[str, Any], name: str, target: Target, mapping: Mapping) -> tuple[Billable, dict[str, Any]]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -21,6 +23,9 @@ UTF8_BOM = b"\xef\xbb\xbf"
 # orjson reads integers beyond 64 bits as floats; a float this large may be such an integer, so
 # the line is parsed again with the standard library, which keeps every integer exact.
 _INEXACT_FLOAT = float(2**63)
+# Set while a message parsed exactly is converted: every integer in it is an int, so a float
+# that large is a float the export really holds (1e300), not a lost integer.
+_PARSED_EXACTLY: ContextVar[bool] = ContextVar("parsed_exactly", default=False)
 
 
 class Invalid(Exception):
@@ -332,8 +337,7 @@ def customer_id(value: Any, where: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, float) and value.is_integer():
-        if abs(value) >= _INEXACT_FLOAT:
-            raise InexactNumber
+        check_exact(value)
         return str(int(value))
     if value is None or value == "":
         raise Invalid("missing_customer", f'The track message has no customer id at "{where}".')
@@ -366,7 +370,18 @@ def derived_id(message: dict[str, Any]) -> str:
 
 
 def check_exact(value: float) -> float:
-    """Return a float property unless it may be an integer orjson could not hold exactly."""
-    if abs(value) >= _INEXACT_FLOAT:
+    """Return a float unless it may be an integer orjson could not hold exactly: then the line
+    must be parsed exactly (`InexactNumber`), and converted again `parsed_exactly`."""
+    if abs(value) >= _INEXACT_FLOAT and not _PARSED_EXACTLY.get():
         raise InexactNumber
     return value
+
+
+@contextmanager
+def parsed_exactly() -> Iterator[None]:
+    """Convert a message `exact_message` read: its large floats are floats (see `check_exact`)."""
+    token = _PARSED_EXACTLY.set(True)
+    try:
+        yield
+    finally:
+        _PARSED_EXACTLY.reset(token)

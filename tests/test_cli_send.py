@@ -192,6 +192,59 @@ def test_a_message_dead_lettered_while_reading_keeps_every_integer_exact(segbill
     assert entry["record"]["properties"] == {"n": 123456789012345678901234567890, "m": -99999999999999999999}
 
 
+LARGE_NUMBERS = (
+    b'{"type":"track","event":"API Call","userId":1e20,"messageId":"m1","timestamp":"2024-01-01T00:00:00Z",'
+    b'"properties":{"f":1e300,"g":-9.5e18,"l":[1,18446744073709551616],"k":[2,1e300],"n":18446744073709551616,"cents":1e19}}\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (
+            "lago",
+            {"f": 1e300, "g": -9.5e18, "l": "[1,18446744073709551616]", "k": "[2,1e+300]", "n": "18446744073709551616"},
+        ),
+        (
+            "hyperline",
+            {
+                "id": "m1",
+                "f": 1e300,
+                "g": -9.5e18,
+                "l": [1, "18446744073709551616"],
+                "k": [2, 1e300],
+                "n": "18446744073709551616",
+            },
+        ),
+    ],
+)
+def test_floats_of_2_63_and_more_are_floats_and_integers_beyond_64_bits_stay_exact(
+    segbill, tmp_path: Path, target: str, expected: dict[str, object]
+) -> None:
+    """A float that large may be an integer orjson could not hold, so the line is read again
+    exactly; a float the export really holds (1e300) is then sent as the float it is, never an
+    internal error that stops the run, and an integer inside a list keeps every digit."""
+    path = write(tmp_path / "in.jsonl", LARGE_NUMBERS)
+    field, source = ("precise_total_amount_cents", "properties.cents") if target == "lago" else ("customer_id", "userId")
+    config = write(tmp_path / "segbill.toml", f'[{target}]\n{field} = "{source}"\n'.encode())
+    run = segbill("send", str(path), "--to", target, "--dry-run", "--config", str(config))
+    assert run.exit_code == 0, run.stderr
+    [event] = [json.loads(line) for line in run.stdout.splitlines()]  # orjson would read 2**64 as a float
+    values = event["properties"] if target == "lago" else event["record"]
+    values.pop("cents", None)
+    assert values == expected
+    assert event["external_subscription_id" if target == "lago" else "customer_id"] == "100000000000000000000"
+    if target == "lago":
+        assert event["precise_total_amount_cents"] == "1E+19"
+
+
+def test_inspect_reads_floats_of_2_63_and_more(segbill, tmp_path: Path) -> None:
+    run = segbill("inspect", str(write(tmp_path / "in.jsonl", LARGE_NUMBERS)), "--json")
+    assert run.exit_code == 0, run.stderr
+    report = orjson.loads(run.stdout)
+    assert report["records"] == 1 and report["track"]["messages"] == 1 and report["unreadable"] == {}
+
+
 def test_a_replayed_dead_letter_keeps_every_integer_exact(segbill, tmp_path: Path) -> None:
     """A dead letter's record is read back with the fast parse too: an integer beyond 64 bits
     sends its exact re-read through the dead-letter reading, not the line as a message."""

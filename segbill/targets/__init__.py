@@ -200,8 +200,9 @@ def _scalars(values: list[Any]) -> bool:
     return True
 
 
-# orjson writes a float of 2**63 or more with an exponent of 18 or more (9.223372036854776e18).
-_LARGE_EXPONENT = re.compile(rb"\de(?:1[89]|[2-9]\d|\d{3})")
+# orjson writes a float of 2**63 or more with an exponent of 18 or more, with a sign
+# (9.223372036854776e+18).
+_LARGE_EXPONENT = re.compile(rb"\de\+?(?:1[89]|[2-9]\d|\d{3})")
 
 
 def _json_text(value: Any) -> str:
