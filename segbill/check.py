@@ -64,15 +64,16 @@ class CheckResult:
         return self.stopped is None and not self.tally.interrupted
 
     def exit_code(self) -> ExitCode:
-        """1 when an event would not be billed, or when no record read was an event to check;
-        2 when nothing was read at all (as for send: an empty input is no success for cron)."""
+        """1 when an event would not be billed, a record would be dead-lettered (a send of it
+        exits 1 too: it bills nothing), or no record read was an event to check; 2 when nothing
+        was read at all (as for send: an empty input is no success for cron)."""
         if self.tally.interrupted:
             return ExitCode.INTERRUPTED
         if self.stopped is not None:
             return ExitCode.FATAL
         if self.tally.empty:
             return ExitCode.USAGE
-        return ExitCode.DEAD_LETTERED if self.unbilled or not self.checked else ExitCode.OK
+        return ExitCode.DEAD_LETTERED if self.unbilled or self.tally.dead_lettered or not self.checked else ExitCode.OK
 
     def top(self, verdict: str) -> list[tuple[str, str, Group]]:
         chosen = [(kind, scope, group) for (v, kind, scope), group in self.groups.items() if v == verdict]

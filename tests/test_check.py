@@ -124,6 +124,17 @@ def test_the_top_groups_say_why(segbill, fake: FakePlatform, tmp_path: Path) -> 
     }
 
 
+def test_a_record_send_would_dead_letter_is_not_billed_either(segbill, fake: FakePlatform, tmp_path: Path) -> None:
+    """Every event bills, but one record has no customer: a send of this input exits 1 and
+    bills that record never, so check says so with its exit status too."""
+    rows = {key: verdict for key, verdict in EXPECTED.items() if verdict in ("billable", "draft")}
+    path = write(tmp_path / "e.jsonl", jsonl(*messages(rows), track(userId=None, messageId="no-customer")))
+    run = segbill("check", str(path), "--to", "lago", "--json", env=env(fake))
+    result = orjson.loads(run.stdout)
+    assert (result["not_billed"], result["checked"], result["dead_lettered"]) == (0, len(rows), 1)
+    assert run.exit_code == 1
+
+
 def test_exit_0_when_everything_bills_and_the_human_report(segbill, fake: FakePlatform, tmp_path: Path) -> None:
     rows = {key: verdict for key, verdict in EXPECTED.items() if verdict in ("billable", "draft")}
     path = write(tmp_path / "e.jsonl", jsonl(*messages(rows)))

@@ -413,8 +413,8 @@ def check_command(
     subscriptions and times behind each verdict. Hyperline: whether its customer exists
     (billable, unknown_customer); its API shows nothing more to check against.
 
-    Exit codes: 0 every event will be billed (billable or draft); 1 some will not, or there was
-    no event to check; 2 usage error; 3 a read failed (key, URL, the platform); 130 interrupted.
+    Exit codes: 0 every event will be billed (billable or draft); 1 some will not, a record
+    would be dead-lettered, or there was no event to check; 2 usage error; 3 a read failed (key, URL, the platform); 130 interrupted.
     """
     from segbill.check import run_check
     from segbill.cli.check import render_check
