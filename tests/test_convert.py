@@ -10,7 +10,7 @@ import pytest
 from segbill.deadletter import ENTRIES
 from segbill.mapping_file import load
 from segbill.pipeline import to_event
-from segbill.segment import Invalid, Origin, Record, derived_id, exact_message, read_line
+from segbill.segment import Billable, Invalid, Origin, Record, derived_id, exact_message, read_line
 from segbill.targets import get_target
 
 from .conftest import track
@@ -145,6 +145,12 @@ def test_the_exact_reparse_finds_the_right_message_in_an_envelope() -> None:
 def test_hyperline_property_named_id_never_overwrites_the_record_id() -> None:
     event = convert("hyperline", track(properties={"id": "order-9", "amount": 3}))
     assert event["record"] == {"id": "msg-1", "properties.id": "order-9", "amount": 3}
+
+
+def test_hyperline_renames_a_property_named_id_with_the_configured_separator() -> None:
+    """With `separator = "_"` every nested key is joined with "_": so is the renamed id."""
+    event = get_target("hyperline").convert(Billable("m", "c", "e", 0, {"id": "order-9", "a": {"b": 1}}), "_")
+    assert event["record"] == {"id": "m", "properties_id": "order-9", "a_b": 1}
 
 
 @pytest.mark.parametrize("target", ["lago", "hyperline"])

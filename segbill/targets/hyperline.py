@@ -12,8 +12,9 @@ from segbill.targets import Answer, RateHeaders, Reader, Reading, Target, flatte
 if TYPE_CHECKING:
     from segbill.targets.lago_api import ReadOptions
 
-# A property called `id` would overwrite the record id, Hyperline's idempotency key.
-RENAMED_ID = "properties.id"
+# A property called `id` would overwrite the record id, Hyperline's idempotency key: it is
+# renamed as if it were `id` nested under `properties` ("properties.id" with the default separator).
+RENAMED_ID = "properties{separator}id"
 NO_REASON = "Rejected by Hyperline, which gives no reason; check that the customer exists."
 
 
@@ -21,9 +22,10 @@ def convert(billable: Billable, separator: str) -> dict[str, Any]:
     """Hyperline takes scalars, booleans and lists of scalars in `record`, never nested objects."""
     properties = flatten(billable.properties, keep_scalar_lists=True, separator=separator)
     if "id" in properties:
-        if RENAMED_ID in properties:
-            raise Invalid("property_conflict", f'Properties "id" and "{RENAMED_ID}" would both be "{RENAMED_ID}"; rename one.')
-        properties[RENAMED_ID] = properties.pop("id")
+        renamed = RENAMED_ID.format(separator=separator)
+        if renamed in properties:
+            raise Invalid("property_conflict", f'Properties "id" and "{renamed}" would both be "{renamed}"; rename one.')
+        properties[renamed] = properties.pop("id")
     return {
         "customer_id": billable.customer,
         "event_type": billable.event,
