@@ -3,12 +3,12 @@
 The command line lives in `segbill.cli`; everything named in `__all__` is the library a Python
 user calls, and none of it imports typer or rich. A replay in code:
 
-    from segbill import Options, Replay, dry_run, expand, get_target, load_mapping
+    from segbill import Options, PrintSink, Replay, expand, get_target, load_mapping, run
 
     target = get_target("lago")
     sources = expand(["exports/"], stdin_is_terminal=True)
     replay = Replay(Options(sources, target, load_mapping("lago"), dry_run=True))
-    dry_run(replay, sys.stdout.buffer)   # or: asyncio.run(deliver_all(replay, target, DeliveryOptions(...)))
+    asyncio.run(run(replay, PrintSink(sys.stdout.buffer)))   # or HttpSink(target, DeliveryOptions(...))
     replay.close()
     replay.tally.exit_code()             # an ExitCode, as `segbill send` exits
 
@@ -22,13 +22,15 @@ import sys
 
 TYPE_CHECKING = False  # typing's own would import typing, which `segbill --version` does not need
 if TYPE_CHECKING:
-    from segbill.delivery import DeliveryOptions, deliver_all
+    from segbill.delivery import DeliveryOptions, HttpSink
     from segbill.inspection import inspect_sources
     from segbill.mapping import Mapping
     from segbill.mapping_file import ConfigError
     from segbill.mapping_file import load as load_mapping
-    from segbill.pipeline import Options, Replay, dry_run
+    from segbill.pipeline import Options, Replay
     from segbill.report import ExitCode, Tally
+    from segbill.runner import run
+    from segbill.sink import PrintSink
     from segbill.sources import Source, expand
     from segbill.state import State
     from segbill.targets import Target, get_target
@@ -39,21 +41,22 @@ __all__ = [
     "ConfigError",
     "DeliveryOptions",
     "ExitCode",
+    "HttpSink",
     "Mapping",
     "Options",
+    "PrintSink",
     "Replay",
     "Source",
     "State",
     "Tally",
     "Target",
     "__version__",
-    "deliver_all",
-    "dry_run",
     "expand",
     "get_target",
     "inspect_sources",
     "load_mapping",
     "main",
+    "run",
 ]
 
 # public name -> (module, name there)
@@ -61,19 +64,20 @@ _PUBLIC = {
     "ConfigError": ("segbill.mapping_file", "ConfigError"),
     "DeliveryOptions": ("segbill.delivery", "DeliveryOptions"),
     "ExitCode": ("segbill.report", "ExitCode"),
+    "HttpSink": ("segbill.delivery", "HttpSink"),
     "Mapping": ("segbill.mapping", "Mapping"),
     "Options": ("segbill.pipeline", "Options"),
+    "PrintSink": ("segbill.sink", "PrintSink"),
     "Replay": ("segbill.pipeline", "Replay"),
     "Source": ("segbill.sources", "Source"),
     "State": ("segbill.state", "State"),
     "Tally": ("segbill.report", "Tally"),
     "Target": ("segbill.targets", "Target"),
-    "deliver_all": ("segbill.delivery", "deliver_all"),
-    "dry_run": ("segbill.pipeline", "dry_run"),
     "expand": ("segbill.sources", "expand"),
     "get_target": ("segbill.targets", "get_target"),
     "inspect_sources": ("segbill.inspection", "inspect_sources"),
     "load_mapping": ("segbill.mapping_file", "load"),
+    "run": ("segbill.runner", "run"),
 }
 
 

@@ -1,36 +1,27 @@
 """Delivery: batches over one keep-alive async client, retried, paced by 429s, split when refused.
 
 It knows the platforms only through `Target`: the request path and body, `read_answer`, and the
-headers that announce rate limits.
-Every event handed to `Sender.deliver` ends delivered, dead-lettered or not attempted.
+headers that announce rate limits; and the run only through `Outcomes`, where every event handed
+to `HttpSink.take` ends delivered, rejected or not attempted. Reading, the ledger, the summary,
+progress and signals are the run loop's (`segbill.runner`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import math
 import random
-import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
 
-from segbill.pipeline import STORAGE_ERRORS
-from segbill.segment import Record, dumps
+from segbill.sink import Item, OutcomeLost, Outcomes
 from segbill.targets import X_RATELIMIT, Answer, RateHeaders, Target
-
-if TYPE_CHECKING:
-    from segbill.cli.progress import Progress
-    from segbill.pipeline import Replay
-    from segbill.report import Tally
 
 BACKOFF_BASE = 0.5  # seconds; full jitter: a retry waits uniform(0, min(cap, base * 2**n))
 BACKOFF_CAP = 30.0
@@ -61,18 +52,7 @@ class DeliveryOptions:
     concurrency: int | None = None  # requests in flight; None: adaptive
     timeout: float = 30.0
     max_retries: int = 10
-    grace: float = 10.0
     rate: float | None = None  # events per second, at most
-
-
-@dataclass(slots=True)
-class Item:
-    """One converted event on its way: its record (for outcomes; its parsed message dropped,
-    see `Record.drop_message`), key and exact bytes."""
-
-    record: Record
-    key: str
-    data: bytes
 
 
 @dataclass(slots=True)
@@ -315,11 +295,10 @@ def _number(value: str | None) -> float | None:
 class Sender:
     """Sends batches for one run. One 429 pauses every batch, not only the one that got it."""
 
-    def __init__(self, target: Target, options: DeliveryOptions, replay: Replay, client: httpx.AsyncClient) -> None:
+    def __init__(self, target: Target, options: DeliveryOptions, outcomes: Outcomes, client: httpx.AsyncClient) -> None:
         self.target = target
         self.options = options
-        self.replay = replay
-        self.tally = replay.tally
+        self.outcomes = outcomes
         self.client = client
         self.endpoint = options.url.rstrip("/") + target.batch_path
         self.host = urlsplit(options.url).netloc.rpartition("@")[2]  # host:port, never a user:password@
@@ -335,12 +314,11 @@ class Sender:
 
     async def deliver(self, items: list[Item]) -> None:
         """Send one batch until each event has its outcome; when outcomes cannot be written (a
-        full disk), stop the run: a rerun redoes what was not recorded."""
+        full disk), stop: a rerun redoes what was not recorded."""
         try:
             await self._deliver(items)
-        except STORAGE_ERRORS as error:
-            self.replay.storage_failed(error)
-            self.stop(str(self.replay.failure))
+        except OutcomeLost as error:
+            self.stop(str(error))
 
     async def _deliver(self, items: list[Item]) -> None:
         """Send one batch until each event has its outcome, resending the valid rest of a refused batch."""
@@ -348,39 +326,39 @@ class Sender:
         while queue:
             batch = queue.pop()
             if self.stopped is not None:
-                self.replay.not_attempted(_pairs(batch))
+                self.outcomes.not_attempted(batch)
                 continue
             trip = Trip()
             try:
                 status, content = await self._exchange(batch, trip)
             except asyncio.CancelledError:  # a hard stop: whether a request in flight arrived is unknown
-                self.replay.not_attempted(_pairs(batch), unanswered=trip.open)
-                self.replay.not_attempted([pair for rest in queue for pair in _pairs(rest)])
+                self.outcomes.not_attempted(batch, unanswered=trip.open)
+                self.outcomes.not_attempted([item for rest in queue for item in rest])
                 raise
             except Fatal as error:
                 self.stop(str(error))
-                self.replay.not_attempted(_pairs(batch), unanswered=trip.open)
+                self.outcomes.not_attempted(batch, unanswered=trip.open)
                 continue
             except Unreachable as error:
                 self._unreachable(batch, str(error))
             else:
                 self.unreachable_streak = 0
-                keys = [item.key for item in batch]
+                keys = [key for _, key, _ in batch]
                 answer = self.target.read_answer(status, content, keys) or self._generic(status, content, len(batch))
                 self._settle(batch, answer, status, content, queue)
-            self.replay.checkpoint()
+            self.outcomes.settled()
 
     def _settle(self, batch: list[Item], answer: Answer, status: int, content: bytes, queue: list[list[Item]]) -> None:
         done = [batch[position] for position in answer.delivered + answer.already]
-        self.replay.delivered(_pairs(done), already=len(answer.already))
+        self.outcomes.delivered(done, already=len(answer.already))
         for position, reason in answer.rejected.items():
-            self.replay.rejected(batch[position].record, batch[position].key, "rejected", reason)
+            self.outcomes.rejected(batch[position], "rejected", reason)
         if answer.resend:
             queue.append([batch[position] for position in answer.resend])
         if answer.narrow:
             if len(batch) == 1:
                 reason = f"Rejected by {self.target.label} (HTTP {status}: {_excerpt(content)})."
-                self.replay.rejected(batch[0].record, batch[0].key, "rejected", reason)
+                self.outcomes.rejected(batch[0], "rejected", reason)
             else:
                 middle = len(batch) // 2
                 queue.extend((batch[middle:], batch[:middle]))
@@ -394,7 +372,7 @@ class Sender:
     def _unreachable(self, batch: list[Item], error: str) -> None:
         reason = f"Not delivered: {self.host} still failed after {self.options.max_retries} retries ({error})."
         for item in batch:
-            self.replay.rejected(item.record, item.key, "unreachable", reason)
+            self.outcomes.rejected(item, "unreachable", reason)
         self.unreachable_streak += 1
         if self.unreachable_streak >= MAX_UNREACHABLE_BATCHES:
             self.stop(f"{self.host} unreachable: {self.unreachable_streak} batches in a row failed every retry ({error})")
@@ -402,7 +380,7 @@ class Sender:
     async def _exchange(self, batch: list[Item], trip: Trip) -> tuple[int, bytes]:
         """POST the batch, retrying transient failures with the identical body every time. A
         retry is counted when it is really sent, not when it is decided: a stop can come first."""
-        body = self.target.body([item.data for item in batch])
+        body = self.target.body([data for _, _, data in batch])
         attempt = 0
         while True:
             await self.concurrency.acquire()
@@ -413,10 +391,8 @@ class Sender:
                 if self.stopped is not None:
                     raise Fatal(self.stopped)
                 if attempt == 0:
-                    self.replay.sending([item.key for item in batch])
-                else:
-                    self.tally.retries += 1
-                self.tally.requests += 1
+                    self.outcomes.sending(batch)
+                self.outcomes.request(retry=attempt > 0)
                 trip.open = True
                 started = time.monotonic()
                 try:
@@ -457,15 +433,69 @@ class Sender:
         return status, response.content, wait, f"HTTP {status}"
 
 
-def _pairs(items: list[Item]) -> list[tuple[Record, str]]:
-    return [(item.record, item.key) for item in items]
+class HttpSink:
+    """A send: batches to the platform over one keep-alive client, at most `concurrency`
+    requests in flight. Events sent by an earlier run without an answer (maybe stored) come in
+    batches of their own (the run loop's batching), never beside new events (see `State.sending`)."""
 
+    waits = True
 
-def _right_sized(data: bytes) -> bytes:
-    """A copy of `data` in a buffer of its own length. orjson (3.12+) hands back its whole
-    growing buffer, 4 KB or more however short the JSON: thousands of events waiting in
-    batches held ~10x their size."""
-    return b"".join((data, b""))
+    def __init__(self, target: Target, options: DeliveryOptions, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.target = target
+        self.options = options
+        self.batch_size = options.batch_size
+        self._transport = transport
+        self._sender: Sender | None = None
+        self._running: dict[asyncio.Task[None], int] = {}  # each batch out -> its number of events
+
+    async def start(self, outcomes: Outcomes) -> None:
+        width = self.options.concurrency or AUTO_MAX_CONCURRENCY
+        limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
+        client = httpx.AsyncClient(
+            limits=limits, timeout=httpx.Timeout(self.options.timeout), trust_env=False, transport=self._transport
+        )
+        self._sender = Sender(self.target, self.options, outcomes, client)
+
+    @property
+    def sender(self) -> Sender:
+        assert self._sender is not None, "HttpSink.start first"
+        return self._sender
+
+    @property
+    def stopped(self) -> str | None:
+        return None if self._sender is None else self._sender.stopped
+
+    async def take(self, batch: list[Item]) -> None:
+        """Start a sender on `batch` once fewer batches are out than requests are allowed in
+        flight now (`limit`, not the cap: `batch` waits here, ready for the next free request)
+        and the events out leave room for it (`MAX_EVENTS_OUT`; one batch may always go).
+        Reading further ahead only costs memory: every batch out holds its events until their
+        outcome. Nothing is awaited after that: a cancelled hand-off leaves them with the caller."""
+        sender, running = self.sender, self._running
+        await asyncio.sleep(0)  # let answers be read between batches
+        while len(running) >= int(sender.concurrency.limit) or (running and sum(running.values()) + len(batch) > MAX_EVENTS_OUT):
+            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(sender.deliver(batch))
+        running[task] = len(batch)
+        task.add_done_callback(running.pop)
+
+    async def finish(self) -> None:
+        await asyncio.gather(*self._running)
+
+    def stop(self, reason: str) -> None:
+        self.sender.stop(reason)
+
+    async def cancel(self) -> None:
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+    def waiting(self) -> float:
+        return 0.0 if self._sender is None else max(0.0, self._sender.pacer.paused_until - time.monotonic())
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            await self._sender.client.aclose()
 
 
 def _unbind(response: httpx.Response) -> None:
@@ -485,129 +515,3 @@ def _describe(error: httpx.RequestError) -> str:
 def _excerpt(content: bytes) -> str:
     text = content.decode("utf-8", "replace").strip().replace("\n", " ")
     return text[:300] if text else "no body"
-
-
-async def deliver_all(
-    replay: Replay,
-    target: Target,
-    options: DeliveryOptions,
-    progress: Progress | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> None:
-    """Read, batch and deliver everything; at most `concurrency` requests in flight.
-
-    Events sent by an earlier run without an answer (maybe stored) travel only with the others
-    of that same request, never beside new events (see `State.sending`).
-    SIGINT/SIGTERM stops reading and lets requests in flight finish within `grace` seconds; a
-    second signal (or the end of the grace) cancels them, and their events count as not attempted.
-    """
-    width = options.concurrency or AUTO_MAX_CONCURRENCY
-    limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
-    client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(options.timeout), trust_env=False, transport=transport)
-    async with client:
-        sender = Sender(target, options, replay, client)
-        if progress is not None:
-            progress.pause_left = lambda: sender.pacer.paused_until - time.monotonic()
-        tally = replay.tally
-        running: dict[asyncio.Task[None], int] = {}  # each batch out -> its number of events
-        batch: list[Item] = []
-        resend: list[Item] = []  # all sent together before, in request `resent_from`
-        resent_from: int | None = None
-        ticker = asyncio.create_task(_tick(progress)) if progress is not None else None
-
-        async def hand(items: list[Item]) -> None:
-            """Start a sender on `items` once fewer batches are out than requests are allowed in
-            flight now (`limit`, not the cap: `items` wait here, ready for the next free request)
-            and the events out leave room for them (`MAX_EVENTS_OUT`; one batch may always go).
-            Reading further ahead only costs memory: every batch out holds its events until
-            their outcome. Nothing is awaited after that: a cancelled hand-off leaves them with
-            the caller."""
-            await asyncio.sleep(0)  # let answers be read between batches
-            while len(running) >= int(sender.concurrency.limit) or (
-                running and sum(running.values()) + len(items) > MAX_EVENTS_OUT
-            ):
-                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            task = asyncio.create_task(sender.deliver(items))
-            running[task] = len(items)
-            task.add_done_callback(running.pop)
-
-        with _signals(sender, tally, options.grace):
-            try:
-                for record, event, key, sent_in in replay.events(progress.on_bytes if progress is not None else None):
-                    item = Item(record, key, _right_sized(dumps(event)))
-                    record.drop_message()
-                    if resend and sent_in != resent_from:
-                        await hand(resend)
-                        resend = []
-                    if sent_in is None:
-                        batch.append(item)
-                        if len(batch) >= options.batch_size:
-                            await hand(batch)
-                            batch = []
-                    else:
-                        resend.append(item)
-                        resent_from = sent_in
-                        if len(resend) >= options.batch_size:
-                            await hand(resend)
-                            resend = []
-                    if sender.stopped is not None:
-                        break
-                if resend and sender.stopped is None:
-                    await hand(resend)
-                    resend = []
-                if batch and sender.stopped is None:
-                    await hand(batch)
-                    batch = []
-                await asyncio.gather(*running)
-            except asyncio.CancelledError:
-                for task in running:
-                    task.cancel()
-                await asyncio.gather(*running, return_exceptions=True)
-            except STORAGE_ERRORS as error:  # a dead letter or a claim could not be written
-                replay.storage_failed(error)
-                sender.stop(str(replay.failure))
-                await asyncio.gather(*running)
-            replay.not_attempted(_pairs(resend + batch))
-        if ticker is not None:
-            ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
-        if sender.stopped is not None and not tally.interrupted:
-            tally.stopped = sender.stopped
-
-
-async def _tick(progress: Progress) -> None:
-    progress.start()
-    try:
-        while True:
-            await asyncio.sleep(progress.interval)
-            progress.tick()
-    finally:
-        progress.stop()
-
-
-@contextlib.contextmanager
-def _signals(sender: Sender, tally: Tally, grace: float) -> Iterator[None]:
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
-
-    def on_signal() -> None:
-        if tally.interrupted:
-            main.cancel()
-            return
-        tally.interrupted = True
-        sender.stop("interrupted")
-        loop.call_later(grace, main.cancel)
-
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, on_signal)
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            pass
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)

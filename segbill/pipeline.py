@@ -1,20 +1,20 @@
-"""The replay core, usable without the CLI: sources -> records -> converted events or outcomes.
+"""The replay core, usable without the CLI: sources -> records -> blocks of claimed events, and
+their outcomes -> the ledger, the checkpoints and the summary.
 
-Every record read leaves here either as a converted event (for a sink: stdout in a dry run, the
-platform otherwise) or with its final outcome already counted (skipped or dead-lettered).
+Every record read leaves here either in a block of converted events (for the run loop,
+`segbill.runner`, to hand to a sink) or with its final outcome already counted (skipped or
+dead-lettered). The summary counts (`Tally`) are changed here alone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import signal
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from segbill.deadletter import DEFAULT_PATH, ENTRIES, DeadLetterFile, DeadLetterWriteError
 from segbill.decode import Decoded, block_decoder
@@ -25,10 +25,10 @@ from segbill.segment import (
     InexactNumber,
     Invalid,
     Record,
-    dumps,
     exact_message,
     parsed_exactly,
 )
+from segbill.sink import Item
 from segbill.sources import Source, SourceUnreadable, read_lines, read_records
 from segbill.state import Claim, Frontier, Mode, State
 from segbill.targets import Target
@@ -41,6 +41,17 @@ CLAIM_CHUNK = 256
 # What stops a run on storage: a full disk or a lost volume under its dead letters or its state,
 # or an input that can no longer be opened.
 STORAGE_ERRORS = (DeadLetterWriteError, sqlite3.Error, SourceUnreadable)
+
+# A claimed event: (record, converted event, idempotency key, sent in): `sent in` names the
+# request an earlier run sent it in without an answer (see `State.sending`), else None.
+Claimed: TypeAlias = tuple[Record, dict[str, Any], str, int | None]
+T = TypeVar("T")
+
+
+class Reading(Protocol):
+    """What the run loop wraps around what is read from stdin (its signal handling)."""
+
+    def __call__(self, read: Iterator[T]) -> Iterator[T]: ...
 
 
 @dataclass
@@ -102,19 +113,20 @@ class Replay:
         self.failure: str | None = None  # why a dead-letter or state write failed, if one did
         self._frontiers: dict[str, tuple[Source, Frontier]] = {}
         self._pending: deque[tuple[Record, dict[str, Any], int]] = deque()  # (record, event, millis)
-        self._fresh: deque[tuple[Record, dict[str, Any], str, int | None]] = deque()  # claimed, not yet handed out
+        self._fresh: list[Claimed] = []  # claimed, not yet handed out
         self._quick = options.mapping.fast_billable()
         self._decoder = block_decoder(options.mapping, options.target, self._quick, _event)
         # Checkpoints exist only when the state is kept: only then is each record held until its
         # outcome is final.
         self._tracking = self.state.mode is Mode.WRITE
 
-    def events(
-        self, on_progress: Callable[[str, int], None] | None = None
-    ) -> Iterator[tuple[Record, dict[str, Any], str, int | None]]:
-        """(record, converted event, idempotency key, sent in) in input order, each new to the
-        ledger or sent before without an answer (`sent in` then names that request, else None);
-        the caller owns their outcome once it takes one (`delivered`, `rejected`, `not_attempted`)."""
+    def blocks(
+        self, on_progress: Callable[[str, int], None] | None = None, reading: Reading | None = None
+    ) -> Generator[list[Claimed]]:
+        """Claimed events in input order, a block at a time (`CLAIM_CHUNK` of them; one by one
+        from stdin, so a slow pipe still flows), each new to the ledger or sent before without
+        an answer. The caller owns a block's outcomes once it takes it (`delivered`, `rejected`,
+        `not_attempted`). `reading` wraps stdin's records (a read there may wait for ever)."""
         tally = self.tally
         pending = self._pending
         take = self._take
@@ -133,7 +145,10 @@ class Replay:
             chunk = 1 if source.is_stdin else CLAIM_CHUNK
             progress = (lambda done, name=source.name: on_progress(name, done)) if on_progress else None
             position = {"offset": start.offset, "line": start.line} if start else {}
-            for record, decoded in self._records(source, progress, position):
+            records = self._records(source, progress, position)
+            if source.is_stdin and reading is not None:
+                records = reading(records)
+            for record, decoded in records:
                 tally.read += 1
                 if hold is not None:
                     hold(record)
@@ -144,8 +159,12 @@ class Replay:
                 if item is not None:
                     pending.append(item)
                     if len(pending) >= chunk:
-                        yield from self._claimed()
-            yield from self._claimed()
+                        block = self._claimed()
+                        if block:
+                            yield block
+            block = self._claimed()
+            if block:
+                yield block
             frontier.read_all = True
 
     def _earlier_dead_letters(self, source: Source, offset: int) -> _EarlierDeadLetters | None:
@@ -215,15 +234,10 @@ class Replay:
             return True
         return False
 
-    @property
-    def ready(self) -> bool:
-        """Whether `events` holds new events still to hand out, without reading more input."""
-        return bool(self._fresh)
-
-    def _claimed(self) -> Iterator[tuple[Record, dict[str, Any], str, int | None]]:
+    def _claimed(self) -> list[Claimed]:
         """Check the buffered events against the ledger and this run's claims: repeats get their
-        outcome at once, then the new ones are handed out. An event reconcile found missing on
-        the platform is no longer delivered in the ledger: the platform's 200 did not store it."""
+        outcome at once, the new ones are the block handed out. An event reconcile found missing
+        on the platform is no longer delivered in the ledger: the platform's 200 did not store it."""
         pending, fresh = self._pending, self._fresh
         key_of = self.options.target.key
         keys = [(key_of(event), millis) for _, event, millis in pending]
@@ -245,8 +259,8 @@ class Replay:
                 self._notice(
                     f"{record.where()}: {key} {seen} with another event time; {skipped} ({self.options.target.shifted_repeat})."
                 )
-        while fresh:
-            yield fresh.popleft()
+        self._fresh = []
+        return fresh
 
     def _not_billable(self, record: Record, kind: Any) -> None:
         if self.options.shard is not None and self.options.shard[0] != 0:
@@ -279,21 +293,22 @@ class Replay:
         self._release(record)
         self._notice(f"{record.where()}: {reason}")
 
-    # -- outcomes of the events handed out by `events` -------------------------------------------
+    # -- outcomes of the events handed out by `blocks` (see `segbill.sink.Outcomes`) -----------
 
-    def delivered(self, items: list[tuple[Record, str]], *, already: int = 0) -> None:
+    def delivered(self, items: Sequence[Item], *, already: int = 0) -> None:
         self.tally.delivered += len(items)
         self.tally.already_delivered += already
-        self.state.delivered([key for _, key in items])
-        for record, _ in items:
+        self.state.delivered([key for _, key, _ in items])
+        for record, _, _ in items:
             self._release(record)
 
-    def rejected(self, record: Record, key: str, kind: str, reason: str) -> None:
+    def rejected(self, item: Item, kind: str, reason: str) -> None:
         """`kind` "rejected": the platform refused it; otherwise (unreachable) it may be stored."""
+        record, key, _ = item
         self.state.release([key], refused=kind == "rejected")
         self.dead_letter(record, kind, reason)
 
-    def not_attempted(self, items: list[tuple[Record, str]], *, unanswered: bool = False) -> None:
+    def not_attempted(self, items: Sequence[Item], *, unanswered: bool = False) -> None:
         """These were never sent, or (`unanswered`) sent without a final answer before the run
         stopped, so whether they reached the platform is unknown: they stay held, so the
         checkpoint stays before them and a rerun sends them (idempotently) again; those that
@@ -303,11 +318,26 @@ class Replay:
         else:
             self.tally.not_attempted += len(items)
         if not self.options.dry_run and self.failure is None:  # after a failed write the state is not saved
-            self.state.release([key for _, key in items])
+            self.state.release([key for _, key, _ in items])
 
-    def sending(self, keys: list[str]) -> None:
+    def sending(self, items: Sequence[Item]) -> None:
         """These events are about to leave in one request (see `State.sending`)."""
-        self.state.sending(keys)
+        self.state.sending([key for _, key, _ in items])
+
+    def request(self, *, retry: bool) -> None:
+        self.tally.requests += 1
+        if retry:
+            self.tally.retries += 1
+
+    def interrupted(self) -> None:
+        """SIGINT/SIGTERM: the run stops early at the user's request."""
+        self.tally.interrupted = True
+
+    def stopped(self, reason: str) -> None:
+        """The run stops early for `reason` (the first one given is kept); not after an interrupt,
+        which says why already."""
+        if self.tally.stopped is None and not self.tally.interrupted:
+            self.tally.stopped = reason
 
     def checkpoint(self) -> None:
         """Persist how far each file is finished, with the ledger, in one transaction."""
@@ -337,6 +367,15 @@ class Replay:
             where = f" and {self.options.dead_letter}" if self.options.dead_letter is not None else ""
             self._warn(f"more notices are not shown; see the summary{where}")
 
+    def warn(self, warnings: list[str]) -> None:
+        """Say these in the summary: what may not be what the user meant (a mapping rule unused)."""
+        self.tally.warnings += warnings
+
+    def nothing_selected(self, warning: str) -> None:
+        """Track messages were read and the selection left out every one: a usage error (exit 2)."""
+        self.tally.nothing_selected = True
+        self.tally.warnings.append(warning)
+
     def storage_failed(self, error: Exception) -> None:
         """A dead-letter or state write failed: the run stops (the first failure is the reason).
         Nothing is lost: a checkpoint never passes a record whose outcome was not written."""
@@ -355,7 +394,7 @@ class Replay:
         a storage failure, records whose outcome could not be written count as not attempted."""
         self.tally.not_attempted += len(self._pending) + len(self._fresh)
         self._pending.clear()
-        self._fresh.clear()
+        self._fresh = []
         steps: list[Callable[[], None]] = [self.checkpoint, lambda: self.state.close(save=self.failure is None)]
         if self.dead_letters is not None:
             steps.append(self.dead_letters.close)
@@ -416,98 +455,16 @@ def _event(fields: Billable, message: dict[str, Any], target: Target, mapping: M
     return event
 
 
-def dry_run(replay: Replay, out: IO[bytes]) -> None:
-    """Print each converted event exactly as it would stand in a batch, one per line.
-
-    Events are written a claimed chunk at a time (one by one from stdin, so a pipe flows)."""
-    lines: list[bytes] = []
-    items: list[tuple[Record, str]] = []
-    with _interruptible() as critical:
-        try:
-            for record, event, key, _ in replay.events():
-                lines.append(dumps(event))
-                items.append((record, key))
-                if not replay.ready and not _print(replay, out, lines, items, critical):
-                    break
-            else:
-                _print(replay, out, lines, items, critical)
-        finally:
-            replay.not_attempted(items)  # read, never printed: interrupted, or stdout closed
-
-
-def _print(replay: Replay, out: IO[bytes], lines: list[bytes], items: list[tuple[Record, str]], critical: _Critical) -> bool:
-    """Write and count the events held (emptying both lists); False once stdout is closed."""
-    if not items:
-        return True
-    critical.inside = True  # events printed are events counted, whenever a signal lands
-    try:
-        out.write(b"\n".join(lines) + b"\n")
-        out.flush()  # a pipe's reader sees each chunk (each event from stdin) as it is printed
-    except OSError as error:  # the reader went away (| head), or a full disk under > file
-        replay.tally.stopped = (
-            "stdout was closed" if isinstance(error, BrokenPipeError) else f"cannot write to stdout ({error.strerror})"
-        )
-        critical.leave()
-        return False
-    replay.delivered(items)
-    lines.clear()
-    items.clear()
-    critical.leave()
-    return True
-
-
 def selected_events(replay: Replay) -> Iterator[tuple[Record, dict[str, Any]]]:
     """The events a send would deliver, for a reader of the platform (check, reconcile): each
-    counts as done once the caller asks for the next one; the one still in the caller's hands
-    when it stops (an error, an interrupt) counts as not attempted."""
-    settled: list[tuple[Record, str]] = []
-    current: tuple[Record, str] | None = None
-    try:
-        for record, event, key, _ in replay.events():
-            current = (record, key)
-            yield record, event
-            settled.append(current)
-            current = None
-            if len(settled) >= CLAIM_CHUNK:
-                replay.delivered(settled)
-                settled = []
-    finally:
-        replay.delivered(settled)
-        if current is not None:
-            replay.not_attempted([current])
-
-
-class _Critical:
-    """Defers SIGINT/SIGTERM's KeyboardInterrupt while `inside` is set, until `leave`."""
-
-    def __init__(self) -> None:
-        self.inside = False
-        self.pending = False
-
-    def leave(self) -> None:
-        self.inside = False
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
-
-    def handler(self, signum: int, frame: object) -> None:
-        if self.inside:
-            self.pending = True
-        else:
-            raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _interruptible() -> Iterator[_Critical]:
-    critical = _Critical()
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    counts as done once the caller asks for the next one; those still in the caller's hands
+    when it stops (an error, an interrupt) count as not attempted."""
+    for block in replay.blocks():
+        done = 0
         try:
-            previous[signum] = signal.signal(signum, critical.handler)
-        except ValueError:  # not the main thread: leave signals alone
-            break
-    try:
-        yield critical
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            for record, event, _, _ in block:
+                yield record, event
+                done += 1
+        finally:
+            replay.delivered([(record, key, b"") for record, _, key, _ in block[:done]])
+            replay.not_attempted([(record, key, b"") for record, _, key, _ in block[done:]])

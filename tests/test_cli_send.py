@@ -306,8 +306,8 @@ def test_every_command_and_option_has_help_text() -> None:
             assert getattr(param, "help", None), f"{name} {param.name}"
 
 
-def _subprocess(*args: str, unbuffered: bool = True, **kwargs) -> subprocess.Popen:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+def _subprocess(*args: str, unbuffered: bool = True, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    env = {key: value for key, value in (env or os.environ).items() if key != "PYTHONUNBUFFERED"}
     if unbuffered:
         env["PYTHONUNBUFFERED"] = "1"
     return subprocess.Popen([sys.executable, "-m", "segbill", *args], env=env, **kwargs)
@@ -384,6 +384,35 @@ def test_subprocess_interrupted_exits_130_with_a_summary(tmp_path: Path) -> None
     assert b"Traceback" not in stderr
     summary = orjson.loads(stderr.splitlines()[-1])
     assert summary["read"] == 1 and summary["converted"] == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_send_waiting_on_an_idle_stdin_stops_on_a_signal(tmp_path: Path, signum: int) -> None:
+    """A pipe that stays open without a line (a stalled producer) does not hold a send: the
+    signal ends the wait, the events read but not yet sent are not attempted (a rerun sends
+    them), and the summary adds up."""
+    from segbill.testing.fake_platform import FakePlatform
+
+    with FakePlatform(api_key="k") as fake:
+        process = _subprocess(
+            *("send", "--to", "lago", "--json", "--quiet", "--api-url", fake.url, "--dead-letter", str(tmp_path / "d")),
+            env={**os.environ, "LAGO_API_KEY": "k"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdin is not None and process.stderr is not None
+        process.stdin.write(jsonl(GOOD[0], GOOD[1]) + b"not json\n")
+        process.stdin.flush()  # and the pipe stays open
+        assert process.stderr.readline().startswith(b"segbill: <stdin>:3: ")  # all three read: it waits for a fourth
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 130, err
+        summary = orjson.loads(out)
+        assert summary["interrupted"] is True and summary["read"] == 3
+        assert summary["not_attempted"] == 2 and summary["dead_lettered"] == 1
+        assert_adds_up(summary)
+        assert fake.requests("lago") == []
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

@@ -13,8 +13,9 @@ import orjson
 import pytest
 
 from segbill import delivery
-from segbill.delivery import DeliveryOptions, deliver_all, retryable, wait_hint
+from segbill.delivery import DeliveryOptions, HttpSink, retryable, wait_hint
 from segbill.pipeline import Options, Replay
+from segbill.runner import run as run_loop
 from segbill.sources import expand
 from segbill.targets import get_target
 
@@ -42,7 +43,7 @@ def run(replay: Replay, answers: list[httpx.Response | Exception], **options: ob
 
     target = replay.options.target
     settings = DeliveryOptions(url="https://billing.test", api_key="k", batch_size=target.default_batch, **options)  # type: ignore[arg-type]
-    asyncio.run(deliver_all(replay, target, settings, transport=httpx.MockTransport(handler)))
+    run_loop(replay, HttpSink(target, settings, transport=httpx.MockTransport(handler)))
     replay.close()
     return seen
 
@@ -76,7 +77,7 @@ def test_a_batch_sent_without_a_final_answer_when_the_run_stops_is_unanswered_no
         return httpx.Response(503) if b'"m0"' in request.content else httpx.Response(401)
 
     settings = DeliveryOptions(url="https://billing.test", api_key="k", batch_size=100, concurrency=2, max_retries=10)
-    asyncio.run(deliver_all(replay, get_target("lago"), settings, transport=httpx.MockTransport(handler)))
+    run_loop(replay, HttpSink(get_target("lago"), settings, transport=httpx.MockTransport(handler)))
     replay.close()
     tally = replay.tally
     first = [body for body in seen if b'"m0"' in body]
@@ -178,7 +179,7 @@ def test_progress_without_a_terminal_is_one_plain_line_per_tick() -> None:
     assert progress.interval == 10.0  # cron logs get a line every 10 s, not a bar
     progress.on_bytes("a.jsonl", 250)
     progress.start()
-    progress.tick()
+    progress.tick(0.0)
     progress.stop()
     [line] = stream.getvalue().splitlines()
     # 25% of the bytes read, 1,203 of the 1,500 records read settled: 20% done
@@ -206,7 +207,7 @@ def test_the_events_out_at_once_stay_within_the_budget(
         return httpx.Response(200, json={"events": []})
 
     settings = DeliveryOptions(url="https://billing.test", api_key="k", batch_size=100, concurrency=16)
-    asyncio.run(deliver_all(replay, replay.options.target, settings, transport=httpx.MockTransport(answer)))
+    run_loop(replay, HttpSink(replay.options.target, settings, transport=httpx.MockTransport(answer)))
     replay.close()
     assert replay.tally.delivered == 3000
     assert max(peaks) == most

@@ -39,3 +39,30 @@ def test_the_public_names_resolve_without_the_command_line() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_delivery_knows_nothing_of_the_run_loop_the_summary_nor_progress() -> None:
+    """The HTTP sink speaks only the sink interface: loading it loads no reading, ledger,
+    summary, progress or command line."""
+    code = (
+        "import segbill.delivery, sys; "
+        "loaded = {'segbill.pipeline', 'segbill.runner', 'segbill.report', 'segbill.state', 'segbill.cli'} & set(sys.modules); "
+        "assert not loaded, loaded"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_a_dry_run_runs_the_loop_without_an_event_loop(tmp_path) -> None:
+    """A sink that never waits needs no asyncio (and the ssl it loads: 6 MB of a dry run)."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"type": "track", "event": "x", "userId": "u", "messageId": "m", "timestamp": "2024-01-01T00:00:00Z"}\n')
+    code = (
+        "import io, sys; from segbill import Options, PrintSink, Replay, expand, get_target, run; "
+        f"replay = Replay(Options(expand([{str(path)!r}], stdin_is_terminal=True), get_target('lago'), dead_letter=None, dry_run=True)); "
+        "out = io.BytesIO(); run(replay, PrintSink(out)); replay.close(); "
+        "assert replay.tally.delivered == 1 and out.getvalue().count(b'\\n') == 1, (replay.tally, out.getvalue()); "
+        "assert 'asyncio' not in sys.modules"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

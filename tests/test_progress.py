@@ -3,7 +3,6 @@ plain timestamped lines tied to their run for cron logs, and in the text of the 
 
 from __future__ import annotations
 
-import asyncio
 import io
 import math
 import re
@@ -14,9 +13,10 @@ import orjson
 import pytest
 
 from segbill.cli.progress import Progress
-from segbill.delivery import DeliveryOptions, deliver_all
+from segbill.delivery import DeliveryOptions, HttpSink
 from segbill.pipeline import Options, Replay
 from segbill.report import Tally
+from segbill.runner import run
 from segbill.sources import Source
 from segbill.targets import get_target
 from segbill.testing.fake_platform import FakePlatform
@@ -40,10 +40,9 @@ def bar_text(tally: Tally, total: int | None, paused: float, monkeypatch: pytest
     monkeypatch.setenv("COLUMNS", "160")
     stream = io.StringIO()
     progress = Progress(tally, total, stream, terminal=True)
-    progress.pause_left = lambda: paused
     progress.on_bytes("a.jsonl", 2_500_000)
     progress.start()
-    progress.tick()
+    progress.tick(paused)
     progress.stop()
     return ANSI.sub("", stream.getvalue())
 
@@ -65,9 +64,8 @@ def test_a_plain_line_has_the_time_the_run_how_far_how_long_and_the_counts() -> 
     tally = busy_tally()
     stream = io.StringIO()
     progress = Progress(tally, 10_000, stream, terminal=False)
-    progress.pause_left = lambda: 0.4
     progress.on_bytes("a.jsonl", 4_000)
-    progress.tick()
+    progress.tick(0.4)
     pattern = (
         rf"{ISO_UTC} segbill\[{tally.run_id}\]: 40% of the input, elapsed 0:00:0\d, ETA 0:00:\d\d; "
         r"read 1,234, delivered 1,200, skipped 30, dead-lettered 4, [\d,]+ records/s, 2 retries, waiting: rate limit \(1 s\)\n"
@@ -78,7 +76,7 @@ def test_a_plain_line_has_the_time_the_run_how_far_how_long_and_the_counts() -> 
 
 def test_a_plain_line_on_stdin_has_no_percentage_nor_eta() -> None:
     stream = io.StringIO()
-    Progress(busy_tally(), None, stream, terminal=False).tick()
+    Progress(busy_tally(), None, stream, terminal=False).tick(0.0)
     line = stream.getvalue()
     assert re.search(r"segbill\[[0-9a-f]{6}\]: elapsed 0:00:0\d; read 1,234, ", line) and "%" not in line and "ETA" not in line
 
@@ -94,7 +92,7 @@ def plain_lines_of_a_send(
     )
     stream = io.StringIO()
     progress = Progress(replay.tally, path.stat().st_size, stream, terminal=False, every=every)
-    asyncio.run(deliver_all(replay, target, DeliveryOptions(fake.url, "k", 100, concurrency=concurrency), progress))
+    run(replay, HttpSink(target, DeliveryOptions(fake.url, "k", 100, concurrency=concurrency)), progress=progress)
     replay.close()
     assert replay.tally.delivered == count
     return stream.getvalue().splitlines()
@@ -145,7 +143,7 @@ def test_a_plain_line_counts_what_is_settled_and_the_time_since_the_run_began() 
         stream = io.StringIO()
         progress = Progress(lagging_tally(1000, settled), 10_000, stream, terminal=False)
         progress.on_bytes("a.jsonl", 10_000)
-        progress.tick()
+        progress.tick(0.0)
         assert f": {shown} of the input, elapsed 0:02:05, ETA {eta}; read 1,000, delivered {settled:,}," in stream.getvalue()
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from segbill.delivery import DeliveryOptions, deliver_all
+from segbill.delivery import DeliveryOptions, HttpSink
 from segbill.pipeline import Options, Replay
+from segbill.runner import run
 from segbill.sources import expand
 from segbill.targets import get_target
 from segbill.targets.lago_api import LagoReader, ReadFailed, ReadOptions
@@ -31,7 +32,7 @@ def test_a_send_names_the_host_without_the_password(tmp_path: Path, status: int,
     replay = Replay(Options(expand([str(path)], stdin_is_terminal=False), get_target("lago"), dead_letter=dead))
     settings = DeliveryOptions(url=f"https://user:{SECRET}@billing.test:8443", api_key="k", batch_size=100, max_retries=0)
     transport = httpx.MockTransport(lambda request: httpx.Response(status))
-    asyncio.run(deliver_all(replay, get_target("lago"), settings, transport=transport))
+    run(replay, HttpSink(get_target("lago"), settings, transport=transport))
     replay.close()
     shown = f"{replay.tally.stopped} {dead.read_text() if dead.exists() else ''}"
     assert said in shown and SECRET not in shown

@@ -24,9 +24,10 @@ from segbill.deadletter import DEFAULT_PATH, written_by_dry_runs
 from segbill.mapping import Mapping
 from segbill.mapping_file import ConfigError
 from segbill.mapping_file import load as load_mapping
-from segbill.pipeline import STORAGE_ERRORS, Options, Replay, dry_run
+from segbill.pipeline import STORAGE_ERRORS, Options, Replay
 from segbill.report import ExitCode, Tally
 from segbill.segment import parse_time
+from segbill.sink import PrintSink
 from segbill.sources import Source, SourceUnreadable
 from segbill.state import OtherDestination, State, StateBusy
 from segbill.targets import PLATFORMS, Target, get_target
@@ -66,6 +67,100 @@ def _main(
     """Replay Segment event exports into usage-based billing platforms (Lago, Hyperline)."""
 
 
+# -- options: declared once, for every command that takes them ---------------------------------
+
+Paths = Annotated[
+    list[str] | None,
+    typer.Argument(help="The Segment exports, read exactly as send reads them. '-' or nothing reads stdin.", show_default=False),
+]
+ToRead = Annotated[TargetName, typer.Option("--to", help="The billing platform to read.", case_sensitive=False)]
+Config = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        metavar="FILE",
+        help="A TOML mapping file: where each field comes from, which events are billable, code renames, "
+        "property rules. See the README; the flags below override it.",
+        show_default=False,
+    ),
+]
+CustomerFrom = Annotated[
+    str | None,
+    typer.Option(
+        "--customer-from",
+        metavar="PATH",
+        help="Dotted path of the field holding the customer id (Lago external_subscription_id, Hyperline "
+        "customer_id), for example context.groupId or properties.subscription_id. Default: userId.",
+        show_default=False,
+    ),
+]
+Events = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--event", metavar="GLOB", help="Bill only events whose name matches (repeatable), e.g. 'API *'.", show_default=False
+    ),
+]
+ExcludeEvents = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude-event", metavar="GLOB", help="Do not bill events whose name matches (repeatable).", show_default=False
+    ),
+]
+Since = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        metavar="TIME",
+        help="Only events at or after this time (a date or ISO 8601 time, UTC unless a zone is given).",
+        show_default=False,
+    ),
+]
+Until = Annotated[
+    str | None,
+    typer.Option(
+        "--until",
+        metavar="TIME",
+        help="Only events before this time (exclusive, so --until 2024-02-01 --since 2024-02-01 split cleanly).",
+        show_default=False,
+    ),
+]
+Shard = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="K/N",
+        help="Bill only the customers of shard K of N (K from 0 to N-1), a stable split by customer id, so N "
+        "workers share one backfill; give each its own --state.",
+        show_default=False,
+    ),
+]
+ApiUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--api-url",
+        metavar="URL",
+        help="The platform's base URL; a path prefix is kept. Default: $LAGO_API_URL or https://api.getlago.com, "
+        "$HYPERLINE_API_URL or https://ingest.hyperline.co.",
+        show_default=False,
+    ),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        metavar="KEY",
+        help="The platform's API key. Prefer $LAGO_API_KEY / $HYPERLINE_API_KEY: a command line is visible to "
+        "other users of the machine. Never printed nor logged.",
+        show_default=False,
+    ),
+]
+Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each answer before retrying.")]
+ReadRetries = Annotated[
+    int, typer.Option("--max-retries", min=0, help="Retries of a read after a transient failure before the run stops (exit 3).")
+]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
+
+
 @app.command()
 def send(
     paths: Annotated[
@@ -88,38 +183,10 @@ def send(
             "stand in a batch. Needs no API key and no network.",
         ),
     ] = False,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            metavar="FILE",
-            help="A TOML mapping file: where each field comes from, which events are billable, code renames, "
-            "property rules. See the README; the flags below override it.",
-            show_default=False,
-        ),
-    ] = None,
-    customer_from: Annotated[
-        str | None,
-        typer.Option(
-            "--customer-from",
-            metavar="PATH",
-            help="Dotted path of the field holding the customer id (Lago external_subscription_id, Hyperline "
-            "customer_id), for example context.groupId or properties.subscription_id. Default: userId.",
-            show_default=False,
-        ),
-    ] = None,
-    event: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--event", metavar="GLOB", help="Bill only events whose name matches (repeatable), e.g. 'API *'.", show_default=False
-        ),
-    ] = None,
-    exclude_event: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--exclude-event", metavar="GLOB", help="Do not bill events whose name matches (repeatable).", show_default=False
-        ),
-    ] = None,
+    config: Config = None,
+    customer_from: CustomerFrom = None,
+    event: Events = None,
+    exclude_event: ExcludeEvents = None,
     dead_letter: Annotated[
         Path | None,
         typer.Option(
@@ -142,54 +209,11 @@ def send(
             show_default=False,
         ),
     ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(
-            "--since",
-            metavar="TIME",
-            help="Only events at or after this time (a date or ISO 8601 time, UTC unless a zone is given).",
-            show_default=False,
-        ),
-    ] = None,
-    until: Annotated[
-        str | None,
-        typer.Option(
-            "--until",
-            metavar="TIME",
-            help="Only events before this time (exclusive, so --until 2024-02-01 --since 2024-02-01 split cleanly).",
-            show_default=False,
-        ),
-    ] = None,
-    shard: Annotated[
-        str | None,
-        typer.Option(
-            "--shard",
-            metavar="K/N",
-            help="Bill only the customers of shard K of N (K from 0 to N-1), a stable split by customer id, so N "
-            "workers share one backfill; give each its own --state.",
-            show_default=False,
-        ),
-    ] = None,
-    api_url: Annotated[
-        str | None,
-        typer.Option(
-            "--api-url",
-            metavar="URL",
-            help="The platform's base URL; a path prefix is kept. Default: $LAGO_API_URL or https://api.getlago.com, "
-            "$HYPERLINE_API_URL or https://ingest.hyperline.co.",
-            show_default=False,
-        ),
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key",
-            metavar="KEY",
-            help="The platform's API key. Prefer $LAGO_API_KEY / $HYPERLINE_API_KEY: a command line is visible to "
-            "other users of the machine. Never printed nor logged.",
-            show_default=False,
-        ),
-    ] = None,
+    since: Since = None,
+    until: Until = None,
+    shard: Shard = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
@@ -213,7 +237,7 @@ def send(
             "--rate", min=0.001, metavar="EVENTS/S", help="Send at most this many events per second.", show_default=False
         ),
     ] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each answer before retrying.")] = 30.0,
+    timeout: Timeout = 30.0,
     max_retries: Annotated[
         int,
         typer.Option(
@@ -249,14 +273,7 @@ def send(
     Exit codes: 0 all delivered or skipped by rule; 1 finished, something was dead-lettered;
     2 usage error, nothing sent; 3 stopped early on a fatal error; 130 interrupted.
     """
-    if config is not None and config.is_dir():
-        fail(f"--config {config} is a folder; give the mapping file itself (segbill.toml).")
-    if config is not None and not config.is_file():
-        fail(f"--config {config}: no such file.")
-    try:
-        mapping = load_mapping(to.value, config, customer_from=customer_from, events=event, exclude_events=exclude_event)
-    except ConfigError as error:
-        fail(str(error))
+    mapping = _mapping(to, config, customer_from, event, exclude_event)
     for note in mapping.notes:
         warn(f"warning: {note}")
     sources = inputs(paths)
@@ -291,9 +308,7 @@ def send(
     if state is not None and not state.parent.is_dir():
         fail(f"--state {state}: the folder {state.parent} does not exist.")
     delivery = (
-        None
-        if dry_run_
-        else _delivery_options(options.target, api_url, api_key, batch_size, width, rate, timeout, max_retries, grace)
+        None if dry_run_ else _delivery_options(options.target, api_url, api_key, batch_size, width, rate, timeout, max_retries)
     )
     if delivery is not None:
         options.url = _destination(delivery.url)
@@ -303,35 +318,12 @@ def send(
         replay = Replay(options, warn=warn)
     except (StateBusy, OtherDestination, OSError, sqlite3.DatabaseError) as error:
         _state_refused(state, error)
-    try:
-        if delivery is None:
-            with streaming_gc():
-                dry_run(replay, sys.stdout.buffer)
-        else:
-            # httpx and asyncio are imported only when sending.
-            import asyncio
-
-            from segbill.delivery import deliver_all
-
-            terminal = sys.stderr.isatty()
-            progress = None if quiet else Progress(replay.tally, _total_bytes(sources), sys.stderr, terminal=terminal)
-            with streaming_gc():
-                asyncio.run(deliver_all(replay, options.target, delivery, progress))
-    except KeyboardInterrupt:
-        replay.tally.interrupted = True
-    except STORAGE_ERRORS as error:
-        replay.storage_failed(error)
-    finally:
-        replay.close()
+    _run(replay, delivery, progress=not quiet, grace=grace)
     if replay.failure is not None:
         resume = f", which resumes from {state}" if state else ""
         how = f" once it can be written, run the same command again{resume}" if json_ else " the summary says how to finish"
         print(f"segbill: error: {replay.failure}. Nothing is lost:{how}.", file=sys.stderr)
-    replay.tally.warnings += mapping.notes
-    if replay.tally.read:  # with nothing read, every rule matched nothing: not worth saying
-        replay.tally.warnings += [_unused_rename(name) for name in mapping.unused_renames()]
-        replay.tally.warnings += [_unmatched(rule, glob, to.value, event, exclude_event) for rule, glob in mapping.unmatched()]
-    _nothing_selected(replay.tally, mapping, bool(event or exclude_event))
+    _mapping_warnings(replay, mapping, to.value, event, exclude_event)
     if replay.tally.empty and replay.tally.exit_code() is ExitCode.USAGE:
         say_empty(sources)
     _flush_stdout()
@@ -344,56 +336,47 @@ def send(
     raise typer.Exit(int(replay.tally.exit_code()))
 
 
+def _run(replay: Replay, delivery: DeliveryOptions | None, *, progress: bool, grace: float) -> None:
+    """Run the replay into its sink (stdout in a dry run, the platform otherwise), then close it."""
+    try:
+        from segbill.runner import run  # httpx (and asyncio, for a send) are imported only now
+
+        with streaming_gc():
+            if delivery is None:
+                run(replay, PrintSink(sys.stdout.buffer))
+            else:
+                from segbill.delivery import HttpSink
+
+                total = _total_bytes(replay.options.sources)
+                shown = Progress(replay.tally, total, sys.stderr, terminal=sys.stderr.isatty()) if progress else None
+                run(replay, HttpSink(replay.options.target, delivery), progress=shown, grace=grace)
+    except KeyboardInterrupt:  # before the run's own handlers were in place, or after
+        replay.interrupted()
+    except STORAGE_ERRORS as error:
+        replay.storage_failed(error)
+    finally:
+        replay.close()
+
+
+def _mapping_warnings(
+    replay: Replay, mapping: Mapping, target: str, events: list[str] | None, exclude_events: list[str] | None
+) -> None:
+    """What in the mapping may not be what the user meant, for the summary."""
+    warnings = list(mapping.notes)
+    if replay.tally.read:  # with nothing read, every rule matched nothing: not worth saying
+        warnings += [_unused_rename(name) for name in mapping.unused_renames()]
+        warnings += [_unmatched(rule, glob, target, events, exclude_events) for rule, glob in mapping.unmatched()]
+    replay.warn(warnings)
+    _nothing_selected(replay, mapping, bool(events or exclude_events))
+
+
 app.command("inspect")(inspect_command)
-
-# -- check and reconcile: the same inputs and selection as send, read against the platform ----
-
-Paths = Annotated[
-    list[str] | None,
-    typer.Argument(help="The Segment exports, read exactly as send reads them. '-' or nothing reads stdin.", show_default=False),
-]
-ToLago = Annotated[TargetName, typer.Option("--to", help="The billing platform to read.", case_sensitive=False)]
-Config = Annotated[
-    Path | None,
-    typer.Option("--config", metavar="FILE", help="The mapping file the send uses (see send --help).", show_default=False),
-]
-CustomerFrom = Annotated[str | None, typer.Option("--customer-from", metavar="PATH", help="As for send.", show_default=False)]
-Events = Annotated[
-    list[str] | None, typer.Option("--event", metavar="GLOB", help="As for send (repeatable).", show_default=False)
-]
-ExcludeEvents = Annotated[
-    list[str] | None, typer.Option("--exclude-event", metavar="GLOB", help="As for send (repeatable).", show_default=False)
-]
-Since = Annotated[
-    str | None,
-    typer.Option("--since", metavar="TIME", help="As for send: only events at or after this time.", show_default=False),
-]
-Until = Annotated[
-    str | None, typer.Option("--until", metavar="TIME", help="As for send: only events before this time.", show_default=False)
-]
-Shard = Annotated[
-    str | None,
-    typer.Option("--shard", metavar="K/N", help="As for send: only the customers of shard K of N.", show_default=False),
-]
-ApiUrl = Annotated[
-    str | None,
-    typer.Option("--api-url", metavar="URL", help="As for send: $LAGO_API_URL or https://api.getlago.com.", show_default=False),
-]
-ApiKey = Annotated[
-    str | None,
-    typer.Option("--api-key", metavar="KEY", help="As for send; prefer $LAGO_API_KEY. Never printed.", show_default=False),
-]
-Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each answer before retrying.")]
-MaxRetries = Annotated[
-    int, typer.Option("--max-retries", min=0, help="Retries of a read after a transient failure before the run stops (exit 3).")
-]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
 
 
 @app.command("check")
 def check_command(
     paths: Paths = None,
-    to: ToLago = ...,  # type: ignore[assignment]
+    to: ToRead = ...,  # type: ignore[assignment]
     config: Config = None,
     customer_from: CustomerFrom = None,
     event: Events = None,
@@ -404,7 +387,7 @@ def check_command(
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
     timeout: Timeout = 30.0,
-    max_retries: MaxRetries = 10,
+    max_retries: ReadRetries = 10,
     json_: Json = False,
 ) -> None:
     """Before a backfill: read the export as send would, send nothing, and say for every event
@@ -433,7 +416,7 @@ def check_command(
 @app.command("reconcile")
 def reconcile_command(
     paths: Paths = None,
-    to: ToLago = ...,  # type: ignore[assignment]
+    to: ToRead = ...,  # type: ignore[assignment]
     missing: Annotated[
         Path | None,
         typer.Option(
@@ -465,7 +448,7 @@ def reconcile_command(
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
     timeout: Timeout = 30.0,
-    max_retries: MaxRetries = 10,
+    max_retries: ReadRetries = 10,
     json_: Json = False,
 ) -> None:
     """After a send: compare, per (subscription, code) for Lago or (customer, event type) for
@@ -585,12 +568,7 @@ def _selection(
     """What a send of these options would select, and how to read the platform."""
     from segbill.targets.lago_api import ReadOptions
 
-    if config is not None and not config.is_file():
-        fail(f"--config {config}: no such file.")
-    try:
-        mapping = load_mapping(to.value, config, customer_from=customer_from, events=event, exclude_events=exclude_event)
-    except ConfigError as error:
-        fail(str(error))
+    mapping = _mapping(to, config, customer_from, event, exclude_event)
     target = get_target(to.value)
     if target.reading is None:
         fail(f"segbill cannot read {target.label}'s API: check and reconcile do not work with --to {target.name}.")
@@ -604,6 +582,20 @@ def _selection(
         shard=_shard_option(shard),
     )
     return options, ReadOptions(url, key, timeout, max_retries)
+
+
+def _mapping(
+    to: TargetName, config: Path | None, customer_from: str | None, event: list[str] | None, exclude_event: list[str] | None
+) -> Mapping:
+    """The mapping of --config and the flags, for every command that selects as send does."""
+    if config is not None and config.is_dir():
+        fail(f"--config {config} is a folder; give the mapping file itself (segbill.toml).")
+    if config is not None and not config.is_file():
+        fail(f"--config {config}: no such file.")
+    try:
+        return load_mapping(to.value, config, customer_from=customer_from, events=event, exclude_events=exclude_event)
+    except ConfigError as error:
+        fail(str(error))
 
 
 def _report(data: dict[str, object] | None, render_to: Callable[[TextIO], None]) -> None:
@@ -636,15 +628,15 @@ def _unmatched(rule: str, glob: str, target: str, events: list[str] | None, excl
     return f"{name} matched no {what} read: globs and names match exactly, case included (segbill inspect lists them)."
 
 
-def _nothing_selected(tally: Tally, mapping: Mapping, by_flags: bool) -> None:
+def _nothing_selected(replay: Replay, mapping: Mapping, by_flags: bool) -> None:
     """Track messages were read but the include/exclude rules left every one out: nothing was
     billed, which is never what a backfill meant, so it is said and exits 2 like an empty input."""
+    tally = replay.tally
     left_out = tally.skipped["not_included"] + tally.skipped["excluded"]
     if not left_out or mapping.hits.selected or tally.interrupted or tally.stopped:
         return
     rules = "--event/--exclude-event" if by_flags else "the include/exclude rules"
-    tally.nothing_selected = True
-    tally.warnings.append(
+    replay.nothing_selected(
         f"{rules} left out every event read ({left_out:,}): nothing was {'converted' if tally.dry_run else 'sent'} (exit 2)."
     )
 
@@ -685,12 +677,11 @@ def _delivery_options(
     rate: float | None,
     timeout: float,
     max_retries: int,
-    grace: float,
 ) -> DeliveryOptions:
     url, key = _endpoint(target, api_url, api_key, "use --dry-run")
     from segbill.delivery import DeliveryOptions
 
-    return DeliveryOptions(url, key, batch_size or target.default_batch, width, timeout, max_retries, grace, rate)
+    return DeliveryOptions(url, key, batch_size or target.default_batch, width, timeout, max_retries, rate)
 
 
 def _endpoint(target: Target, api_url: str | None, api_key: str | None, instead: str) -> tuple[str, str]:

@@ -1,10 +1,11 @@
-"""Live progress on stderr while a send runs: a rich bar on a terminal, timestamped lines otherwise."""
+"""Live progress on stderr while a send runs: a rich bar on a terminal, timestamped lines otherwise
+(the run loop's `segbill.runner.Progress`)."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -27,8 +28,7 @@ class Progress:
         self.stream = stream
         self.terminal = terminal
         self.every = every
-        # Seconds sending is still paused by a rate limit; the sender sets it (its Pacer knows).
-        self.pause_left: Callable[[], float] | None = None
+        self.waiting = 0.0  # seconds sending is still paused by a rate limit, as of the last tick
         self._done: dict[str, int] = {}
         self._bar: Any = None
         self._task: Any = None
@@ -67,9 +67,8 @@ class Progress:
         ]
         if tally.retries:
             parts.append(f"{tally.retries:,} retries")
-        paused = self.pause_left() if self.pause_left is not None else 0.0
-        if paused > 0:
-            parts.append(f"waiting: rate limit ({math.ceil(paused)} s)")
+        if self.waiting > 0:
+            parts.append(f"waiting: rate limit ({math.ceil(self.waiting)} s)")
         return parts
 
     def line(self) -> str:
@@ -106,9 +105,10 @@ class Progress:
         self._bar = _bar_with_counts()(*columns, console=console, transient=True, auto_refresh=False)
         self._task = self._bar.add_task("", total=self.total_bytes, percent=0, elapsed=_clock(0))
         self._bar.start()
-        self.tick()
+        self.tick(self.waiting)
 
-    def tick(self) -> None:
+    def tick(self, waiting: float) -> None:
+        self.waiting = waiting
         if self._bar is not None:
             self._bar.counts = " · ".join(self._counts())
             done = self.settled if self.total_bytes is None else self.done
