@@ -137,7 +137,7 @@ def run_check(options: Options, reading: ReadOptions) -> CheckResult:
     try:
         asyncio.run(run())
     except KeyboardInterrupt:
-        replay.tally.interrupted = True
+        replay.interrupted()
     finally:
         replay.close()
     return result
