@@ -371,8 +371,15 @@ class Replay:
         """Say these in the summary: what may not be what the user meant (a mapping rule unused)."""
         self.tally.warnings += warnings
 
+    def selected_nothing(self) -> bool:
+        """Track messages were read and the include/exclude rules left out every one, in a run
+        that read its whole input: nothing was billed, never what a backfill meant."""
+        tally = self.tally
+        left_out = tally.skipped["not_included"] + tally.skipped["excluded"]
+        return bool(left_out) and not self.options.mapping.hits.selected and not tally.interrupted and tally.stopped is None
+
     def nothing_selected(self, warning: str) -> None:
-        """Track messages were read and the selection left out every one: a usage error (exit 2)."""
+        """Say why a run that selected nothing is a usage error (exit 2)."""
         self.tally.nothing_selected = True
         self.tally.warnings.append(warning)
 
@@ -395,7 +402,10 @@ class Replay:
         self.tally.not_attempted += len(self._pending) + len(self._fresh)
         self._pending.clear()
         self._fresh = []
-        steps: list[Callable[[], None]] = [self.checkpoint, lambda: self.state.close(save=self.failure is None)]
+        # A run that selected nothing keeps no checkpoint: a rerun (the rules fixed or not) reads
+        # the files again and says so again, instead of skipping them as finished.
+        first = self.state.forget_checkpoints if self.selected_nothing() else self.checkpoint
+        steps: list[Callable[[], None]] = [first, lambda: self.state.close(save=self.failure is None)]
         if self.dead_letters is not None:
             steps.append(self.dead_letters.close)
         for step in steps:

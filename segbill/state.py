@@ -363,6 +363,13 @@ class State:
         self.db.execute("COMMIT")
         self.db.execute("BEGIN")
 
+    def forget_checkpoints(self) -> None:
+        """This run's selection finished nothing worth resuming from (it selected no event): a
+        rerun reads its files again rather than skipping them as done."""
+        self.checkpoints_changed.clear()
+        if self.mode is Mode.WRITE:
+            self.db.execute("DELETE FROM checkpoints WHERE selection = ?", (self.selection,))
+
     def close(self, *, save: bool = True) -> None:
         """Save (not after a failed write: SQLite may have rolled part of it back) and let go of
         the file; the lock is released even when saving fails (a full disk)."""

@@ -121,6 +121,26 @@ def test_a_send_whose_selection_leaves_out_everything_sends_nothing_and_exits_2(
     assert summary["warnings"][-1] == "--event/--exclude-event left out every event read (3): nothing was sent (exit 2)."
 
 
+def test_a_rerun_of_a_send_that_selected_nothing_says_so_again(segbill, tmp_path: Path) -> None:
+    """With --state, a run that selected nothing keeps no checkpoint: its rerun reads the file
+    again and exits 2 again (never "finished by an earlier run", exit 0), and once the rules
+    are fixed, the same state sends what they select."""
+    write(tmp_path / "in.jsonl", jsonl(*MIXED))
+    with FakePlatform(api_key="k") as fake:
+        env = {"LAGO_API_URL": fake.url, "LAGO_API_KEY": "k"}
+        for _ in range(2):
+            run = segbill(
+                "send", "in.jsonl", "--to", "lago", "--json", "--quiet", "--state", "s.db", "--event", "api call", env=env
+            )
+            summary = orjson.loads(run.stdout)
+            assert run.exit_code == 2 and summary["read"] == len(MIXED) and summary["files_already_done"] == 0
+        assert fake.requests() == []
+        run = segbill("send", "in.jsonl", "--to", "lago", "--json", "--quiet", "--state", "s.db", "--event", "API *", env=env)
+        assert run.exit_code == 0 and orjson.loads(run.stdout)["delivered"] == 2
+        run = segbill("send", "in.jsonl", "--to", "lago", "--json", "--quiet", "--state", "s.db", "--event", "API *", env=env)
+        assert run.exit_code == 0 and orjson.loads(run.stdout)["files_already_done"] == 1
+
+
 def test_only_some_files_holding_no_selected_event_is_not_an_error(segbill, tmp_path: Path) -> None:
     write(tmp_path / "a.jsonl", jsonl(MIXED[2]))
     write(tmp_path / "b.jsonl", jsonl(MIXED[0]))

@@ -631,10 +631,10 @@ def _unmatched(rule: str, glob: str, target: str, events: list[str] | None, excl
 def _nothing_selected(replay: Replay, mapping: Mapping, by_flags: bool) -> None:
     """Track messages were read but the include/exclude rules left every one out: nothing was
     billed, which is never what a backfill meant, so it is said and exits 2 like an empty input."""
+    if not replay.selected_nothing():
+        return
     tally = replay.tally
     left_out = tally.skipped["not_included"] + tally.skipped["excluded"]
-    if not left_out or mapping.hits.selected or tally.interrupted or tally.stopped:
-        return
     rules = "--event/--exclude-event" if by_flags else "the include/exclude rules"
     replay.nothing_selected(
         f"{rules} left out every event read ({left_out:,}): nothing was {'converted' if tally.dry_run else 'sent'} (exit 2)."
