@@ -42,6 +42,7 @@ PACE_MARGIN = 0.97  # of an announced limit: at 98% a 1-s window of 50 fills (50
 LEARNED_DECAY = 0.99995  # per accepted request: a pace learned from 429s relaxes ~5% per 1,000
 MAX_RESET_VALUES = 64  # distinct reset lengths remembered (a platform announces one or two)
 MIN_LEARNING_SAMPLE = 10  # accepted requests before a 429 for the pace it implies to be trusted
+RESET_JITTER = 0.05  # seconds: a reset date's rounding and clock difference, not part of the window
 
 
 @dataclass(frozen=True)
@@ -276,8 +277,10 @@ class Pacer:
         the whole run (a 2 s window where the real one is 1 s halves it). A date rounded up to
         a whole second announces up to a second more on every answer (11 s for a 10 s window):
         the shortest time seen between two windows' openings corrects that, since a window never
-        opens before the previous one has ended. At least 1 s."""
-        seconds = math.ceil(reset)
+        opens before the previous one has ended. A date given to the millisecond and rounded up,
+        or a clock a few milliseconds off the platform's, must not turn 10 s into 11: what is
+        over a whole second by less than `RESET_JITTER` counts as that second. At least 1 s."""
+        seconds = math.ceil(reset - RESET_JITTER)
         if seconds in self._resets or len(self._resets) < MAX_RESET_VALUES:
             self._resets[seconds] += 1
         confirmed = [value for value, count in self._resets.items() if count >= 2]

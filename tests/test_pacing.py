@@ -291,6 +291,22 @@ def test_a_reset_date_rounded_up_to_the_second_does_not_slow_the_pace(monkeypatc
     assert spacing(pacer) == pytest.approx(10.02 / (1000 * delivery.PACE_MARGIN))
 
 
+def test_a_reset_date_a_millisecond_over_the_window_is_not_a_second_more() -> None:
+    """A date given to the millisecond, rounded up (or from a clock a little ahead), announces
+    10.0008 s for a 10 s window: the window is 10 s, not 11 (a 10% slower pace for the run)."""
+    pacer = Pacer(rate=None)
+    for remaining in (2, 1):
+        reset = str(math.ceil((time.time() + 10.0008) * 1000))  # epoch ms
+        pacer.observe(
+            httpx.Headers({"X-RateLimit-Limit": "3", "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": reset})
+        )
+    assert spacing(pacer) * 3 * delivery.PACE_MARGIN == pytest.approx(10)
+    lago = Pacer(rate=None)  # Lago's whole seconds to wait stay what they say
+    for _ in range(2):
+        lago.observe(httpx.Headers({"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "10", "X-RateLimit-Reset": "1"}))
+    assert spacing(lago) * 50 * delivery.PACE_MARGIN == pytest.approx(1)
+
+
 def test_the_pacer_reads_each_form_of_the_fake_hyperline_window() -> None:
     for form in RESET_FORMATS:
         with FakePlatform(hyperline_rate_limit=3, hyperline_reset_format=form) as fake, httpx.Client(base_url=fake.url) as client:
