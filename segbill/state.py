@@ -564,8 +564,12 @@ class Frontier:
             self._trim()  # finished lines leave at once: memory stays flat, checkpoint or not
 
     def _trim(self) -> None:
+        # The line read last stays until a later one is read (or the whole source): a line
+        # holding several messages gives them one by one, so its first may be finished (a
+        # repeat) while the rest are unread; a checkpoint past it would lose them.
         held = self._held
-        while held and next(iter(held.values()))[1] == 0:
+        keep = 0 if self.read_all else 1
+        while len(held) > keep and next(iter(held.values()))[1] == 0:
             held.popitem(last=False)
 
     def position(self) -> Checkpoint:
