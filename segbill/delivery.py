@@ -248,6 +248,11 @@ class Pacer:
         """Requests per second the announced limit allows (with the margin), if one was announced."""
         return 1 / self._spacing if self._spacing else None
 
+    @property
+    def learned_pace(self) -> float | None:
+        """Requests per second learned from 429s (with the margin), if a pace was learned."""
+        return 1 / self._learned if self._learned else None
+
     def observe(self, headers: httpx.Headers) -> None:
         limit = _number(headers.get(self.rates.limit))
         remaining = _number(headers.get(self.rates.remaining))

@@ -138,17 +138,17 @@ def test_a_pace_is_learned_from_a_429_when_no_limit_is_announced() -> None:
         pacer.accepted()
     pacer.throttled(2.0)  # 40 accepted, then "wait 2 s": about 20 requests a second at most
     # A whole-second Retry-After is rounded up: the window is taken as half a second shorter.
-    assert pacer._learned == pytest.approx(1.5 / (40 * delivery.PACE_MARGIN), rel=0.05)
+    assert 1 / pacer.learned_pace == pytest.approx(1.5 / (40 * delivery.PACE_MARGIN), rel=0.05)
     assert pacer.paused_until >= time.monotonic() + 1.9  # the pause itself is the full 2 s
     exact = Pacer(rate=None)  # a reset date gives a fraction of a second: nothing to correct
     for _ in range(40):
         exact.accepted()
     exact.throttled(1.75)
-    assert exact._learned == pytest.approx(1.75 / (40 * delivery.PACE_MARGIN), rel=0.05)
-    learned = pacer._learned
+    assert 1 / exact.learned_pace == pytest.approx(1.75 / (40 * delivery.PACE_MARGIN), rel=0.05)
+    learned = pacer.learned_pace
     for _ in range(1000):
         pacer.accepted()
-    assert pacer._learned == pytest.approx(learned * delivery.LEARNED_DECAY**1000)  # it relaxes
+    assert pacer.learned_pace == pytest.approx(learned / delivery.LEARNED_DECAY**1000)  # it relaxes
 
 
 def test_nothing_is_learned_from_a_small_sample_or_when_the_limit_is_announced() -> None:
@@ -156,13 +156,13 @@ def test_nothing_is_learned_from_a_small_sample_or_when_the_limit_is_announced()
     for _ in range(delivery.MIN_LEARNING_SAMPLE - 1):
         sporadic.accepted()
     sporadic.throttled(1.0)
-    assert sporadic._learned == 0.0
+    assert sporadic.learned_pace is None
     announced = Pacer(rate=None)
     announced.observe(lago_headers(49))
     for _ in range(100):
         announced.accepted()
     announced.throttled(1.0)
-    assert announced._learned == 0.0
+    assert announced.learned_pace is None
 
 
 def test_one_odd_reset_does_not_set_the_pace_for_the_run() -> None:
