@@ -57,17 +57,23 @@ class DeadLetterFile:
             entry[MISSING_MARKER] = True
         if record.first_source is not None and record.first_source != entry["source"]:
             entry["first_source"] = record.first_source
+        data = None
         if record.invalid is None:  # a message, read again with every integer exact
-            entry["record"] = exact_message(record, ENTRIES)
-        else:
+            try:
+                entry["record"] = exact_message(record, ENTRIES)
+                data = dumps(entry)
+            except RecursionError:  # nested too deep for the standard library: kept as its line
+                entry.pop("record", None)
+        if data is None:
             entry["raw"] = record.raw.rstrip(b"\r").decode("utf-8", "replace")
             if not _is_utf8(record.raw):
                 entry["raw_base64"] = base64.b64encode(record.raw).decode("ascii")
+            data = dumps(entry)
         self._check()
         try:
             if self._handle is None:
                 self._handle = _open_private(self.path)
-            self._handle.write(dumps(entry) + b"\n")
+            self._handle.write(data + b"\n")
             self._handle.flush()
         except OSError as error:
             self._fail(error)

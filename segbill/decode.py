@@ -98,7 +98,7 @@ class BlockDecoder:
         """What one line bills as, or None: the general path must read it."""
         try:
             message = self._decode(raw)
-        except msgspec.MsgspecError:  # not an object, not JSON, or refused: the general path says why
+        except (msgspec.MsgspecError, RecursionError):  # not an object, not JSON, refused, too deep: the general path says why
             return None
         # orjson refuses a line that is not UTF-8, even in a key segbill skips: so must this.
         if DEAD_LETTER_MARKER in message or not (raw.isascii() or _is_utf8(raw)):
@@ -118,7 +118,7 @@ class BlockDecoder:
             event = self._event_of(fields, message, self._target, self._mapping)
         except Skipped as skipped:
             return skipped
-        except (Invalid, InexactNumber):
+        except (Invalid, InexactNumber, RecursionError):
             return None
         return fields, event
 

@@ -332,8 +332,12 @@ class Inspection:
             message_id = None
         properties = message.get("properties")
         flat: list[tuple[str, Any]] = []
+        too_deep = False
         if type(properties) is dict:
-            _flatten(properties, "", flat)
+            try:
+                _flatten(properties, "", flat)
+            except RecursionError:  # nested about a thousand deep: send dead-letters it (too_deep)
+                flat, too_deep = [], True
         looked_up = []
         for path, candidate in self._lookups:
             value = lookup(message, path)
@@ -345,7 +349,7 @@ class Inspection:
             event if isinstance(event, str) and event.strip() else None,
             millis,
             message_id,
-            properties is None or type(properties) is dict,
+            properties is None or (type(properties) is dict and not too_deep),
             flat,
             looked_up,
         )

@@ -33,6 +33,7 @@ from segbill.sources import Source, SourceUnreadable, read_lines, read_records
 from segbill.state import Claim, Frontier, Mode, State
 from segbill.targets import Target
 
+TOO_DEEP = "The message nests objects or lists too deep to convert (about a thousand levels)."
 # Past this many, bad input lines are counted and dead-lettered without a line each on stderr.
 MAX_WARNINGS = 20
 # Converted events are checked against the duplicate index this many at a time (one per event
@@ -218,6 +219,9 @@ class Replay:
             return None
         except Invalid as invalid:
             self._unbillable(record, invalid.kind, invalid.reason)
+            return None
+        except RecursionError:  # objects nested about a thousand deep: one record, not the run
+            self._unbillable(record, "too_deep", TOO_DEEP)
             return None
         return (record, event, fields.millis) if self._selected(record, fields) else None
 

@@ -192,6 +192,10 @@ def test_a_message_dead_lettered_while_reading_keeps_every_integer_exact(segbill
     assert entry["record"]["properties"] == {"n": 123456789012345678901234567890, "m": -99999999999999999999}
 
 
+def dumps_line(message: dict[str, object]) -> bytes:
+    return orjson.dumps(message) + b"\n"
+
+
 LARGE_NUMBERS = (
     b'{"type":"track","event":"API Call","userId":1e20,"messageId":"m1","timestamp":"2024-01-01T00:00:00Z",'
     b'"properties":{"f":1e300,"g":-9.5e18,"l":[1,18446744073709551616],"k":[2,1e300],"n":18446744073709551616,"cents":1e19}}\n'
@@ -243,6 +247,38 @@ def test_inspect_reads_floats_of_2_63_and_more(segbill, tmp_path: Path) -> None:
     assert run.exit_code == 0, run.stderr
     report = orjson.loads(run.stdout)
     assert report["records"] == 1 and report["track"]["messages"] == 1 and report["unreadable"] == {}
+
+
+def _nested(key: str, inner: bytes, depth: int) -> bytes:
+    return (
+        b'{"type":"track","event":"API Call","userId":"u","messageId":"'
+        + key.encode()
+        + b'","timestamp":"2024-01-01T00:00:00Z",'
+        + inner.replace(b"NEST", b'{"a":' * depth + b"1" + b"}" * depth).replace(b"LIST", b"[" * depth + b"]" * depth)
+        + b"}\n"
+    )
+
+
+@pytest.mark.parametrize("target", ["lago", "hyperline"])
+def test_a_message_nested_a_thousand_deep_is_one_dead_letter_not_the_end_of_the_run(segbill, tmp_path: Path, target: str) -> None:
+    """Properties nested ~990 deep cannot be flattened in Python: that record is dead-lettered
+    (too_deep, its line kept, replayable), the others are billed; unread keys nested as deep
+    (a context) are no trouble at all."""
+    lines = [
+        _nested("deep", b'"properties":NEST', 990),
+        _nested("deep-context", b'"context":{"x":LIST},"properties":{"n":1}', 990),
+        dumps_line(track(messageId="plain")),
+    ]
+    path = write(tmp_path / "in.jsonl", b"".join(lines))
+    run = segbill("send", str(path), "--to", target, "--dry-run", "--dead-letter", "dead.jsonl")
+    assert run.exit_code == 1, run.stderr
+    assert len(run.stdout.splitlines()) == 2 and '"deep-context"' in run.stdout and '"plain"' in run.stdout
+    [entry] = [json.loads(line) for line in run.dead_letter.read_bytes().splitlines()]
+    assert entry["reason"].startswith("The message nests objects or lists too deep") and entry["raw"].encode() + b"\n" == lines[0]
+    again = segbill("send", str(run.dead_letter), "--to", target, "--dry-run", "--json", dead_letter="again.jsonl")
+    assert again.exit_code == 1 and orjson.loads(again.stderr.splitlines()[-1])["dead_lettered_by_reason"] == {"too_deep": 1}
+    report = orjson.loads(segbill("inspect", str(path), "--json").stdout)
+    assert report["track"]["messages"] == 3 and report["track"]["bad_properties"] == 1
 
 
 def test_a_replayed_dead_letter_keeps_every_integer_exact(segbill, tmp_path: Path) -> None:
