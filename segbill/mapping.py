@@ -306,18 +306,38 @@ class Mapping:
         return fields
 
     def shape(self, flat: dict[str, Any], protected: str | None = None) -> dict[str, Any]:
-        """Property include/exclude/rename/constants, on the flattened (dotted) keys."""
-        shaped: dict[str, Any] = {}
+        """Property include/exclude/rename/constants, on the flattened (dotted) keys. `protected`
+        (Hyperline's record id) is kept as it is and never written over; two properties that would
+        become one key (a rename onto a key the event has, a constant over a property) make the
+        message invalid rather than one silently winning."""
+        shaped: dict[str, Any] = {protected: flat[protected]} if protected in flat else {}
         keys = self.hits.keys
         for key, value in flat.items():
             if key == protected:
-                shaped[key] = value
                 continue
             new_key = keys[key] if key in keys else self._shaped_key(key)
-            if new_key is not None:
-                shaped[new_key] = value
-        shaped.update(self.properties.constants)
+            if new_key is None:
+                continue
+            if new_key in shaped:
+                raise Invalid("property_conflict", self._conflict(flat, protected, key, new_key))
+            shaped[new_key] = value
+        constants = self.properties.constants
+        for key in constants:
+            if key in shaped:
+                raise Invalid("property_conflict", self._conflict(flat, protected, None, key))
+        shaped.update(constants)
         return shaped
+
+    def _conflict(self, flat: dict[str, Any], protected: str | None, key: str | None, new_key: str) -> str:
+        """Why the message is invalid, naming both keys: `key`, or None for the constant `new_key`,
+        and the property shaped to `new_key` before it."""
+        earlier = next(other for other in flat if (other if other == protected else self._shaped_key(other)) == new_key)
+        if key is None:
+            return (
+                f'Property "{earlier}" and the constant "{new_key}" would both be "{new_key}"; '
+                "exclude or rename the property."
+            )
+        return f'Properties "{earlier}" and "{key}" would both be "{new_key}" once renamed; exclude or rename one.'
 
     def _shaped_key(self, key: str) -> str | None:
         """A property key not met before -> its key once shaped, or None: left out; noting which rules it matched."""

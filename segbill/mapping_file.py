@@ -77,7 +77,7 @@ def _table(config: Path, target: Target, table: Any) -> Mapping:
     return Mapping(  # checked in this order: fields, events, properties
         fields=_fields(table, target, where),
         events=_event_rules(table.get("events", {}), f"{where}.events"),
-        properties=_property_rules(table.get("properties", {}), f"{where}.properties"),
+        properties=_property_rules(table.get("properties", {}), f"{where}.properties", target),
     )
 
 
@@ -112,14 +112,17 @@ def _event_rules(events: Any, where: str) -> EventRules:
     return EventRules(**changes)
 
 
-def _property_rules(properties: Any, where: str) -> PropertyRules:
+def _property_rules(properties: Any, where: str, target: Target) -> PropertyRules:
     _expect(properties, dict, where, "a table")
     _no_unknown(properties, PROPERTY_KEYS, where)
     changes = _matching(properties, where)
+    for key, new_key in changes.get("rename", {}).items():
+        _not_protected(new_key, target, f"{where}.rename.{key}")
     if "constants" in properties:
         constants = properties["constants"]
         _expect(constants, dict, f"{where}.constants", "a table")
         for key, value in constants.items():
+            _not_protected(key, target, f"{where}.constants.{key}")
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise ConfigError(f"{where}.constants.{key}: must be a string or a number.")
         changes["constants"] = {key: exact(value) for key, value in constants.items()}
@@ -129,6 +132,15 @@ def _property_rules(properties: Any, where: str) -> PropertyRules:
             raise ConfigError(f'{where}.separator: must be a non-empty string such as "_", not {separator!r}.')
         changes["separator"] = separator
     return PropertyRules(**changes)
+
+
+def _not_protected(key: str, target: Target, where: str) -> None:
+    """A property rule never writes the key the platform keeps beside the properties (Hyperline's record id)."""
+    if key == target.protected_key:
+        raise ConfigError(
+            f'{where}: "{key}" would overwrite {target.properties_key}.{key}, {target.label}\'s idempotency key: '
+            "every event after the first would be a duplicate; use another name."
+        )
 
 
 def _matching(table: dict[str, Any], where: str) -> dict[str, Any]:
