@@ -333,10 +333,7 @@ class Mapping:
         and the property shaped to `new_key` before it."""
         earlier = next(other for other in flat if (other if other == protected else self._shaped_key(other)) == new_key)
         if key is None:
-            return (
-                f'Property "{earlier}" and the constant "{new_key}" would both be "{new_key}"; '
-                "exclude or rename the property."
-            )
+            return f'Property "{earlier}" and the constant "{new_key}" would both be "{new_key}"; exclude or rename the property.'
         return f'Properties "{earlier}" and "{key}" would both be "{new_key}" once renamed; exclude or rename one.'
 
     def _shaped_key(self, key: str) -> str | None:

@@ -60,6 +60,9 @@ ODD_MESSAGES: list[Any] = [
     track(messageId="m-conflict-3", properties={"a_b": 1, "a": {"b": 2}}),  # a conflict with the "_" separator
     track(messageId="m-renamed", event="Order Completed"),
     track(messageId="m-excluded", event="Internal Ping"),
+    track(messageId="m-rename-conflict", properties={"total_tokens": 1, "tokens": 2}),  # a rename onto a key it has
+    track(messageId="m-renamed-prop", properties={"tokens": 2}),
+    track(messageId="m-constant-conflict", properties={"source": "web"}),  # a constant over a property
     {"type": "identify", "userId": "u", "messageId": "id-1"},
     {"type": "page", "userId": "u", "messageId": "page-1", "timestamp": "2024-01-01T00:00:00Z", "name": "Home"},
     {"type": 7, "event": "x"},
@@ -111,6 +114,8 @@ other = "snake_case"
 [lago.properties]
 separator = "_"
 exclude = ["a_b", "never_*"]
+rename = { tokens = "total_tokens" }
+constants = { source = "segment" }
 """
 
 
@@ -161,6 +166,11 @@ def test_odd_messages_get_the_general_paths_answers(
             f'[{target}.events] exclude "Never *"',
             f'[{target}.properties] exclude "never_*"',
         ]
+        reasons = {letter["reason"] for letter in fast.dead_letters}
+        assert (
+            'Properties "total_tokens" and "tokens" would both be "total_tokens" once renamed; exclude or rename one.' in reasons
+        )
+        assert 'Property "source" and the constant "source" would both be "source"; exclude or rename the property.' in reasons
 
 
 @pytest.mark.parametrize("target", ["lago", "hyperline"])

@@ -197,6 +197,14 @@ def test_an_amount_that_is_not_a_number_is_dead_lettered(segbill, tmp_path: Path
             "[lago]\ntransaction_id = { value = 'x' }\n",
             "segbill.toml: lago.transaction_id: the idempotency key cannot be a constant",
         ),
+        (
+            "[hyperline.properties]\nconstants = { id = 'const' }\n",
+            'segbill.toml: hyperline.properties.constants.id: "id" would overwrite record.id, Hyperline\'s idempotency key',
+        ),
+        (
+            "[hyperline.properties]\nrename = { plan = 'id' }\n",
+            'segbill.toml: hyperline.properties.rename.plan: "id" would overwrite record.id, Hyperline\'s idempotency key',
+        ),
     ],
 )
 def test_a_mistake_in_the_file_exits_2_naming_the_key(segbill, tmp_path: Path, config: str, message: str) -> None:
@@ -204,6 +212,75 @@ def test_a_mistake_in_the_file_exits_2_naming_the_key(segbill, tmp_path: Path, c
     assert run.exit_code == 2
     assert message in run.stderr
     assert run.stdout == ""
+
+
+def test_a_property_rule_never_writes_hyperlines_record_id(segbill, tmp_path: Path) -> None:
+    """Refused at load for Hyperline (same id on every event: all but one skipped as duplicates);
+    Lago keeps its events' properties apart from transaction_id, so "id" is a property like any."""
+    messages = [track(messageId=f"m{n}", properties={"plan": n}) for n in range(3)]
+    for rule in ("constants = { id = 'const' }", "rename = { plan = 'id' }"):
+        refused = dry(segbill, tmp_path, f"[hyperline.properties]\n{rule}\n", messages, "hyperline")
+        assert refused.exit_code == 2 and refused.stdout == "" and "would overwrite record.id" in refused.stderr
+        lago = dry(segbill, tmp_path, f"[lago.properties]\n{rule}\n", messages)
+        assert lago.exit_code == 0
+        assert [e["transaction_id"] for e in lago.events] == ["m0", "m1", "m2"]
+        assert all("id" in e["properties"] for e in lago.events)
+
+
+@pytest.mark.parametrize("target", ["lago", "hyperline"])
+def test_a_rename_onto_a_key_the_event_has_is_a_property_conflict(segbill, tmp_path: Path, target: str) -> None:
+    config = f"""
+[{target}.properties]
+rename = {{ tokens = "total_tokens", input = "in", prompt = "in", a = "b", b = "a" }}
+"""
+    messages = [
+        track(messageId="m-first", properties={"total_tokens": 1000, "tokens": 2}),
+        track(messageId="m-second", properties={"tokens": 2, "total_tokens": 1000}),  # either order
+        track(messageId="m-two-renames", properties={"input": 5, "prompt": 6}),
+        track(messageId="m-swap", properties={"a": 1, "b": 2, "tokens": 3}),
+    ]
+    run = dry(segbill, tmp_path, config, messages, target)
+    assert run.exit_code == 1
+    assert [letter["reason"] for letter in run.dead_letters] == [
+        'Properties "total_tokens" and "tokens" would both be "total_tokens" once renamed; exclude or rename one.',
+        'Properties "tokens" and "total_tokens" would both be "total_tokens" once renamed; exclude or rename one.',
+        'Properties "input" and "prompt" would both be "in" once renamed; exclude or rename one.',
+    ]
+    summary = orjson.loads(run.stderr.strip().splitlines()[-1])
+    assert summary["dead_lettered_by_reason"] == {"property_conflict": 3}
+    [swapped] = run.events
+    shaped = swapped["properties" if target == "lago" else "record"]
+    assert (shaped["a"], shaped["b"], shaped["total_tokens"]) == (2, 1, 3)
+
+
+def test_a_rename_onto_hyperlines_moved_id_property_is_a_conflict(segbill, tmp_path: Path) -> None:
+    config = '[hyperline.properties]\nrename = { plan = "properties.id" }\n'
+    run = dry(segbill, tmp_path, config, [track(properties={"id": "p-1", "plan": "pro"})], "hyperline")
+    assert run.exit_code == 1 and run.events == []
+    assert run.dead_letters[0]["reason"].startswith('Properties "plan" and "properties.id" would both be "properties.id"')
+
+
+def test_a_constant_over_a_property_is_a_conflict_unless_the_property_is_excluded(segbill, tmp_path: Path) -> None:
+    messages = [
+        track(messageId="m-own", properties={"source": "web", "tokens": 1}),
+        track(messageId="m-renamed", properties={"origin": "app"}),
+        track(messageId="m-none", properties={"tokens": 2}),
+    ]
+    config = '[lago.properties]\nrename = { origin = "source" }\nconstants = { source = "segment" }\n'
+    run = dry(segbill, tmp_path, config, messages)
+    assert run.exit_code == 1
+    assert [letter["reason"] for letter in run.dead_letters] == [
+        'Property "source" and the constant "source" would both be "source"; exclude or rename the property.',
+        'Property "origin" and the constant "source" would both be "source"; exclude or rename the property.',
+    ]
+    assert [e["properties"] for e in run.events] == [{"tokens": 2, "source": "segment"}]
+    excluded = dry(segbill, tmp_path, config + 'exclude = ["source", "origin"]\n', messages)
+    assert excluded.exit_code == 0
+    assert [e["properties"] for e in excluded.events] == [
+        {"tokens": 1, "source": "segment"},
+        {"source": "segment"},
+        {"tokens": 2, "source": "segment"},
+    ]
 
 
 def test_a_mistake_in_the_other_platforms_table_is_caught_too(segbill, tmp_path: Path) -> None:
