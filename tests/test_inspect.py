@@ -404,13 +404,23 @@ def test_caps_on_events_keys_distinct_values_and_message_ids() -> None:
     assert run("-", input=jsonl(*messages)).exit_code == 0
 
 
-def test_the_message_id_table_grows_and_stays_exact() -> None:
-    ids = inspection_module._MessageIds(capacity=100_000)
-    for copy in range(2):
-        for i in range(10_000):
-            ids.add(f"id-{i}", i + (copy if i % 10 == 0 else 0))
-    assert (ids.tracked, ids.repeated, ids.extra_copies, ids.time_differs) == (10_000, 10_000, 10_000, 1_000)
-    assert not ids.full
+def test_the_message_id_table_grows_and_stays_exact(tmp_path: Path) -> None:
+    """10,000 ids, each sent twice (one in ten at another time): the table grows past its first
+    size and every repeat is found."""
+    messages = [
+        track(messageId=f"id-{i}", timestamp=f"2024-01-01T00:00:0{copy if i % 10 == 0 else 0}.000Z")
+        for copy in range(2)
+        for i in range(10_000)
+    ]
+    result = run(str(write(tmp_path / "ids.jsonl", jsonl(*messages))), "--json")
+    ids = orjson.loads(result.stdout)["message_ids"]
+    assert (ids["ids_tracked"], ids["repeated"], ids["extra_copies"], ids["repeated_time_differs"]) == (
+        10_000,
+        10_000,
+        10_000,
+        1_000,
+    )
+    assert not ids["cap_hit"]
 
 
 # --- the command -------------------------------------------------------------------------------
