@@ -13,8 +13,8 @@ besides track, anything the fast path refuses (a missing or odd field, a time it
 read), a float of 2**63 or more, a conflict between flattened properties, a line msgspec
 refuses or one that is not valid UTF-8 (msgspec does not check the text of keys it skips).
 msgspec reads integers beyond 64 bits exactly, as the general path's exact re-parse does; one
-in the properties makes the line fall back all the same: in a list sent as JSON text, the
-general path writes what orjson read (a float).
+in the properties makes the line fall back all the same, so that such integers are converted
+in one place (the general path's, which also writes them inside lists sent as JSON text).
 
 One difference is kept on purpose: a number beyond float64's range (such as 1e400) in a key
 the mapping does not read. orjson refuses such a line whole (it is dead-lettered as not JSON);
@@ -54,9 +54,8 @@ _Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
 def _json_value(depth: int) -> Any:
-    """Any JSON value nested at most `depth` deep, whose integers fit in 64 bits: orjson reads
-    larger ones as floats, and where the general path writes what orjson read (a list sent as
-    JSON text) it would differ, so msgspec refuses them and the line falls back."""
+    """Any JSON value nested at most `depth` deep, whose integers fit in 64 bits: msgspec
+    refuses larger ones and the line falls back to the general path, which converts them."""
     scalar = _Int64 | float | str | bool | None
     if depth == 0:
         return scalar
