@@ -15,7 +15,7 @@ from segbill.pipeline import Options, Replay, selected_events
 from segbill.report import ExitCode, Tally
 from segbill.segment import iso_millis
 from segbill.targets import Reader, Reading
-from segbill.targets.lago_api import ReadFailed, ReadOptions
+from segbill.targets.api import ReadFailed, ReadOptions
 
 TOP = 5  # groups shown per verdict
 YIELD_EVERY = 1000  # events checked between two chances for a Ctrl-C to land

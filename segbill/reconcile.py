@@ -33,7 +33,7 @@ from segbill.report import ExitCode
 from segbill.segment import iso_millis
 from segbill.state import State
 from segbill.targets import Target
-from segbill.targets.lago_api import PER_PAGE, ReadFailed, ReadOptions
+from segbill.targets.api import ReadFailed, ReadOptions
 
 DAY = 86_400_000  # ms
 MISSING_REASON = "missing on the platform"
@@ -231,7 +231,7 @@ async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliati
                 differences.extra[(pair, low)] += found
             elif found == 0:
                 differences.none_found.update((pair, day) for day in expected.days[pair] if low <= day <= high)
-            elif low == high or found <= PER_PAGE:  # one page lists it: cheaper than halving
+            elif low == high or found <= reader.page_size:  # one page lists it: cheaper than halving
                 listed = await reader.events(pair[0], pair[1], *bounds(low, high))
                 ids = Counter(transaction_id for transaction_id, _ in listed)
                 differences.ranges.append((pair, ids, {transaction_id: millis // DAY for transaction_id, millis in listed}))

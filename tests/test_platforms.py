@@ -112,7 +112,7 @@ def test_a_dry_run_loads_no_read_api_and_no_http_client(tmp_path: Path) -> None:
     write(tmp_path / "in.jsonl", jsonl(track()))
     code = (
         "import atexit, sys; "
-        "atexit.register(lambda: print(sorted({'httpx', 'segbill.targets.lago_api', 'segbill.targets.hyperline_api', "
+        "atexit.register(lambda: print(sorted({'httpx', 'segbill.targets.lago_api', 'segbill.targets.hyperline_api', 'segbill.targets.api', "
         "'segbill.check', 'segbill.reconcile'} & set(sys.modules)), file=sys.stderr)); "
         "from segbill import main; sys.argv[0] = 'segbill'; main()"
     )

@@ -15,7 +15,8 @@ from segbill.pipeline import Options, Replay
 from segbill.runner import run
 from segbill.sources import expand
 from segbill.targets import get_target
-from segbill.targets.lago_api import LagoReader, ReadFailed, ReadOptions
+from segbill.targets.api import ReadFailed, ReadOptions
+from segbill.targets.lago_api import LagoReader
 from segbill.testing.fake_platform import FakePlatform
 
 from .conftest import jsonl, track, write

@@ -34,7 +34,7 @@ from segbill.targets import PLATFORMS, Target, get_target
 
 if TYPE_CHECKING:
     from segbill.delivery import DeliveryOptions
-    from segbill.targets.lago_api import ReadOptions
+    from segbill.targets.api import ReadOptions
 
 LOCAL_HOSTS = {"localhost", "::1", "[::1]"}
 
@@ -522,7 +522,7 @@ def _check_before_sending(options: Options, delivery: DeliveryOptions | None) ->
     included); anything Lago would not bill stops the send before it starts."""
     from segbill.check import run_check
     from segbill.cli.check import render_check
-    from segbill.targets.lago_api import ReadOptions
+    from segbill.targets.api import ReadOptions
 
     reading = options.target.reading
     if delivery is None or reading is None or reading.decided_by is None:
@@ -566,7 +566,7 @@ def _selection(
     max_retries: int,
 ) -> tuple[Options, ReadOptions]:
     """What a send of these options would select, and how to read the platform."""
-    from segbill.targets.lago_api import ReadOptions
+    from segbill.targets.api import ReadOptions
 
     mapping = _mapping(to, config, customer_from, event, exclude_event)
     target = get_target(to.value)

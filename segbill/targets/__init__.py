@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 from segbill.segment import Billable, Invalid, check_exact, dumps
 
 if TYPE_CHECKING:
-    from segbill.targets.lago_api import ReadOptions
+    from segbill.targets.api import ReadOptions
 
 PLATFORMS = {  # name (`--to`) -> the module that declares its TARGET, imported only when used
     "lago": "segbill.targets.lago",
@@ -62,6 +62,7 @@ class Reader(Protocol):
 
     requests: int
     retries: int
+    page_size: int  # events one page of `events` lists
 
     async def __aenter__(self) -> Self: ...
 

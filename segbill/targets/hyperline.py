@@ -10,7 +10,7 @@ from segbill.segment import Billable, Invalid, iso_millis, parse_time
 from segbill.targets import Answer, RateHeaders, Reader, Reading, Target, flatten
 
 if TYPE_CHECKING:
-    from segbill.targets.lago_api import ReadOptions
+    from segbill.targets.api import ReadOptions
 
 # A property called `id` would overwrite the record id, Hyperline's idempotency key: it is
 # renamed as if it were `id` nested under `properties` ("properties.id" with the default separator).

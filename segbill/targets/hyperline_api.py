@@ -1,6 +1,6 @@
 """Hyperline's read API, for `segbill check` and `segbill reconcile`: events from the ingest host
-(the URL send uses), customers from the API host. Same key, retries and pacing as Lago's reader
-(Hyperline announces its limit on every answer); lists are paged by take/skip through `meta.total`."""
+(the URL send uses), customers from the API host, through `ApiReader` (Hyperline announces its
+limit on every answer); lists are paged by take/skip through `meta.total`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import httpx
 
 from segbill.segment import iso_millis, parse_time
 from segbill.targets import X_RATELIMIT, Judge, RateHeaders
-from segbill.targets.lago_api import LagoReader, ReadFailed, ReadOptions
+from segbill.targets.api import ApiReader, ReadFailed, ReadOptions
 
 TAKE = 100  # the largest page GET /v1/events gives
 CUSTOMERS = "/v1/customers/"
@@ -33,8 +33,10 @@ def api_url(ingest_url: str) -> str:
     return urlunsplit(parts._replace(netloc=".".join(labels)))
 
 
-class HyperlineReader(LagoReader):
-    """Reads one Hyperline account; `requests` and `retries` count what it cost."""
+class HyperlineReader(ApiReader):
+    """Reads one Hyperline account; lists are paged by take/skip."""
+
+    page_size = TAKE
 
     def __init__(self, options: ReadOptions, rates: RateHeaders = X_RATELIMIT) -> None:
         super().__init__(options, rates)

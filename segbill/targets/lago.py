@@ -11,7 +11,7 @@ from segbill.segment import Billable, unix_seconds
 from segbill.targets import Answer, RateHeaders, Reader, Reading, Target, flatten
 
 if TYPE_CHECKING:
-    from segbill.targets.lago_api import ReadOptions
+    from segbill.targets.api import ReadOptions
 
 DUPLICATE = {"transaction_id": ["value_already_exist"]}
 
