@@ -120,6 +120,9 @@ class Replay:
         # Checkpoints exist only when the state is kept: only then is each record held until its
         # outcome is final.
         self._tracking = self.state.mode is Mode.WRITE
+        # Events the time window left out, and whether one was in it, whichever shard bills them.
+        self._outside_window = 0
+        self._inside_window = False
 
     def blocks(
         self, on_progress: Callable[[str, int], None] | None = None, reading: Reading | None = None
@@ -226,13 +229,21 @@ class Replay:
         return (record, event, fields.millis) if self._selected(record, fields) else None
 
     def _selected(self, record: Record, fields: Billable) -> bool:
-        """Whether the run's shard and time bounds take this event; if not, it is skipped."""
+        """Whether the run's shard and time bounds take this event; if not, it is skipped. The
+        window is judged for every event, so every shard knows whether it left out all of them."""
         since, until, shard = self.options.since, self.options.until, self.options.shard
+        millis = fields.millis
+        early = since is not None and millis < since
+        late = until is not None and millis >= until
+        if early or late:
+            self._outside_window += 1
+        else:
+            self._inside_window = True
         if shard is not None and shard_of(fields.customer, shard[1]) != shard[0]:
             self.skip(record, "other_shard")
-        elif since is not None and fields.millis < since:
+        elif early:
             self.skip(record, "before_since")
-        elif until is not None and fields.millis >= until:
+        elif late:
             self.skip(record, "after_until")
         else:
             return True
@@ -376,11 +387,20 @@ class Replay:
         self.tally.warnings += warnings
 
     def selected_nothing(self) -> bool:
-        """Track messages were read and the include/exclude rules left out every one, in a run
-        that read its whole input: nothing was billed, never what a backfill meant."""
+        """Track messages were read and the include/exclude rules or the time window left out
+        every one, in a run that read its whole input: nothing was billed, never what a backfill
+        meant. A shard that owns none of them is no such run: its window is judged on them all."""
         tally = self.tally
-        left_out = tally.skipped["not_included"] + tally.skipped["excluded"]
-        return bool(left_out) and not self.options.mapping.hits.selected and not tally.interrupted and tally.stopped is None
+        by_rules = bool(self.left_out_by_rules()) and not self.options.mapping.hits.selected
+        by_window = bool(self._outside_window) and not self._inside_window
+        return (by_rules or by_window) and not tally.interrupted and tally.stopped is None
+
+    def left_out_by_rules(self) -> int:
+        return self.tally.skipped["not_included"] + self.tally.skipped["excluded"]
+
+    def left_out_by_window(self) -> int:
+        """Events outside --since/--until, whichever shard bills them."""
+        return self._outside_window
 
     def nothing_selected(self, warning: str) -> None:
         """Say why a run that selected nothing is a usage error (exit 2)."""

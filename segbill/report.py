@@ -47,7 +47,7 @@ class Tally:
     resumed_at: list[str] = field(default_factory=list)  # "file:line" where a file was resumed
     state_file: str | None = None
     warnings: list[str] = field(default_factory=list)  # what may not be what the user meant (a mapping unused)
-    nothing_selected: bool = False  # track messages were read, and the include/exclude rules left out every one
+    nothing_selected: bool = False  # the include/exclude rules or the time window left out every track message
 
     def finish(self) -> None:
         self.elapsed = time.monotonic() - self.started

@@ -146,3 +146,80 @@ def test_only_some_files_holding_no_selected_event_is_not_an_error(segbill, tmp_
     write(tmp_path / "b.jsonl", jsonl(MIXED[0]))
     run = segbill("send", "a.jsonl", "b.jsonl", "--to", "lago", "--dry-run", "--json", "--event", "API *")
     assert run.exit_code == 0 and len(run.events) == 1 and summary_of(run)["warnings"] == []
+
+
+WINDOWED = [
+    track(messageId=f"w{i}", userId=f"user-{i}", context={"groupId": f"group-{i}"}, timestamp="2024-01-05T12:00:00Z")
+    for i in range(6)
+] + [{"type": "identify", "userId": "user-1", "messageId": "i1"}]
+# The decoder's path (userId) and the general path (a nested customer field).
+PATHS = [(), ("--customer-from", "context.groupId")]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    ("window", "named"),
+    [
+        (("--until", "2024-01-01"), "--until"),
+        (("--since", "2024-02-01"), "--since"),
+        (("--since", "2023-01-01", "--until", "2024-01-05"), "--since/--until"),
+    ],
+)
+def test_a_time_window_that_leaves_out_every_event_read_exits_2(
+    segbill, tmp_path: Path, window: tuple[str, ...], named: str, path: tuple[str, ...]
+) -> None:
+    """A cron job whose --since/--until was mistyped bills nothing: it must not exit 0."""
+    write(tmp_path / "in.jsonl", jsonl(*WINDOWED))
+    run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--json", *window, *path)
+    summary = summary_of(run)
+    assert run.exit_code == 2 == summary["exit_code"] and run.events == []
+    assert summary["warnings"] == [f"{named} left out every event read (6): nothing was converted (exit 2)."]
+
+
+def test_a_send_whose_window_leaves_out_everything_sends_nothing_keeps_no_checkpoint_and_exits_2(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(*WINDOWED))
+    with FakePlatform(api_key="k") as fake:
+        env = {"LAGO_API_URL": fake.url, "LAGO_API_KEY": "k"}
+        for _ in range(2):  # the rerun reads the file again and says so again
+            run = segbill(
+                "send", "in.jsonl", "--to", "lago", "--json", "--quiet", "--state", "s.db", "--until", "2024-01-01", env=env
+            )
+            summary = orjson.loads(run.stdout)
+            assert run.exit_code == 2 == summary["exit_code"] and summary["delivered"] == 0
+            assert summary["skipped_by_reason"] == {"after_until": 6, "identify": 1} and summary["files_already_done"] == 0
+            assert summary["warnings"] == ["--until left out every event read (6): nothing was sent (exit 2)."]
+        assert fake.requests() == []
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_rules_and_window_that_together_leave_out_everything_are_both_named(
+    segbill, tmp_path: Path, path: tuple[str, ...]
+) -> None:
+    write(tmp_path / "in.jsonl", jsonl(*WINDOWED, track(messageId="s1", event="Seat Added")))
+    run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--json", "--event", "API *", "--since", "2024-02-01", *path)
+    summary = summary_of(run)
+    assert run.exit_code == 2 and summary["skipped_by_reason"]["before_since"] == 6
+    assert summary["warnings"][-1] == (
+        "--event/--exclude-event and --since left out every event read (7): nothing was converted (exit 2)."
+    )
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_window_that_keeps_some_events_or_a_shard_that_owns_none_is_not_an_error(
+    segbill, tmp_path: Path, path: tuple[str, ...]
+) -> None:
+    write(
+        tmp_path / "in.jsonl",
+        jsonl(*WINDOWED, track(messageId="old", context={"groupId": "g"}, timestamp="2023-06-01T00:00:00Z")),
+    )
+    run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--json", "--since", "2024-01-01", *path)
+    assert run.exit_code == 0 and len(run.events) == 6 and summary_of(run)["warnings"] == []
+    # One customer, so one shard of 8 owns everything and most own nothing: none of them is an
+    # error while the window keeps events; every one of them is once it keeps none.
+    write(tmp_path / "one.jsonl", jsonl(*[track(messageId=f"m{i}") for i in range(3)]))
+    codes: dict[tuple[str, int], list[int]] = {}
+    for until in ("2024-02-01", "2023-01-01"):
+        for k in range(8):
+            shard = segbill("send", "one.jsonl", "--to", "lago", "--dry-run", "--json", "--shard", f"{k}/8", "--until", until)
+            codes.setdefault((until, len(shard.events)), []).append(shard.exit_code)
+    assert codes == {("2024-02-01", 3): [0], ("2024-02-01", 0): [0] * 7, ("2023-01-01", 0): [2] * 8}

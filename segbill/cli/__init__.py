@@ -629,15 +629,22 @@ def _unmatched(rule: str, glob: str, target: str, events: list[str] | None, excl
 
 
 def _nothing_selected(replay: Replay, mapping: Mapping, by_flags: bool) -> None:
-    """Track messages were read but the include/exclude rules left every one out: nothing was
-    billed, which is never what a backfill meant, so it is said and exits 2 like an empty input."""
+    """Track messages were read but the include/exclude rules or the time window left every one
+    out: nothing was billed, which is never what a backfill meant, so it is said and exits 2
+    like an empty input. The warning names whichever left some out."""
     if not replay.selected_nothing():
         return
     tally = replay.tally
-    left_out = tally.skipped["not_included"] + tally.skipped["excluded"]
-    rules = "--event/--exclude-event" if by_flags else "the include/exclude rules"
+    by_rules, by_window = replay.left_out_by_rules(), replay.left_out_by_window()
+    names = []
+    if by_rules:
+        names.append("--event/--exclude-event" if by_flags else "the include/exclude rules")
+    if by_window:
+        since, until = replay.options.since is not None, replay.options.until is not None
+        names.append("--since/--until" if since and until else "--since" if since else "--until")
     replay.nothing_selected(
-        f"{rules} left out every event read ({left_out:,}): nothing was {'converted' if tally.dry_run else 'sent'} (exit 2)."
+        f"{' and '.join(names)} left out every event read ({by_rules + by_window:,}): "
+        f"nothing was {'converted' if tally.dry_run else 'sent'} (exit 2)."
     )
 
 
