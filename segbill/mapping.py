@@ -18,10 +18,10 @@ from segbill.segment import (
     DEFAULT_TIME_PATHS,
     Billable,
     Invalid,
-    check_exact,
     customer_id,
     derived_id,
     event_time,
+    exact_float,
     lookup,
     parse_time,
 )
@@ -361,7 +361,7 @@ class Mapping:
         if value is None:
             return None
         if isinstance(value, float):
-            value = repr(check_exact(value))
+            value = repr(exact_float(value, "bad_amount", f'The amount at "{where}"'))
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise Invalid("bad_amount", f'The amount at "{where}" is not a number.')
         try:

@@ -23,6 +23,9 @@ UTF8_BOM = b"\xef\xbb\xbf"
 # orjson reads integers beyond 64 bits as floats; a float this large may be such an integer, so
 # the line is parsed again with the standard library, which keeps every integer exact.
 _INEXACT_FLOAT = float(2**63)
+# From this on, a float64 no longer holds every integer: the float read may stand for another
+# number than the one written (9007199254740993.0 reads as 9007199254740992.0).
+_EXACT_FLOAT = float(2**53)
 # Set while a message parsed exactly is converted: every integer in it is an int, so a float
 # that large is a float the export really holds (1e300), not a lost integer.
 _PARSED_EXACTLY: ContextVar[bool] = ContextVar("parsed_exactly", default=False)
@@ -337,8 +340,7 @@ def customer_id(value: Any, where: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, float) and value.is_integer():
-        check_exact(value)
-        return str(int(value))
+        return str(int(exact_float(value, "inexact_customer", f'The customer id at "{where}"')))
     if value is None or value == "":
         raise Invalid("missing_customer", f'The track message has no customer id at "{where}".')
     raise Invalid("missing_customer", f'The customer id at "{where}" is {_kind(value)}, not a string or an integer.')
@@ -374,6 +376,19 @@ def check_exact(value: float) -> float:
     must be parsed exactly (`InexactNumber`), and converted again `parsed_exactly`."""
     if abs(value) >= _INEXACT_FLOAT and not _PARSED_EXACTLY.get():
         raise InexactNumber
+    return value
+
+
+def exact_float(value: float, kind: str, what: str) -> float:
+    """A float that is surely the number the export wrote, else `Invalid`: past 2**53, ids and
+    amounts would silently become their float neighbours. May raise `InexactNumber` first
+    (see `check_exact`)."""
+    if abs(check_exact(value)) >= _EXACT_FLOAT:
+        raise Invalid(
+            kind,
+            f"{what} is a number of 2**53 or more (it reads as {value!r}): a JSON float cannot hold it "
+            "exactly, so it may not be the number written.",
+        )
     return value
 
 

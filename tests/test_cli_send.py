@@ -16,8 +16,9 @@ import typer
 
 from segbill import __version__
 from segbill.cli import app
+from segbill.testing.fake_platform import FakePlatform
 
-from .conftest import SAMPLE_DATA, assert_adds_up, jsonl, track, write
+from .conftest import SAMPLE_DATA, assert_adds_up, jsonl, send, track, write
 from .schemas import ASSERT_SCHEMA
 
 GOOD = [track(messageId=f"m{i}", userId=f"u{i % 3}", properties={"n": i}) for i in range(5)]
@@ -197,8 +198,8 @@ def dumps_line(message: dict[str, object]) -> bytes:
 
 
 LARGE_NUMBERS = (
-    b'{"type":"track","event":"API Call","userId":1e20,"messageId":"m1","timestamp":"2024-01-01T00:00:00Z",'
-    b'"properties":{"f":1e300,"g":-9.5e18,"l":[1,18446744073709551616],"k":[2,1e300],"n":18446744073709551616,"cents":1e19}}\n'
+    b'{"type":"track","event":"API Call","userId":100000000000000000000,"messageId":"m1","timestamp":"2024-01-01T00:00:00Z",'
+    b'"properties":{"f":1e300,"g":-9.5e18,"l":[1,18446744073709551616],"k":[2,1e300],"n":18446744073709551616,"cents":100000000000000000000}}\n'
 )
 
 
@@ -227,7 +228,8 @@ def test_floats_of_2_63_and_more_are_floats_and_integers_beyond_64_bits_stay_exa
 ) -> None:
     """A float that large may be an integer orjson could not hold, so the line is read again
     exactly; a float the export really holds (1e300) is then sent as the float it is, never an
-    internal error that stops the run, and an integer inside a list keeps every digit."""
+    internal error that stops the run, and an integer inside a list keeps every digit (as the
+    customer id and the amount do)."""
     path = write(tmp_path / "in.jsonl", LARGE_NUMBERS)
     field, source = ("precise_total_amount_cents", "properties.cents") if target == "lago" else ("customer_id", "userId")
     config = write(tmp_path / "segbill.toml", f'[{target}]\n{field} = "{source}"\n'.encode())
@@ -239,7 +241,67 @@ def test_floats_of_2_63_and_more_are_floats_and_integers_beyond_64_bits_stay_exa
     assert values == expected
     assert event["external_subscription_id" if target == "lago" else "customer_id"] == "100000000000000000000"
     if target == "lago":
-        assert event["precise_total_amount_cents"] == "1E+19"
+        assert event["precise_total_amount_cents"] == "100000000000000000000"
+
+
+INEXACT = [  # (the customer id or amount as the export writes it, what is sent or None: dead-lettered)
+    ("9007199254740991.0", "9007199254740991"),  # 2**53 - 1: every float up to it is the integer written
+    ("-9007199254740991.0", "-9007199254740991"),
+    ("9007199254740993.0", None),  # 2**53 + 1 reads as 2**53: another customer
+    ("9007199254740992.0", None),  # 2**53 itself may be 2**53 + 1 read
+    ("1e300", None),  # an id of 301 digits the export never held
+    ("-1e20", None),
+    ("1e20", None),  # below 2**64, orjson's float: read exactly, still a float
+    ("100000000000000000000", "100000000000000000000"),  # an integer beyond 64 bits stays exact
+]
+
+
+@pytest.mark.parametrize(("target", "written", "sent"), [(t, w, s) for t in ("lago", "hyperline") for w, s in INEXACT])
+def test_a_float_customer_id_of_2_53_or_more_is_dead_lettered_not_billed_to_another_customer(
+    segbill, fake: FakePlatform, tmp_path: Path, target: str, written: str, sent: str | None
+) -> None:
+    line = f'{{"type":"track","event":"API Call","userId":{written},"messageId":"m1","timestamp":"2024-01-05T00:00:00Z"}}\n'
+    path = write(tmp_path / "in.jsonl", line.encode() + jsonl(track(messageId="m2")))
+    run, summary = send(segbill, fake.url, str(path), to=target)
+    field = "external_subscription_id" if target == "lago" else "customer_id"
+    customers = sorted(event[field] for event in fake.events(target))
+    if sent is not None:
+        assert run.exit_code == 0 and customers == sorted([sent, "user-1"])
+        return
+    assert run.exit_code == 1 and customers == ["user-1"]
+    assert summary is not None and summary["dead_lettered_by_reason"] == {"inexact_customer": 1}
+    [letter] = run.dead_letters
+    assert letter["reason"].startswith('The customer id at "userId" is a number of 2**53 or more (it reads as ')
+    assert letter["reason"].endswith("): a JSON float cannot hold it exactly, so it may not be the number written.")
+
+
+@pytest.mark.parametrize(
+    ("written", "sent"),
+    [
+        ("12.5", "12.5"),
+        ("9007199254740991.0", "9007199254740991.0"),
+        ("123456789012345678901.5", None),  # once "1.2345678901234568E+20"
+        ("-9007199254740993.0", None),
+        ("1e19", None),
+        ("123456789012345678901", "123456789012345678901"),
+        ('"123456789012345678901.5"', "123456789012345678901.5"),  # a string stays exact at any size
+    ],
+)
+def test_a_float_amount_of_2_53_or_more_is_dead_lettered_not_rounded(
+    segbill, fake: FakePlatform, tmp_path: Path, written: str, sent: str | None
+) -> None:
+    line = f'{{"type":"track","event":"API Call","userId":"u","messageId":"m1","timestamp":"2024-01-05T00:00:00Z","properties":{{"cents":{written}}}}}\n'
+    path = write(tmp_path / "in.jsonl", line.encode())
+    config = write(tmp_path / "segbill.toml", b'[lago]\nprecise_total_amount_cents = "properties.cents"\n')
+    run, summary = send(segbill, fake.url, str(path), "--config", str(config))
+    amounts = [event["precise_total_amount_cents"] for event in fake.events("lago")]
+    if sent is not None:
+        assert run.exit_code == 0 and amounts == [sent]
+        return
+    assert run.exit_code == 1 and amounts == []
+    assert summary is not None and summary["dead_lettered_by_reason"] == {"bad_amount": 1}
+    [letter] = run.dead_letters
+    assert letter["reason"].startswith('The amount at "properties.cents" is a number of 2**53 or more')
 
 
 def test_inspect_reads_floats_of_2_63_and_more(segbill, tmp_path: Path) -> None:
