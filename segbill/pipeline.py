@@ -389,11 +389,15 @@ class Replay:
     def selected_nothing(self) -> bool:
         """Track messages were read and the include/exclude rules or the time window left out
         every one, in a run that read its whole input: nothing was billed, never what a backfill
-        meant. A shard that owns none of them is no such run: its window is judged on them all."""
+        meant. A shard that owns none of them is no such run: its window is judged on them all.
+        Nor is a run that resumed (or skipped finished files): an earlier run of this selection
+        read the rest, and the end of a time-ordered export past --until is what a resume reads."""
         tally = self.tally
+        if tally.resumed_at or tally.files_already_done or tally.interrupted or tally.stopped is not None:
+            return False
         by_rules = bool(self.left_out_by_rules()) and not self.options.mapping.hits.selected
         by_window = bool(self._outside_window) and not self._inside_window
-        return (by_rules or by_window) and not tally.interrupted and tally.stopped is None
+        return by_rules or by_window
 
     def left_out_by_rules(self) -> int:
         return self.tally.skipped["not_included"] + self.tally.skipped["excluded"]

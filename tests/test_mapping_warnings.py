@@ -191,6 +191,24 @@ def test_a_send_whose_window_leaves_out_everything_sends_nothing_keeps_no_checkp
         assert fake.requests() == []
 
 
+def test_the_rest_of_a_windowed_backfill_past_until_is_no_error(segbill, tmp_path: Path) -> None:
+    """A --state backfill whose later files (or the rest of a file) lie past --until: the run
+    that finishes them selects nothing new, and that is how a time-ordered export ends, not a
+    mistake. It exits 0 and keeps every checkpoint."""
+    write(tmp_path / "a.jsonl", jsonl(*WINDOWED))
+    write(tmp_path / "b.jsonl", jsonl(track(messageId="late", timestamp="2024-03-01T00:00:00Z")))
+    with FakePlatform(api_key="k") as fake:
+        env = {"LAGO_API_URL": fake.url, "LAGO_API_KEY": "k"}
+        send = ("send", "--to", "lago", "--json", "--quiet", "--state", "s.db", "--until", "2024-02-01")
+        first = segbill(*send, "a.jsonl", env=env)
+        assert first.exit_code == 0 and orjson.loads(first.stdout)["delivered"] == 6
+        rest = segbill(*send, "a.jsonl", "b.jsonl", env=env)
+        summary = orjson.loads(rest.stdout)
+        assert rest.exit_code == 0 and summary["files_already_done"] == 1 and summary["warnings"] == []
+        again = segbill(*send, "a.jsonl", "b.jsonl", env=env)
+        assert orjson.loads(again.stdout)["files_already_done"] == 2 and len(fake.requests()) == 1
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_rules_and_window_that_together_leave_out_everything_are_both_named(
     segbill, tmp_path: Path, path: tuple[str, ...]
