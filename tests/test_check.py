@@ -247,6 +247,10 @@ def test_send_check_refuses_to_send_what_would_not_be_billed(segbill, fake: Fake
     assert f"--check: 10 of {len(EXPECTED)} events would not be billed (above); nothing was sent." in run.stderr
     assert "unknown_subscription" in run.stderr and KEY not in run.stdout + run.stderr
     assert fake.counts("lago") == {} and not any(r.method == "POST" for r in fake.requests("lago"))
+    run = segbill("send", str(bad), "--to", "lago", "--check", "--json", env=env(fake))  # a cron logs why
+    assert run.exit_code == 1 and "10 of" in run.stderr and fake.counts("lago") == {}
+    [line] = run.stdout.splitlines()
+    assert orjson.loads(line)["not_billed"] == 10 and orjson.loads(line)["exit_code"] == 1
     good_rows = {key: verdict for key, verdict in EXPECTED.items() if verdict in ("billable", "draft")}
     good = write(tmp_path / "good.jsonl", jsonl(*messages(good_rows)))
     run = segbill("send", str(good), "--to", "lago", "--check", "--state", "state.db", env=env(fake))

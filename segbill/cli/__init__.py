@@ -314,7 +314,7 @@ def send(
         options.url = _destination(delivery.url)
     try:
         if check_first:
-            _check_before_sending(options, delivery)
+            _check_before_sending(options, delivery, json_)
         replay = Replay(options, warn=warn)
     except (StateBusy, OtherDestination, OSError, sqlite3.DatabaseError) as error:
         _state_refused(state, error)
@@ -517,9 +517,10 @@ def _storage_failure(error: Exception, state: Path | None) -> str:
     return f"cannot write the state file {state} ({error})" if isinstance(error, sqlite3.Error) else str(error)
 
 
-def _check_before_sending(options: Options, delivery: DeliveryOptions | None) -> None:
+def _check_before_sending(options: Options, delivery: DeliveryOptions | None, as_json: bool) -> None:
     """send --check: the check of exactly what this send would deliver (the state's ledger
-    included); anything Lago would not bill stops the send before it starts."""
+    included); anything the platform would not bill stops the send before it starts. With
+    --json, a check that stops the send prints its object on stdout, as the send's would be."""
     from segbill.check import run_check
     from segbill.cli.check import render_check
     from segbill.targets.api import ReadOptions
@@ -532,14 +533,18 @@ def _check_before_sending(options: Options, delivery: DeliveryOptions | None) ->
         fail("--check reads the input twice (checking, then sending): give files or folders, not stdin.")
     with streaming_gc():
         result = run_check(options, ReadOptions(delivery.url, delivery.api_key, delivery.timeout, delivery.max_retries))
+    if as_json and (result.tally.interrupted or result.stopped is not None or result.unbilled):
+        _report(result.as_dict(), lambda out: None)  # a cron's `--json >> runs.jsonl` keeps why nothing was sent
     if result.tally.interrupted:
         fail("interrupted during --check; nothing was sent.", ExitCode.INTERRUPTED)
     if result.stopped is not None:
-        fail(f"--check could not read Lago ({result.stopped}); nothing was sent.", ExitCode.FATAL)
+        fail(f"--check could not read {options.target.label} ({result.stopped}); nothing was sent.", ExitCode.FATAL)
     if result.unbilled:
-        render_check(result, sys.stderr, terminal=sys.stderr.isatty())
+        if not as_json:
+            render_check(result, sys.stderr, terminal=sys.stderr.isatty())
         fail(
-            f"--check: {result.unbilled:,} of {result.checked:,} events would not be billed (above); nothing was sent.",
+            f"--check: {result.unbilled:,} of {result.checked:,} events would not be billed"
+            f"{'' if as_json else ' (above)'}; nothing was sent.",
             ExitCode.DEAD_LETTERED,
         )
     if not result.checked:
