@@ -310,13 +310,15 @@ def many_customers(fake: FakePlatform, count: int) -> list[dict[str, Any]]:
 def check_in_subprocess(
     fake: FakePlatform, path: Path, *args: str, after: int, then: Callable[[subprocess.Popen], None]
 ) -> tuple[int, str]:
-    """Run `segbill check` as a user would and, once it has made `after` reads, act."""
+    """Run `segbill check` as a user would and, once it has made `after` reads, act. It starts
+    as a shell's background job does, with SIGINT ignored: a signal must still stop it."""
     start = len(fake.requests("lago"))
     process = subprocess.Popen(
         [sys.executable, "-m", "segbill", "check", str(path), "--to", "lago", *args],
         env={**os.environ, **env(fake)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     while len(fake.requests("lago")) < start + after:
         assert process.poll() is None, process.communicate()
@@ -342,7 +344,7 @@ def test_an_interrupted_check_counts_every_record_read_and_claims_nothing(tmp_pa
         assert code == 130 and result["interrupted"] is True and result["exit_code"] == 130 and result["stopped"] is None
         assert adds_up(result) and 0 < result["checked"] < 400 and result["verdicts"]["billable"] == result["checked"]
         assert result["dead_lettered_by_reason"] == {"missing_customer": result["dead_lettered"]}
-        code, stdout = check_in_subprocess(fake, path, after=6, then=lambda process: process.send_signal(signal.SIGINT))
+        code, stdout = check_in_subprocess(fake, path, after=6, then=lambda process: process.send_signal(signal.SIGTERM))
         assert code == 130 and "every event will be billed" not in stdout
         assert (
             "interrupted: INCOMPLETE" in stdout

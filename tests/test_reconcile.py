@@ -440,11 +440,12 @@ def test_an_interrupted_reconcile_says_so_and_calls_found_only_what_it_compared(
         assert sent.returncode == 0, sent.stderr
         before = len(fake.requests("lago"))
         fake.latency = 0.2
-        process = subprocess.Popen(
+        process = subprocess.Popen(  # as a shell's background job: SIGINT ignored, and still it stops
             [sys.executable, "-m", "segbill", "reconcile", str(path), "--to", "lago", "--json"],
             env={**os.environ, **env(fake)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
         while len(fake.requests("lago")) < before + 8:  # a few pairs counted, most not
             assert process.poll() is None

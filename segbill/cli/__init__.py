@@ -19,7 +19,7 @@ from segbill import __version__
 from segbill.cli.inspect import inspect_command
 from segbill.cli.progress import Progress
 from segbill.cli.summary import render_summary
-from segbill.cli.usage import fail, hold_closed_streams, inputs, report_stream, say_empty, streaming_gc, warn
+from segbill.cli.usage import fail, hold_closed_streams, inputs, interruptible, report_stream, say_empty, streaming_gc, warn
 from segbill.deadletter import DEFAULT_PATH, written_by_dry_runs
 from segbill.mapping import Mapping
 from segbill.mapping_file import ConfigError
@@ -405,7 +405,7 @@ def check_command(
     options, reading = _selection(
         to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries
     )
-    with streaming_gc():
+    with streaming_gc(), interruptible():
         result = run_check(options, reading)
     if result.stopped is not None and not result.tally.read and not json_:  # the organization could not be read
         fail(f"check could not read {options.target.label} ({result.stopped}); nothing was checked.", ExitCode.FATAL)
@@ -485,7 +485,7 @@ def reconcile_command(
             _state_refused(state, error)
     result = Reconciliation(options.target, state=None if state is None else str(state))
     try:
-        with streaming_gc():
+        with streaming_gc(), interruptible():
             reconcile(options, reading, missing, result, ledger)
     except KeyboardInterrupt:
         result.interrupted = True
@@ -531,7 +531,7 @@ def _check_before_sending(options: Options, delivery: DeliveryOptions | None, as
         fail(f"--check works with a {' or '.join(gates)} send (not a dry run): it reads what decides billing; see segbill check.")
     if any(source.is_stdin for source in options.sources):
         fail("--check reads the input twice (checking, then sending): give files or folders, not stdin.")
-    with streaming_gc():
+    with streaming_gc(), interruptible():
         result = run_check(options, ReadOptions(delivery.url, delivery.api_key, delivery.timeout, delivery.max_retries))
     if as_json and (result.tally.interrupted or result.stopped is not None or result.unbilled):
         _report(result.as_dict(), lambda out: None)  # a cron's `--json >> runs.jsonl` keeps why nothing was sent

@@ -8,6 +8,7 @@ import errno
 import gc
 import io
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +101,24 @@ def say_empty(sources: list[Source]) -> None:
 
 # Young objects tracked before the cyclic collector runs (CPython's default is 700).
 GC_THRESHOLDS = (50_000, 20, 20)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM end a read-only command (check, reconcile) with KeyboardInterrupt, so
+    it reports what it did, incomplete. Set explicitly: a shell starts a background job with
+    SIGINT ignored, and SIGTERM would otherwise end the process without a word."""
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, signal.default_int_handler)
+        except ValueError:  # not the main thread: leave signals alone
+            break
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
