@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 from segbill import delivery, sources
 from segbill.cli import app
+from segbill.segment import iso_millis
 from segbill.testing.fake_platform import FakePlatform
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,3 +143,21 @@ def send(segbill: Any, url: str, *args: str, to: str = "lago", human: bool = Fal
     run = segbill("send", *args, "--to", to, "--quiet", *([] if human else ["--json"]), env=platform_env(url))
     assert KEY not in run.stdout + run.stderr
     return run, (None if human else assert_adds_up(orjson.loads(run.stdout.strip().splitlines()[-1])))
+
+
+def spread_export(
+    count: int, customers: list[str], events: list[str], *, start: int, days: int = 10, seed: int = 1
+) -> list[dict[str, Any]]:
+    """`count` track messages spread at random (seeded) over customers, event names and `days`
+    days from `start` (ms): the shape check and reconcile count and narrow."""
+    rng = random.Random(seed)
+    return [
+        track(
+            messageId=f"msg-{i:05d}",
+            userId=rng.choice(customers),
+            event=rng.choice(events),
+            timestamp=iso_millis(start + rng.randrange(days * 86_400_000)),
+            properties={"n": i},
+        )
+        for i in range(count)
+    ]

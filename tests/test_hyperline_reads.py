@@ -14,7 +14,7 @@ from segbill.segment import iso_millis, parse_time
 from segbill.targets.hyperline_api import api_url
 from segbill.testing.fake_platform import FakePlatform
 
-from .conftest import jsonl, track, write
+from .conftest import jsonl, spread_export, track, write
 
 KEY = "hl-reads-do-not-print"
 DAY = 86_400_000
@@ -24,17 +24,7 @@ EVENTS = ["api_calls", "seats"]
 
 
 def export(count: int, *, days: int = 10, seed: int = 1) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    return [
-        track(
-            messageId=f"msg-{i:05d}",
-            userId=rng.choice(CUSTOMERS),
-            event=rng.choice(EVENTS),
-            timestamp=iso_millis(START + rng.randrange(days * DAY)),
-            properties={"n": i},
-        )
-        for i in range(count)
-    ]
+    return spread_export(count, CUSTOMERS, EVENTS, start=START, days=days, seed=seed)
 
 
 def env(fake: FakePlatform) -> dict[str, str]:

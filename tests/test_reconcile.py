@@ -19,11 +19,11 @@ import httpx
 import orjson
 import pytest
 
-from segbill.segment import parse_time
+from segbill.segment import iso_millis, parse_time
 from segbill.state import State
 from segbill.testing.fake_platform import FakePlatform
 
-from .conftest import jsonl, track, write
+from .conftest import jsonl, spread_export, track, write
 
 KEY = "sk-reconcile-do-not-print"
 DAY = 86_400_000
@@ -33,23 +33,7 @@ CODES = ["api_calls", "seats"]
 
 
 def export(count: int, *, days: int = 10, seed: int = 1) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    return [
-        track(
-            messageId=f"msg-{i:05d}",
-            userId=rng.choice(SUBSCRIPTIONS),
-            event=rng.choice(CODES),
-            timestamp=_iso(START + rng.randrange(days * DAY)),
-            properties={"n": i},
-        )
-        for i in range(count)
-    ]
-
-
-def _iso(millis: int) -> str:
-    from segbill.segment import iso_millis
-
-    return iso_millis(millis)
+    return spread_export(count, SUBSCRIPTIONS, CODES, start=START, days=days, seed=seed)
 
 
 def env(fake: FakePlatform) -> dict[str, str]:
@@ -153,7 +137,7 @@ def test_a_complete_backfill_exits_0_with_one_count_per_pair(segbill, tmp_path: 
 def test_listing_a_busy_day_pages_through_its_events(segbill, tmp_path: Path) -> None:
     """One pair, one day, 250 events: three lost ones are found by listing three pages."""
     messages = [
-        track(messageId=f"m{i}", userId="sub-00", event="api_calls", timestamp=_iso(START + i * 1000)) for i in range(250)
+        track(messageId=f"m{i}", userId="sub-00", event="api_calls", timestamp=iso_millis(START + i * 1000)) for i in range(250)
     ]
     path = write(tmp_path / "export.jsonl", jsonl(*messages))
     with FakePlatform(api_key=KEY) as fake:
@@ -170,7 +154,7 @@ def test_whole_ranges_missing_or_extra_are_counted_without_listing(segbill, tmp_
     """Eight days of 150 events but none on day 3; day 6 never sent; one foreign event on day 3,
     one a millisecond after the export's last event: counts alone find both differences."""
     days = [
-        track(messageId=f"d{day}-{i}", userId="sub-00", event="api_calls", timestamp=_iso(START + day * DAY + i))
+        track(messageId=f"d{day}-{i}", userId="sub-00", event="api_calls", timestamp=iso_millis(START + day * DAY + i))
         for day in range(8)
         if day != 3
         for i in range(150)
@@ -183,7 +167,7 @@ def test_whole_ranges_missing_or_extra_are_counted_without_listing(segbill, tmp_
         before = len(fake.requests("lago"))
         _, result = reconcile(segbill, fake, str(path), "--missing", "missing.jsonl")
         assert (result["expected"], result["missing"], result["extra"]) == (1050, 150, 1)  # +150 ms is past the range
-        assert result["to"] == _iso(START + 7 * DAY + 149)
+        assert result["to"] == iso_millis(START + 7 * DAY + 149)
         assert not any("per_page=100" in r.path for r in fake.requests("lago")[before:])
         assert result["breakdown"]["days"] == {
             "2024-03-07": {"missing": 150, "extra": 0},
@@ -204,7 +188,7 @@ def test_stdin_is_refused_and_an_existing_missing_file_too(segbill, tmp_path: Pa
 
 
 def test_a_read_that_keeps_failing_stops_with_exit_3_and_no_missing_file(segbill, tmp_path: Path) -> None:
-    one_pair = [track(messageId=f"m{i}", userId="sub-00", event="api_calls", timestamp=_iso(START + i)) for i in range(10)]
+    one_pair = [track(messageId=f"m{i}", userId="sub-00", event="api_calls", timestamp=iso_millis(START + i)) for i in range(10)]
     path = write(tmp_path / "export.jsonl", jsonl(*one_pair))
     with FakePlatform(api_key=KEY, retry_after=0) as fake:
         fake.script(["503", "503"])  # the pair's count read, and its one retry
@@ -218,7 +202,7 @@ def test_a_repeat_with_a_shifted_time_on_clickhouse_is_extra(segbill, tmp_path: 
     """Lago's ClickHouse store keeps the same transaction_id twice when its time differs: billed twice."""
     messages = export(400)
     path = write(tmp_path / "export.jsonl", jsonl(*messages))
-    shifted = [{**m, "timestamp": _iso((parse_time(m["timestamp"]) or 0) + 1)} for m in messages[:5]]
+    shifted = [{**m, "timestamp": iso_millis((parse_time(m["timestamp"]) or 0) + 1)} for m in messages[:5]]
     with FakePlatform(api_key=KEY, lago_store="clickhouse") as fake:
         assert segbill("send", str(path), "--to", "lago", env=env(fake)).exit_code == 0
         assert (
@@ -316,7 +300,7 @@ def test_a_replay_with_a_state_that_has_the_missing_as_delivered_resends_them(se
 def test_an_entry_marked_missing_is_not_resent_over_a_delivery_at_another_time(segbill, tmp_path: Path) -> None:
     """The ledger's delivery of that id at another time may be what the platform holds: a
     resend would be billed twice on ClickHouse. It stays a shifted repeat, said on stderr."""
-    message = track(messageId="m1", userId="sub-00", event="api_calls", timestamp=_iso(START))
+    message = track(messageId="m1", userId="sub-00", event="api_calls", timestamp=iso_millis(START))
     path = write(tmp_path / "export.jsonl", jsonl(message))
     entry = {
         "segbill_dead_letter": 1,
@@ -324,7 +308,7 @@ def test_an_entry_marked_missing_is_not_resent_over_a_delivery_at_another_time(s
         "missing_on_platform": True,
         "target": "lago",
         "source": {"path": "other.jsonl", "line": 1},
-        "record": {**message, "timestamp": _iso(START + 1)},
+        "record": {**message, "timestamp": iso_millis(START + 1)},
     }
     replay = write(tmp_path / "missing.jsonl", orjson.dumps(entry) + b"\n")
     with FakePlatform(api_key=KEY, lago_store="clickhouse") as fake:
