@@ -1,3 +1,4 @@
 from segbill import main
 
-main()
+if __name__ == "__main__":  # not when a worker process (`--jobs`) imports it
+    main()

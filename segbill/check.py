@@ -127,7 +127,7 @@ class CheckResult:
 def run_check(options: Options, reading: ReadOptions) -> CheckResult:
     """Check what a send of `options` would deliver; an interrupt ends it with what was counted."""
     platform = options.target.require_reading()
-    replay = Replay(replace(options, dry_run=True, dead_letter=None))
+    replay = Replay(replace(options, dry_run=True, dead_letter=None), keep_lines=False)
     result = CheckResult(replay.tally, platform)
 
     async def run() -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias, TypeVar
 
+import orjson
+
 from segbill.deadletter import DEFAULT_PATH, ENTRIES, DeadLetterFile, DeadLetterWriteError
 from segbill.decode import Decoded, block_decoder
 from segbill.mapping import Mapping, Skipped
@@ -25,12 +27,13 @@ from segbill.segment import (
     InexactNumber,
     Invalid,
     Record,
+    dumps,
     exact_message,
     parsed_exactly,
 )
 from segbill.sink import Item
 from segbill.sources import Source, SourceUnreadable, read_lines, read_records
-from segbill.state import Claim, Frontier, Mode, State
+from segbill.state import Checkpoint, Claim, Frontier, Mode, State
 from segbill.targets import Target
 
 TOO_DEEP = "The message nests objects or lists too deep to convert (about a thousand levels)."
@@ -43,9 +46,17 @@ CLAIM_CHUNK = 256
 # or an input that can no longer be opened.
 STORAGE_ERRORS = (DeadLetterWriteError, sqlite3.Error, SourceUnreadable)
 
+# A converted event: the platform's event as a dict, or as the exact bytes a worker process
+# (`segbill.parallel`) serialized it to.
+Event: TypeAlias = dict[str, Any] | bytes
 # A claimed event: (record, converted event, idempotency key, sent in): `sent in` names the
 # request an earlier run sent it in without an answer (see `State.sending`), else None.
-Claimed: TypeAlias = tuple[Record, dict[str, Any], str, int | None]
+Claimed: TypeAlias = tuple[Record, Event, str, int | None]
+# What a record read becomes (`Conversion.results`): (record, event, event time, its key or None:
+# read from the event when claimed), or (record, outcome): a `str`, the reason it is skipped,
+# or an `Invalid`, why it is dead-lettered.
+Converted: TypeAlias = tuple[Record, Event, int, str | None]
+Result: TypeAlias = Converted | tuple[Record, str | Invalid]
 T = TypeVar("T")
 
 
@@ -67,6 +78,7 @@ class Options:
     until: int | None = None
     shard: tuple[int, int] | None = None  # (K, N): this run bills the customers of shard K of N
     url: str | None = None  # where the events go; None in a dry run
+    jobs: int = 1  # processes converting files at once (`segbill.parallel`); 1: this one alone
 
     def conversion(self) -> str:
         """Names how records become events (platform and mapping): a record dead-lettered under
@@ -82,10 +94,106 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def position_of(start: Checkpoint | None) -> dict[str, int]:
+    """Where reading a source starts, as `read_lines` takes it."""
+    return {"offset": start.offset, "line": start.line} if start else {}
+
+
 def shard_of(customer: str, shards: int) -> int:
     """A stable split by customer id, the same on every machine and Python version."""
     digest = hashlib.blake2b(customer.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % shards
+
+
+class Conversion:
+    """Records read -> what each becomes (`Result`), changing nothing of the run: the same in
+    the run's process and in a worker process (`segbill.parallel`). It counts what the time
+    window left out; the mapping notes which of its rules matched (`Mapping.hits`)."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self._quick = options.mapping.fast_billable()
+        self._decoder = block_decoder(options.mapping, options.target, self._quick, _event)
+        # Events the time window left out, and whether one was in it, whichever shard bills them.
+        self.outside_window = 0
+        self.inside_window = False
+
+    def results(self, source: Source, progress: Callable[[int], None] | None, position: dict[str, int]) -> Iterator[Result]:
+        """What each record of `source` becomes, read from `position` (offset and line) on."""
+        take = self._take
+        if self._decoder is None:
+            for record in read_records(source, progress, **position):
+                yield take(record)
+            return
+        take_decoded = self._take_decoded
+        for record, decoded in self._decoder.records(read_lines(source, progress, **position), source.name):
+            yield take(record) if decoded is None else take_decoded(record, decoded)
+
+    def _take_decoded(self, record: Record, decoded: Decoded) -> Result:
+        """`_take` for a record the decoder converted or gave its outcome."""
+        if type(decoded) is tuple:
+            fields, event = decoded
+            return self._selected(record, fields, event)
+        if isinstance(decoded, Skipped):
+            return record, decoded.reason
+        return record, self._not_billable(decoded)
+
+    def _take(self, record: Record) -> Result:
+        """A record read -> (record, converted event, event time, None), or its outcome."""
+        message = record.message
+        if message is None:
+            return record, self._unbillable(record.invalid)  # type: ignore[arg-type]
+        options = self.options
+        try:
+            fields = self._quick(message) if self._quick is not None else None
+            if fields is not None:
+                try:
+                    event = _event(fields, message, options.target, options.mapping)
+                except InexactNumber:
+                    fields = None  # the general path parses the line again, exactly
+            if fields is None:
+                name = options.mapping.select(message)
+                if name is None:
+                    return record, self._not_billable(message.get("type"))
+                fields, event = to_event(record, message, name, options.target, options.mapping)
+        except Skipped as skipped:
+            return record, skipped.reason
+        except Invalid as invalid:
+            return record, self._unbillable(invalid)
+        except RecursionError:  # objects nested about a thousand deep: one record, not the run
+            return record, self._unbillable(Invalid("too_deep", TOO_DEEP))
+        return self._selected(record, fields, event)
+
+    def _selected(self, record: Record, fields: Billable, event: dict[str, Any]) -> Result:
+        """The event, if the run's shard and time bounds take it; if not, why it is skipped. The
+        window is judged for every event, so every shard knows whether it left out all of them."""
+        since, until, shard = self.options.since, self.options.until, self.options.shard
+        millis = fields.millis
+        early = since is not None and millis < since
+        late = until is not None and millis >= until
+        if early or late:
+            self.outside_window += 1
+        else:
+            self.inside_window = True
+        if shard is not None and shard_of(fields.customer, shard[1]) != shard[0]:
+            return record, "other_shard"
+        if early:
+            return record, "before_since"
+        if late:
+            return record, "after_until"
+        return record, event, millis, None
+
+    def _not_billable(self, kind: Any) -> str | Invalid:
+        if self.options.shard is not None and self.options.shard[0] != 0:
+            return "other_shard"
+        if isinstance(kind, str) and kind:
+            return kind
+        return Invalid("missing_type", 'The message has no "type" (track, identify, page, ...).')
+
+    def _unbillable(self, invalid: Invalid) -> str | Invalid:
+        """A record that can never be billed belongs to shard 0 alone, so shards do not repeat it."""
+        shard = self.options.shard
+        return "other_shard" if shard is not None and shard[0] != 0 else invalid
 
 
 class Replay:
@@ -95,15 +203,19 @@ class Replay:
     checkpoint never passes a record whose fate is unknown.
     """
 
-    def __init__(self, options: Options, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, options: Options, warn: Callable[[str], None] | None = None, *, keep_lines: bool = True) -> None:
+        """`keep_lines`: whether an event's record keeps its line, for a sink that may refuse it
+        (its dead letter holds the line) or a reader that writes it (reconcile's --missing). A
+        dry run and check need not: worker processes (`--jobs`) then do not hand lines back."""
         self.options = options
+        self._keep_lines = keep_lines
         self.tally = Tally(target=options.target.name, dry_run=options.dry_run)
         self.dead_letters = (
             None
             if options.dead_letter is None
             else DeadLetterFile(options.dead_letter, options.target.name, dry_run=options.dry_run)
         )
-        self._conversion = options.conversion()
+        self._conversion_digest = options.conversion()
         self.state = State(
             options.state, options.target.name, read_only=options.dry_run, selection=options.selection(), url=options.url
         )
@@ -113,16 +225,12 @@ class Replay:
         self._warnings = 0
         self.failure: str | None = None  # why a dead-letter or state write failed, if one did
         self._frontiers: dict[str, tuple[Source, Frontier]] = {}
-        self._pending: deque[tuple[Record, dict[str, Any], int]] = deque()  # (record, event, millis)
+        self._pending: deque[Converted] = deque()
         self._fresh: list[Claimed] = []  # claimed, not yet handed out
-        self._quick = options.mapping.fast_billable()
-        self._decoder = block_decoder(options.mapping, options.target, self._quick, _event)
+        self.conversion = Conversion(options)
         # Checkpoints exist only when the state is kept: only then is each record held until its
         # outcome is final.
         self._tracking = self.state.mode is Mode.WRITE
-        # Events the time window left out, and whether one was in it, whichever shard bills them.
-        self._outside_window = 0
-        self._inside_window = False
 
     def blocks(
         self, on_progress: Callable[[str, int], None] | None = None, reading: Reading | None = None
@@ -133,121 +241,76 @@ class Replay:
         `not_attempted`). `reading` wraps stdin's records (a read there may wait for ever)."""
         tally = self.tally
         pending = self._pending
-        take = self._take
         tracking = self._tracking
+        unread: list[tuple[Source, Checkpoint | None]] = []
         for source in self.options.sources:
             start = self.state.checkpoint(source)
             if start is not None and start.complete:
                 tally.files_already_done += 1
-                continue
-            if start is not None and start.line:
-                tally.resumed_at.append(f"{source.name}:{start.line + 1}")
-            earlier = self._earlier_dead_letters(source, start.offset if start else 0)
-            frontier = Frontier(start)
-            self._frontiers[source.name] = (source, frontier)
-            hold = frontier.hold if tracking else None
-            chunk = 1 if source.is_stdin else CLAIM_CHUNK
+            else:
+                unread.append((source, start))
+        results_of = self._results(unread, on_progress, reading)
+        try:
+            for source, start, results in results_of:
+                if start is not None and start.line:
+                    tally.resumed_at.append(f"{source.name}:{start.line + 1}")
+                earlier = self._earlier_dead_letters(source, start.offset if start else 0)
+                frontier = Frontier(start)
+                self._frontiers[source.name] = (source, frontier)
+                hold = frontier.hold if tracking else None
+                chunk = 1 if source.is_stdin else CLAIM_CHUNK
+                for result in results:
+                    record = result[0]
+                    tally.read += 1
+                    if hold is not None:
+                        hold(record)
+                    if earlier is not None and earlier.holds(record):
+                        self.skip(record, "dead_lettered_before")
+                    elif len(result) == 4:
+                        pending.append(result)
+                        if len(pending) >= chunk:
+                            block = self._claimed()
+                            if block:
+                                yield block
+                    elif type(outcome := result[1]) is str:
+                        self.skip(record, outcome)
+                    else:
+                        self.dead_letter(record, outcome.kind, outcome.reason)  # type: ignore[union-attr]
+                block = self._claimed()
+                if block:
+                    yield block
+                frontier.read_all = True
+        finally:
+            results_of.close()
+
+    def _results(
+        self,
+        unread: list[tuple[Source, Checkpoint | None]],
+        on_progress: Callable[[str, int], None] | None,
+        reading: Reading | None,
+    ) -> Generator[tuple[Source, Checkpoint | None, Iterator[Result]]]:
+        """Each source still to read, from where it starts, with what its records become:
+        converted by worker processes (`--jobs`) when there are several files, else here."""
+        jobs = min(self.options.jobs, len(unread))
+        if jobs > 1 and not any(source.is_stdin for source, _ in unread):
+            from segbill.parallel import results_from_workers
+
+            yield from results_from_workers(self.conversion, unread, jobs, on_progress, self._keep_lines)
+            return
+        for source, start in unread:
             progress = (lambda done, name=source.name: on_progress(name, done)) if on_progress else None
-            position = {"offset": start.offset, "line": start.line} if start else {}
-            records = self._records(source, progress, position)
+            results = self.conversion.results(source, progress, position_of(start))
             if source.is_stdin and reading is not None:
-                records = reading(records)
-            for record, decoded in records:
-                tally.read += 1
-                if hold is not None:
-                    hold(record)
-                if earlier is not None and earlier.holds(record):
-                    self.skip(record, "dead_lettered_before")
-                    continue
-                item = take(record) if decoded is None else self._take_decoded(record, decoded)
-                if item is not None:
-                    pending.append(item)
-                    if len(pending) >= chunk:
-                        block = self._claimed()
-                        if block:
-                            yield block
-            block = self._claimed()
-            if block:
-                yield block
-            frontier.read_all = True
+                results = reading(results)
+            yield source, start, results
 
     def _earlier_dead_letters(self, source: Source, offset: int) -> _EarlierDeadLetters | None:
         file = self.state.file_identity(source)
         if file is None:
             return None
         self._files[source.name] = file
-        earlier = _EarlierDeadLetters(self.state.earlier_dead_letters(file, (self._conversion, ""), offset))
+        earlier = _EarlierDeadLetters(self.state.earlier_dead_letters(file, (self._conversion_digest, ""), offset))
         return earlier if earlier.any else None
-
-    def _records(
-        self, source: Source, progress: Callable[[int], None] | None, position: dict[str, int]
-    ) -> Iterator[tuple[Record, Decoded]]:
-        """Each record read, with what the decoder made of it (None: `_take` converts it)."""
-        if self._decoder is None:
-            return ((record, None) for record in read_records(source, progress, **position))
-        return self._decoder.records(read_lines(source, progress, **position), source.name)
-
-    def _take_decoded(self, record: Record, decoded: Decoded) -> tuple[Record, dict[str, Any], int] | None:
-        """`_take` for a record the decoder converted or gave its outcome."""
-        if type(decoded) is tuple:
-            fields, event = decoded
-            return (record, event, fields.millis) if self._selected(record, fields) else None
-        if isinstance(decoded, Skipped):
-            self.skip(record, decoded.reason)
-        else:
-            self._not_billable(record, decoded)
-        return None
-
-    def _take(self, record: Record) -> tuple[Record, dict[str, Any], int] | None:
-        """A record read -> (record, converted event, event time) for the ledger, or its outcome now."""
-        message = record.message
-        if message is None:
-            self._unbillable(record, record.invalid.kind, record.invalid.reason)  # type: ignore[union-attr]
-            return None
-        try:
-            fields = self._quick(message) if self._quick is not None else None
-            if fields is not None:
-                try:
-                    event = _event(fields, message, self.options.target, self.options.mapping)
-                except InexactNumber:
-                    fields = None  # the general path parses the line again, exactly
-            if fields is None:
-                name = self.options.mapping.select(message)
-                if name is None:
-                    self._not_billable(record, message.get("type"))
-                    return None
-                fields, event = to_event(record, message, name, self.options.target, self.options.mapping)
-        except Skipped as skipped:
-            self.skip(record, skipped.reason)
-            return None
-        except Invalid as invalid:
-            self._unbillable(record, invalid.kind, invalid.reason)
-            return None
-        except RecursionError:  # objects nested about a thousand deep: one record, not the run
-            self._unbillable(record, "too_deep", TOO_DEEP)
-            return None
-        return (record, event, fields.millis) if self._selected(record, fields) else None
-
-    def _selected(self, record: Record, fields: Billable) -> bool:
-        """Whether the run's shard and time bounds take this event; if not, it is skipped. The
-        window is judged for every event, so every shard knows whether it left out all of them."""
-        since, until, shard = self.options.since, self.options.until, self.options.shard
-        millis = fields.millis
-        early = since is not None and millis < since
-        late = until is not None and millis >= until
-        if early or late:
-            self._outside_window += 1
-        else:
-            self._inside_window = True
-        if shard is not None and shard_of(fields.customer, shard[1]) != shard[0]:
-            self.skip(record, "other_shard")
-        elif early:
-            self.skip(record, "before_since")
-        elif late:
-            self.skip(record, "after_until")
-        else:
-            return True
-        return False
 
     def _claimed(self) -> list[Claimed]:
         """Check the buffered events against the ledger and this run's claims: repeats get their
@@ -255,12 +318,12 @@ class Replay:
         on the platform is no longer delivered in the ledger: the platform's 200 did not store it."""
         pending, fresh = self._pending, self._fresh
         key_of = self.options.target.key
-        keys = [(key_of(event), millis) for _, event, millis in pending]
-        missing = [key for key, (record, _, _) in zip(keys, pending, strict=False) if record.missing_on_platform]
+        keys = [(key_of(event) if key is None else key, millis) for _, event, millis, key in pending]  # type: ignore[arg-type]
+        missing = [key for key, (record, *_) in zip(keys, pending, strict=False) if record.missing_on_platform]
         if missing:
             self.tally.missing_resent += self.state.forget(missing)
         for (key, _), verdict in zip(keys, self.state.claim(keys), strict=False):
-            record, event, _ = pending.popleft()
+            record, event, _, _ = pending.popleft()
             if verdict is Claim.NEW:
                 fresh.append((record, event, key, None))
                 continue
@@ -277,22 +340,6 @@ class Replay:
         self._fresh = []
         return fresh
 
-    def _not_billable(self, record: Record, kind: Any) -> None:
-        if self.options.shard is not None and self.options.shard[0] != 0:
-            self.skip(record, "other_shard")
-        elif isinstance(kind, str) and kind:
-            self.skip(record, kind)
-        else:
-            self.dead_letter(record, "missing_type", 'The message has no "type" (track, identify, page, ...).')
-
-    def _unbillable(self, record: Record, kind: str, reason: str) -> None:
-        """A record that can never be billed belongs to shard 0 alone, so shards do not repeat it."""
-        shard = self.options.shard
-        if shard is not None and shard[0] != 0:
-            self.skip(record, "other_shard")
-        else:
-            self.dead_letter(record, kind, reason)
-
     def skip(self, record: Record, reason: str) -> None:
         self.tally.skipped[reason] += 1
         self._release(record)
@@ -303,7 +350,7 @@ class Replay:
             self.tally.dead_letter_file = str(self.options.dead_letter)
             file = self._files.get(record.path)
             if file is not None:  # a line no message came from fails whatever the mapping
-                self.state.dead_lettered(file, "" if record.invalid is not None else self._conversion, record)
+                self.state.dead_lettered(file, "" if record.invalid is not None else self._conversion_digest, record)
         self.tally.dead_lettered[kind] += 1
         self._release(record)
         self._notice(f"{record.where()}: {reason}")
@@ -396,7 +443,7 @@ class Replay:
         if tally.resumed_at or tally.files_already_done or tally.interrupted or tally.stopped is not None:
             return False
         by_rules = bool(self.left_out_by_rules()) and not self.options.mapping.hits.selected
-        by_window = bool(self._outside_window) and not self._inside_window
+        by_window = bool(self.conversion.outside_window) and not self.conversion.inside_window
         return by_rules or by_window
 
     def left_out_by_rules(self) -> int:
@@ -404,7 +451,7 @@ class Replay:
 
     def left_out_by_window(self) -> int:
         """Events outside --since/--until, whichever shard bills them."""
-        return self._outside_window
+        return self.conversion.outside_window
 
     def nothing_selected(self, warning: str) -> None:
         """Say why a run that selected nothing is a usage error (exit 2)."""
@@ -493,6 +540,11 @@ def _event(fields: Billable, message: dict[str, Any], target: Target, mapping: M
     return event
 
 
+def event_bytes(event: Event) -> bytes:
+    """The event as it is sent: its JSON, exactly."""
+    return event if type(event) is bytes else dumps(event)
+
+
 def selected_events(replay: Replay) -> Iterator[tuple[Record, dict[str, Any]]]:
     """The events a send would deliver, for a reader of the platform (check, reconcile): each
     counts as done once the caller asks for the next one; those still in the caller's hands
@@ -501,7 +553,7 @@ def selected_events(replay: Replay) -> Iterator[tuple[Record, dict[str, Any]]]:
         done = 0
         try:
             for record, event, _, _ in block:
-                yield record, event
+                yield record, orjson.loads(event) if isinstance(event, bytes) else event
                 done += 1
         finally:
             replay.delivered([(record, key, b"") for record, _, key, _ in block[:done]])

@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from segbill.pipeline import STORAGE_ERRORS, Claimed, Replay
+from segbill.pipeline import STORAGE_ERRORS, Claimed, Replay, event_bytes
 from segbill.segment import dumps
 from segbill.sink import Item, OutcomeLost, Sink
 
@@ -193,14 +193,14 @@ class _Batches:
 
     def add(self, block: list[Claimed]) -> None:
         if self.size is None:  # each block is one batch
-            self.ready.append([(record, key, dumps(event)) for record, event, key, _ in block])
+            self.ready.append([(record, key, event_bytes(event)) for record, event, key, _ in block])
             return
         size, ready = self.size, self.ready
         for record, event, key, sent_in in block:
             # Held across blocks (and then in batches out): the parsed message goes, the bytes
             # are right-sized (see `Record.drop_message`, `_right_sized`).
             record.drop_message()
-            item = (record, key, _right_sized(dumps(event)))
+            item = (record, key, event if type(event) is bytes else _right_sized(dumps(event)))
             if self.resend and sent_in != self.resent_from:
                 ready.append(self._take_resend())
             if sent_in is None:

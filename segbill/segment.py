@@ -39,6 +39,9 @@ class Invalid(Exception):
         self.kind = kind
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[Invalid], tuple[str, str]]:
+        return Invalid, (self.kind, self.reason)
+
 
 class InexactNumber(Exception):
     """orjson turned an integer above 64 bits into a float: the line must be parsed exactly."""

@@ -194,13 +194,17 @@ def test_a_state_that_cannot_even_be_created_is_said_so_before_anything_is_read(
     assert done.stderr.decode() == f"segbill: error: --state {tmp_path / 's.db'}: cannot be written (disk I/O error).\n"
 
 
-def test_an_input_removed_after_it_was_listed_stops_the_run_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_an_input_removed_after_it_was_listed_stops_the_run_with_one_line(tmp_path: Path, jobs: str) -> None:
     """The folder is listed at start; a file gone by the time it is read is a stop (exit 3), not
-    an internal error. The pipe holds the first file's output until the second is removed."""
+    an internal error. The pipe holds the first file's output until the last is removed. With
+    two jobs, the worker converting a.jsonl converts c.jsonl next: it reads it once the run has
+    taken most of a.jsonl (a worker converts only so far ahead), and the run stops there."""
     folder = tmp_path / "exports"
     write(folder / "a.jsonl", jsonl(*(track(messageId=f"a{i}") for i in range(20_000))))
-    second = write(folder / "b.jsonl", jsonl(track(messageId="b")))
-    command = ["send", "--to", "lago", "--dry-run", "--json", str(folder)]
+    write(folder / "b.jsonl", jsonl(track(messageId="b")))
+    second = write(folder / "c.jsonl", jsonl(track(messageId="c")))
+    command = ["send", "--to", "lago", "--dry-run", "--json", "--jobs", jobs, str(folder)]
     child = subprocess.Popen(
         [sys.executable, "-m", "segbill", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
     )
@@ -213,4 +217,4 @@ def test_an_input_removed_after_it_was_listed_stops_the_run_with_one_line(tmp_pa
     assert f"cannot read {second}".encode() in err
     summary = orjson.loads(err.strip().splitlines()[-1])
     assert summary["stopped"].startswith(f"cannot read {second}")
-    assert summary["read"] == 20_000 == summary["converted"]
+    assert summary["read"] == 20_001 == summary["converted"]  # a.jsonl and b.jsonl

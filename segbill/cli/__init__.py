@@ -159,6 +159,17 @@ ReadRetries = Annotated[
     int, typer.Option("--max-retries", min=0, help="Retries of a read after a transient failure before the run stops (exit 3).")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
+Jobs = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs",
+        min=1,
+        metavar="N",
+        help="Processes converting files at once, when there are several (stdin is read by one). Default: the "
+        "cores available. The output, the outcomes and their order are the same for any N.",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -267,6 +278,7 @@ def send(
         bool,
         typer.Option("--check", help="Lago: run segbill check first and send nothing (exit 1) if any event would not be billed."),
     ] = False,
+    jobs: Jobs = None,
 ) -> None:
     """Convert Segment messages and send them to a billing platform (or print them with --dry-run).
 
@@ -293,6 +305,7 @@ def send(
         since=_time_option("--since", since),
         until=_time_option("--until", until),
         shard=_shard_option(shard),
+        jobs=_jobs_option(jobs),
     )
     if options.since is not None and options.until is not None and options.since >= options.until:
         fail(f"--since {since} is not before --until {until}: no event could be selected.")
@@ -315,7 +328,7 @@ def send(
     try:
         if check_first:
             _check_before_sending(options, delivery, json_)
-        replay = Replay(options, warn=warn)
+        replay = Replay(options, warn=warn, keep_lines=not options.dry_run)
     except (StateBusy, OtherDestination, OSError, sqlite3.DatabaseError) as error:
         _state_refused(state, error)
     _run(replay, delivery, progress=not quiet, grace=grace)
@@ -389,6 +402,7 @@ def check_command(
     timeout: Timeout = 30.0,
     max_retries: ReadRetries = 10,
     json_: Json = False,
+    jobs: Jobs = None,
 ) -> None:
     """Before a backfill: read the export as send would, send nothing, and say for every event
     whether Lago will bill it (billable, draft) or store it and never bill it (unknown_code,
@@ -403,7 +417,7 @@ def check_command(
     from segbill.cli.check import render_check
 
     options, reading = _selection(
-        to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries
+        to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries, jobs
     )
     with streaming_gc(), interruptible():
         result = run_check(options, reading)
@@ -450,6 +464,7 @@ def reconcile_command(
     timeout: Timeout = 30.0,
     max_retries: ReadRetries = 10,
     json_: Json = False,
+    jobs: Jobs = None,
 ) -> None:
     """After a send: compare, per (subscription, code) for Lago or (customer, event type) for
     Hyperline over the export's time range (or --since/--until), the events the export bills
@@ -466,7 +481,7 @@ def reconcile_command(
     from segbill.reconcile import Reconciliation, reconcile
 
     options, reading = _selection(
-        to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries
+        to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries, jobs
     )
     if any(source.is_stdin for source in options.sources):
         fail("reconcile reads its input twice (counting, then matching): give files or folders, not stdin.")
@@ -569,6 +584,7 @@ def _selection(
     api_key: str | None,
     timeout: float,
     max_retries: int,
+    jobs: int | None,
 ) -> tuple[Options, ReadOptions]:
     """What a send of these options would select, and how to read the platform."""
     from segbill.targets.api import ReadOptions
@@ -585,8 +601,19 @@ def _selection(
         since=_time_option("--since", since),
         until=_time_option("--until", until),
         shard=_shard_option(shard),
+        jobs=_jobs_option(jobs),
     )
     return options, ReadOptions(url, key, timeout, max_retries)
+
+
+def _jobs_option(jobs: int | None) -> int:
+    """--jobs, or the cores this process may run on."""
+    if jobs is not None:
+        return jobs
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _mapping(

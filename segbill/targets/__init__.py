@@ -124,6 +124,10 @@ class Target:
     rates: RateHeaders = X_RATELIMIT
     reading: Reading | None = None  # None: check and reconcile cannot read this platform
 
+    def __reduce__(self) -> tuple[Callable[[str], Target], tuple[str]]:
+        """A worker process (`--jobs`) gets the platform by its name: its functions are its module's."""
+        return get_target, (self.name,)
+
     def require_reading(self) -> Reading:
         """Its read API: check and reconcile are offered only where there is one."""
         if self.reading is None:

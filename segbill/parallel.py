@@ -1,0 +1,240 @@
+"""`--jobs N`: files converted in worker processes, while the run's own process keeps the ledger,
+the dead letters, the checkpoints and the summary, so every guarantee holds unchanged.
+
+Worker `w` of `N` converts the files `w`, `w + N`, `w + 2N`... in order (`Conversion.results`,
+the same code a one-process run uses) and hands back each record's result, with the event
+already serialized and its idempotency key read. The run takes the files' results in input
+order, so it prints, sends, claims and dead-letters exactly what one process would, in the same
+order. Each worker converts at most `AHEAD` records ahead of what the run has taken: memory
+stays flat whatever the size of the input, and files of similar size (an export's hourly
+objects) keep every worker busy; a file much larger than `AHEAD` records among small ones
+converts at about one core's speed while the others wait.
+
+Workers are started from a fresh interpreter (`forkserver`: never a fork of a process that may
+run threads), ignore SIGINT (the run decides when to stop: it stops taking results and ends
+them) and never write to the terminal: what fails in one (a file that can no longer be read)
+travels back and is raised in the run, where one process would have raised it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import queue as queues
+import signal
+import sys
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from segbill.pipeline import Conversion, Options, Result, position_of
+from segbill.segment import Origin, Record, dumps
+from segbill.sources import Source
+
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkServerProcess
+    from multiprocessing.queues import Queue
+
+    from segbill.state import Checkpoint
+
+# How often (seconds) a waiting side checks that the other is still there.
+PATIENCE = 1.0
+# Results are handed over this many records at a time (one pickle, one pipe write).
+CHUNK = 500
+# A worker converts at most this many chunks ahead of what the run has taken.
+AHEAD_CHUNKS = 16
+AHEAD = CHUNK * AHEAD_CHUNKS
+
+# A plain record (read from a file as one message, no dead-letter history) travels as its
+# origin's numbers and its bytes; any other record travels whole.
+_PLAIN_EVENT = 7  # (line, offset, end, raw, event bytes, event time, key)
+_PLAIN_SKIP = 4  # (line, offset, end, reason)
+
+
+def results_from_workers(
+    conversion: Conversion,
+    unread: list[tuple[Source, Checkpoint | None]],
+    jobs: int,
+    on_progress: Callable[[str, int], None] | None,
+    keep_lines: bool,
+) -> Generator[tuple[Source, Checkpoint | None, Iterator[Result]]]:
+    """`Replay._results` with `jobs` worker processes: each source with what its records become,
+    in input order. The workers' notes (which mapping rules matched, events the time window
+    left out) join `conversion`'s as each file ends."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["segbill.parallel"])
+    channels: list[Queue[tuple[Any, ...]]] = [context.Queue(AHEAD_CHUNKS) for _ in range(jobs)]
+    workers: list[ForkServerProcess] = []
+    files = [(source, position_of(start)) for source, start in unread]
+    try:
+        for number, channel in enumerate(channels):
+            worker = context.Process(
+                target=_work,
+                args=(conversion.options, files[number::jobs], keep_lines, channel),
+                name=f"segbill-job-{number + 1}",
+                daemon=True,
+            )
+            worker.start()
+            workers.append(worker)
+        for number, (source, start) in enumerate(unread):
+            worker, channel = workers[number % jobs], channels[number % jobs]
+            yield source, start, _results(conversion, source, worker, channel, on_progress)
+    finally:
+        for worker in workers:
+            worker.kill()  # it ignores SIGINT and SIGTERM: the run ends it
+        for worker in workers:
+            worker.join()
+        for channel in channels:
+            channel.close()
+
+
+def _results(
+    conversion: Conversion,
+    source: Source,
+    worker: ForkServerProcess,
+    channel: Queue[tuple[Any, ...]],
+    on_progress: Callable[[str, int], None] | None,
+) -> Iterator[Result]:
+    """One file's results from its worker, records made again on this side."""
+    path = source.name
+    while True:
+        try:
+            message = channel.get(timeout=PATIENCE)
+        except queues.Empty:
+            if not worker.is_alive():
+                raise RuntimeError(f"the worker process converting {path} ended (exit status {worker.exitcode})") from None
+            continue
+        kind = message[0]
+        if kind == "chunk":
+            _, done, data = message
+            items = pickle.loads(data)
+            if on_progress is not None and done is not None:
+                on_progress(path, done)
+            for item in items:
+                size = len(item)
+                if size == _PLAIN_EVENT:
+                    line, offset, end, raw, event, millis, key = item
+                    yield Record(Origin(path, line, offset, end), raw), event, millis, key
+                elif size == _PLAIN_SKIP:
+                    line, offset, end, reason = item
+                    yield Record(Origin(path, line, offset, end), b""), reason
+                elif type(item[1]) is tuple:
+                    record, (event, millis, key) = item
+                    yield record, event, millis, key
+                else:
+                    yield item
+        elif kind == "end":
+            _, rules, selected, renamed, outside, inside = message
+            mapping = conversion.options.mapping
+            mapping.hits.rules.update(rules)
+            mapping.hits.selected = mapping.hits.selected or selected
+            mapping.renamed.update(renamed)
+            conversion.outside_window += outside
+            conversion.inside_window = conversion.inside_window or inside
+            return
+        else:
+            raise message[1]
+
+
+def _work(
+    options: Options, files: list[tuple[Source, dict[str, int]]], keep_lines: bool, channel: Queue[tuple[Any, ...]]
+) -> None:
+    """A worker: convert `files` in order, a chunk of results at a time, into `channel`."""
+    outbox = _Outbox(channel)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # The queue's feeder thread sends what the converting thread put: it must not wait the
+        # default 5 ms for the interpreter each time, or it, not the work, sets the pace.
+        sys.setswitchinterval(0.0002)
+        conversion = Conversion(options)
+        for source, position in files:
+            _convert(conversion, source, position, keep_lines, outbox)
+    except BaseException as error:  # the run raises it where one process would have
+        outbox.put(("error", _portable(error)))
+    outbox.stay()
+
+
+class _Outbox:
+    """A worker's side of its queue: waits for room, and ends the worker if its run is gone
+    (killed without a word)."""
+
+    def __init__(self, channel: Queue[tuple[Any, ...]]) -> None:
+        self._channel = channel
+        run = multiprocessing.parent_process()
+        assert run is not None
+        self._run = run
+
+    def put(self, message: tuple[Any, ...]) -> None:
+        while True:
+            try:
+                self._channel.put(message, timeout=PATIENCE)
+                return
+            except queues.Full:
+                if not self._run.is_alive():
+                    os._exit(0)
+
+    def stay(self) -> None:
+        """Stay while the run takes what the queue's thread still sends (the run then ends the
+        worker), unless the run is gone: nobody would read it, and the worker would wait for
+        ever, holding the run's stdout and stderr open."""
+        self._run.join()
+        os._exit(0)
+
+    def chunk(self, done: int | None, items: list[tuple[Any, ...]]) -> None:
+        """Pickled here rather than by the feeder thread, which would hold the interpreter for it."""
+        self.put(("chunk", done, pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)))
+
+
+def _convert(conversion: Conversion, source: Source, position: dict[str, int], keep_lines: bool, outbox: _Outbox) -> None:
+    """One file's results, then what the conversion noted on the way (see `_results`)."""
+    options = conversion.options
+    key_of = options.target.key
+    done: list[int | None] = [None]
+
+    def progress(read: int) -> None:
+        done[0] = read
+
+    items: list[tuple[Any, ...]] = []
+    for result in conversion.results(source, progress, position):
+        items.append(_compact(result, key_of, keep_lines))
+        if len(items) >= CHUNK:
+            outbox.chunk(done[0], items)
+            items = []
+    outbox.chunk(done[0], items)
+    hits = options.mapping.hits
+    outbox.put(
+        ("end", set(hits.rules), hits.selected, set(options.mapping.renamed), conversion.outside_window, conversion.inside_window)
+    )
+    conversion.outside_window, conversion.inside_window = 0, False
+
+
+def _compact(result: Result, key_of: Callable[[dict[str, Any]], str], keep_lines: bool) -> tuple[Any, ...]:
+    """A result as it travels: the event serialized, its key read, a plain record as numbers
+    (and its line, if the run keeps the lines of events)."""
+    record = result[0]
+    plain = record.index is None and record.first_source is None and not record.missing_on_platform
+    if len(result) == 4:
+        _, event, millis, _ = result
+        assert isinstance(event, dict)  # as converted: a worker serializes it
+        data = dumps(event)
+        if plain and record.invalid is None:
+            origin = record.origin
+            return origin.line, origin.offset, origin.end, record.raw if keep_lines else b"", data, millis, key_of(event)
+        record.drop_message()
+        return record, (data, millis, key_of(event))
+    outcome = result[1]
+    if plain and type(outcome) is str:
+        origin = record.origin
+        return origin.line, origin.offset, origin.end, outcome
+    record.drop_message()
+    return record, outcome
+
+
+def _portable(error: BaseException) -> BaseException:
+    """`error`, or one that says the same and survives the trip between processes."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error

@@ -1,0 +1,148 @@
+"""`--jobs N`: files converted in worker processes must give exactly what one process gives.
+
+Each export is run through the real CLI with `--jobs 1` and with worker processes, and
+everything a user sees is compared: the printed events (bytes and order), the dead letters
+(minus their time), the notices, the summary (with its warnings: which rules matched, whether
+the window selected nothing) and the exit code. Sends, check and reconcile are compared on the
+fake platform.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from segbill.segment import dumps
+from segbill.testing.corpus import messages
+from segbill.testing.fake_platform import FakePlatform
+
+from .conftest import KEY, assert_adds_up, jsonl, platform_env, send, spread_export, track, write
+from .test_fast_path import CONFIG, ODD_MESSAGES, assert_same, untimed
+
+START = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+
+
+def odd_export(folder: Path) -> None:
+    """The fast-path tests' odd messages and generated ones spread over five files, one
+    gzipped, with repeats across files (same time: a duplicate; another time: a notice) and the
+    messages that make a mapping rule match only in the last file."""
+    generated = [*messages(1200, seed=21, duplicate_ratio=0.05), *messages(600, seed=22, browser=True)]
+    last = [
+        message
+        for message in ODD_MESSAGES
+        if isinstance(message, dict) and message.get("messageId") in ("m-renamed", "m-excluded")
+    ]
+    odd = [message for message in ODD_MESSAGES if message not in last]
+    parts = [odd[:30], generated[:700], odd[30:], generated[700:], [*last, generated[5], track(messageId="msg-1")]]
+    for number, part in enumerate(parts):
+        data = b"".join(dumps(message) + b"\n" for message in part)  # integers past 64 bits too
+        write(folder / f"part-{number}.jsonl{'.gz' if number == 3 else ''}", data, compress=number == 3)
+
+
+def with_jobs(segbill, *args: str) -> tuple[Any, Any]:
+    one = segbill(*args, "--jobs", "1")
+    several = segbill(*args, "--jobs", "3", dead_letter="dead-general.jsonl")  # `assert_same` reads that name
+    return one, several
+
+
+@pytest.mark.parametrize("target", ["lago", "hyperline"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        (),
+        ("--config", "segbill.toml"),
+        ("--event", "API *", "--exclude-event", "*Ping"),
+        ("--since", "2024-01-06T00:00:00Z", "--until", "2024-01-07T12:00:00Z"),
+        ("--shard", "0/3"),
+    ],
+)
+def test_worker_processes_give_exactly_what_one_process_gives(
+    segbill, tmp_path: Path, target: str, options: tuple[str, ...]
+) -> None:
+    (tmp_path / "segbill.toml").write_text(CONFIG.replace("lago", target))
+    odd_export(tmp_path / "export")
+    one, several = with_jobs(segbill, "send", "export", "--to", target, "--dry-run", "--json", *options)
+    assert_same(one, several)
+    summary = orjson.loads(one.stderr.strip().splitlines()[-1])
+    assert summary["converted"] > 200 and summary["dead_lettered"] >= 8 and summary["skipped"] >= 3
+    if "--config" in options:  # "Order Completed" is renamed and "Internal *" excluded in the last file only
+        assert not any("Order Completed" in warning or "Internal *" in warning for warning in summary["warnings"])
+        assert any("Never *" in warning for warning in summary["warnings"])
+
+
+def test_a_window_that_selects_nothing_is_judged_on_every_files_events(segbill, tmp_path: Path) -> None:
+    """The first file's events are all before --since, the second's inside: a run, not a
+    mistake. With the second file's events outside too, both runs say nothing was selected."""
+    write(tmp_path / "in" / "a.jsonl", jsonl(*(track(messageId=f"a{i}", timestamp="2023-06-01T00:00:00Z") for i in range(50))))
+    write(tmp_path / "in" / "b.jsonl", jsonl(track(messageId="b", timestamp="2024-06-01T00:00:00Z")))
+    write(tmp_path / "out" / "a.jsonl", jsonl(track(messageId="c", timestamp="2023-06-01T00:00:00Z")))
+    write(tmp_path / "out" / "b.jsonl", jsonl(track(messageId="d", timestamp="2023-07-01T00:00:00Z")))
+    selected = with_jobs(segbill, "send", "in", "--to", "lago", "--dry-run", "--since", "2024-01-01")
+    assert_same(*selected)
+    assert selected[1].exit_code == 0 and len(selected[1].events) == 1
+    nothing = with_jobs(segbill, "send", "out", "--to", "lago", "--dry-run", "--since", "2024-01-01")
+    assert_same(*nothing)
+    assert nothing[1].exit_code == 2 and "--since" in nothing[1].stderr
+
+
+def stored(fake: FakePlatform) -> dict[str, int]:
+    return dict(fake.counts("lago"))
+
+
+def test_a_send_with_workers_stores_each_event_once_and_resumes_nothing(segbill, fake: FakePlatform, tmp_path: Path) -> None:
+    odd_export(tmp_path / "export")
+    _, summary = send(segbill, fake.url, "export", "--state", "s.db", "--jobs", "2")
+    assert summary is not None and summary["delivered"] > 300 and summary["dead_lettered"] >= 8
+    by_workers = stored(fake)
+    assert set(fake.writes("lago").values()) == {1}
+    with FakePlatform(api_key=KEY) as alone:
+        _, single = send(segbill, alone.url, "export", "--jobs", "1", "--dead-letter", "dead-alone.jsonl")
+        assert single is not None and stored(alone) == by_workers
+        assert {k: v for k, v in single.items() if k in ("delivered", "skipped_by_reason", "dead_lettered_by_reason")} == {
+            k: v for k, v in summary.items() if k in ("delivered", "skipped_by_reason", "dead_lettered_by_reason")
+        }
+    _, again = send(segbill, fake.url, "export", "--state", "s.db", "--jobs", "2")
+    assert again is not None and again["files_already_done"] == 5 and again["read"] == 0
+    assert set(fake.writes("lago").values()) == {1}
+
+
+@pytest.mark.parametrize("command", ["check", "reconcile"])
+def test_check_and_reconcile_read_the_export_the_same_with_workers(
+    segbill, fake: FakePlatform, tmp_path: Path, command: str
+) -> None:
+    fake.add_billable_metric("api_call")
+    fake.add_subscription("alice", external_customer_id="alice", started_at="2024-01-01T00:00:00Z")
+    fake.add_subscription("bob", external_customer_id="bob", started_at="2024-01-05T00:00:00Z")
+    export = spread_export(900, ["alice", "bob", "carol"], ["api_call", "storage"], start=START)
+    for number in range(3):
+        write(tmp_path / "export" / f"{number}.jsonl", jsonl(*export[number::3]))
+    send(segbill, fake.url, "export", "--jobs", "1")
+    env = platform_env(fake.url)
+    results = [segbill(command, "export", "--to", "lago", "--json", "--jobs", jobs, env=env) for jobs in ("1", "2")]
+    assert results[0].exit_code == results[1].exit_code
+    assert untimed(results[0].stdout) == untimed(results[1].stdout)
+    assert untimed(results[0].stdout)[0]["read"] == 900
+
+
+def test_an_interrupted_run_with_workers_stops_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group: the workers ignore it, the run stops with a
+    summary that adds up, and nothing is left behind holding its output open."""
+    for number in range(4):
+        write(tmp_path / f"{number}.jsonl", jsonl(*(track(messageId=f"{number}-{i}") for i in range(30_000))))
+    command = [sys.executable, "-m", "segbill", "send", ".", "--to", "lago", "--dry-run", "--json", "--jobs", "2"]
+    child = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    assert child.stdout is not None
+    child.stdout.readline()  # events are flowing
+    os.killpg(child.pid, signal.SIGINT)
+    _, err = child.communicate(timeout=60)  # returns only once every process holding the pipes is gone
+    assert child.returncode == 130, err
+    assert b"Traceback" not in err
+    summary = assert_adds_up(orjson.loads(err.strip().splitlines()[-1]))
+    assert summary["interrupted"] and 0 < summary["read"] < 120_000
