@@ -72,6 +72,8 @@ OVERSUBSCRIBED = 16  # the informational row-3 runs: far more in flight than the
 
 TARGET_DRY = 0.4  # floor_time / segbill_time >= 0.4
 TARGET_DRY_BROWSER = 0.7  # the same on browser messages, whose unread context segbill need not build
+TARGET_JOBS = 1.5  # a many-file dry run with --jobs 2 >= 1.5x as fast as with --jobs 1
+MANY_FILES = 40  # row 1f splits row 1's corpus into this many files
 TARGET_PER_EVENT = 40.0  # segbill events/s >= 40x a one-request-per-event loop
 TARGET_LAGO_CLIENT = 20.0  # >= 20x lago-python-client's batch_create loop
 TARGET_RATE_SHARE = 0.90  # of the platform's ceiling
@@ -357,6 +359,59 @@ def row_dry_run(sizes: Sizes, work: Path) -> list[Row]:
             )
         )
     return rows
+
+
+def many_files(path: Path, files: int) -> Path:
+    """`path`'s lines split into `files` files of about the same size (an export's hourly
+    objects), in a cached folder named after it."""
+    folder = CACHE / f"{path.name.removesuffix('.jsonl')}-in-{files}"
+    if folder.exists():
+        return folder
+    log(f"splitting {path.name} into {files} files -> {folder.relative_to(ROOT)}")
+    lines = path.read_bytes().splitlines(keepends=True)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    share = -(-len(lines) // files)
+    for number in range(files):
+        (partial / f"part-{number:03d}.jsonl").write_bytes(b"".join(lines[number * share : (number + 1) * share]))
+    os.replace(partial, folder)
+    return folder
+
+
+def row_jobs(sizes: Sizes, work: Path) -> list[Row]:
+    """Row 1f: the same messages as row 1 in many files, converted by one process and by two
+    worker processes (`--jobs`), which must print the same bytes."""
+    folder = many_files(corpus(sizes.speed, 1), MANY_FILES)
+    times: dict[int, list[float]] = {1: [], 2: []}
+    digests: dict[int, set[str]] = {1: set(), 2: set()}
+    for attempt in range(sizes.dry_repeats):
+        for jobs in (1, 2):
+            log(f"row 1f: dry run of {MANY_FILES} files with --jobs {jobs}, run {attempt + 1}/{sizes.dry_repeats}")
+            dead = work / "jobs-dead.jsonl"
+            command = [PY, "-m", "segbill", "send", str(folder), "--to", "lago", "--dry-run", "--json", "--quiet"]
+            done = run([*command, "--dead-letter", str(dead), "--jobs", str(jobs)])
+            if done.code not in (0, 1):
+                raise RuntimeError(f"segbill exited {done.code}: {done.stderr[-2000:].decode(errors='replace')}")
+            times[jobs].append(done.wall)
+            digests[jobs].add(hashlib.sha256(done.stdout).hexdigest())
+            dead.unlink(missing_ok=True)
+    one, two = statistics.median(times[1]), statistics.median(times[2])
+    same = len(digests[1] | digests[2]) == 1
+    ratio = one / two
+    return [
+        Row(
+            "1f",
+            f"dry run of the same {sizes.speed:,} messages in {MANY_FILES} files, `--jobs 2` (two worker processes) "
+            "against `--jobs 1`, wall time; both print the same bytes",
+            f"--jobs 2: {two:.2f} s" + ("" if same else " (PRINTED OTHER EVENTS)"),
+            f"--jobs 1: {one:.2f} s",
+            f"{ratio:.2f}x",
+            f">= {TARGET_JOBS}x, same output",
+            ratio >= TARGET_JOBS and same,
+            {"files": MANY_FILES, "jobs_1_seconds": times[1], "jobs_2_seconds": times[2], "ratio": ratio, "same_output": same},
+        )
+    ]
 
 
 def converted_events(path: Path, count: int, work: Path) -> Path:
@@ -928,6 +983,7 @@ def main() -> int:
         work = Path(folder)
         if "1" in wanted:
             rows += row_dry_run(sizes, work)
+            rows += row_jobs(sizes, work)
         if "2" in wanted:
             rows += row_send(sizes, work)
         if "3" in wanted:
