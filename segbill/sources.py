@@ -161,7 +161,7 @@ def read_lines(
         stream = _decompressing(raw)
         if offset:
             _skip(stream, raw, offset)
-        progress = None if source.is_stdin else on_progress
+        progress = on_progress if raw.seekable() else None  # stdin, a named pipe, <(zcat ...): no position to tell
         for block in _split(stream.read1, raw, progress, offset, line):  # type: ignore[attr-defined]
             yield from block
     finally:
@@ -183,8 +183,8 @@ def read_records(
 
 
 def _skip(stream: BinaryIO, raw: BinaryIO, offset: int) -> None:
-    """Resume: seek a plain file; decompress and drop what a gzip stream held before `offset`."""
-    if stream is raw:
+    """Resume: seek a plain file; read and drop what a gzip stream or a pipe held before `offset`."""
+    if stream is raw and raw.seekable():
         raw.seek(offset)
         return
     left = offset
