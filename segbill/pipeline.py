@@ -236,8 +236,8 @@ class Replay:
         self, on_progress: Callable[[str, int], None] | None = None, reading: Reading | None = None
     ) -> Generator[list[Claimed]]:
         """Claimed events in input order, a block at a time (`CLAIM_CHUNK` of them; one by one
-        from stdin, so a slow pipe still flows), each new to the ledger or sent before without
-        an answer. The caller owns a block's outcomes once it takes it (`delivered`, `rejected`,
+        from stdin, so a slow pipe still flows; at least one block, maybe empty, every
+        `4 * CLAIM_CHUNK` records read), each new to the ledger or sent before without an answer. The caller owns a block's outcomes once it takes it (`delivered`, `rejected`,
         `not_attempted`). `reading` wraps stdin's records (a read there may wait for ever)."""
         tally = self.tally
         pending = self._pending
@@ -250,6 +250,7 @@ class Replay:
             else:
                 unread.append((source, start))
         results_of = self._results(unread, on_progress, reading)
+        due = CLAIM_CHUNK * 4  # records read by when a block is handed out, even an empty one
         try:
             for source, start, results in results_of:
                 if start is not None and start.line:
@@ -269,6 +270,7 @@ class Replay:
                     elif len(result) == 4:
                         pending.append(result)
                         if len(pending) >= chunk:
+                            due = tally.read + CLAIM_CHUNK * 4
                             block = self._claimed()
                             if block:
                                 yield block
@@ -276,6 +278,9 @@ class Replay:
                         self.skip(record, outcome)
                     else:
                         self.dead_letter(record, outcome.kind, outcome.reason)  # type: ignore[union-attr]
+                    if tally.read >= due:  # a stretch with few events: the caller still gets a say (a signal)
+                        due = tally.read + CLAIM_CHUNK * 4
+                        yield self._claimed()
                 block = self._claimed()
                 if block:
                     yield block

@@ -45,3 +45,28 @@ def test_a_second_signal_stops_at_once_and_a_rerun_stores_every_event_once(tmp_p
         second = orjson.loads(rerun.stdout)
         assert second["delivered"] == 200 and second["already_delivered"] == 20
     assert fake.counts("lago") == {f"m{i}": 1 for i in range(200)}
+
+
+def test_a_signal_stops_a_run_reading_a_long_stretch_without_events(tmp_path: Path) -> None:
+    """A run reading messages that bill nothing (identify calls, dead letters, repeats) heard a
+    signal only once it claimed events again: a file of them was read to its end. The input is
+    a named pipe, so the test knows how far the run has read when it sends the signal."""
+    fifo = tmp_path / "calls.jsonl"
+    os.mkfifo(fifo)
+    identify = b'{"type":"identify","userId":"u","messageId":"i"}\n'
+    command = [sys.executable, "-m", "segbill", "send", str(fifo), "--to", "lago", "--dry-run", "--json", "--jobs", "1"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with open(fifo, "wb") as pipe:  # opens once the run does
+        pipe.write(identify * 5_000)
+        pipe.flush()
+        process.send_signal(signal.SIGINT)
+        try:
+            for _ in range(100):  # 500,000 more; the run stops long before
+                pipe.write(identify * 5_000)
+        except BrokenPipeError:
+            pass
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    summary = orjson.loads(err.strip().splitlines()[-1])
+    assert summary["interrupted"] is True and summary["read"] < 100_000
+    assert summary["read"] == summary["skipped"] + summary["not_attempted"], err
