@@ -43,6 +43,7 @@ class Hits:
     selected: bool = False  # an event name got past the include/exclude rules
     names: dict[str, str | None] = field(default_factory=dict)  # event name -> why it is left out, or None
     keys: dict[str, str | None] = field(default_factory=dict)  # property key -> its key once shaped, or None: left out
+    amount: bool = False  # a message had the configured amount
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,14 @@ def _paths(*names: str) -> FieldSource:
     return FieldSource(tuple(tuple(name.split(".")) for name in names))
 
 
+DEFAULT_ID = _paths("messageId")
+
+
 @dataclass(frozen=True)
 class Fields:
     """Where each part of a billing event comes from (the platform names them: `Target.fields`)."""
 
-    id: FieldSource = field(default_factory=lambda: _paths("messageId"))
+    id: FieldSource = DEFAULT_ID
     customer: FieldSource = field(default_factory=lambda: _paths("userId"))
     event: FieldSource = field(default_factory=lambda: _paths("event"))
     time: FieldSource = field(default_factory=lambda: FieldSource(DEFAULT_TIME_PATHS))
@@ -177,9 +181,24 @@ class Mapping:
             self.renamed.add(name)
         return name
 
+    def met(self, hits: Hits, renamed: set[str]) -> None:
+        """Add what this mapping met in another process (`--jobs`) to what it met here."""
+        self.hits.rules.update(hits.rules)
+        self.hits.selected = self.hits.selected or hits.selected
+        self.hits.amount = self.hits.amount or hits.amount
+        self.renamed.update(renamed)
+
     def unused_renames(self) -> list[str]:
         """`rename` rules that matched no event so far: usually a name spelt another way."""
         return [name for name in self.events.rename if name not in self.renamed]
+
+    def amount_unread(self) -> str | None:
+        """The configured amount's paths, when no message read so far had it: a path spelt
+        another way sends every event without its amount."""
+        amount = self.fields.amount
+        if amount is None or amount.constant is not None or self.hits.amount:
+            return None
+        return " or ".join(".".join(path) for path in amount.paths)
 
     def unmatched(self) -> list[tuple[str, str]]:
         """(rule, glob or key) of the include/exclude/property rules that matched nothing so far:
@@ -228,12 +247,16 @@ class Mapping:
         return self.events.rename.get(name) or (snake_case(name) if self.events.snake_case else name)
 
     def _id(self, message: dict[str, Any]) -> str:
-        """The idempotency key; with none present, one derived from the whole message."""
-        given, _ = self.fields.id.read(message)
+        """The idempotency key; with none present, one derived from the whole message, unless
+        the mapping names where the id is: then its absence (a path spelt another way) would
+        give every event a new id, billed again by a rerun, so the message is invalid."""
+        given, where = self.fields.id.read(message)
         if isinstance(given, str):
             return given
         if isinstance(given, int) and not isinstance(given, bool):
             return str(given)
+        if self.fields.id != DEFAULT_ID:
+            raise Invalid("missing_id", f'The message has no id (a string or an integer) at "{where}", the configured id.')
         return derived_id(message)
 
     def _time(self, message: dict[str, Any]) -> int:
@@ -360,6 +383,7 @@ class Mapping:
         value, where = amount_field.read(message)
         if value is None:
             return None
+        self.hits.amount = True
         if isinstance(value, float):
             value = repr(exact_float(value, "bad_amount", f'The amount at "{where}"'))
         if isinstance(value, bool) or not isinstance(value, (int, str)):

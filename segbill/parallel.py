@@ -124,11 +124,8 @@ def _results(
                 else:
                     yield item
         elif kind == "end":
-            _, rules, selected, renamed, outside, inside = message
-            mapping = conversion.options.mapping
-            mapping.hits.rules.update(rules)
-            mapping.hits.selected = mapping.hits.selected or selected
-            mapping.renamed.update(renamed)
+            _, hits, renamed, outside, inside = message
+            conversion.options.mapping.met(hits, renamed)
             conversion.outside_window += outside
             conversion.inside_window = conversion.inside_window or inside
             return
@@ -202,10 +199,8 @@ def _convert(conversion: Conversion, source: Source, position: dict[str, int], k
             outbox.chunk(done[0], items)
             items = []
     outbox.chunk(done[0], items)
-    hits = options.mapping.hits
-    outbox.put(
-        ("end", set(hits.rules), hits.selected, set(options.mapping.renamed), conversion.outside_window, conversion.inside_window)
-    )
+    mapping = options.mapping
+    outbox.put(("end", mapping.hits, mapping.renamed, conversion.outside_window, conversion.inside_window))
     conversion.outside_window, conversion.inside_window = 0, False
 
 

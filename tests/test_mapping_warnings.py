@@ -241,3 +241,43 @@ def test_a_window_that_keeps_some_events_or_a_shard_that_owns_none_is_not_an_err
             shard = segbill("send", "one.jsonl", "--to", "lago", "--dry-run", "--json", "--shard", f"{k}/8", "--until", until)
             codes.setdefault((until, len(shard.events)), []).append(shard.exit_code)
     assert codes == {("2024-02-01", 3): [0], ("2024-02-01", 0): [0] * 7, ("2023-01-01", 0): [2] * 8}
+
+
+@pytest.mark.parametrize(("target", "key"), [("lago", "transaction_id"), ("hyperline", "record_id")])
+def test_a_configured_id_that_a_message_lacks_dead_letters_it_instead_of_deriving_one(
+    segbill, tmp_path: Path, target: str, key: str
+) -> None:
+    """An id path spelt another way gave every event an id derived from its content: a rerun
+    with --state after a run with the right path billed every event again, in silence."""
+    write(tmp_path / "in.jsonl", jsonl(*MESSAGES, track(messageId="m3", properties={"request_id": 7})))
+    with FakePlatform(api_key="k") as fake:
+        env = {f"{target.upper()}_API_URL": fake.url, f"{target.upper()}_API_KEY": "k"}
+        first = segbill("send", "in.jsonl", "--to", target, "--state", "s.db", "--quiet", env=env)
+        assert first.exit_code == 0 and len(fake.counts(target)) == 3
+        (tmp_path / "typo.toml").write_text(f'[{target}]\n{key} = "messageID"\n')
+        rerun = segbill("send", "in.jsonl", "--to", target, "--state", "s.db", "--config", "typo.toml", "--json", env=env)
+        assert rerun.exit_code == 1 and len(fake.counts(target)) == 3  # nothing billed twice
+        summary = orjson.loads(rerun.stdout)
+        assert summary["delivered"] == 0 and summary["dead_lettered_by_reason"] == {"missing_id": 3}
+        assert [letter["reason"] for letter in rerun.dead_letters][-1] == (
+            'The message has no id (a string or an integer) at "messageID", the configured id.'
+        )
+    (tmp_path / "some.toml").write_text(f'[{target}]\n{key} = ["properties.request_id"]\n')
+    some = segbill("send", "in.jsonl", "--to", target, "--dry-run", "--config", "some.toml", dead_letter="some.jsonl")
+    assert some.exit_code == 1 and len(some.events) == 1 and len(some.dead_letters) == 2
+    without = segbill("send", "in.jsonl", "--to", target, "--dry-run", dead_letter="none.jsonl")
+    assert without.exit_code == 0 and len(without.events) == 3  # messageId, the default, is not "configured"
+
+
+def test_an_amount_that_no_event_had_is_said_in_the_summary(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(track(messageId="m1", properties={"amount_cents": 120}), track(messageId="m2")))
+    (tmp_path / "typo.toml").write_text('[lago]\nprecise_total_amount_cents = "properties.amount_cent"\n')
+    typo = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--config", "typo.toml", "--json")
+    assert typo.exit_code == 0 and not any("precise_total_amount_cents" in event for event in typo.events)
+    assert orjson.loads(typo.stderr.splitlines()[-1])["warnings"] == [
+        'precise_total_amount_cents = "properties.amount_cent" was in no event converted: every event went without its amount.'
+    ]
+    (tmp_path / "right.toml").write_text('[lago]\nprecise_total_amount_cents = "properties.amount_cents"\n')
+    right = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--config", "right.toml", "--json")
+    assert [event.get("precise_total_amount_cents") for event in right.events] == ["120", None]
+    assert orjson.loads(right.stderr.splitlines()[-1])["warnings"] == []  # one event had it: no warning

@@ -379,6 +379,10 @@ def _mapping_warnings(
     if replay.tally.read:  # with nothing read, every rule matched nothing: not worth saying
         warnings += [_unused_rename(name) for name in mapping.unused_renames()]
         warnings += [_unmatched(rule, glob, target, events, exclude_events) for rule, glob in mapping.unmatched()]
+    amount = mapping.amount_unread()
+    if amount is not None and replay.tally.delivered:  # (a dry run counts its converted events here)
+        field_name = replay.options.target.amount_field
+        warnings.append(f'{field_name} = "{amount}" was in no event converted: every event went without its amount.')
     replay.warn(warnings)
     _nothing_selected(replay, mapping, bool(events or exclude_events))
 
