@@ -10,20 +10,24 @@ stays flat whatever the size of the input, and files of similar size (an export'
 objects) keep every worker busy; a file much larger than `AHEAD` records among small ones
 converts at about one core's speed while the others wait.
 
-Workers are started from a fresh interpreter (`forkserver`: never a fork of a process that may
-run threads), ignore SIGINT (the run decides when to stop: it stops taking results and ends
-them) and never write to the terminal: what fails in one (a file that can no longer be read)
-travels back and is raised in the run, where one process would have raised it.
+Workers are forks of the run while it runs no other thread, else they come from a fresh
+interpreter (`forkserver`). They ignore SIGINT and SIGTERM (the run decides when to stop: it
+stops taking results and ends them), end if the run is killed, and never write to the
+terminal: what fails in one (a file that can no longer be read) travels back and is raised in
+the run, where one process would have raised it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import multiprocessing
 import os
 import pickle
 import queue as queues
 import signal
 import sys
+import threading
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +36,8 @@ from segbill.segment import Origin, Record, dumps
 from segbill.sources import Source
 
 if TYPE_CHECKING:
-    from multiprocessing.context import ForkServerProcess
+    from multiprocessing.context import ForkContext, ForkServerContext
+    from multiprocessing.process import BaseProcess
     from multiprocessing.queues import Queue
 
     from segbill.state import Checkpoint
@@ -61,24 +66,22 @@ def results_from_workers(
     """`Replay._results` with `jobs` worker processes: each source with what its records become,
     in input order. The workers' notes (which mapping rules matched, events the time window
     left out) join `conversion`'s as each file ends."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["segbill.parallel"])
+    context = _context()
     channels: list[Queue[tuple[Any, ...]]] = [context.Queue(AHEAD_CHUNKS) for _ in range(jobs)]
-    workers: list[ForkServerProcess] = []
+    workers: list[BaseProcess] = []
     files = [(source, position_of(start)) for source, start in unread]
     try:
         for number, channel in enumerate(channels):
-            worker = context.Process(
+            started: BaseProcess = context.Process(
                 target=_work,
-                args=(conversion.options, files[number::jobs], keep_lines, channel),
+                args=(conversion.options, files[number::jobs], keep_lines, gc.get_threshold(), channel),
                 name=f"segbill-job-{number + 1}",
                 daemon=True,
             )
-            worker.start()
-            workers.append(worker)
+            started.start()
+            workers.append(started)
         for number, (source, start) in enumerate(unread):
-            worker, channel = workers[number % jobs], channels[number % jobs]
-            yield source, start, _results(conversion, source, worker, channel, on_progress)
+            yield source, start, _results(conversion, source, workers[number % jobs], channels[number % jobs], on_progress)
     finally:
         for worker in workers:
             worker.kill()  # it ignores SIGINT and SIGTERM: the run ends it
@@ -88,10 +91,24 @@ def results_from_workers(
             channel.close()
 
 
+def _context() -> ForkContext | ForkServerContext:
+    """Fork while this process runs no other thread: a worker then starts at once, with
+    everything imported. Otherwise a thread could hold a lock the copy would never see
+    released, so workers come from a fork server: a fresh interpreter, started once."""
+    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+        for stream in (sys.stdout, sys.stderr):  # a worker flushes its copy when it ends: it must be empty
+            with contextlib.suppress(OSError, ValueError):  # closed, or a reader gone: the run finds out when it writes
+                stream.flush()
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["segbill.parallel"])
+    return context
+
+
 def _results(
     conversion: Conversion,
     source: Source,
-    worker: ForkServerProcess,
+    worker: BaseProcess,
     channel: Queue[tuple[Any, ...]],
     on_progress: Callable[[str, int], None] | None,
 ) -> Iterator[Result]:
@@ -134,13 +151,20 @@ def _results(
 
 
 def _work(
-    options: Options, files: list[tuple[Source, dict[str, int]]], keep_lines: bool, channel: Queue[tuple[Any, ...]]
+    options: Options,
+    files: list[tuple[Source, dict[str, int]]],
+    keep_lines: bool,
+    gc_threshold: tuple[int, int, int],
+    channel: Queue[tuple[Any, ...]],
 ) -> None:
     """A worker: convert `files` in order, a chunk of results at a time, into `channel`."""
     outbox = _Outbox(channel)
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # The run's collector settings (see `segbill.cli.usage.streaming_gc`); a fork has them already.
+        gc.freeze()
+        gc.set_threshold(*gc_threshold)
         # The queue's feeder thread sends what the converting thread put: it must not wait the
         # default 5 ms for the interpreter each time, or it, not the work, sets the pace.
         sys.setswitchinterval(0.0002)
