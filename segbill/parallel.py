@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from segbill.pipeline import Conversion, Options, Result, position_of
 from segbill.segment import Origin, Record, dumps
-from segbill.sources import Source
+from segbill.sources import Source, SourceUnreadable
 
 if TYPE_CHECKING:
     from multiprocessing.context import ForkContext, ForkServerContext
@@ -118,8 +118,10 @@ def _results(
         try:
             message = channel.get(timeout=PATIENCE)
         except queues.Empty:
-            if not worker.is_alive():
-                raise RuntimeError(f"the worker process converting {path} ended (exit status {worker.exitcode})") from None
+            if not worker.is_alive():  # killed (out of memory?): the run stops there, and a rerun resumes
+                raise SourceUnreadable(
+                    f"cannot convert {path}: the process converting it ended (exit status {worker.exitcode})"
+                ) from None
             continue
         kind = message[0]
         if kind == "chunk":

@@ -146,3 +146,45 @@ def test_an_interrupted_run_with_workers_stops_cleanly(tmp_path: Path) -> None:
     assert b"Traceback" not in err
     summary = assert_adds_up(orjson.loads(err.strip().splitlines()[-1]))
     assert summary["interrupted"] and 0 < summary["read"] < 120_000
+
+
+def test_a_killed_send_with_workers_resumes_mid_file_and_stores_each_event_once(tmp_path: Path) -> None:
+    """Killed while sending the second of four files: the rerun's workers start that file at its
+    checkpoint (a gzip file, inflated from the start and dropped up to it) and the next two
+    from the beginning."""
+    with FakePlatform(api_key=KEY, latency=0.03) as fake:
+        names = []
+        for number in range(4):
+            part = [track(messageId=f"f{number}-{i}", userId=f"cus_{i % 7}") for i in range(1000)]
+            names += [message["messageId"] for message in part]
+            write(tmp_path / "export" / f"{number}.jsonl.gz", jsonl(*part), compress=True)
+        env = {**os.environ, **platform_env(fake.url)}
+        command = [sys.executable, "-m", "segbill", "send", "export", "--to", "lago", "--json", "--quiet", "--state", "s.db"]
+        command += ["--batch-size", "20", "--concurrency", "3", "--jobs", "2"]
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert fake.wait_until(lambda: len(fake.counts("lago")) >= 1300)  # into the second file
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)  # returns once no worker holds the pipes open
+        rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, check=False)
+        assert rerun.returncode == 0, rerun.stderr
+        summary = assert_adds_up(orjson.loads(rerun.stdout))
+        assert summary["files_already_done"] >= 1 and summary["resumed_at"] and summary["read"] < 3000
+        assert fake.counts("lago") == dict.fromkeys(names, 1)
+
+
+def test_a_worker_that_dies_stops_the_run_with_one_line(tmp_path: Path) -> None:
+    """A worker killed (the kernel's out-of-memory killer, a user) is a stop (exit 3) naming the
+    file, with a summary that adds up, not an internal error or a run waiting for ever."""
+    for number in range(4):
+        write(tmp_path / f"{number}.jsonl", jsonl(*(track(messageId=f"{number}-{i}") for i in range(30_000))))
+    command = [sys.executable, "-m", "segbill", "send", ".", "--to", "lago", "--dry-run", "--json", "--jobs", "2"]
+    child = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None
+    child.stdout.readline()  # converting: the workers are there (forks: the run's children)
+    workers = Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 3, err
+    assert b"Traceback" not in err and b"internal error" not in err
+    summary = assert_adds_up(orjson.loads(err.strip().splitlines()[-1]))
+    assert summary["stopped"].startswith("cannot convert ") and "ended (exit status -9)" in summary["stopped"]
