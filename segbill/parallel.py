@@ -24,11 +24,12 @@ import gc
 import multiprocessing
 import os
 import pickle
-import queue as queues
 import signal
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from segbill.pipeline import Conversion, Options, Result, position_of
@@ -36,9 +37,10 @@ from segbill.segment import Origin, Record, dumps
 from segbill.sources import Source, SourceUnreadable
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
     from multiprocessing.context import ForkContext, ForkServerContext
     from multiprocessing.process import BaseProcess
-    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Semaphore
 
     from segbill.state import Checkpoint
 
@@ -67,28 +69,54 @@ def results_from_workers(
     in input order. The workers' notes (which mapping rules matched, events the time window
     left out) join `conversion`'s as each file ends."""
     context = _context()
-    channels: list[Queue[tuple[Any, ...]]] = [context.Queue(AHEAD_CHUNKS) for _ in range(jobs)]
-    workers: list[BaseProcess] = []
+    channels: list[_Channel] = []
     files = [(source, position_of(start)) for source, start in unread]
     try:
-        for number, channel in enumerate(channels):
-            started: BaseProcess = context.Process(
+        for number in range(jobs):
+            reader, writer = context.Pipe(duplex=False)
+            room = context.BoundedSemaphore(AHEAD_CHUNKS)
+            worker: BaseProcess = context.Process(
                 target=_work,
-                args=(conversion.options, files[number::jobs], keep_lines, gc.get_threshold(), channel),
+                args=(conversion.options, files[number::jobs], keep_lines, gc.get_threshold(), writer, room),
                 name=f"segbill-job-{number + 1}",
                 daemon=True,
             )
-            started.start()
-            workers.append(started)
+            worker.start()
+            writer.close()  # the worker's alone: if it dies, even mid-message, reading it ends
+            channels.append(_Channel(worker, reader, room))
         for number, (source, start) in enumerate(unread):
-            yield source, start, _results(conversion, source, workers[number % jobs], channels[number % jobs], on_progress)
+            yield source, start, _results(conversion, source, channels[number % jobs], on_progress)
     finally:
-        for worker in workers:
-            worker.kill()  # it ignores SIGINT and SIGTERM: the run ends it
-        for worker in workers:
-            worker.join()
         for channel in channels:
-            channel.close()
+            channel.worker.kill()  # it ignores SIGINT and SIGTERM: the run ends it
+        for channel in channels:
+            channel.worker.join()
+            channel.reader.close()
+
+
+@dataclass
+class _Channel:
+    """The run's side of one worker: its messages, and room for `AHEAD_CHUNKS` not yet taken."""
+
+    worker: BaseProcess
+    reader: Connection
+    room: Semaphore
+
+    def take(self, path: str) -> tuple[Any, ...]:
+        while not self.reader.poll(PATIENCE):
+            if not self.worker.is_alive():
+                raise self._ended(path)
+        try:
+            data = self.reader.recv_bytes()
+        except EOFError:
+            raise self._ended(path) from None
+        self.room.release()
+        return pickle.loads(data)  # type: ignore[no-any-return]
+
+    def _ended(self, path: str) -> SourceUnreadable:
+        """A worker killed (out of memory?): the run stops there, and a rerun resumes."""
+        self.worker.join()
+        return SourceUnreadable(f"cannot convert {path}: the process converting it ended (exit status {self.worker.exitcode})")
 
 
 def _context() -> ForkContext | ForkServerContext:
@@ -106,27 +134,15 @@ def _context() -> ForkContext | ForkServerContext:
 
 
 def _results(
-    conversion: Conversion,
-    source: Source,
-    worker: BaseProcess,
-    channel: Queue[tuple[Any, ...]],
-    on_progress: Callable[[str, int], None] | None,
+    conversion: Conversion, source: Source, channel: _Channel, on_progress: Callable[[str, int], None] | None
 ) -> Iterator[Result]:
     """One file's results from its worker, records made again on this side."""
     path = source.name
     while True:
-        try:
-            message = channel.get(timeout=PATIENCE)
-        except queues.Empty:
-            if not worker.is_alive():  # killed (out of memory?): the run stops there, and a rerun resumes
-                raise SourceUnreadable(
-                    f"cannot convert {path}: the process converting it ended (exit status {worker.exitcode})"
-                ) from None
-            continue
+        message = channel.take(path)
         kind = message[0]
         if kind == "chunk":
-            _, done, data = message
-            items = pickle.loads(data)
+            _, done, items = message
             if on_progress is not None and done is not None:
                 on_progress(path, done)
             for item in items:
@@ -157,18 +173,19 @@ def _work(
     files: list[tuple[Source, dict[str, int]]],
     keep_lines: bool,
     gc_threshold: tuple[int, int, int],
-    channel: Queue[tuple[Any, ...]],
+    writer: Connection,
+    room: Semaphore,
 ) -> None:
-    """A worker: convert `files` in order, a chunk of results at a time, into `channel`."""
-    outbox = _Outbox(channel)
+    """A worker: convert `files` in order, a chunk of results at a time, to the run."""
+    outbox = _Outbox(writer, room)
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         # The run's collector settings (see `segbill.cli.usage.streaming_gc`); a fork has them already.
         gc.freeze()
         gc.set_threshold(*gc_threshold)
-        # The queue's feeder thread sends what the converting thread put: it must not wait the
-        # default 5 ms for the interpreter each time, or it, not the work, sets the pace.
+        # The thread sending what the converting thread made must not wait the default 5 ms
+        # for the interpreter each time, or it, not the work, sets the pace.
         sys.setswitchinterval(0.0002)
         conversion = Conversion(options)
         for source, position in files:
@@ -179,34 +196,49 @@ def _work(
 
 
 class _Outbox:
-    """A worker's side of its queue: waits for room, and ends the worker if its run is gone
-    (killed without a word)."""
+    """A worker's side of its pipe. Messages wait here for room (at most `AHEAD_CHUNKS` sent and
+    not yet taken), then for a thread that sends them, so converting goes on while the run
+    reads another worker's file. Ends the worker if the run is gone (killed without a word)."""
 
-    def __init__(self, channel: Queue[tuple[Any, ...]]) -> None:
-        self._channel = channel
+    def __init__(self, writer: Connection, room: Semaphore) -> None:
+        self._writer = writer
+        self._room = room
         run = multiprocessing.parent_process()
         assert run is not None
         self._run = run
+        self._waiting: deque[bytes] = deque()
+        self._ready = threading.Condition()
+        threading.Thread(target=self._send, name="segbill-outbox", daemon=True).start()
 
     def put(self, message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        while not self._room.acquire(timeout=PATIENCE):
+            if not self._run.is_alive():
+                os._exit(0)
+        with self._ready:
+            self._waiting.append(data)
+            self._ready.notify()
+
+    def _send(self) -> None:
         while True:
+            with self._ready:
+                while not self._waiting:
+                    self._ready.wait()
+                data = self._waiting.popleft()
             try:
-                self._channel.put(message, timeout=PATIENCE)
-                return
-            except queues.Full:
-                if not self._run.is_alive():
-                    os._exit(0)
+                self._writer.send_bytes(data)
+            except OSError:  # the run is gone
+                os._exit(0)
 
     def stay(self) -> None:
-        """Stay while the run takes what the queue's thread still sends (the run then ends the
-        worker), unless the run is gone: nobody would read it, and the worker would wait for
-        ever, holding the run's stdout and stderr open."""
+        """Stay while the run takes what is still to send (the run then ends the worker),
+        unless the run is gone: the worker would otherwise wait for ever, holding the run's
+        stdout and stderr open."""
         self._run.join()
         os._exit(0)
 
     def chunk(self, done: int | None, items: list[tuple[Any, ...]]) -> None:
-        """Pickled here rather than by the feeder thread, which would hold the interpreter for it."""
-        self.put(("chunk", done, pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)))
+        self.put(("chunk", done, items))
 
 
 def _convert(conversion: Conversion, source: Source, position: dict[str, int], keep_lines: bool, outbox: _Outbox) -> None:
