@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
+from segbill import parallel
 from segbill.segment import dumps
 from segbill.testing.corpus import messages
 from segbill.testing.fake_platform import FakePlatform
@@ -188,3 +189,28 @@ def test_a_worker_that_dies_stops_the_run_with_one_line(tmp_path: Path) -> None:
     assert b"Traceback" not in err and b"internal error" not in err
     summary = assert_adds_up(orjson.loads(err.strip().splitlines()[-1]))
     assert summary["stopped"].startswith("cannot convert ") and "ended (exit status -9)" in summary["stopped"]
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cfs", "cores", "jobs"),
+    [
+        ("150000 100000\n", None, 64, 2),  # a pod limited to 1.5 CPUs on a 64-core node: 2, not 64
+        ("max 100000\n", None, 64, 4),  # no limit: the cores, at most 4
+        (None, ("-1", "100000"), 2, 2),  # cgroup v1, no limit
+        (None, ("50000", "100000"), 8, 1),  # cgroup v1, half a CPU
+        (None, None, 3, 3),  # no cgroup files at all
+    ],
+)
+def test_the_default_jobs_are_the_cores_a_container_may_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpu_max: str | None, cfs: tuple[str, str] | None, cores: int, jobs: int
+) -> None:
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(parallel, "CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(parallel, "CFS_QUOTA", tmp_path / "cpu.cfs_quota_us")
+    monkeypatch.setattr(parallel, "CFS_PERIOD", tmp_path / "cpu.cfs_period_us")
+    if cpu_max is not None:
+        (tmp_path / "cpu.max").write_text(cpu_max)
+    if cfs is not None:
+        (tmp_path / "cpu.cfs_quota_us").write_text(cfs[0])
+        (tmp_path / "cpu.cfs_period_us").write_text(cfs[1])
+    assert parallel.default_jobs() == jobs

@@ -166,7 +166,8 @@ Jobs = Annotated[
         min=1,
         metavar="N",
         help="Processes converting files at once, when there are several (stdin is read by one). Default: the "
-        "cores available. The output, the outcomes and their order are the same for any N.",
+        "cores available (within a container's CPU limit), at most 4. The output, the outcomes and their order "
+        "are the same for any N.",
         show_default=False,
     ),
 ]
@@ -611,13 +612,12 @@ def _selection(
 
 
 def _jobs_option(jobs: int | None) -> int:
-    """--jobs, or the cores this process may run on."""
+    """--jobs, or the cores this process may run on (at most 4)."""
     if jobs is not None:
         return jobs
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    from segbill.parallel import default_jobs
+
+    return default_jobs()
 
 
 def _mapping(
