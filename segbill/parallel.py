@@ -147,7 +147,7 @@ class _Channel:
                 raise self._ended(path)
         try:
             data = self.reader.recv_bytes()
-        except EOFError:
+        except (EOFError, OSError):  # OSError: "got end of file during message"
             raise self._ended(path) from None
         self.room.release()
         return pickle.loads(data)  # type: ignore[no-any-return]
