@@ -42,6 +42,11 @@ MAX_WARNINGS = 20
 # Converted events are checked against the duplicate index this many at a time (one per event
 # on stdin, so that a slow pipe still flows).
 CLAIM_CHUNK = 256
+# Why a record is skipped when it is not for its message type (every other reason is a type).
+VERDICTS = frozenset(
+    {"not_included", "excluded", "other_shard", "before_since", "after_until", "dead_lettered_before"}
+    | {claim.value for claim in Claim}
+)
 # What stops a run on storage: a full disk or a lost volume under its dead letters or its state,
 # or an input that can no longer be opened.
 STORAGE_ERRORS = (DeadLetterWriteError, sqlite3.Error, SourceUnreadable)
@@ -449,7 +454,19 @@ class Replay:
             return False
         by_rules = bool(self.left_out_by_rules()) and not self.options.mapping.hits.selected
         by_window = bool(self.conversion.outside_window) and not self.conversion.inside_window
-        return by_rules or by_window
+        return by_rules or by_window or bool(self.only_other_types())
+
+    def only_other_types(self) -> dict[str, int]:
+        """The message types read, when every record read is a message of a type that does not
+        bill (identify, page... with no track: a wrong source or folder), else nothing. A shard
+        other than 0 skips such messages as another shard's: it is never such a run."""
+        tally = self.tally
+        skipped = {reason: count for reason, count in tally.skipped.items() if count}
+        if not tally.read or tally.delivered or tally.dead_lettered or tally.not_attempted or tally.unanswered:
+            return {}
+        if any(reason in VERDICTS for reason in skipped):
+            return {}
+        return skipped
 
     def left_out_by_rules(self) -> int:
         return self.tally.skipped["not_included"] + self.tally.skipped["excluded"]

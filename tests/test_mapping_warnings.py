@@ -12,7 +12,7 @@ import pytest
 
 from segbill.testing.fake_platform import FakePlatform
 
-from .conftest import jsonl, track, write
+from .conftest import jsonl, send, track, write
 
 MESSAGES = [track(messageId="m1", event="Api Request Made"), track(messageId="m2", event="Seat Added")]
 
@@ -281,3 +281,29 @@ def test_an_amount_that_no_event_had_is_said_in_the_summary(segbill, tmp_path: P
     right = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--config", "right.toml", "--json")
     assert [event.get("precise_total_amount_cents") for event in right.events] == ["120", None]
     assert orjson.loads(right.stderr.splitlines()[-1])["warnings"] == []  # one event had it: no warning
+
+
+def test_an_input_without_a_message_of_a_type_that_bills_exits_2(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+    """Only identify and page calls (a wrong Segment source, a wrong folder, a jq filter that
+    kept the wrong type): nothing can bill, and a cron job must not see a quiet success."""
+    calls = [
+        {"type": "identify", "userId": "u", "messageId": "i1"},
+        {"type": "page", "userId": "u", "messageId": "p1", "timestamp": "2024-01-01T00:00:00Z"},
+        {"type": "identify", "userId": "v", "messageId": "i2"},
+    ]
+    write(tmp_path / "calls.jsonl", jsonl(*calls))
+    warning = "no message of a type that bills (track) was read, only: identify 2, page 1; nothing was sent (exit 2)."
+    for attempt in range(2):  # no checkpoint is kept: the rerun reads the file and says so again
+        run, summary = send(segbill, fake.url, "calls.jsonl", "--state", "s.db")
+        assert run.exit_code == 2 and summary is not None, attempt
+        assert summary["warnings"] == [warning] and summary["files_already_done"] == 0 and summary["read"] == 3
+    assert fake.requests("lago") == []
+    dry = segbill("send", "calls.jsonl", "--to", "lago", "--dry-run", "--json")
+    assert dry.exit_code == 2 and orjson.loads(dry.stderr.splitlines()[-1])["warnings"] == [warning.replace("sent", "converted")]
+    piped = segbill("send", "--to", "lago", "--dry-run", input=jsonl(*calls))
+    assert piped.exit_code == 2 and "no message of a type that bills" in piped.stderr
+    (tmp_path / "pages.toml").write_text('[lago.events]\nbillable_types = { page = "Page Viewed" }\n')
+    pages = segbill("send", "calls.jsonl", "--to", "lago", "--dry-run", "--config", "pages.toml")
+    assert pages.exit_code == 0 and [event["code"] for event in pages.events] == ["Page Viewed"]
+    other_shard = segbill("send", "calls.jsonl", "--to", "lago", "--dry-run", "--shard", "1/2")
+    assert other_shard.exit_code == 0  # shard 0 bills (and judges) the messages no shard bills

@@ -671,6 +671,13 @@ def _nothing_selected(replay: Replay, mapping: Mapping, by_flags: bool) -> None:
     if not replay.selected_nothing():
         return
     tally = replay.tally
+    done = f"nothing was {'converted' if tally.dry_run else 'sent'} (exit 2)"
+    types = replay.only_other_types()
+    if types:
+        read = ", ".join(f"{kind} {count:,}" for kind, count in sorted(types.items()))
+        billed = ", ".join(["track", *mapping.events.billable_types])
+        replay.nothing_selected(f"no message of a type that bills ({billed}) was read, only: {read}; {done}.")
+        return
     by_rules, by_window = replay.left_out_by_rules(), replay.left_out_by_window()
     names = []
     if by_rules:
@@ -678,10 +685,7 @@ def _nothing_selected(replay: Replay, mapping: Mapping, by_flags: bool) -> None:
     if by_window:
         since, until = replay.options.since is not None, replay.options.until is not None
         names.append("--since/--until" if since and until else "--since" if since else "--until")
-    replay.nothing_selected(
-        f"{' and '.join(names)} left out every event read ({by_rules + by_window:,}): "
-        f"nothing was {'converted' if tally.dry_run else 'sent'} (exit 2)."
-    )
+    replay.nothing_selected(f"{' and '.join(names)} left out every event read ({by_rules + by_window:,}): {done}.")
 
 
 def _time_option(name: str, value: str | None) -> int | None:
