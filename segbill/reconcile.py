@@ -171,7 +171,8 @@ def reconcile(
     """All three steps; `result` keeps what was established if a step fails or is interrupted.
     Both passes select as a dry run of `options` does, with no dead-letter file: unreadable
     lines are only counted. The missing events are no longer delivered in `ledger` (the send's
-    --state, locked by the caller), so a replay with it sends them; nothing else is changed."""
+    --state, locked by the caller), and its checkpoints are dropped once one is, so a send with
+    it rereads its files and sends them; nothing else is changed."""
     options = replace(options, dry_run=True, dead_letter=None)
     first = Replay(options)
     expected = Expected()

@@ -283,11 +283,17 @@ class State:
     def forget(self, keys: list[tuple[str, int]]) -> int:
         """(key, millis) the platform answered 200 for and does not hold (reconcile found them
         missing): no longer delivered, so a replay sends them. A key delivered with another
-        event time stays: the platform may hold it at that time. Returns how many were forgotten."""
+        event time stays: the platform may hold it at that time. Once one is forgotten, no
+        checkpoint (of any selection: the send may have used other options) says a file is
+        finished, so the next send reads them again, and the ledger lets only the forgotten
+        through. Returns how many were forgotten."""
         rows = [(self.target, key, millis) for key, millis in keys]
-        return self.db.executemany(
+        forgotten = self.db.executemany(
             "DELETE FROM ledger WHERE target = ? AND key = ? AND millis = ? AND delivered = 1", rows
         ).rowcount
+        if forgotten:
+            self.db.execute("DELETE FROM checkpoints")
+        return forgotten
 
     # -- checkpoints -----------------------------------------------------------------------------
 

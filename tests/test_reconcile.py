@@ -266,6 +266,49 @@ def test_reconcile_with_the_backfills_state_lets_a_replay_with_that_state_comple
         assert {key for key, _, delivered in ledger("backfill.db") if delivered == 1} == delivered
 
 
+def test_after_reconcile_with_the_state_the_backfills_own_commands_send_what_it_forgot(segbill, tmp_path: Path) -> None:
+    """The send commands themselves, run again, finish the backfill: reconcile (under a selection
+    neither send used) drops every checkpoint of the state, so each rereads its files, and the
+    ledger lets through only the forgotten events."""
+    path = write(tmp_path / "export.jsonl", jsonl(*export(500)))
+    middle = iso_millis(START + 5 * DAY)
+    windows = [("--until", middle), ("--since", middle)]
+    with FakePlatform(api_key=KEY, lago_event_loss=0.05, seed=2) as fake:
+        for window in windows:
+            assert send_json(segbill, fake, str(path), "--state", "f.db", *window)[0] == 0
+        fake.lago_event_loss = 0.0
+        lost = {event["transaction_id"] for event in fake.lost()}
+        run = segbill("reconcile", str(path), "--to", "lago", "--state", "f.db", env=env(fake))
+        note = " ".join(run.stdout.split())
+        assert run.exit_code == 1 and f"{len(lost)} missing events f.db had as delivered" in note
+        assert "a send with it reads its files again and sends them" in note
+
+        resent = 0
+        for window in windows:
+            code, summary = send_json(segbill, fake, str(path), "--state", "f.db", *window)
+            assert code == 0 and summary["files_already_done"] == 0 and summary["read"] == 500
+            assert set(summary["skipped_by_reason"]) == {"duplicate", "after_until" if window[0] == "--until" else "before_since"}
+            resent += summary["delivered"]
+        assert resent == len(lost) and len(fake.counts("lago")) == 500 and set(fake.counts("lago").values()) == {1}
+        code, again = send_json(segbill, fake, str(path), "--state", "f.db", *windows[0])
+        assert (code, again["files_already_done"], again["read"]) == (0, 1, 0)  # checkpoints again once it is done
+        assert reconcile(segbill, fake, str(path), "--state", "f.db")[1]["missing"] == 0
+
+
+def test_a_reconcile_that_forgets_nothing_leaves_the_states_checkpoints_and_says_so(segbill, tmp_path: Path) -> None:
+    """Missing events the ledger never had as delivered (here: outside the send's window) are
+    not the state's to forget: it is left as it was, checkpoints included."""
+    path = write(tmp_path / "export.jsonl", jsonl(*export(100)))
+    window = ("--until", iso_millis(START + 5 * DAY))
+    with FakePlatform(api_key=KEY) as fake:
+        assert send_json(segbill, fake, str(path), "--state", "f.db", *window)[0] == 0
+        run = segbill("reconcile", str(path), "--to", "lago", "--state", "f.db", env=env(fake))
+        note = " ".join(run.stdout.split())
+        assert run.exit_code == 1 and "f.db left as it was: it has none of the missing as delivered" in note
+        code, again = send_json(segbill, fake, str(path), "--state", "f.db", *window)
+        assert (code, again["files_already_done"], again["read"]) == (0, 1, 0)
+
+
 @pytest.mark.parametrize("store", ["postgres", "clickhouse"])
 def test_a_replay_with_a_state_that_has_the_missing_as_delivered_resends_them(segbill, tmp_path: Path, store: str) -> None:
     """Reconcile without --state changes nothing; the replay's entries, marked missing on the

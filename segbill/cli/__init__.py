@@ -452,8 +452,8 @@ def reconcile_command(
             "--state",
             metavar="PATH",
             help="The state file the send used: the missing events are no longer delivered in its ledger (the platform "
-            "answered 200 and does not hold them), so a send with it sends them. Locked as send locks it. Without "
-            "it, reconcile changes no file but --missing.",
+            "answered 200 and does not hold them), and no checkpoint in it says a file is finished, so a send with it "
+            "reads its files again and sends them. Locked as send locks it. Without it, reconcile changes no file but --missing.",
             show_default=False,
         ),
     ] = None,
@@ -476,7 +476,8 @@ def reconcile_command(
     with those the platform holds, and name the
     difference: missing (expected, not found) and extra (held, from no event of the export).
     Counts first; events are listed only in the ranges whose counts disagree. Reads the input twice.
-    With --state, the missing events are no longer delivered in the send's ledger.
+    With --state, the missing events are no longer delivered in the send's ledger, and a send
+    with that state reads its files again to deliver them.
 
     Exit codes: 0 nothing missing or extra; 1 something is, or there was no event to reconcile;
     2 usage error; 3 a read failed (key, URL, the platform), or --missing or the state could not

@@ -17,7 +17,12 @@ def _ledger_note(result: Reconciliation) -> str:
     """What reconcile did to the ledger of --state."""
     if not result.missing:
         return f"{result.state} left as it was: nothing is missing"
-    return f"missing events {result.state} had as delivered, and no longer has: a send with it sends them"
+    if not result.forgotten:
+        return f"{result.state} left as it was: it has none of the missing as delivered (never sent with it, or dead-lettered)"
+    return (
+        f"missing events {result.state} had as delivered, and no longer has; none of its files is finished any "
+        "more: a send with it reads its files again and sends them"
+    )
 
 
 def render_reconcile(result: Reconciliation, stream: IO[str], *, terminal: bool) -> None:
