@@ -18,7 +18,7 @@ from segbill import __version__
 from segbill.cli import app
 from segbill.testing.fake_platform import FakePlatform
 
-from .conftest import SAMPLE_DATA, assert_adds_up, jsonl, send, track, write
+from .conftest import SAMPLE_DATA, assert_adds_up, jsonl, platform_env, send, track, write
 from .schemas import ASSERT_SCHEMA
 
 GOOD = [track(messageId=f"m{i}", userId=f"u{i % 3}", properties={"n": i}) for i in range(5)]
@@ -367,6 +367,26 @@ def test_the_dead_letter_file_is_never_read_while_written(segbill, tmp_path: Pat
     assert run.exit_code == 2
     assert "is both an input and the dead-letter file" in run.stderr
     assert len(dead.read_bytes().splitlines()) == 1
+
+
+@pytest.mark.parametrize("given", ["x.jsonl", "exports"])
+def test_the_dead_letter_file_under_another_name_is_refused_as_an_input(
+    segbill, fake: FakePlatform, tmp_path: Path, given: str
+) -> None:
+    """A hard link is the same file under another name: a run reading it would read the dead
+    letters it appends, for ever. Given itself or found in a folder, it is refused before
+    anything is sent (here the replay would deliver, so the run would end without the check)."""
+    message = track(userId=None, anonymousId="anon-1")
+    run, _ = send(segbill, fake.url, str(write(tmp_path / "in.jsonl", jsonl(message))))
+    dead = tmp_path / "dead.jsonl"
+    assert run.exit_code == 1 and len(dead.read_bytes().splitlines()) == 1  # missing_customer
+    (tmp_path / "exports").mkdir()
+    os.link(dead, tmp_path / "exports" / "x.jsonl")
+    os.link(dead, tmp_path / "x.jsonl")
+    requests = len(fake.requests())
+    run = segbill("send", given, "--to", "lago", "--customer-from", "anonymousId", env=platform_env(fake.url))
+    assert run.exit_code == 2 and "is the dead-letter file dead.jsonl under another name (a hard link)" in run.stderr
+    assert len(dead.read_bytes().splitlines()) == 1 and len(fake.requests()) == requests
 
 
 @pytest.mark.parametrize(

@@ -777,13 +777,28 @@ def _check_dead_letter_path(dead_letter: Path, sources: list[Source]) -> None:
         fail(f"--dead-letter {dead_letter}: cannot write there ({error.strerror}); pass --dead-letter PATH.")
     if not existed:
         return
+    written = dead_letter.stat()
     for source in sources:
-        if source.path is not None and source.path.resolve() == dead_letter.resolve():
-            retry = source.path.with_name(f"retry-{source.path.name}")
+        if source.path is None or not _same_file(source.path, written):
+            continue
+        retry = source.path.with_name(f"retry-{source.path.name}")
+        if source.path.resolve() == dead_letter.resolve():
             fail(
                 f"{source.name} is both an input and the dead-letter file. Move it first "
                 f"(mv {source.name} {retry}) or pass another --dead-letter."
             )
+        fail(  # a hard link: moving it moves the link, a copy is another file
+            f"{source.name} is the dead-letter file {dead_letter} under another name (a hard link): reading it while "
+            f"writing it would never end. Send a copy (cp {source.name} {retry}) or pass another --dead-letter."
+        )
+
+
+def _same_file(path: Path, written: os.stat_result) -> bool:
+    """Whether `path` is the file of `written` (device and inode), whatever names lead to it."""
+    try:
+        return os.path.samestat(path.stat(), written)
+    except OSError:  # gone since it was listed: reading it says so
+        return False
 
 
 def _replace_dry_run_dead_letters(dead_letter: Path) -> None:
