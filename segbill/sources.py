@@ -39,6 +39,7 @@ _GZIP_OUT = 1 << 17  # inflated bytes handed out at a time, as gzip.GzipFile doe
 MAX_LINE_BYTES = 1 << 20
 STDIN = "-"
 _RAW_HEAD = 1024
+EMPTY_GZIP = "The gzip file is empty (0 bytes): a broken download, as Segment never writes one. Download it again and replay it."
 
 
 class UsageError(Exception):
@@ -156,6 +157,9 @@ def read_lines(
     except OSError as error:
         raise SourceUnreadable(f"cannot read {source.name} ({error.strerror or error})") from None
     try:
+        if not offset and _empty_gzip(source, raw):
+            yield (1, 0, 0, b"", Invalid("bad_gzip", EMPTY_GZIP))
+            return
         # read1: a pipe yields what it has (jq output flows through), and a truncated gzip
         # stream gives back everything it decoded before the break.
         stream = _decompressing(raw)
@@ -203,6 +207,11 @@ def _open_binary(source: Source) -> tuple[BinaryIO, Callable[[], None]]:
         return stdin, lambda: None
     handle = open(source.path, "rb")  # noqa: SIM115 -- the caller closes it with the function returned
     return handle, handle.close
+
+
+def _empty_gzip(source: Source, raw: BinaryIO) -> bool:
+    """A `.gz` file of 0 bytes is a broken download (Segment never writes one), not an empty hour."""
+    return source.path is not None and source.path.suffix.lower() == ".gz" and not raw.peek(1)  # type: ignore[attr-defined]
 
 
 def _decompressing(raw: BinaryIO) -> BinaryIO:

@@ -81,6 +81,24 @@ def test_a_folder_in_the_s3_layout_with_gzip_named_or_not(segbill, tmp_path: Pat
     assert [e["transaction_id"] for e in run.events] == ["m0", "m1", "m2"]
 
 
+def test_an_empty_gz_file_is_a_broken_download_dead_lettered_until_downloaded_again(
+    segbill, fake: FakePlatform, tmp_path: Path
+) -> None:
+    """Segment never writes a 0-byte .gz: read as an empty hour, it would lose that hour in silence."""
+    day = tmp_path / "exports" / "1704067200000"
+    write(day / "a.gz", jsonl(GOOD[0]), compress=True)
+    write(day / "b.gz", b"")
+    run, summary = send(segbill, fake.url, "exports", "--state", "s.db")
+    assert run.exit_code == 1 and summary and (summary["delivered"], summary["dead_lettered_by_reason"]) == (1, {"bad_gzip": 1})
+    assert f"{Path('exports', '1704067200000', 'b.gz')}:1: The gzip file is empty (0 bytes)" in run.stderr
+    [entry] = run.dead_letters
+    assert entry["source"]["line"] == 1 and "Download it again" in entry["reason"]
+    write(day / "b.gz", jsonl(GOOD[1]), compress=True)  # downloaded again: another file, read
+    run, summary = send(segbill, fake.url, "exports", "--state", "s.db")
+    assert run.exit_code == 0 and summary and (summary["files_already_done"], summary["delivered"]) == (1, 1)
+    assert fake.counts("lago") == {"m0": 1, "m1": 1}
+
+
 def test_the_bundled_sample_data(segbill) -> None:
     """The README's main job: the deliberately bad sample lines, and nothing else, are dead-lettered."""
     run = segbill("send", str(SAMPLE_DATA), "--to", "lago", "--dry-run", "--json")

@@ -248,6 +248,14 @@ def test_a_truncated_gzip_file_is_reported_with_what_was_read_before(tmp_path: P
     assert 0 < result["track"]["messages"] < 2000 and entry["examples"] == [f"{path}:{result['track']['messages'] + 1}"]
 
 
+def test_an_empty_gz_file_is_counted_as_bad_gzip(tmp_path: Path) -> None:
+    write(tmp_path / "exports" / "a.gz", jsonl(track()), compress=True)
+    write(tmp_path / "exports" / "b.gz", b"")
+    result = report(str(tmp_path / "exports"))
+    assert (result["records"], result["track"]["messages"]) == (2, 1)
+    assert result["unreadable"] == {"bad_gzip": {"count": 1, "examples": [f"{tmp_path / 'exports' / 'b.gz'}:1"]}}
+
+
 def test_the_json_shape() -> None:
     result = report(str(EVENTS))
     assert set(result) == {
