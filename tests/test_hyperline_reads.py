@@ -187,6 +187,24 @@ def test_a_rejected_key_stops_check_and_reconcile_at_the_first_read(segbill, tmp
         assert reconciled.exit_code == 3 and KEY not in reconciled.stdout + reconciled.stderr
 
 
+def test_a_wrong_url_stops_check_as_it_stops_reconcile_and_send_rather_than_making_customers_unknown(
+    segbill, tmp_path: Path
+) -> None:
+    """Only Hyperline's own `{"message": ...}` 404 says a customer does not exist; the 404 of a
+    path no server has (here the fake's, in another shape) is a wrong --api-url."""
+    path = write(tmp_path / "export.jsonl", jsonl(*export(5)))
+    with FakePlatform(api_key=KEY, hyperline_customers=CUSTOMERS) as fake:
+        wrong = {**env(fake), "HYPERLINE_API_URL": f"{fake.url}/wrong"}
+        run = segbill("check", str(path), "--to", "hyperline", "--json", env=wrong)
+        result = orjson.loads(run.stdout)
+        assert run.exit_code == 3 and (result["verdicts"]["unknown_customer"], result["requests"]) == (0, 1)
+        assert "has no such endpoint (HTTP 404 for /wrong/v1/customers/" in result["stopped"]
+        for command in ("reconcile", "send"):
+            run = segbill(command, str(path), "--to", "hyperline", env=wrong)
+            assert run.exit_code == 3 and "has no such endpoint" in run.stdout + run.stderr, command
+        assert fake.events("hyperline") == []
+
+
 def test_a_throttled_read_is_paced_and_retried_then_answers_the_same(segbill, tmp_path: Path) -> None:
     path = write(tmp_path / "export.jsonl", jsonl(*export(50)))
     with FakePlatform(api_key=KEY, hyperline_customers=CUSTOMERS, retry_after=0) as fake:

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
+import orjson
 
 from segbill.segment import iso_millis, parse_time
 from segbill.targets import X_RATELIMIT, Judge, RateHeaders
@@ -43,7 +44,7 @@ class HyperlineReader(ApiReader):
         self.api = api_url(options.url).rstrip("/")
 
     def _read(self, path: str, response: httpx.Response) -> dict[str, Any]:
-        if response.status_code == 404 and path.startswith(CUSTOMERS):
+        if response.status_code == 404 and path.startswith(CUSTOMERS) and _hyperline_error(response):
             raise UnknownCustomer(path.removeprefix(CUSTOMERS))
         return super()._read(path, response)
 
@@ -84,6 +85,17 @@ class HyperlineReader(ApiReader):
             total = (body.get("meta") or {}).get("total")
             if not page or not isinstance(total, int) or len(listed) >= total:
                 return listed
+
+
+def _hyperline_error(response: httpx.Response) -> bool:
+    """Whether a 404 is Hyperline's own error, `{"message": "..."}`, as it answers an id it does
+    not know. Any other 404 (a page, another server's error, no body) comes from no customer
+    endpoint: a wrong URL, which must stop the run rather than make every customer unknown."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("message"), str)
 
 
 def _scope(customer: str, event_type: str, start: int, end: int) -> dict[str, str | int | list[str]]:
