@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -16,7 +17,7 @@ import typer.main
 
 from segbill.cli import app
 
-from .conftest import ROOT, SAMPLE_DATA, jsonl, track, write
+from .conftest import ROOT, SAMPLE_DATA, jsonl, platform_env, track, write
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -90,3 +91,28 @@ def _options() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("command", "option"), _options())
 def test_every_option_of_every_command_is_in_the_readme(command: str, option: str) -> None:
     assert re.search(rf"`[^`]*{re.escape(option)}\b[^`]*`", README), f"segbill {command} {option} is not described in the README"
+
+
+def _params(command: str) -> dict[str, Any]:
+    """A command's parameters by name, as typer built them (with their help)."""
+    group = typer.main.get_command(app)
+    return {param.name: param for param in group.commands[command].params}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("command", ["send", "inspect", "check", "reconcile"])
+def test_the_help_says_stdin_is_read_only_where_it_is(segbill, fake, command: str) -> None:
+    """What a command does with '-' (against the fake, so nothing leaves the machine), and what
+    its help promises."""
+    run = segbill(
+        command, "-", *([] if command == "inspect" else ["--to", "lago"]), input=jsonl(track()), env=platform_env(fake.url)
+    )
+    refused = run.exit_code == 2 and "not stdin" in run.stderr
+    help_text = " ".join(_params(command)["paths"].help.split())
+    assert ("reads stdin" in help_text) == (not refused), (help_text, run.stderr)
+    assert ("not stdin" in help_text) == refused
+
+
+@pytest.mark.parametrize("command", ["send", "check", "reconcile"])
+def test_the_shard_help_names_a_state_only_where_the_command_takes_one(command: str) -> None:
+    params = _params(command)
+    assert "--state" not in params["shard"].help or "state" in params, command

@@ -73,6 +73,13 @@ Paths = Annotated[
     list[str] | None,
     typer.Argument(help="The Segment exports, read exactly as send reads them. '-' or nothing reads stdin.", show_default=False),
 ]
+FilePaths = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Files or folders of Segment exports, read exactly as send reads them; not stdin, as they are read twice.",
+        show_default=False,
+    ),
+]
 ToRead = Annotated[TargetName, typer.Option("--to", help="The billing platform to read.", case_sensitive=False)]
 Config = Annotated[
     Path | None,
@@ -124,14 +131,20 @@ Until = Annotated[
         show_default=False,
     ),
 ]
+SHARD_SPLIT = "shard K of N (K from 0 to N-1), a stable split by customer id"
 Shard = Annotated[
     str | None,
     typer.Option(
         "--shard",
         metavar="K/N",
-        help="Bill only the customers of shard K of N (K from 0 to N-1), a stable split by customer id, so N "
-        "workers share one backfill; give each its own --state.",
+        help=f"Bill only the customers of {SHARD_SPLIT}, so N workers share one backfill; give each its own --state.",
         show_default=False,
+    ),
+]
+ShardRead = Annotated[
+    str | None,
+    typer.Option(
+        "--shard", metavar="K/N", help=f"Only the customers of {SHARD_SPLIT}, as send --shard K/N bills them.", show_default=False
     ),
 ]
 ApiUrl = Annotated[
@@ -401,7 +414,7 @@ def check_command(
     exclude_event: ExcludeEvents = None,
     since: Since = None,
     until: Until = None,
-    shard: Shard = None,
+    shard: ShardRead = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
     timeout: Timeout = 30.0,
@@ -434,7 +447,7 @@ def check_command(
 
 @app.command("reconcile")
 def reconcile_command(
-    paths: Paths = None,
+    paths: FilePaths = None,
     to: ToRead = ...,  # type: ignore[assignment]
     missing: Annotated[
         Path | None,
@@ -463,7 +476,7 @@ def reconcile_command(
     exclude_event: ExcludeEvents = None,
     since: Since = None,
     until: Until = None,
-    shard: Shard = None,
+    shard: ShardRead = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
     timeout: Timeout = 30.0,
