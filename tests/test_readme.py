@@ -3,9 +3,12 @@ and .ci/run runs exactly it; its Kubernetes example installs something that exis
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +63,36 @@ def test_the_main_job_leaves_no_file_in_the_clone(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr  # the sample's bad lines, on purpose
     assert b'"code":' in done.stdout and b"dead-lettered" in done.stderr
     assert files() == before
+
+
+def test_the_fake_platform_block_runs_as_written_and_stops_its_fake(tmp_path: Path) -> None:
+    """The block starts the fake as a background job, which Ctrl-C never reaches: run as
+    written (on a free port), it sends to the fake, stops it, and the fake says what it stored."""
+    block = block_after("Try a real send without an account", "sh")
+    venv_bin = Path(sys.prefix) / "bin"
+    if not (venv_bin / "segbill").exists():
+        pytest.skip("segbill is not installed in this interpreter's environment")
+    shutil.copytree(SAMPLE_DATA, tmp_path / "sample_data")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
+    shell = subprocess.Popen(
+        ["bash", "-c", block.replace("8080", str(port))],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:  # the fake holds the output open until it stops: a block that never stops it ends in the timeout
+        out, err = shell.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGKILL)  # whatever the block left running
+    assert re.search(r"stored [1-9]\d* Lago and 0 Hyperline events", out), out + err
+    assert "delivered" in err
 
 
 def test_ci_runs_exactly_the_readme_set_up() -> None:

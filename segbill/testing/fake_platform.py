@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import ipaddress
 import math
+import os
 import random
 import re
 import signal
@@ -1213,7 +1214,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fake_platform: {error}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    print(f"fake Lago + Hyperline at {fake.url} (api key {args.api_key!r}); Ctrl-C to stop", flush=True)
+    print(f"fake Lago + Hyperline at {fake.url} (api key {args.api_key!r}); Ctrl-C or kill {os.getpid()} to stop", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
