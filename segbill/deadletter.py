@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
@@ -32,11 +33,14 @@ class DeadLetterWriteError(Exception):
 class DeadLetterFile:
     """Appends entries; the file is created (readable by its owner only) on the first entry."""
 
-    def __init__(self, path: Path, target: str, *, dry_run: bool = False) -> None:
-        """`dry_run`: entries say so, and a later dry run may replace the file (`written_by_dry_runs`)."""
+    def __init__(self, path: Path, target: str, *, dry_run: bool = False, shard: tuple[int, int] | None = None) -> None:
+        """`dry_run`: entries say so, and a later dry run may replace the file (`written_by_dry_runs`).
+        `shard`: the run bills shard K of N; a replay with that --shard keeps its entries, even
+        when a fix moved a record's customer to another shard."""
         self.path = path
         self.target = target
         self.dry_run = dry_run
+        self.shard = shard
         self._handle: BinaryIO | None = None
         self._unsynced = False
         self._failure: str | None = None  # why the file cannot be written, once a write failed
@@ -55,6 +59,8 @@ class DeadLetterFile:
             entry["dry_run"] = True
         if missing_on_platform:
             entry[MISSING_MARKER] = True
+        if self.shard is not None:
+            entry["shard"] = f"{self.shard[0]}/{self.shard[1]}"
         if record.first_source is not None and record.first_source != entry["source"]:
             entry["first_source"] = record.first_source
         data = None
@@ -121,9 +127,10 @@ def _unwrap(entry: dict[str, Any], raw: bytes, origin: Origin, loads: Loads) -> 
     first = entry.get("first_source") or entry.get("source")
     first_source = first if isinstance(first, dict) else None
     missing = entry.get(MISSING_MARKER) is True
+    shard = _shard(entry.get("shard"))
     record = entry.get("record")
     if isinstance(record, dict):
-        return Record(origin, raw, message=record, first_source=first_source, missing_on_platform=missing)
+        return Record(origin, raw, message=record, first_source=first_source, missing_on_platform=missing, shard=shard)
     original: bytes | None = None
     if isinstance(entry.get("raw_base64"), str):
         original = base64.b64decode(entry["raw_base64"])
@@ -138,7 +145,17 @@ def _unwrap(entry: dict[str, Any], raw: bytes, origin: Origin, loads: Loads) -> 
         return Record(origin, original, invalid=invalid, first_source=first_source)
     records[0].first_source = first_source
     records[0].missing_on_platform = missing
+    records[0].shard = shard
     return records[0]
+
+
+def _shard(value: Any) -> tuple[int, int] | None:
+    """An entry's "K/N" (see `DeadLetterFile.shard`), or None."""
+    if isinstance(value, str) and re.fullmatch(r"\d+/\d+", value):
+        number, count = (int(part) for part in value.split("/"))
+        if number < count:
+            return number, count
+    return None
 
 
 ENTRIES = Wrapper(DEAD_LETTER_MARKER, _unwrap)

@@ -104,6 +104,13 @@ def position_of(start: Checkpoint | None) -> dict[str, int]:
     return {"offset": start.offset, "line": start.line} if start else {}
 
 
+def _owner(record: Record, shards: int, by_customer: Callable[[], int]) -> int:
+    """The shard (of `shards`) a record belongs to: the one whose run dead-lettered it, when it
+    is read back from its entry (a fix may have given it another customer), else `by_customer`."""
+    written = record.shard
+    return written[0] if written is not None and written[1] == shards else by_customer()
+
+
 def shard_of(customer: str, shards: int) -> int:
     """A stable split by customer id, the same on every machine and Python version."""
     digest = hashlib.blake2b(customer.encode("utf-8", "surrogatepass"), digest_size=8).digest()
@@ -147,7 +154,7 @@ class Conversion:
         """A record read -> (record, converted event, event time, None), or its outcome."""
         message = record.message
         if message is None:
-            return record, self._unbillable(record.invalid)  # type: ignore[arg-type]
+            return record, self._unbillable(record, record.invalid)  # type: ignore[arg-type]
         options = self.options
         try:
             fields = self._quick(message) if self._quick is not None else None
@@ -164,9 +171,9 @@ class Conversion:
         except Skipped as skipped:
             return record, skipped.reason
         except Invalid as invalid:
-            return record, self._unbillable(invalid)
+            return record, self._unbillable(record, invalid)
         except RecursionError:  # objects nested about a thousand deep: one record, not the run
-            return record, self._unbillable(Invalid("too_deep", TOO_DEEP))
+            return record, self._unbillable(record, Invalid("too_deep", TOO_DEEP))
         return self._selected(record, fields, event)
 
     def _selected(self, record: Record, fields: Billable, event: dict[str, Any]) -> Result:
@@ -180,7 +187,7 @@ class Conversion:
             self.outside_window += 1
         else:
             self.inside_window = True
-        if shard is not None and shard_of(fields.customer, shard[1]) != shard[0]:
+        if shard is not None and _owner(record, shard[1], lambda: shard_of(fields.customer, shard[1])) != shard[0]:
             return record, "other_shard"
         if early:
             return record, "before_since"
@@ -195,10 +202,10 @@ class Conversion:
             return kind
         return Invalid("missing_type", 'The message has no "type" (track, identify, page, ...).')
 
-    def _unbillable(self, invalid: Invalid) -> str | Invalid:
+    def _unbillable(self, record: Record, invalid: Invalid) -> str | Invalid:
         """A record that can never be billed belongs to shard 0 alone, so shards do not repeat it."""
         shard = self.options.shard
-        return "other_shard" if shard is not None and shard[0] != 0 else invalid
+        return "other_shard" if shard is not None and _owner(record, shard[1], lambda: 0) != shard[0] else invalid
 
 
 class Replay:
@@ -218,7 +225,7 @@ class Replay:
         self.dead_letters = (
             None
             if options.dead_letter is None
-            else DeadLetterFile(options.dead_letter, options.target.name, dry_run=options.dry_run)
+            else DeadLetterFile(options.dead_letter, options.target.name, dry_run=options.dry_run, shard=options.shard)
         )
         self._conversion_digest = options.conversion()
         self.state = State(

@@ -191,7 +191,7 @@ def reconcile(
     if result.stopped is not None:
         return
     second = Replay(options)
-    missing_file = DeadLetterFile(missing_path, options.target.name) if missing_path is not None else None
+    missing_file = DeadLetterFile(missing_path, options.target.name, shard=options.shard) if missing_path is not None else None
     try:
         _match(second, differences, missing_file, ledger, result)
     finally:

@@ -64,7 +64,7 @@ class Record:
 
     `index` is the position inside a line holding several messages. A record is a message
     exactly when `invalid` is None, even once `drop_message` let it go.
-    `first_source`, `missing_on_platform`: read back from a dead-letter entry (see deadletter.py).
+    `first_source`, `missing_on_platform`, `shard`: read back from a dead-letter entry (see deadletter.py).
     """
 
     origin: Origin
@@ -74,6 +74,7 @@ class Record:
     invalid: Invalid | None = None
     first_source: dict[str, Any] | None = None
     missing_on_platform: bool = False
+    shard: tuple[int, int] | None = None  # (K, N): dead-lettered by a run billing shard K of N
 
     @property
     def path(self) -> str:

@@ -164,6 +164,43 @@ def test_shards_cover_the_input_exactly_with_no_overlap(segbill, tmp_path: Path)
     assert bad.exit_code == 2 and "--shard '4/4' is not K/N with 0 <= K < N" in bad.stderr
 
 
+def test_a_shards_dead_letters_replayed_with_its_shard_are_all_its_own(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+    """Tracks without a userId are dead-lettered by shard 0; fixed with --customer-from
+    anonymousId, most hash to other shards. Replayed with --shard 0/4 (as the shard's job
+    would be), they were skipped as other_shard, exit 0, billed by no shard: the entry now
+    says which shard wrote it, and that shard keeps it. Other shards' entries stay theirs."""
+    named = [track(messageId=f"m{i}", userId=f"customer-{i % 37}") for i in range(120)]
+    anonymous = [track(messageId=f"a{i}", userId=None, anonymousId=f"anon-{i}") for i in range(40)]
+    write(tmp_path / "export.jsonl", jsonl(*named, *anonymous))
+    env = {"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+    for k in range(4):
+        run = segbill(
+            "send",
+            "export.jsonl",
+            "--to",
+            "lago",
+            "--shard",
+            f"{k}/4",
+            "--state",
+            f"s{k}.db",
+            "--quiet",
+            env=env,
+            dead_letter=f"dead-{k}.jsonl",
+        )
+        assert run.exit_code == (1 if k == 0 else 0)
+    assert len(fake.counts("lago")) == 120
+    entries = [orjson.loads(line) for line in (tmp_path / "dead-0.jsonl").read_bytes().splitlines()]
+    assert len(entries) == 40 and {entry["shard"] for entry in entries} == {"0/4"}
+    (tmp_path / "dead-0.jsonl").rename(tmp_path / "retry-0.jsonl")
+    common = ["--to", "lago", "--customer-from", "anonymousId", "--quiet", "--json"]
+    others = [segbill("send", "retry-0.jsonl", *common, "--shard", f"{k}/4", "--state", f"s{k}.db", env=env) for k in (1, 2, 3)]
+    assert all(orjson.loads(run.stdout)["skipped_by_reason"] == {"other_shard": 40} for run in others)
+    replay = segbill("send", "retry-0.jsonl", *common, "--shard", "0/4", "--state", "s0.db", env=env)
+    assert replay.exit_code == 0, replay.stderr
+    assert orjson.loads(replay.stdout)["delivered"] == 40
+    assert fake.counts("lago") == {**{f"m{i}": 1 for i in range(120)}, **{f"a{i}": 1 for i in range(40)}}
+
+
 def test_a_dry_run_with_state_changes_nothing(segbill, tmp_path: Path, fake: FakePlatform) -> None:
     write(tmp_path / "a.jsonl", jsonl(*messages(20)))
     send(segbill, fake.url, "a.jsonl", "--state", "s.db")
