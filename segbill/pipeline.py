@@ -249,7 +249,8 @@ class Replay:
     ) -> Generator[list[Claimed]]:
         """Claimed events in input order, a block at a time (`CLAIM_CHUNK` of them; one by one
         from stdin, so a slow pipe still flows; at least one block, maybe empty, every
-        `4 * CLAIM_CHUNK` records read), each new to the ledger or sent before without an answer. The caller owns a block's outcomes once it takes it (`delivered`, `rejected`,
+        `4 * CLAIM_CHUNK` records read), each new to the ledger or sent before without an
+        answer. The caller owns a block's outcomes once it takes it (`delivered`, `rejected`,
         `not_attempted`). `reading` wraps stdin's records (a read there may wait for ever)."""
         tally = self.tally
         pending = self._pending
