@@ -27,6 +27,7 @@ from segbill.segment import (
 )
 
 MAX_CACHED_NAMES = 10_000  # event names whose code is remembered (names are few; memory stays flat)
+MAX_AMOUNT_DIGITS = 64  # an amount written out in full; more is no amount anyone bills
 MAX_CACHED_KEYS = 10_000  # property keys whose shaped key is remembered
 
 
@@ -394,7 +395,12 @@ class Mapping:
             raise Invalid("bad_amount", f'The amount at "{where}" ({str(value)[:40]!r}) is not a number.') from None
         if not amount.is_finite():
             raise Invalid("bad_amount", f'The amount at "{where}" is not a finite number.')
-        return str(amount)
+        text = format(amount, "f")  # plain decimal digits: never "1E+3" or "1E-7"
+        if len(text) > MAX_AMOUNT_DIGITS:  # "1e100000" would be a 100,001-digit amount
+            raise Invalid(
+                "bad_amount", f'The amount at "{where}" ({str(value)[:40]!r}) has more than {MAX_AMOUNT_DIGITS} digits.'
+            )
+        return text
 
 
 class Skipped(Exception):

@@ -151,6 +151,27 @@ include = ["Nothing *"]
     assert [(e["transaction_id"], e["external_subscription_id"]) for e in run.events] == [("m1", "acct-9")]
 
 
+def test_an_amount_is_sent_as_plain_decimal_digits(segbill, tmp_path: Path) -> None:
+    """Lago's precise_total_amount_cents is a decimal string: an amount written in exponent form
+    (1e3, 1E-7) or read as a float goes as plain digits, exact."""
+    config = '[lago]\nprecise_total_amount_cents = "properties.amount"\n'
+    amounts = [1e-7, "1e3", "12.50", 1200, "-0.5", 2.5e15]
+    messages = [API_CALL | {"messageId": f"m{i}", "properties": {"amount": amount}} for i, amount in enumerate(amounts)]
+    run = dry(segbill, tmp_path, config, messages)
+    assert run.exit_code == 0
+    assert [event["precise_total_amount_cents"] for event in run.events] == [
+        "0.0000001",
+        "1000",
+        "12.50",
+        "1200",
+        "-0.5",
+        "2500000000000000.0",
+    ]
+    huge = dry(segbill, tmp_path, config, [API_CALL | {"properties": {"amount": "1e100000"}}])
+    assert huge.exit_code == 1
+    assert huge.dead_letters[0]["reason"] == "The amount at \"properties.amount\" ('1e100000') has more than 64 digits."
+
+
 def test_an_amount_that_is_not_a_number_is_dead_lettered(segbill, tmp_path: Path) -> None:
     config = '[lago]\nprecise_total_amount_cents = "properties.amount"\n'
     run = dry(segbill, tmp_path, config, [API_CALL | {"properties": {"amount": "twelve"}}])
