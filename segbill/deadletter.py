@@ -11,6 +11,7 @@ import base64
 import contextlib
 import os
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
@@ -44,6 +45,8 @@ class DeadLetterFile:
         self._handle: BinaryIO | None = None
         self._unsynced = False
         self._failure: str | None = None  # why the file cannot be written, once a write failed
+        self._second = -1  # the second `_at` names: an entry's time is written once a second, not per entry
+        self._at = ""
 
     def write(self, record: Record, reason: str, *, missing_on_platform: bool = False) -> None:
         """`missing_on_platform` (reconcile): a send of this entry overrides a ledger that has
@@ -52,7 +55,7 @@ class DeadLetterFile:
             DEAD_LETTER_MARKER: 1,
             "reason": reason,
             "target": self.target,
-            "at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "at": self._now(),
             "source": record.source(),
         }
         if self.dry_run:
@@ -84,6 +87,14 @@ class DeadLetterFile:
         except OSError as error:
             self._fail(error)
         self._unsynced = True
+
+    def _now(self) -> str:
+        """The time of an entry, to the second (`2024-01-01T00:00:00Z`)."""
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._at = datetime.fromtimestamp(second, UTC).isoformat().replace("+00:00", "Z")
+        return self._at
 
     def sync(self) -> None:
         """Flush to disk: a checkpoint may only pass a dead-lettered record once it is durable."""

@@ -1,0 +1,83 @@
+"""A dead letter holds its message as the standard library reads the line, every integer exact.
+segbill reads it with msgspec, which gives the same values faster, and leaves what msgspec
+refuses to the standard library (`segment._loads_exact`): these runs compare the two through
+the CLI, byte for byte."""
+
+from __future__ import annotations
+
+import random
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from segbill import segment
+
+from .conftest import track, write
+
+
+def _float_text(rng: random.Random) -> bytes:
+    """A float as an export may write it: any finite double, in the forms JSON writers use."""
+    while True:
+        value = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+        if value == value and abs(value) != float("inf"):
+            break
+    return rng.choice([repr(value), f"{value:.17g}", f"{value:.20e}", f"{value:.3E}"]).encode()
+
+
+def _anonymous(properties: bytes, **fields: Any) -> bytes:
+    """An anonymous-only track (dead-lettered: missing_customer) with `properties` as written."""
+    head = segment.dumps(track(userId=None, anonymousId="anon", properties=None, **fields))
+    return head[:-1] + b',"properties":' + properties + b"}"
+
+
+def _odd_lines() -> list[bytes]:
+    rng = random.Random(7)
+    lines = [
+        _anonymous(b'{"n":' + b",".join(_float_text(rng) for _ in range(20)).replace(b",", b',"k":') + b"}", messageId=f"f-{i}")
+        for i in range(200)
+    ]
+    lines += [
+        _anonymous(b'{"big":18446744073709551616,"neg":-9223372036854775809,"xs":[123456789012345678901234567890,-0,-0.0]}'),
+        _anonymous(b'{"digits":' + b"7" * 300 + b"}"),  # orjson reads it as a float
+        _anonymous(b'{"a":1,"a":2,"b":{"c":3,"c":[4]}}'),  # the last value of a key given twice
+        _anonymous(b'{"s":"\\u00e9\\ud83d\\ude00\\u0000\\/\\"\\\\","t":"caf\xc3\xa9 \xe6\x9d\xb1"}'),
+        _anonymous(b'{"tiny":5e-324,"under":1.5e-400,"max":1.7976931348623157e308,"e":1E2}'),
+        _anonymous(b"[" * 400 + b"1" + b"]" * 400),  # nested, short of any recursion limit
+        _anonymous(b'{"pad":"' + b"x" * 2000 + b'","deep":' + b"[" * 600 + b"]" * 600 + b"}"),  # left to the standard library
+        _anonymous(b"{}", context={"n": 2**70, "f": 1e300}),
+    ]
+    return lines
+
+
+def _refused(raw: bytes) -> Any:
+    raise segment.msgspec.DecodeError("refused: the standard library reads every line")
+
+
+def _untimed(dead_letters: bytes) -> bytes:
+    return re.sub(rb'"at":"[^"]*",', b"", dead_letters)
+
+
+def test_dead_letters_hold_what_the_standard_library_reads(segbill, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    lines = _odd_lines()
+    write(tmp_path / "in.jsonl", b"\n".join(lines) + b"\n")
+    read_by_msgspec = []
+    decode = segment._decode_any
+
+    def counted(raw: bytes) -> Any:
+        value = decode(raw)
+        read_by_msgspec.append(raw)
+        return value
+
+    with monkeypatch.context() as patch:
+        patch.setattr(segment, "_decode_any", counted)
+        fast = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--json")
+    with monkeypatch.context() as patch:
+        patch.setattr(segment, "_decode_any", _refused)
+        slow = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--json", dead_letter="dead-stdlib.jsonl")
+    assert fast.exit_code == slow.exit_code == 1
+    assert _untimed(fast.dead_letter.read_bytes()) == _untimed(slow.dead_letter.read_bytes())
+    assert [letter["reason"][:31] for letter in fast.dead_letters] == ["The track message has no custom"] * len(lines)
+    assert len(read_by_msgspec) >= len(lines) - 2  # the comparison is not between two standard-library reads
