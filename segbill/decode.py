@@ -10,11 +10,12 @@ and the usual track message then goes through the mapping's own fast path
 Anything unusual falls back to the exact general path, which stays the authority: a line that
 is not one message (an envelope, an array, a dead-letter entry), a type the mapping may bill
 besides track, anything the fast path refuses (a missing or odd field, a time it does not
-read), a float of 2**63 or more, a conflict between flattened properties, a line msgspec
-refuses or one that is not valid UTF-8 (msgspec does not check the text of keys it skips).
-msgspec reads integers beyond 64 bits exactly, as the general path's exact re-parse does; one
-in the properties makes the line fall back all the same, so that such integers are converted
-in one place (the general path's, which also writes them inside lists sent as JSON text).
+read), a conflict between flattened properties, a line msgspec refuses or one that is not valid
+UTF-8 (msgspec does not check the text of keys it skips). msgspec reads integers beyond 64 bits
+exactly, as the general path's exact re-parse does; one in the properties makes the line fall
+back all the same, so that such integers are converted in one place (the general path's, which
+also writes them inside lists sent as JSON text). Its floats are the numbers written, so a float
+of 2**63 or more is converted here, as the general path converts it once parsed exactly.
 
 One difference is kept on purpose: a number beyond float64's range (such as 1e400) in a key
 the mapping does not read. orjson refuses such a line whole (it is dead-lettered as not JSON);
@@ -32,7 +33,7 @@ import orjson
 
 from segbill.deadletter import DEAD_LETTER_MARKER, ENTRIES, _is_utf8
 from segbill.mapping import Mapping, Skipped
-from segbill.segment import Billable, InexactNumber, Invalid, Origin, Record, read_line
+from segbill.segment import _PARSED_EXACTLY, Billable, Invalid, Origin, Record, read_line
 from segbill.sources import Line
 from segbill.targets import Target
 
@@ -86,6 +87,10 @@ class BlockDecoder:
         self._fields = fields
         self._event_of = event_of
         self._billed_types = set(mapping.events.billable_types)
+        # Without property rules or an amount, the event is the platform's conversion alone.
+        plain = not mapping.shapes_properties and mapping.fields.amount is None
+        self._convert = target.convert if plain else None
+        self._separator = mapping.separator
         self._customer_key = mapping.fields.customer.paths[0][0]
         # A TypedDict rather than a Struct: the fast path reads a dict, and making one from a
         # Struct costs more per line (0.4 us) than msgspec's building the dict itself.
@@ -110,16 +115,22 @@ class BlockDecoder:
         customer = message.get(self._customer_key)
         if type(customer) is int:  # a numeric user id: the general path makes it this string
             message[self._customer_key] = str(customer)
+        # msgspec's numbers are the ones written (integers beyond 64 bits fall back): converted
+        # as a message parsed exactly, where no float can be a lost integer.
+        exactly = _PARSED_EXACTLY.set(True)
         try:
             fields = self._fields(message)
             if fields is None:
                 return None
-            event = self._event_of(fields, message, self._target, self._mapping)
+            if self._convert is not None:
+                return fields, self._convert(fields, self._separator)
+            return fields, self._event_of(fields, message, self._target, self._mapping)
         except Skipped as skipped:
             return skipped
-        except (Invalid, InexactNumber, RecursionError):
+        except (Invalid, RecursionError):
             return None
-        return fields, event
+        finally:
+            _PARSED_EXACTLY.reset(exactly)
 
     def records(self, lines: Iterable[Line], path: str) -> Iterator[tuple[Record, Decoded]]:
         """The records of `lines` (as `read_records` makes them), each with what it bills as;

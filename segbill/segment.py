@@ -412,6 +412,12 @@ def exact_float(value: float, kind: str, what: str) -> float:
     return value
 
 
+def floats_may_be_integers() -> bool:
+    """Whether a large float of the message being converted may stand for an integer orjson
+    could not hold (see `check_exact`): never in a message parsed exactly."""
+    return not _PARSED_EXACTLY.get()
+
+
 @contextmanager
 def parsed_exactly() -> Iterator[None]:
     """Convert a message `exact_message` read: its large floats are floats (see `check_exact`)."""

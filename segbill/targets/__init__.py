@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from segbill.segment import Billable, Invalid, check_exact, dumps
+from segbill.segment import Billable, Invalid, check_exact, dumps, floats_may_be_integers
 
 if TYPE_CHECKING:
     from segbill.targets.api import ReadOptions
@@ -212,7 +212,8 @@ _LARGE_EXPONENT = re.compile(rb"\de\+?(?:1[89]|[2-9]\d|\d{3})")
 
 def _json_text(value: Any) -> str:
     text = dumps(value)
-    if _LARGE_EXPONENT.search(text):  # rare, and a string can match too: look closely
+    # The search costs more than the dump: skipped for a message parsed exactly (the decoder's).
+    if floats_may_be_integers() and _LARGE_EXPONENT.search(text):  # rare, and a string can match too: look closely
         _check_nested(value)
     return text.decode()
 
