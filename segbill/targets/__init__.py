@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from segbill.segment import Billable, Invalid, check_exact, dumps, floats_may_be_integers
+from segbill.segment import _INEXACT_FLOAT, Billable, Invalid, check_exact, dumps, floats_may_be_integers
 
 if TYPE_CHECKING:
     from segbill.targets.api import ReadOptions
@@ -142,36 +142,64 @@ def flatten(properties: dict[str, Any], *, keep_scalar_lists: bool, separator: s
     Lists of scalars stay lists when `keep_scalar_lists` (booleans then stay booleans too);
     otherwise booleans become "true"/"false" and lists become their JSON text.
     """
-    flat: dict[str, Any] = {}
-    _flatten_into(flat, "", properties, keep_scalar_lists, separator)
+    # A copy with the values that change replaced, until a nested object: its keys take its
+    # place, so from there on the keys are added in order (and may collide).
+    flat = properties.copy()
+    items = iter(properties.items())
+    for name, value in items:
+        kind = type(value)
+        if kind is str:  # most values: kept as they are
+            continue
+        if kind is float:
+            if not -_INEXACT_FLOAT < value < _INEXACT_FLOAT:
+                check_exact(value)
+        elif kind is int:
+            if not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+                flat[name] = str(value)
+        elif value is None:
+            del flat[name]
+        elif kind is bool:
+            if not keep_scalar_lists:
+                flat[name] = "true" if value else "false"
+        elif kind is list:
+            flat[name] = _exact_ints(value) if keep_scalar_lists and _scalars(value) else _json_text(value)
+        elif kind is dict:
+            ordered = {}
+            for key, converted in flat.items():  # the keys before it, converted
+                if key == name:
+                    break
+                ordered[key] = converted
+            _flatten_into(ordered, name + separator, value.items(), keep_scalar_lists, separator)
+            _flatten_into(ordered, "", items, keep_scalar_lists, separator)
+            return ordered
     return flat
 
 
-def _flatten_into(flat: dict[str, Any], prefix: str, values: dict[str, Any], keep: bool, separator: str) -> None:
-    # Two keys can only collide once a nested object has added joined keys (or below the top).
-    nested = bool(prefix)
-    for name, value in values.items():
+def _flatten_into(flat: dict[str, Any], prefix: str, items: Iterable[tuple[str, Any]], keep: bool, separator: str) -> None:
+    """Add `items` to `flat` in order, a nested object's keys joined to its own: below the top,
+    or past a nested object, two properties may become one key."""
+    for name, value in items:
         kind = type(value)
-        if kind is str:  # most values: kept as they are
+        if kind is str:
             pass
+        elif kind is float:
+            if not -_INEXACT_FLOAT < value < _INEXACT_FLOAT:
+                check_exact(value)
         elif kind is int:
             if not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
                 value = str(value)
         elif kind is dict:
-            _flatten_into(flat, prefix + name + separator, value, keep, separator)
-            nested = True
+            _flatten_into(flat, prefix + name + separator, value.items(), keep, separator)
             continue
         elif value is None:
             continue
-        elif kind is float:
-            check_exact(value)
         elif kind is bool:
             if not keep:
                 value = "true" if value else "false"
         elif kind is list:
             value = _exact_ints(value) if keep and _scalars(value) else _json_text(value)
-        key = prefix + name if prefix else name
-        if nested and key in flat:
+        key = prefix + name
+        if key in flat:
             raise Invalid(
                 "property_conflict",
                 f'Two properties become "{key}" once nested objects are flattened; rename one.',
