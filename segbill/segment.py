@@ -323,10 +323,12 @@ def iso_millis(millis: int) -> str:
     return (_EPOCH + timedelta(milliseconds=millis)).isoformat(timespec="milliseconds") + "Z"
 
 
+_FRACTIONS = tuple(f".{ms:03d}" for ms in range(1000))  # a third of the time of formatting each
+
+
 def unix_seconds(millis: int) -> str:
     """Milliseconds since the epoch -> `"1704067200.123"`, exact (no float on the way)."""
-    seconds, ms = divmod(millis, 1000)
-    return f"{seconds}.{ms:03d}"
+    return str(millis // 1000) + _FRACTIONS[millis % 1000]
 
 
 # --- billable events ------------------------------------------------------------------------

@@ -68,6 +68,8 @@ def test_numbers_and_other_types_are_not_times(value: object) -> None:
         (1704067200000, "1704067200.000", "2024-01-01T00:00:00.000Z"),
         (1704067200005, "1704067200.005", "2024-01-01T00:00:00.005Z"),
         (0, "0.000", "1970-01-01T00:00:00.000Z"),
+        (1704067200050, "1704067200.050", "2024-01-01T00:00:00.050Z"),
+        (253402300799999, "253402300799.999", "9999-12-31T23:59:59.999Z"),  # the last time a platform can take
     ],
 )
 def test_output_forms(millis: int, lago: str, hyperline: str) -> None:
