@@ -33,7 +33,7 @@ import orjson
 
 from segbill.deadletter import DEAD_LETTER_MARKER, ENTRIES
 from segbill.mapping import Mapping, Skipped
-from segbill.segment import _PARSED_EXACTLY, Billable, Invalid, Origin, Record, read_line
+from segbill.segment import _PARSED_EXACTLY, Billable, Invalid, Origin, Record, read_line, records_of
 from segbill.sources import Line
 from segbill.targets import Target
 
@@ -68,6 +68,9 @@ def _json_value(depth: int) -> Any:
 
 
 _PROPERTIES = _json_value(_MAX_DEPTH)
+# A line the general path reads: msgspec gives orjson's values (as fast), but refuses integers
+# beyond 64 bits (orjson's floats) and deep nesting, so that what it reads is exact.
+_read_whole: Callable[[bytes], Any] = msgspec.json.Decoder(_json_value(_MAX_DEPTH + 1)).decode
 
 
 def _keys(mapping: Mapping) -> list[str]:
@@ -142,7 +145,7 @@ class BlockDecoder:
     def records(self, lines: Iterable[Line], path: str) -> Iterator[tuple[Record, Decoded]]:
         """The records of `lines` (as `read_records` makes them), each with what it bills as;
         a record the decoder did not read comes from the general path's parse, with None."""
-        decode = self.decode
+        decode, read_whole = self.decode, _read_whole
         for number, start, end, data, problem in lines:
             origin = _new_origin(Origin, (path, number, start, end))
             if problem is not None:
@@ -152,7 +155,15 @@ class BlockDecoder:
             if decoded is not None:
                 yield Record(origin, data), decoded
                 continue
-            for record in read_line(data, origin, orjson.loads, ENTRIES):
+            try:
+                value = read_whole(data)
+            except (msgspec.MsgspecError, RecursionError):  # orjson says why, or reads integers beyond 64 bits
+                records = read_line(data, origin, orjson.loads, ENTRIES)
+            else:
+                records = records_of(value, data, origin, orjson.loads, ENTRIES)
+                if type(value) is dict and records[0].message is value:  # a message: its dead letter needs no exact re-read
+                    records[0].exact = True
+            for record in records:
                 yield record, None
 
 

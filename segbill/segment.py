@@ -66,6 +66,7 @@ class Record:
     `index` is the position inside a line holding several messages. A record is a message
     exactly when `invalid` is None, even once `drop_message` let it go.
     `first_source`, `missing_on_platform`, `shard`: read back from a dead-letter entry (see deadletter.py).
+    `exact`: `message` was read with every integer exact (as `exact_message` would read it).
     """
 
     origin: Origin
@@ -76,6 +77,7 @@ class Record:
     first_source: dict[str, Any] | None = None
     missing_on_platform: bool = False
     shard: tuple[int, int] | None = None  # (K, N): dead-lettered by a run billing shard K of N
+    exact: bool = False
 
     @property
     def path(self) -> str:
@@ -165,7 +167,9 @@ def read_line(raw: bytes, origin: Origin, loads: Loads = orjson.loads, wrapper: 
 
 def exact_message(record: Record, wrapper: Wrapper | None = None) -> dict[str, Any]:
     """The record's message parsed again with every integer exact (see `InexactNumber`), through
-    the `wrapper` it was read with."""
+    the `wrapper` it was read with; not again when it was read so."""
+    if record.exact and record.message is not None:
+        return record.message
     for candidate in read_line(record.raw, record.origin, _loads_exact, wrapper):
         if candidate.index == record.index and candidate.message is not None:
             return candidate.message
