@@ -298,7 +298,8 @@ def _split(
             long_head = None
             offset = end
             chunk = chunk[cut + 1 :]
-        lines = (pending + chunk).split(b"\n")
+        lines = chunk.split(b"\n")
+        lines[0] = pending + lines[0]  # not `pending + chunk`: a copy of the whole chunk
         pending = lines.pop()
         append = block.append
         for line in lines:
