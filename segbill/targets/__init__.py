@@ -177,7 +177,8 @@ def flatten(properties: dict[str, Any], *, keep_scalar_lists: bool, separator: s
 
 def _flatten_into(flat: dict[str, Any], prefix: str, items: Iterable[tuple[str, Any]], keep: bool, separator: str) -> None:
     """Add `items` to `flat` in order, a nested object's keys joined to its own: below the top,
-    or past a nested object, two properties may become one key."""
+    or past a nested object, two properties may become one key. (The rules for each value are
+    `flatten`'s, written out again: a function for them, called per value, cost 13% of flattening.)"""
     for name, value in items:
         kind = type(value)
         if kind is str:
