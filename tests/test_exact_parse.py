@@ -38,7 +38,7 @@ def _anonymous(properties: bytes, **fields: Any) -> bytes:
 def _odd_lines() -> list[bytes]:
     rng = random.Random(7)
     lines = [
-        _anonymous(b'{"n":' + b",".join(_float_text(rng) for _ in range(20)).replace(b",", b',"k":') + b"}", messageId=f"f-{i}")
+        _anonymous(b"{" + b",".join(b'"f%d":%s' % (j, _float_text(rng)) for j in range(20)) + b"}", messageId=f"f-{i}")
         for i in range(200)
     ]
     lines += [
