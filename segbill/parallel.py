@@ -10,8 +10,8 @@ stays flat whatever the size of the input, and files of similar size (an export'
 objects) keep every worker busy; a file much larger than `AHEAD` records among small ones
 converts at about one core's speed while the others wait.
 
-Workers are forks of the run while it runs no other thread, else they come from a fresh
-interpreter (`forkserver`). They ignore SIGINT and SIGTERM (the run decides when to stop: it
+Workers are forks of the run while it runs no other thread (on Linux), else they come from a
+fresh interpreter (`forkserver`, or `spawn` where there is none). They ignore SIGINT and SIGTERM (the run decides when to stop: it
 stops taking results and ends them), end if the run is killed, and never write to the
 terminal: what fails in one (a file that can no longer be read) travels back and is raised in
 the run, where one process would have raised it.
@@ -42,7 +42,7 @@ from segbill.sources import Source, SourceUnreadable
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
-    from multiprocessing.context import ForkContext, ForkServerContext
+    from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
     from multiprocessing.process import BaseProcess
     from multiprocessing.synchronize import Semaphore
 
@@ -164,18 +164,23 @@ class _Channel:
         return SourceUnreadable(f"cannot convert {path}: the process converting it ended (exit status {self.worker.exitcode})")
 
 
-def _context() -> ForkContext | ForkServerContext:
-    """Fork while this process runs no other thread: a worker then starts at once, with
-    everything imported. Otherwise a thread could hold a lock the copy would never see
-    released, so workers come from a fork server: a fresh interpreter, started once."""
-    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+def _context() -> ForkContext | ForkServerContext | SpawnContext:
+    """On Linux, fork while this process runs no other thread: a worker then starts at once,
+    with everything imported. Otherwise a thread could hold a lock the copy would never see
+    released, so workers come from a fork server (a fresh interpreter, started once), or are
+    fresh interpreters where there is none (Windows). macOS is not forked: its system
+    libraries do not survive it (Python's own default there is to spawn)."""
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform.startswith("linux") and threading.active_count() == 1 and "fork" in methods:
         for stream in (sys.stdout, sys.stderr):  # a worker flushes its copy when it ends: it must be empty
             with contextlib.suppress(OSError, ValueError):  # closed, or a reader gone: the run finds out when it writes
                 stream.flush()
         return multiprocessing.get_context("fork")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["segbill.parallel"])
-    return context
+    if "forkserver" in methods:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["segbill.parallel"])
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 def _results(

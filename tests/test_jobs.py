@@ -9,6 +9,7 @@ fake platform.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -214,3 +215,16 @@ def test_the_default_jobs_are_the_cores_a_container_may_use(
         (tmp_path / "cpu.cfs_quota_us").write_text(cfs[0])
         (tmp_path / "cpu.cfs_period_us").write_text(cfs[1])
     assert parallel.default_jobs() == jobs
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_workers_started_every_way_give_the_same_answers(
+    segbill, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """Forked on Linux when the run has no other thread, from a fork server otherwise, spawned
+    where neither exists (Windows): the same bytes whichever way the workers started."""
+    odd_export(tmp_path / "export")
+    one = segbill("send", "export", "--to", "lago", "--dry-run", "--json", "--jobs", "1")
+    monkeypatch.setattr(parallel, "_context", lambda: multiprocessing.get_context(method))
+    several = segbill("send", "export", "--to", "lago", "--dry-run", "--json", "--jobs", "2", dead_letter="dead-general.jsonl")
+    assert_same(one, several)
