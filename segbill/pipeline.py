@@ -251,7 +251,7 @@ class Replay:
         from stdin, so a slow pipe still flows; at least one block, maybe empty, every
         `4 * CLAIM_CHUNK` records read), each new to the ledger or sent before without an
         answer. The caller owns a block's outcomes once it takes it (`delivered`, `rejected`,
-        `not_attempted`). `reading` wraps stdin's records (a read there may wait for ever)."""
+        `not_attempted`). `reading` wraps a stream's records (a read there may wait for ever)."""
         tally = self.tally
         pending = self._pending
         tracking = self._tracking
@@ -310,7 +310,7 @@ class Replay:
         """Each source still to read, from where it starts, with what its records become:
         converted by worker processes (`--jobs`) when there are several files, else here."""
         jobs = min(self.options.jobs, len(unread))
-        if jobs > 1 and not any(source.is_stdin for source, _ in unread):
+        if jobs > 1 and not any(source.is_stream for source, _ in unread):  # a worker may not see a pipe
             from segbill.parallel import results_from_workers
 
             yield from results_from_workers(self.conversion, unread, jobs, on_progress, self._keep_lines)
@@ -318,7 +318,7 @@ class Replay:
         for source, start in unread:
             progress = (lambda done, name=source.name: on_progress(name, done)) if on_progress else None
             results = self.conversion.results(source, progress, position_of(start))
-            if source.is_stdin and reading is not None:
+            if source.is_stream and reading is not None:  # opening or reading it may wait for ever
                 results = reading(results)
             yield source, start, results
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import sys
 import zlib
 from collections.abc import Callable, Iterator
@@ -58,10 +59,17 @@ class Source:
     name: str
     path: Path | None
     size: int | None
+    regular: bool = True  # a regular file: not a named pipe, `<(...)` or a device
 
     @property
     def is_stdin(self) -> bool:
         return self.path is None
+
+    @property
+    def is_stream(self) -> bool:
+        """Read once, as it comes (stdin, a named pipe, `<(zcat ...)`): it has no size, cannot
+        be read twice (check, reconcile), read again from a checkpoint, or opened elsewhere."""
+        return self.path is None or not self.regular
 
 
 # Inside folders, only files that look like exports are read (S3 objects end in .gz); a file
@@ -113,7 +121,8 @@ def expand(
             seen.add(resolved)
             if not os.access(file, os.R_OK):
                 raise UsageError(f"{file}: permission denied.")
-            sources.append(Source(str(file), file, file.stat().st_size))
+            status = file.stat()
+            sources.append(Source(str(file), file, status.st_size, stat.S_ISREG(status.st_mode)))
     return sources
 
 

@@ -301,8 +301,9 @@ class State:
     # -- checkpoints -----------------------------------------------------------------------------
 
     def checkpoint(self, source: Source) -> Checkpoint | None:
-        """Where to resume `source`, if it is the same file (path, size, first bytes) as before."""
-        if source.path is None or self.mode is Mode.MEMORY:
+        """Where to resume `source`, if it is the same file (path, size, first bytes) as before.
+        A stream has none: reading its first bytes to compare would take them from the run."""
+        if source.path is None or source.is_stream or self.mode is Mode.MEMORY:
             return None
         row = self.db.execute(
             "SELECT size, fingerprint, offset, line, complete FROM checkpoints WHERE selection = ? AND path = ?",
@@ -313,14 +314,15 @@ class State:
         return Checkpoint(row[2], row[3], bool(row[4]))
 
     def set_checkpoint(self, source: Source, checkpoint: Checkpoint) -> None:
-        if source.path is not None and self.mode is not Mode.MEMORY:
+        if source.path is not None and not source.is_stream and self.mode is not Mode.MEMORY:
             self.checkpoints_changed[_key(source)] = (source, checkpoint)
 
     # -- dead letters ------------------------------------------------------------------------------
 
     def file_identity(self, source: Source) -> str | None:
-        """Names one version of a file (path, size, first bytes), for its dead letters."""
-        if source.path is None or self.mode is Mode.MEMORY:
+        """Names one version of a file (path, size, first bytes), for its dead letters; a
+        stream has no version to name."""
+        if source.path is None or source.is_stream or self.mode is Mode.MEMORY:
             return None
         text = f"{_key(source)}\0{source.size}\0{self._fingerprint(source.path)}"
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]

@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -387,23 +388,26 @@ def test_the_dead_letter_file_is_never_read_while_written(segbill, tmp_path: Pat
     assert len(dead.read_bytes().splitlines()) == 1
 
 
+@pytest.mark.parametrize("link", [os.link, os.symlink])
 @pytest.mark.parametrize("given", ["x.jsonl", "exports"])
 def test_the_dead_letter_file_under_another_name_is_refused_as_an_input(
-    segbill, fake: FakePlatform, tmp_path: Path, given: str
+    segbill, fake: FakePlatform, tmp_path: Path, given: str, link: Callable[[Path, Path], None]
 ) -> None:
-    """A hard link is the same file under another name: a run reading it would read the dead
+    """A link is the same file under another name: a run reading it would read the dead
     letters it appends, for ever. Given itself or found in a folder, it is refused before
-    anything is sent (here the replay would deliver, so the run would end without the check)."""
+    anything is sent (here the replay would deliver, so the run would end without the check),
+    with the advice to copy it: a link moved is still the same file."""
     message = track(userId=None, anonymousId="anon-1")
     run, _ = send(segbill, fake.url, str(write(tmp_path / "in.jsonl", jsonl(message))))
     dead = tmp_path / "dead.jsonl"
     assert run.exit_code == 1 and len(dead.read_bytes().splitlines()) == 1  # missing_customer
     (tmp_path / "exports").mkdir()
-    os.link(dead, tmp_path / "exports" / "x.jsonl")
-    os.link(dead, tmp_path / "x.jsonl")
+    link(dead, tmp_path / "exports" / "x.jsonl")
+    link(dead, tmp_path / "x.jsonl")
     requests = len(fake.requests())
     run = segbill("send", given, "--to", "lago", "--customer-from", "anonymousId", env=platform_env(fake.url))
-    assert run.exit_code == 2 and "is the dead-letter file dead.jsonl under another name (a hard link)" in run.stderr
+    assert run.exit_code == 2 and "is the dead-letter file dead.jsonl under another name (a link)" in run.stderr
+    assert "Send a copy (cp " in run.stderr
     assert len(dead.read_bytes().splitlines()) == 1 and len(fake.requests()) == requests
 
 

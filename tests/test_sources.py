@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from segbill.sources import MAX_LINE_BYTES, UsageError, expand, read_lines
 
-from .conftest import write
+from .conftest import jsonl, track, write
 
 
 def lines_of(path: Path) -> list[tuple[int, int, int, bytes, str | None]]:
@@ -154,3 +155,38 @@ def test_without_python_isal_gzip_is_inflated_by_zlib() -> None:
     code = "import sys; sys.modules['isal'] = None; from segbill import sources; print(sources.decompressobj.__module__)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "zlib"
+
+
+def test_a_pipe_with_state_is_read_whole_and_never_read_twice(segbill, tmp_path: Path) -> None:
+    """A named pipe or `<(zcat ...)` with --state: the state read the first 64 KiB of it to
+    fingerprint a file, and the run lost them (1,000 records read as 933, one cut in two).
+    A pipe is a stream, as stdin is: no checkpoint, and check/reconcile refuse it."""
+    lines = jsonl(*(track(messageId=f"m{i}", properties={"pad": "x" * 200}) for i in range(1000)))
+    assert len(lines) > 4 * 65536
+    script = f"{sys.executable} -m segbill send <(cat {tmp_path / 'a.jsonl'}) --to lago --dry-run --json --state s.db --jobs 2"
+    write(tmp_path / "a.jsonl", lines)
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    summary = orjson.loads(done.stderr.strip().splitlines()[-1])
+    assert summary["read"] == summary["converted"] == 1000
+    assert done.stdout.count(b"\n") == 1000
+    refused = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m segbill reconcile <(cat {tmp_path / 'a.jsonl'}) --to lago"],
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+        env={**os.environ, "LAGO_API_KEY": "k"},
+    )
+    assert (
+        refused.returncode == 2
+        and b"reconcile reads its input twice" in refused.stderr
+        and b"not a pipe (/dev/fd/" in refused.stderr
+    )
+    checked = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m segbill send --check <(cat {tmp_path / 'a.jsonl'}) --to lago"],
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+        env={**os.environ, "LAGO_API_KEY": "k", "LAGO_API_URL": "http://127.0.0.1:9"},
+    )
+    assert checked.returncode == 2 and b"--check reads the input twice" in checked.stderr

@@ -348,7 +348,7 @@ def send(
     _run(replay, delivery, progress=not quiet, grace=grace)
     if replay.failure is not None:
         resume = f", which resumes from {state}" if state else ""
-        how = f" once it can be written, run the same command again{resume}" if json_ else " the summary says how to finish"
+        how = f" once its cause is fixed, run the same command again{resume}" if json_ else " the summary says how to finish"
         print(f"segbill: error: {replay.failure}. Nothing is lost:{how}.", file=sys.stderr)
     _mapping_warnings(replay, mapping, to.value, event, exclude_event)
     if replay.tally.empty and replay.tally.exit_code() is ExitCode.USAGE:
@@ -502,8 +502,9 @@ def reconcile_command(
     options, reading = _selection(
         to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries, jobs
     )
-    if any(source.is_stdin for source in options.sources):
-        fail("reconcile reads its input twice (counting, then matching): give files or folders, not stdin.")
+    for source in options.sources:
+        if source.is_stream:
+            fail(f"reconcile reads its input twice (counting, then matching): give files or folders, not {_stream(source)}.")
     if missing is not None:
         if missing.exists():
             fail(f"--missing {missing} already exists: move it away (or replay it) first, or pick another name.")
@@ -563,8 +564,9 @@ def _check_before_sending(options: Options, delivery: DeliveryOptions | None, as
     if delivery is None or reading is None or reading.decided_by is None:
         gates = [target.label for target in map(get_target, PLATFORMS) if target.reading and target.reading.decided_by]
         fail(f"--check works with a {' or '.join(gates)} send (not a dry run): it reads what decides billing; see segbill check.")
-    if any(source.is_stdin for source in options.sources):
-        fail("--check reads the input twice (checking, then sending): give files or folders, not stdin.")
+    for source in options.sources:
+        if source.is_stream:
+            fail(f"--check reads the input twice (checking, then sending): give files or folders, not {_stream(source)}.")
     with streaming_gc(), interruptible():
         result = run_check(options, ReadOptions(delivery.url, delivery.api_key, delivery.timeout, delivery.max_retries))
     if as_json and (result.tally.interrupted or result.stopped is not None or result.unbilled):
@@ -623,6 +625,10 @@ def _selection(
         jobs=_jobs_option(jobs),
     )
     return options, ReadOptions(url, key, timeout, max_retries)
+
+
+def _stream(source: Source) -> str:
+    return "stdin" if source.is_stdin else f"a pipe ({source.name})"
 
 
 def _jobs_option(jobs: int | None) -> int:
@@ -769,8 +775,10 @@ def _endpoint(target: Target, api_url: str | None, api_key: str | None, instead:
 
 
 def _total_bytes(sources: list[Source]) -> int | None:
-    sizes = [source.size for source in sources]
-    return None if None in sizes else sum(sizes)  # type: ignore[arg-type]
+    """What the inputs hold, or None when a stream's size is not known until it ends."""
+    if any(source.is_stream for source in sources):
+        return None
+    return sum(source.size or 0 for source in sources)
 
 
 def _check_dead_letter_path(dead_letter: Path, sources: list[Source]) -> None:
@@ -795,13 +803,13 @@ def _check_dead_letter_path(dead_letter: Path, sources: list[Source]) -> None:
         if source.path is None or not _same_file(source.path, written):
             continue
         retry = source.path.with_name(f"retry-{source.path.name}")
-        if source.path.resolve() == dead_letter.resolve():
+        if source.path.resolve() == dead_letter.resolve() and not source.path.is_symlink():
             fail(
                 f"{source.name} is both an input and the dead-letter file. Move it first "
                 f"(mv {source.name} {retry}) or pass another --dead-letter."
             )
-        fail(  # a hard link: moving it moves the link, a copy is another file
-            f"{source.name} is the dead-letter file {dead_letter} under another name (a hard link): reading it while "
+        fail(  # a link: moving it moves the link, a copy is another file
+            f"{source.name} is the dead-letter file {dead_letter} under another name (a link): reading it while "
             f"writing it would never end. Send a copy (cp {source.name} {retry}) or pass another --dead-letter."
         )
 
