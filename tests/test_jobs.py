@@ -9,11 +9,13 @@ fake platform.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,23 @@ def odd_export(folder: Path) -> None:
     for number, part in enumerate(parts):
         data = b"".join(dumps(message) + b"\n" for message in part)  # integers past 64 bits too
         write(folder / f"part-{number}.jsonl{'.gz' if number == 3 else ''}", data, compress=number == 3)
+
+
+@pytest.fixture
+def group() -> Iterator[Callable[[subprocess.Popen[bytes]], subprocess.Popen[bytes]]]:
+    """Registers a run started in a session of its own: whatever the test's outcome, the run
+    and its workers are gone afterwards (a test that failed on a timeout left them running)."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def register(process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        started.append(process)
+        return process
+
+    yield register
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def with_jobs(segbill, *args: str) -> tuple[Any, Any]:
@@ -133,13 +152,13 @@ def test_check_and_reconcile_read_the_export_the_same_with_workers(
     assert untimed(results[0].stdout)[0]["read"] == 900
 
 
-def test_an_interrupted_run_with_workers_stops_cleanly(tmp_path: Path) -> None:
+def test_an_interrupted_run_with_workers_stops_cleanly(tmp_path: Path, group: Any) -> None:
     """Ctrl-C reaches the whole process group: the workers ignore it, the run stops with a
     summary that adds up, and nothing is left behind holding its output open."""
     for number in range(4):
         write(tmp_path / f"{number}.jsonl", jsonl(*(track(messageId=f"{number}-{i}") for i in range(30_000))))
     command = [sys.executable, "-m", "segbill", "send", ".", "--to", "lago", "--dry-run", "--json", "--jobs", "2"]
-    child = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    child = group(subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
     assert child.stdout is not None
     child.stdout.readline()  # events are flowing
     os.killpg(child.pid, signal.SIGINT)
@@ -150,7 +169,7 @@ def test_an_interrupted_run_with_workers_stops_cleanly(tmp_path: Path) -> None:
     assert summary["interrupted"] and 0 < summary["read"] < 120_000
 
 
-def test_a_killed_send_with_workers_resumes_mid_file_and_stores_each_event_once(tmp_path: Path) -> None:
+def test_a_killed_send_with_workers_resumes_mid_file_and_stores_each_event_once(tmp_path: Path, group: Any) -> None:
     """Killed while sending the second of four files: the rerun's workers start that file at its
     checkpoint (a gzip file, inflated from the start and dropped up to it) and the next two
     from the beginning."""
@@ -163,7 +182,11 @@ def test_a_killed_send_with_workers_resumes_mid_file_and_stores_each_event_once(
         env = {**os.environ, **platform_env(fake.url)}
         command = [sys.executable, "-m", "segbill", "send", "export", "--to", "lago", "--json", "--quiet", "--state", "s.db"]
         command += ["--batch-size", "20", "--concurrency", "3", "--jobs", "2"]
-        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = group(
+            subprocess.Popen(
+                command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+            )
+        )
         assert fake.wait_until(lambda: len(fake.counts("lago")) >= 1300)  # into the second file
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=60)  # returns once no worker holds the pipes open
@@ -174,13 +197,13 @@ def test_a_killed_send_with_workers_resumes_mid_file_and_stores_each_event_once(
         assert fake.counts("lago") == dict.fromkeys(names, 1)
 
 
-def test_a_worker_that_dies_stops_the_run_with_one_line(tmp_path: Path) -> None:
+def test_a_worker_that_dies_stops_the_run_with_one_line(tmp_path: Path, group: Any) -> None:
     """A worker killed (the kernel's out-of-memory killer, a user) is a stop (exit 3) naming the
     file, with a summary that adds up, not an internal error or a run waiting for ever."""
     for number in range(4):
         write(tmp_path / f"{number}.jsonl", jsonl(*(track(messageId=f"{number}-{i}") for i in range(30_000))))
     command = [sys.executable, "-m", "segbill", "send", ".", "--to", "lago", "--dry-run", "--json", "--jobs", "2"]
-    child = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = group(subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
     assert child.stdout is not None
     child.stdout.readline()  # converting: the workers are there (forks: the run's children)
     workers = Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()
