@@ -53,7 +53,7 @@ PATIENCE = 1.0
 # Results are handed over this many records at a time (one pickle, one pipe write).
 CHUNK = 500
 # A worker converts at most this many chunks ahead of what the run has taken.
-AHEAD_CHUNKS = 16
+AHEAD_CHUNKS = 64
 AHEAD = CHUNK * AHEAD_CHUNKS
 
 # The default number of workers at most: past it, more workers would wait on the run's own

@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from segbill.parallel import AHEAD
 from segbill.testing.fake_platform import FakePlatform
 
 from .conftest import assert_adds_up, jsonl, process_env, track, write
@@ -201,7 +202,7 @@ def test_an_input_removed_after_it_was_listed_stops_the_run_with_one_line(tmp_pa
     two jobs, the worker converting a.jsonl converts c.jsonl next: it reads it once the run has
     taken most of a.jsonl (a worker converts only so far ahead), and the run stops there."""
     folder = tmp_path / "exports"
-    write(folder / "a.jsonl", jsonl(*(track(messageId=f"a{i}") for i in range(20_000))))
+    write(folder / "a.jsonl", jsonl(*(track(messageId=f"a{i}") for i in range(2 * AHEAD))))
     write(folder / "b.jsonl", jsonl(track(messageId="b")))
     second = write(folder / "c.jsonl", jsonl(track(messageId="c")))
     command = ["send", "--to", "lago", "--dry-run", "--json", "--jobs", jobs, str(folder)]
@@ -217,4 +218,4 @@ def test_an_input_removed_after_it_was_listed_stops_the_run_with_one_line(tmp_pa
     assert f"cannot read {second}".encode() in err
     summary = orjson.loads(err.strip().splitlines()[-1])
     assert summary["stopped"].startswith(f"cannot read {second}")
-    assert summary["read"] == 20_001 == summary["converted"]  # a.jsonl and b.jsonl
+    assert summary["read"] == 2 * AHEAD + 1 == summary["converted"]  # a.jsonl and b.jsonl
