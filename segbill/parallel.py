@@ -70,6 +70,8 @@ CFS_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
 _PLAIN_EVENT = 7  # (line, offset, end, raw, event bytes, event time, key)
 _PLAIN_SKIP = 4  # (line, offset, end, reason)
 
+# An `Origin` made in C (as `segbill.decode` makes them): its own constructor is Python code.
+_new_origin = tuple.__new__
 _ENCODE_PLAIN = msgspec.msgpack.Encoder().encode
 _DECODE_PLAIN = msgspec.msgpack.Decoder(list[list[Any]]).decode
 
@@ -199,10 +201,10 @@ def _results(
                 size = len(item)
                 if size == _PLAIN_EVENT:
                     line, offset, end, raw, event, millis, key = item
-                    yield Record(Origin(path, line, offset, end), raw), event, millis, key
+                    yield Record(_new_origin(Origin, (path, line, offset, end)), raw), event, millis, key
                 elif size == _PLAIN_SKIP:
                     line, offset, end, reason = item
-                    yield Record(Origin(path, line, offset, end), b""), reason
+                    yield Record(_new_origin(Origin, (path, line, offset, end)), b""), reason
                 else:
                     other = others[item[0]]
                     if type(other[1]) is tuple:
