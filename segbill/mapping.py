@@ -174,6 +174,7 @@ class Mapping:
                 raise Invalid("missing_event", f'The track message has no event name ("{where}").')
             name = value
         elif isinstance(kind, str) and kind in self.events.billable_types:
+            self.hits.rules.add(("billable_types", kind))
             name = self.events.billable_types[kind]
         else:
             return None
@@ -203,9 +204,11 @@ class Mapping:
 
     def unmatched(self) -> list[tuple[str, str]]:
         """(rule, glob or key) of the include/exclude/property rules that matched nothing so far:
-        rule is `include`, `exclude`, `properties.include`, `properties.exclude` or `properties.rename`."""
+        rule is `include`, `exclude`, `billable_types` (a message type), `properties.include`,
+        `properties.exclude` or `properties.rename`."""
         events, properties = self.events, self.properties
         rules = [("include", glob) for glob in events.include] + [("exclude", glob) for glob in events.exclude]
+        rules += [("billable_types", kind) for kind in events.billable_types]
         if properties.active:
             rules += [("properties.include", glob) for glob in properties.include]
             rules += [("properties.exclude", glob) for glob in properties.exclude]

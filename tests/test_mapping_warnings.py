@@ -307,3 +307,16 @@ def test_an_input_without_a_message_of_a_type_that_bills_exits_2(segbill, tmp_pa
     assert pages.exit_code == 0 and [event["code"] for event in pages.events] == ["Page Viewed"]
     other_shard = segbill("send", "calls.jsonl", "--to", "lago", "--dry-run", "--shard", "1/2")
     assert other_shard.exit_code == 0  # shard 0 bills (and judges) the messages no shard bills
+
+
+def test_a_billable_type_that_no_message_had_is_said_in_the_summary(segbill, tmp_path: Path) -> None:
+    """`billable_types = { pgae = ... }`, a type spelt another way, billed no page call, in silence."""
+    page = {"type": "page", "userId": "u", "messageId": "p1", "timestamp": "2024-01-01T00:00:00Z", "name": "Home"}
+    write(tmp_path / "in.jsonl", jsonl(*MESSAGES, page))
+    (tmp_path / "typo.toml").write_text('[lago.events]\nbillable_types = { pgae = "Page Viewed", page = "Page Viewed" }\n')
+    run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--config", "typo.toml", "--json")
+    assert run.exit_code == 0 and [event["code"] for event in run.events] == ["Api Request Made", "Seat Added", "Page Viewed"]
+    assert orjson.loads(run.stderr.splitlines()[-1])["warnings"] == [
+        '[lago.events] billable_types "pgae" matched no message type read: globs and names match exactly, case included '
+        "(segbill inspect lists them)."
+    ]

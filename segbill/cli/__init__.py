@@ -680,7 +680,7 @@ def _unmatched(rule: str, glob: str, target: str, events: list[str] | None, excl
     else:
         table, _, key = rule.rpartition(".")
         name = f'[{target}.{table or "events"}] {key} "{glob}"'
-    what = "property key" if rule.startswith("properties.") else "event"
+    what = "property key" if rule.startswith("properties.") else "message type" if rule == "billable_types" else "event"
     return f"{name} matched no {what} read: globs and names match exactly, case included (segbill inspect lists them)."
 
 
