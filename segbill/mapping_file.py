@@ -50,7 +50,7 @@ def load(
 
 def _from_file(config: Path, target: str) -> Mapping:
     try:
-        data = tomllib.loads(config.read_text(encoding="utf-8"))
+        data = tomllib.loads(config.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is no TOML error
     except OSError as error:
         raise ConfigError(f"{config}: cannot be read ({error.strerror}).") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:

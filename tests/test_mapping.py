@@ -172,6 +172,13 @@ def test_an_amount_is_sent_as_plain_decimal_digits(segbill, tmp_path: Path) -> N
     assert huge.dead_letters[0]["reason"] == "The amount at \"properties.amount\" ('1e100000') has more than 64 digits."
 
 
+def test_a_config_file_saved_with_a_byte_order_mark_is_read(segbill, tmp_path: Path) -> None:
+    """Windows editors start UTF-8 files with a BOM: it failed as "Invalid statement (line 1,
+    column 1)", with no hint of what was wrong."""
+    run = dry(segbill, tmp_path, '\ufeff[lago.events]\nrename = { "API Call" = "api_calls" }\n', [API_CALL])
+    assert run.exit_code == 0 and [event["code"] for event in run.events] == ["api_calls"]
+
+
 def test_an_amount_that_is_not_a_number_is_dead_lettered(segbill, tmp_path: Path) -> None:
     config = '[lago]\nprecise_total_amount_cents = "properties.amount"\n'
     run = dry(segbill, tmp_path, config, [API_CALL | {"properties": {"amount": "twelve"}}])
