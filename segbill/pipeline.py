@@ -104,11 +104,11 @@ def position_of(start: Checkpoint | None) -> dict[str, int]:
     return {"offset": start.offset, "line": start.line} if start else {}
 
 
-def _owner(record: Record, shards: int, by_customer: Callable[[], int]) -> int:
-    """The shard (of `shards`) a record belongs to: the one whose run dead-lettered it, when it
-    is read back from its entry (a fix may have given it another customer), else `by_customer`."""
+def _written_by(record: Record, shards: int) -> int | None:
+    """The shard (of `shards`) whose run dead-lettered a record read back from its entry: it
+    stays that shard's, even when a fix gave it another customer. None: judge it afresh."""
     written = record.shard
-    return written[0] if written is not None and written[1] == shards else by_customer()
+    return written[0] if written is not None and written[1] == shards else None
 
 
 def shard_of(customer: str, shards: int) -> int:
@@ -187,8 +187,10 @@ class Conversion:
             self.outside_window += 1
         else:
             self.inside_window = True
-        if shard is not None and _owner(record, shard[1], lambda: shard_of(fields.customer, shard[1])) != shard[0]:
-            return record, "other_shard"
+        if shard is not None:
+            owner = _written_by(record, shard[1])
+            if (shard_of(fields.customer, shard[1]) if owner is None else owner) != shard[0]:
+                return record, "other_shard"
         if early:
             return record, "before_since"
         if late:
@@ -205,7 +207,7 @@ class Conversion:
     def _unbillable(self, record: Record, invalid: Invalid) -> str | Invalid:
         """A record that can never be billed belongs to shard 0 alone, so shards do not repeat it."""
         shard = self.options.shard
-        return "other_shard" if shard is not None and _owner(record, shard[1], lambda: 0) != shard[0] else invalid
+        return "other_shard" if shard is not None and (_written_by(record, shard[1]) or 0) != shard[0] else invalid
 
 
 class Replay:
@@ -453,8 +455,8 @@ class Replay:
 
     def selected_nothing(self) -> bool:
         """Track messages were read and the include/exclude rules or the time window left out
-        every one, in a run that read its whole input: nothing was billed, never what a backfill
-        meant. A shard that owns none of them is no such run: its window is judged on them all.
+        every one, or no message read is of a type that bills (`only_other_types`), in a run that
+        read its whole input: nothing was billed, never what a backfill meant. A shard that owns none of them is no such run: its window is judged on them all.
         Nor is a run that resumed (or skipped finished files): an earlier run of this selection
         read the rest, and the end of a time-ordered export past --until is what a resume reads."""
         tally = self.tally

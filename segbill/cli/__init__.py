@@ -502,9 +502,7 @@ def reconcile_command(
     options, reading = _selection(
         to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries, jobs
     )
-    for source in options.sources:
-        if source.is_stream:
-            fail(f"reconcile reads its input twice (counting, then matching): give files or folders, not {_stream(source)}.")
+    _refuse_streams(options.sources, "reconcile reads its input twice (counting, then matching)")
     if missing is not None:
         if missing.exists():
             fail(f"--missing {missing} already exists: move it away (or replay it) first, or pick another name.")
@@ -564,9 +562,7 @@ def _check_before_sending(options: Options, delivery: DeliveryOptions | None, as
     if delivery is None or reading is None or reading.decided_by is None:
         gates = [target.label for target in map(get_target, PLATFORMS) if target.reading and target.reading.decided_by]
         fail(f"--check works with a {' or '.join(gates)} send (not a dry run): it reads what decides billing; see segbill check.")
-    for source in options.sources:
-        if source.is_stream:
-            fail(f"--check reads the input twice (checking, then sending): give files or folders, not {_stream(source)}.")
+    _refuse_streams(options.sources, "--check reads the input twice (checking, then sending)")
     with streaming_gc(), interruptible():
         result = run_check(options, ReadOptions(delivery.url, delivery.api_key, delivery.timeout, delivery.max_retries))
     if as_json and (result.tally.interrupted or result.stopped is not None or result.unbilled):
@@ -627,8 +623,11 @@ def _selection(
     return options, ReadOptions(url, key, timeout, max_retries)
 
 
-def _stream(source: Source) -> str:
-    return "stdin" if source.is_stdin else f"a pipe ({source.name})"
+def _refuse_streams(sources: list[Source], why: str) -> None:
+    """A command that reads its input twice cannot read stdin or a pipe: the second read is empty."""
+    for source in sources:
+        if source.is_stream:
+            fail(f"{why}: give files or folders, not {'stdin' if source.is_stdin else f'a pipe ({source.name})'}.")
 
 
 def _jobs_option(jobs: int | None) -> int:
@@ -686,8 +685,8 @@ def _unmatched(rule: str, glob: str, target: str, events: list[str] | None, excl
 
 def _nothing_selected(replay: Replay, mapping: Mapping, by_flags: bool) -> None:
     """Track messages were read but the include/exclude rules or the time window left every one
-    out: nothing was billed, which is never what a backfill meant, so it is said and exits 2
-    like an empty input. The warning names whichever left some out."""
+    out, or no message was of a type that bills: nothing was billed, which is never what a
+    backfill meant, so it is said and exits 2 like an empty input. The warning names why."""
     if not replay.selected_nothing():
         return
     tally = replay.tally
