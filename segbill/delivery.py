@@ -118,6 +118,18 @@ def seconds_until(value: str | None) -> float | None:
     return min(max(seconds, 0.0), MAX_WAIT)
 
 
+def _whole_second_date(value: str | None) -> bool:
+    """Whether a reset is a date given to the whole second (an HTTP date, an ISO 8601 one
+    without a fraction): the moment it stands for may be up to a second later."""
+    if not value or "." in value:
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return True
+    return False  # a number: seconds to wait, or an epoch time
+
+
 def _date(value: str) -> float | None:
     """An ISO 8601 or HTTP date as epoch seconds (UTC when no zone is given), or None."""
     try:
@@ -256,7 +268,8 @@ class Pacer:
     def observe(self, headers: httpx.Headers) -> None:
         limit = _number(headers.get(self.rates.limit))
         remaining = _number(headers.get(self.rates.remaining))
-        reset = seconds_until(headers.get(self.rates.reset))
+        announced = headers.get(self.rates.reset)
+        reset = seconds_until(announced)
         if reset is None:
             return
         now = time.monotonic()
@@ -264,7 +277,7 @@ class Pacer:
             if self._window_opened is not None:
                 self._cycle = min(self._cycle, now - self._window_opened)
             self._window_opened = now
-        window = self._window_length(reset)
+        window = self._window_length(reset, whole_second=_whole_second_date(announced))
         if limit:
             self._spacing = window / (limit * PACE_MARGIN)
         if remaining is not None and remaining < 1:
@@ -276,7 +289,7 @@ class Pacer:
                 end = min(end, max(now, self._window_opened + window))
             self.paused_until = max(self.paused_until, end)
 
-    def _window_length(self, reset: float) -> float:
+    def _window_length(self, reset: float, *, whole_second: bool) -> float:
         """The longest reset announced twice or more (or the longest yet, before any repeats):
         one odd answer, such as a reset rounded up past the window, must not set the pace of
         the whole run (a 2 s window where the real one is 1 s halves it). A date rounded up to
@@ -284,8 +297,11 @@ class Pacer:
         the shortest time seen between two windows' openings corrects that, since a window never
         opens before the previous one has ended. A date given to the millisecond and rounded up,
         or a clock a few milliseconds off the platform's, must not turn 10 s into 11: what is
-        over a whole second by less than `RESET_JITTER` counts as that second. At least 1 s."""
-        seconds = math.ceil(reset - RESET_JITTER)
+        over a whole second by less than `RESET_JITTER` counts as that second. A date to the
+        whole second (`whole_second`: an HTTP date) gets no such allowance: it drops the
+        fraction, so 9.02 s to it may mean a window ending 9.99 s from now (a 10 s window read
+        as 9 would pace 10% too fast). At least 1 s."""
+        seconds = math.ceil(reset) if whole_second else math.ceil(reset - RESET_JITTER)
         if seconds in self._resets or len(self._resets) < MAX_RESET_VALUES:
             self._resets[seconds] += 1
         confirmed = [value for value, count in self._resets.items() if count >= 2]
