@@ -373,13 +373,17 @@ class Sender:
             self.outcomes.settled()
 
     def _settle(self, batch: list[Item], answer: Answer, status: int, content: bytes, queue: list[list[Item]]) -> None:
+        """Every event of `batch` gets its outcome or goes back to `queue` in a smaller batch, so
+        no answer can keep a batch going round for ever: a resend of all of it (an answer that
+        names no event) is split instead, down to single events dead-lettered with the answer."""
         done = [batch[position] for position in answer.delivered + answer.already]
         self.outcomes.delivered(done, already=len(answer.already))
         for position, reason in answer.rejected.items():
             self.outcomes.rejected(batch[position], "rejected", reason)
-        if answer.resend:
+        settles_none = len(answer.resend) == len(batch)
+        if answer.resend and not settles_none:
             queue.append([batch[position] for position in answer.resend])
-        if answer.narrow:
+        if answer.narrow or settles_none:
             if len(batch) == 1:
                 reason = f"Rejected by {self.target.label} (HTTP {status}: {_excerpt(content)})."
                 self.outcomes.rejected(batch[0], "rejected", reason)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from dataclasses import replace
 from email.utils import formatdate
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from segbill.delivery import DeliveryOptions, HttpSink, retryable, wait_hint
 from segbill.pipeline import Options, Replay
 from segbill.runner import run as run_loop
 from segbill.sources import expand
-from segbill.targets import get_target
+from segbill.targets import Answer, get_target
 
 from .conftest import jsonl, track, write
 
@@ -117,6 +118,34 @@ def test_lago_422_mixing_duplicates_errors_and_valid_events(tmp_path: Path) -> N
     [entry] = [orjson.loads(line) for line in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
     assert entry["record"]["messageId"] == "m2"
     assert entry["reason"] == 'Rejected by Lago: {"code":["value_is_mandatory"]}.'
+
+
+def test_a_lago_422_naming_no_event_is_split_down_to_dead_letters_not_resent_for_ever(tmp_path: Path) -> None:
+    """`error_details: {}` names no event: every event was resent, the same answer came back, for
+    ever. It refuses the batch as a whole, so the batch is split until single events are
+    dead-lettered with Lago's answer."""
+    replay = replay_of(tmp_path, "lago", 3)
+    empty = {"status": 422, "error": "Unprocessable Entity", "code": "validation_errors", "error_details": {}}
+    seen = run(replay, [httpx.Response(422, json=empty) for _ in range(5)])
+    assert [len(orjson.loads(r.content)["events"]) for r in seen] == [3, 1, 2, 1, 1]
+    assert replay.tally.dead_lettered == {"rejected": 3} and replay.tally.delivered == 0
+    entries = [orjson.loads(line) for line in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
+    assert sorted(entry["record"]["messageId"] for entry in entries) == ["m0", "m1", "m2"]
+    assert {entry["reason"] for entry in entries} == {f"Rejected by Lago (HTTP 422: {orjson.dumps(empty).decode()})."}
+
+
+def test_an_answer_that_resends_every_event_cannot_loop(tmp_path: Path) -> None:
+    """Whatever a platform's answer says, a batch only ever comes back smaller: an answer that
+    asks for every event again (nothing settled) splits the batch, down to dead letters."""
+    lago = get_target("lago")
+    everything_again = replace(lago, read_answer=lambda status, content, keys: Answer(resend=list(range(len(keys)))))
+    path = write(tmp_path / "in.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(4))))
+    replay = Replay(Options(expand([str(path)], stdin_is_terminal=False), everything_again, dead_letter=tmp_path / "dead.jsonl"))
+    seen = run(replay, [httpx.Response(409, text="conflict") for _ in range(7)])
+    assert [len(orjson.loads(r.content)["events"]) for r in seen] == [4, 2, 1, 1, 2, 1, 1]
+    assert replay.tally.dead_lettered == {"rejected": 4} and replay.tally.unsettled == 0
+    entries = [orjson.loads(line) for line in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
+    assert {entry["reason"] for entry in entries} == {"Rejected by Lago (HTTP 409: conflict)."}
 
 
 def test_lago_too_many_events_halves_the_batch(tmp_path: Path) -> None:

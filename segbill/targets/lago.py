@@ -34,15 +34,17 @@ def body(events: list[bytes]) -> bytes:
 
 def read_answer(status: int, content: bytes, keys: list[str]) -> Answer | None:
     """200 stores all. A 422 stores nothing: its `error_details` are keyed by position, and a
-    duplicate (`value_already_exist`) means the event is already there, not that it failed."""
+    duplicate (`value_already_exist`) means the event is already there, not that it failed.
+    Details that name no position (`too_many_events`, or none at all: `{}`) refuse the batch as
+    a whole: resending every event would get the same answer for ever."""
     size = len(keys)
     if 200 <= status < 300:
         return Answer(delivered=list(range(size)))
     if status != 422:
         return None
     details = _details(content)
-    if details is None or not all(key.isdigit() and int(key) < size for key in details):
-        return Answer(narrow=True)  # a batch-level 422 such as too_many_events
+    if not details or not all(key.isdigit() and int(key) < size for key in details):
+        return Answer(narrow=True)
     answer = Answer()
     for position in range(size):
         error = details.get(str(position))
