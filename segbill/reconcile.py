@@ -66,12 +66,12 @@ class Expected:
 @dataclass
 class Differences:
     """Where counts disagree: days whose events were listed, days with nothing found, and the
-    extra events counted without listing (days the export holds nothing for)."""
+    extra events counted without listing (ranges of days the export holds nothing for)."""
 
     listed: dict[tuple[Pair, int], Counter[str]] = field(default_factory=dict)  # (pair, day) -> its range's ids found
     ranges: list[tuple[Pair, Counter[str], dict[str, int]]] = field(default_factory=list)  # each listed range, its ids' days
     none_found: set[tuple[Pair, int]] = field(default_factory=set)
-    extra: Counter[tuple[Pair, int]] = field(default_factory=Counter)  # (pair, first day of the range)
+    extra: Counter[tuple[Pair, int, int]] = field(default_factory=Counter)  # (pair, first day, last day)
 
 
 @dataclass
@@ -108,7 +108,9 @@ class Reconciliation:
     def complete(self) -> bool:
         return self.stopped is None and not self.interrupted
 
-    def count(self, kind: str, pair: Pair, day: int, events: int = 1) -> None:
+    def count(self, kind: str, pair: Pair, day: int, events: int = 1, *, last_day: int | None = None) -> None:
+        """`events` missing or extra on `day`, or somewhere from `day` to `last_day` when only a
+        count of that range says they are there (the breakdown's key is then the range)."""
         if kind == "missing":
             self.missing += events
         else:
@@ -116,7 +118,10 @@ class Reconciliation:
         breakdown = self.missing_by if kind == "missing" else self.extra_by
         breakdown["subscription"][pair[0]] += events
         breakdown["code"][pair[1]] += events
-        breakdown["day"][iso_millis(day * DAY)[:10]] += events
+        days = iso_millis(day * DAY)[:10]
+        if last_day is not None and last_day != day:
+            days += "/" + iso_millis(last_day * DAY)[:10]
+        breakdown["day"][days] += events
 
     def exit_code(self) -> ExitCode:
         """1 when something is missing or extra, or when no record read was an event to
@@ -204,8 +209,8 @@ def reconcile(
         for transaction_id, extra in ids.items():
             if extra:
                 result.count("extra", pair, days[transaction_id], extra)
-    for (pair, day), extra in differences.extra.items():
-        result.count("extra", pair, day, extra)
+    for (pair, low, high), extra in differences.extra.items():
+        result.count("extra", pair, low, extra, last_day=high)
 
 
 def _expected(replay: Replay, expected: Expected) -> None:
@@ -229,7 +234,7 @@ async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliati
                 result.found += wanted
                 return
             if wanted == 0:  # nothing expected there: everything found is extra, no listing needed
-                differences.extra[(pair, low)] += found
+                differences.extra[(pair, low, high)] += found
             elif found == 0:
                 differences.none_found.update((pair, day) for day in expected.days[pair] if low <= day <= high)
             elif low == high or found <= reader.page_size:  # one page lists it: cheaper than halving

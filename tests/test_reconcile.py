@@ -49,19 +49,18 @@ def reconcile(segbill, fake: FakePlatform, *args: str) -> tuple[int, dict[str, A
 
 def store_foreign(fake: FakePlatform, events: list[tuple[str, str, int]]) -> None:
     """Events from another source: (subscription, code, ms) each, ids the export does not have."""
-    body = {
-        "events": [
-            {
-                "transaction_id": f"foreign-{i}",
-                "external_subscription_id": s,
-                "code": c,
-                "timestamp": f"{ms // 1000}.{ms % 1000:03d}",
-            }
-            for i, (s, c, ms) in enumerate(events)
-        ]
-    }
+    foreign = [
+        {
+            "transaction_id": f"foreign-{i}",
+            "external_subscription_id": s,
+            "code": c,
+            "timestamp": f"{ms // 1000}.{ms % 1000:03d}",
+        }
+        for i, (s, c, ms) in enumerate(events)
+    ]
     with httpx.Client(base_url=fake.url, headers={"Authorization": f"Bearer {KEY}"}) as client:
-        assert client.post("/api/v1/events/batch", json=body).status_code == 200
+        for at in range(0, len(foreign), 100):  # Lago's batch limit
+            assert client.post("/api/v1/events/batch", json={"events": foreign[at : at + 100]}).status_code == 200
 
 
 def test_a_lossy_send_plus_foreign_events_is_reconciled_exactly_and_the_missing_file_completes_it(
@@ -176,6 +175,28 @@ def test_whole_ranges_missing_or_extra_are_counted_without_listing(segbill, tmp_
         assert len(Path("missing.jsonl").read_bytes().splitlines()) == 150
         _, wider = reconcile(segbill, fake, str(path), "--until", "2024-03-12")  # the range runs to --until
         assert (wider["missing"], wider["extra"]) == (150, 2) and wider["to"] == "2024-03-11T23:59:59.999Z"
+
+
+def test_extra_events_only_a_count_found_are_reported_under_the_range_it_covered(segbill, tmp_path: Path) -> None:
+    """The export bills March 1st and 31st; 150 foreign events on the 20th. Halving finds them by
+    counting, in the 17th to the 24th, where nothing is expected: no listing says which day, so
+    the breakdown names that range (both days included), never a day that holds none of them."""
+    times = (parse_time("2024-03-01T12:00:00Z") or 0, parse_time("2024-03-31T12:00:00Z") or 0)
+    path = write(
+        tmp_path / "export.jsonl",
+        jsonl(
+            *(track(messageId=f"m{i}", userId="sub-00", event="api_calls", timestamp=iso_millis(t)) for i, t in enumerate(times))
+        ),
+    )
+    with FakePlatform(api_key=KEY) as fake:
+        assert segbill("send", str(path), "--to", "lago", env=env(fake)).exit_code == 0
+        store_foreign(fake, [("sub-00", "api_calls", parse_time("2024-03-20T12:00:00Z") or 0)] * 150)
+        code, result = reconcile(segbill, fake, str(path))
+        assert code == 1 and (result["expected"], result["found"], result["missing"], result["extra"]) == (2, 2, 0, 150)
+        assert result["breakdown"]["days"] == {"2024-03-17/2024-03-24": {"missing": 0, "extra": 150}}
+        assert not any("per_page=100" in r.path for r in fake.requests("lago"))  # counted, never listed
+        human = segbill("reconcile", str(path), "--to", "lago", env=env(fake))
+        assert human.exit_code == 1 and "2024-03-17/2024-03-24" in human.stdout
 
 
 def test_stdin_is_refused_and_an_existing_missing_file_too(segbill, tmp_path: Path) -> None:
