@@ -150,10 +150,12 @@ async def check(replay: Replay, reader: Reader, result: CheckResult) -> None:
     try:
         verdict = await reader.judge()
         for _, event in selected_events(replay):
+            # A Ctrl-C lands at an await: one before the verdict, never between `result.add` and
+            # the next event, where the event just checked would still count as not attempted.
+            if result.checked % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             (scope, kind), millis = place(event)
             result.add(await verdict(scope, kind, millis), kind, scope, millis)
-            if result.checked % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # a Ctrl-C lands at an await
     except ReadFailed as error:
         result.stopped = str(error)
     finally:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from segbill import check
 from segbill.testing.fake_platform import FakePlatform
 
 from .conftest import jsonl, track, write
@@ -351,6 +352,31 @@ def test_an_interrupted_check_counts_every_record_read_and_claims_nothing(tmp_pa
             and "\n  not checked " in stdout
             and "of the events checked; the rest is unknown" in stdout
         )
+
+
+def test_a_ctrl_c_right_after_a_verdict_counts_that_event_once(
+    segbill, fake: FakePlatform, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SIGINT arrives just as the 1,000th event gets its verdict; asyncio delivers it at the
+    check's next await. That event was counted checked and also not checked (read + 1) when the
+    await came right after the verdict; now it is checked, and only the events after it are not."""
+    signalled_at = check.YIELD_EVERY
+    add = check.CheckResult.add
+
+    def add_then_signal(result: check.CheckResult, *args: Any) -> None:
+        add(result, *args)
+        if result.checked == signalled_at:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(check.CheckResult, "add", add_then_signal)
+    rows = [
+        track(messageId=f"e{i}", event="api_calls", userId="acme-main", timestamp="2024-04-01T00:00:00.000Z") for i in range(2500)
+    ]
+    path = write(tmp_path / "e.jsonl", jsonl(*rows))
+    code, result = check_json(segbill, fake, str(path))
+    assert code == 130 and result["interrupted"] is True
+    assert result["checked"] == signalled_at and result["verdicts"]["billable"] == signalled_at
+    assert adds_up(result) and result["not_attempted"] == result["read"] - signalled_at > 0
 
 
 def test_a_read_failing_mid_check_stops_with_exit_3_and_counts_that_add_up(tmp_path: Path) -> None:
