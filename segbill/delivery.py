@@ -77,6 +77,24 @@ def retryable(status: int) -> bool:
     return status in (408, 429) or (status >= 500 and status != 501)
 
 
+def is_redirect(status: int) -> bool:
+    """A 3xx: the URL is wrong for every request, like a 404. It is never followed: a POST
+    redirected may come back as a GET or without its body (301, 302, 303)."""
+    return 300 <= status < 400
+
+
+def redirected(host: str, status: int, headers: httpx.Headers, path: str) -> str:
+    """Why a redirect stops the run, naming where it points as far as a person needs it: the
+    Location's scheme and host only (never a user, path or query, which may carry a token)."""
+    location = urlsplit(headers.get("location", "").strip())
+    to = location.netloc.rpartition("@")[2]
+    if to:
+        where = f"{location.scheme}://{to}" if location.scheme else to
+    else:
+        where = "another path on the same host" if location.path else "an address it does not give"
+    return f"{host} redirects to {where} (HTTP {status} for {path}); segbill follows no redirect: use the URL it points to"
+
+
 def backoff(attempt: int) -> float:
     """Seconds before retry number `attempt`: exponential, with full jitter."""
     return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
@@ -449,6 +467,8 @@ class Sender:
         status = response.status_code
         if status in FATAL_STATUSES:
             raise Fatal(f"{self.host} {FATAL_STATUSES[status]} (HTTP {status} for {urlsplit(self.endpoint).path})")
+        if is_redirect(status):
+            raise Fatal(redirected(self.host, status, response.headers, urlsplit(self.endpoint).path))
         self.pacer.observe(response.headers)
         self.concurrency.ceiling(self.pacer.pace)
         wait = None

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from segbill.delivery import Pacer, _describe, _excerpt, backoff, retryable, wait_hint
+from segbill.delivery import Pacer, _describe, _excerpt, backoff, is_redirect, redirected, retryable, wait_hint
 from segbill.targets import X_RATELIMIT, RateHeaders
 
 READ_CONCURRENCY = 4  # reads in flight; Lago Cloud allows 50 a second on these endpoints
@@ -106,6 +106,8 @@ class ApiReader:
         status = response.status_code
         if status in FATAL_READS:
             raise ReadFailed(f"{self.host} {FATAL_READS[status]} (HTTP {status} for {urlsplit(self.base + path).path})")
+        if is_redirect(status):
+            raise ReadFailed(redirected(self.host, status, response.headers, urlsplit(self.base + path).path))
         if not 200 <= status < 300:
             raise ReadFailed(f"{self.host} answered HTTP {status} reading {path} ({_excerpt(response.content)})")
         try:
