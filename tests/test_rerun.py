@@ -3,6 +3,7 @@ every bad record is dead-lettered once per backfill, and the summary says what a
 
 from __future__ import annotations
 
+import re
 import signal
 import sqlite3
 import subprocess
@@ -255,6 +256,52 @@ def test_the_summary_shows_what_a_rerun_did(segbill, tmp_path: Path, fake: FakeP
     assert "files skipped    1" in resumed.stderr
     _again, summary = send(segbill, fake.url, "a.jsonl", "b.jsonl", "--state", "s.db", "--until", "2024-01-20")
     assert summary["resumed_at"] == [] and summary["interrupted"] is False
+
+
+def test_after_an_outage_stop_the_advice_names_the_unreachable_and_following_it_delivers_everything(
+    segbill, tmp_path: Path, fake: FakePlatform
+) -> None:
+    """Three batches fail every retry: the run stops, 300 events dead-lettered `unreachable`. The
+    rerun resumes past them (they have their outcome), so "run the same command again" alone
+    left them unbilled; the advice also says to replay the dead-letter file, and doing exactly
+    what it says stores every event once."""
+    write(tmp_path / "a.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(500))))
+    options = ("a.jsonl", "--state", "s.db", "--max-retries", "1", "--concurrency", "1")
+    fake.script(["503"] * 6)
+    stopped, _ = send(segbill, fake.url, *options, human=True)
+    assert stopped.exit_code == 3 and "unreachable 300" in stopped.stderr
+    [run_id] = re.findall(r"run +([0-9a-f]{6}) ", stopped.stderr)
+    advice = stopped.stderr.split("continues where this run stopped.\n")[1]
+    assert advice.startswith("Then replay the 300 events dead-lettered unreachable: ")
+    move = f"mv dead.jsonl retry-{run_id}.jsonl && segbill send retry-{run_id}.jsonl --to lago --state s.db ..."
+    assert move in advice
+    rerun, summary = send(segbill, fake.url, *options)
+    assert rerun.exit_code == 0 and summary is not None and summary["delivered"] == 200
+    (tmp_path / "dead.jsonl").rename(tmp_path / f"retry-{run_id}.jsonl")
+    replay, summary = send(segbill, fake.url, f"retry-{run_id}.jsonl", "--state", "s.db")
+    assert replay.exit_code == 0 and summary is not None and summary["delivered"] == 300
+    assert sorted(event["transaction_id"] for event in fake.events("lago")) == sorted(f"m{i}" for i in range(500))
+
+
+def test_a_send_that_finished_with_unreachable_dead_letters_says_to_replay_them(
+    segbill, tmp_path: Path, fake: FakePlatform
+) -> None:
+    """One batch fails every retry, the rest are delivered: the run finishes (exit 1), and the
+    same command again would skip the whole file as finished."""
+    write(tmp_path / "a.jsonl", jsonl(*(track(messageId=f"m{i}") for i in range(300))))
+    fake.script(["503"] * 2)
+    run, _ = send(segbill, fake.url, "a.jsonl", "--state", "s.db", "--max-retries", "1", "--concurrency", "1", human=True)
+    assert run.exit_code == 1 and "unreachable 100" in run.stderr
+    assert "\nOnce the platform answers, replay the 100 events dead-lettered unreachable: " in run.stderr
+
+
+def test_a_rerun_that_skips_earlier_dead_letters_says_they_were_not_sent(segbill, tmp_path: Path, fake: FakePlatform) -> None:
+    data, bad = with_bad_lines(30, 10)
+    write(tmp_path / "a.jsonl", data)
+    send(segbill, fake.url, "a.jsonl", "--state", "s.db", "--until", "2024-01-02")
+    rerun, _ = send(segbill, fake.url, "a.jsonl", "--state", "s.db", "--since", "2024-01-02", human=True)
+    assert rerun.exit_code == 0 and f"dead_lettered_before {bad}" in rerun.stderr
+    assert f"{bad} records were skipped as dead-lettered by an earlier run on --state s.db: they were not sent" in rerun.stderr
 
 
 def test_a_resend_of_what_the_platform_holds_is_shown_as_already_delivered(segbill, tmp_path: Path, fake: FakePlatform) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from typing import IO
 
@@ -93,13 +94,37 @@ def render_summary(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
 
 
 def _next_step(tally: Tally) -> str | None:
-    """How to finish a send that stopped early: the same command, resumed by --state."""
-    if tally.dry_run or not (tally.interrupted or tally.stopped):
-        return None
-    first = "To resume, run" if tally.interrupted else "Once the cause is fixed, run"
-    if tally.state_file:
-        return f"{first} the same command again: --state {tally.state_file} continues where this run stopped."
-    return (
-        f"{first} the same command again: without --state it reads everything again (the platform keeps "
-        "one copy of each event); add --state FILE to make the next run resumable."
-    )
+    """What is left to do. After a stop: the same command, resumed by --state. And whatever
+    ended the run: the events dead-lettered `unreachable` are only in the dead-letter file, since
+    a rerun with --state resumes past them (they have their outcome), so they must be replayed
+    from it. A rerun that skipped records dead-lettered before says where they are too: it
+    exits 0 without having sent them."""
+    steps: list[str] = []
+    if not tally.dry_run and (tally.interrupted or tally.stopped):
+        first = "To resume, run" if tally.interrupted else "Once the cause is fixed, run"
+        if tally.state_file:
+            steps.append(f"{first} the same command again: --state {tally.state_file} continues where this run stopped.")
+        else:
+            steps.append(
+                f"{first} the same command again: without --state it reads everything again (the platform keeps "
+                "one copy of each event); add --state FILE to make the next run resumable."
+            )
+    unreachable = tally.dead_lettered["unreachable"]
+    if unreachable and tally.state_file and tally.dead_letter_file:
+        then = "Then" if steps else "Once the platform answers,"
+        dead, retry, state = (
+            shlex.quote(path) for path in (tally.dead_letter_file, f"retry-{tally.run_id}.jsonl", tally.state_file)
+        )
+        steps.append(
+            f"{then} replay the {unreachable:,} events dead-lettered unreachable: the same command does not send them "
+            f"again, they are only in {tally.dead_letter_file}. Move it first (segbill does not read the file it appends "
+            f"to) and send it with the same options and --state: mv {dead} {retry} && segbill send {retry} --to "
+            f"{tally.target} --state {state} ..."
+        )
+    earlier = tally.skipped["dead_lettered_before"]
+    if earlier and tally.state_file and not tally.dry_run:
+        steps.append(
+            f"{earlier:,} records were skipped as dead-lettered by an earlier run on --state {tally.state_file}: "
+            "they were not sent, and are in that run's dead-letter file; replay it, if not done yet, once fixed."
+        )
+    return "\n".join(steps) or None
