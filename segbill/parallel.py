@@ -68,6 +68,7 @@ CFS_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
 # origin's numbers and its bytes, in msgpack; any other record travels whole, pickled, with
 # [its index among those] in its place.
 _PLAIN_EVENT = 7  # (line, offset, end, raw, event bytes, event time, key)
+_PLAIN_UNSELECTED = 6  # (line, offset, end, reason, event time, key): an event the selection leaves out
 _PLAIN_SKIP = 4  # (line, offset, end, reason)
 
 # An `Origin` made in C (as `segbill.decode` makes them): its own constructor is Python code.
@@ -205,6 +206,9 @@ def _results(
                 elif size == _PLAIN_SKIP:
                     line, offset, end, reason = item
                     yield Record(_new_origin(Origin, (path, line, offset, end)), b""), reason
+                elif size == _PLAIN_UNSELECTED:
+                    line, offset, end, reason, millis, key = item
+                    yield Record(_new_origin(Origin, (path, line, offset, end)), b""), reason, millis, key
                 else:
                     other = others[item[0]]
                     if type(other[1]) is tuple:
@@ -329,7 +333,13 @@ def _compact(result: Result, key_of: Callable[[dict[str, Any]], str], keep_lines
     record = result[0]
     plain = record.index is None and record.first_source is None and not record.missing_on_platform
     if len(result) == 4:
-        _, event, millis, _ = result
+        _, event, millis, key = result
+        if type(event) is str:  # left out by the selection: only its key travels, to be claimed
+            if plain and record.invalid is None:
+                origin = record.origin
+                return origin.line, origin.offset, origin.end, event, millis, key
+            record.drop_message()
+            return record, (event, millis, key)
         assert isinstance(event, dict)  # as converted: a worker serializes it
         data = dumps(event)
         if plain and record.invalid is None:

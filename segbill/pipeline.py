@@ -58,10 +58,13 @@ Event: TypeAlias = dict[str, Any] | bytes
 # request an earlier run sent it in without an answer (see `State.sending`), else None.
 Claimed: TypeAlias = tuple[Record, Event, str, int | None]
 # What a record read becomes (`Conversion.results`): (record, event, event time, its key or None:
-# read from the event when claimed), or (record, outcome): a `str`, the reason it is skipped,
-# or an `Invalid`, why it is dead-lettered.
+# read from the event when claimed); for an event the run's selection (--since/--until,
+# --shard) leaves out, (record, the reason it is skipped, event time, its key): it still claims
+# its key, never sent; or (record, outcome): a `str`, the reason it is skipped, or an
+# `Invalid`, why it is dead-lettered.
 Converted: TypeAlias = tuple[Record, Event, int, str | None]
-Result: TypeAlias = Converted | tuple[Record, str | Invalid]
+Unselected: TypeAlias = tuple[Record, str, int, str]
+Result: TypeAlias = Converted | Unselected | tuple[Record, str | Invalid]
 T = TypeVar("T")
 
 
@@ -93,6 +96,12 @@ class Options:
     def selection(self) -> str:
         """Names which records a run bills and how: each selection has its own checkpoints."""
         return _digest(self.conversion(), repr((self.since, self.until, self.shard)))
+
+    def partial(self) -> bool:
+        """Whether --since/--until or --shard leave events out. Such a run still claims their
+        keys (`Conversion._selected`), so it reads every record, every time: a resume would not
+        claim the keys of the records before its checkpoint, and could send a repeat of one."""
+        return self.since is not None or self.until is not None or self.shard is not None
 
 
 def _digest(*parts: str) -> str:
@@ -177,7 +186,10 @@ class Conversion:
         return self._selected(record, fields, event)
 
     def _selected(self, record: Record, fields: Billable, event: dict[str, Any]) -> Result:
-        """The event, if the run's shard and time bounds take it; if not, why it is skipped. The
+        """The event, if the run's shard and time bounds take it; if not, why it is skipped, with
+        its key: every event claims its key in input order, whatever the selection, so each
+        window and each shard agrees with one run over everything on which copy of a repeated
+        message is the first (the N shards, or consecutive windows, bill each key once). The
         window is judged for every event, so every shard knows whether it left out all of them."""
         since, until, shard = self.options.since, self.options.until, self.options.shard
         millis = fields.millis
@@ -190,11 +202,11 @@ class Conversion:
         if shard is not None:
             owner = _written_by(record, shard[1])
             if (shard_of(fields.customer, shard[1]) if owner is None else owner) != shard[0]:
-                return record, "other_shard"
+                return record, "other_shard", millis, self.options.target.key(event)
         if early:
-            return record, "before_since"
+            return record, "before_since", millis, self.options.target.key(event)
         if late:
-            return record, "after_until"
+            return record, "after_until", millis, self.options.target.key(event)
         return record, event, millis, None
 
     def _not_billable(self, kind: Any) -> str | Invalid:
@@ -239,12 +251,13 @@ class Replay:
         self._warnings = 0
         self.failure: str | None = None  # why a dead-letter or state write failed, if one did
         self._frontiers: dict[str, tuple[Source, Frontier]] = {}
-        self._pending: deque[Converted] = deque()
+        self._pending: deque[Converted | Unselected] = deque()
         self._fresh: list[Claimed] = []  # claimed, not yet handed out
         self.conversion = Conversion(options)
-        # Checkpoints exist only when the state is kept: only then is each record held until its
-        # outcome is final.
-        self._tracking = self.state.mode is Mode.WRITE
+        # Checkpoints exist only when the state is kept, and for a selection that resumes (see
+        # `Options.partial`): only then is each record held until its outcome is final.
+        self._partial = options.partial()
+        self._tracking = self.state.mode is Mode.WRITE and not self._partial
 
     def blocks(
         self, on_progress: Callable[[str, int], None] | None = None, reading: Reading | None = None
@@ -253,13 +266,14 @@ class Replay:
         from stdin, so a slow pipe still flows; at least one block, maybe empty, every
         `4 * CLAIM_CHUNK` records read), each new to the ledger or sent before without an
         answer. The caller owns a block's outcomes once it takes it (`delivered`, `rejected`,
-        `not_attempted`). `reading` wraps a stream's records (a read there may wait for ever)."""
+        `not_attempted`). `reading` wraps a stream's records (a read there may wait for ever).
+        A partial selection (`Options.partial`) reads every file from its start."""
         tally = self.tally
         pending = self._pending
         tracking = self._tracking
         unread: list[tuple[Source, Checkpoint | None]] = []
         for source in self.options.sources:
-            start = self.state.checkpoint(source)
+            start = None if self._partial else self.state.checkpoint(source)
             if start is not None and start.complete:
                 tally.files_already_done += 1
             else:
@@ -334,16 +348,26 @@ class Replay:
 
     def _claimed(self) -> list[Claimed]:
         """Check the buffered events against the ledger and this run's claims: repeats get their
-        outcome at once, the new ones are the block handed out. An event reconcile found missing
-        on the platform is no longer delivered in the ledger: the platform's 200 did not store it."""
+        outcome at once, the new ones are the block handed out. An event the selection leaves
+        out claims its key in this run (see `Conversion._selected`) and keeps its outcome. An
+        event reconcile found missing on the platform is no longer delivered in the ledger: the
+        platform's 200 did not store it (an event the selection leaves out is another run's)."""
         pending, fresh = self._pending, self._fresh
         key_of = self.options.target.key
         keys = [(key_of(event) if key is None else key, millis) for _, event, millis, key in pending]  # type: ignore[arg-type]
-        missing = [key for key, (record, *_) in zip(keys, pending, strict=False) if record.missing_on_platform]
+        missing = [
+            key
+            for key, (record, event, *_) in zip(keys, pending, strict=False)
+            if record.missing_on_platform and type(event) is not str
+        ]
         if missing:
             self.tally.missing_resent += self.state.forget(missing)
-        for (key, _), verdict in zip(keys, self.state.claim(keys), strict=False):
+        outside = [type(event) is str for _, event, _, _ in pending] if self._partial else None
+        for (key, _), verdict in zip(keys, self.state.claim(keys, outside), strict=False):
             record, event, _, _ = pending.popleft()
+            if isinstance(event, str):  # left out by the selection: claimed, never sent
+                self.skip(record, event)
+                continue
             if verdict is Claim.NEW:
                 fresh.append((record, event, key, None))
                 continue
@@ -425,9 +449,9 @@ class Replay:
         """Persist how far each file is finished, with the ledger, in one transaction."""
         if self.failure is not None:  # SQLite may have rolled the transaction back: each write would commit alone
             return
+        if self.state.mode is Mode.WRITE and self.dead_letters is not None:
+            self.dead_letters.sync()  # a checkpoint, or the state's note of a dead letter, needs the letter on disk
         if self._tracking:
-            if self.dead_letters is not None:
-                self.dead_letters.sync()  # a checkpoint past a dead letter needs the letter on disk
             for name, (source, frontier) in list(self._frontiers.items()):
                 position = frontier.position()
                 self.state.set_checkpoint(source, position)

@@ -5,7 +5,10 @@ run) holds its own claims in a `KeyIndex` in memory instead, in front of the led
 
 - ledger: (target, key) -> the event time (ms) the key was sent with, and whether the platform
   acknowledged it. Rows with `delivered = 0` are this run's claims on keys not yet sent; they are
-  removed if the event is not delivered, and at the start of the next run. A negative `delivered`
+  removed if the event is not delivered, and at the end of the run and the start of the next.
+  A record outside the run's selection (--since/--until, --shard) claims its key too, with such a
+  row, never sent, released or marked: a later copy is a repeat, as in a run over everything,
+  and no later run sees the claim. A negative `delivered`
   names the request an event was last sent in, before its answer came: whether it is stored is
   unknown (see `sending`), so the row outlives the run.
 - checkpoints: per selection (the options that decide which records a run bills, and how) and
@@ -158,12 +161,15 @@ class State:
 
     # -- the duplicate index -----------------------------------------------------------------
 
-    def claim(self, keys: list[tuple[str, int]]) -> list[Claim]:
-        """For each (key, millis): NEW (now claimed for this run) or why it must not be sent."""
+    def claim(self, keys: list[tuple[str, int]], outside: list[bool] | None = None) -> list[Claim]:
+        """For each (key, millis): NEW (now claimed for this run) or why it must not be sent.
+        `outside`: which keys are claimed for records outside the run's selection, never sent:
+        such a key is never a RESEND (an earlier run's unanswered request is the business of
+        the run that selects its records), and a later copy in the selection still may be."""
         if self._index is not None:
-            return self._claim_in_memory(keys)
+            return self._claim_in_memory(keys, outside)
         if not RETURNING:
-            return self._claim_in_two_steps(keys)
+            return self._claim_in_two_steps(keys, outside)
         inserted: set[str] = set()
         for start in range(0, len(keys), 300):  # one statement inserts up to 300 rows, each once
             chunk = keys[start : start + 300]
@@ -175,21 +181,21 @@ class State:
             return [Claim.NEW] * len(keys)
         known = self._rows([key for key, _ in keys if key not in inserted])  # stored before
         verdicts = []
-        for key, millis in keys:
+        for at, (key, millis) in enumerate(keys):
             if key in inserted and key not in known:  # the first occurrence, inserted just now
                 known[key] = (millis, 0)
                 verdicts.append(Claim.NEW)
             else:
-                verdicts.append(self._repeat(key, millis, *known[key]))
+                verdicts.append(self._repeat(key, millis, *known[key], outside=outside is not None and outside[at]))
         return verdicts
 
-    def _repeat(self, key: str, millis: int, known_millis: int, delivered: int) -> Claim:
+    def _repeat(self, key: str, millis: int, known_millis: int, delivered: int, *, outside: bool = False) -> Claim:
         """The verdict on a key the ledger holds: a repeat, unless an earlier run sent it and
-        never heard back (the first time this run meets it). A key this run sent itself, still
-        waiting for its answer, is a plain repeat."""
+        never heard back (the first time this run meets it in its selection). A key this run
+        sent itself, still waiting for its answer, is a plain repeat."""
         if known_millis != millis:
             return Claim.SHIFTED
-        if delivered < 0 and delivered not in self._requests and key not in self.resending:
+        if delivered < 0 and not outside and delivered not in self._requests and key not in self.resending:
             self.resending[key] = -delivered
             return Claim.RESEND
         return Claim.DUPLICATE
@@ -205,7 +211,7 @@ class State:
             found.update((key, (millis, delivered)) for key, millis, delivered in rows)
         return found
 
-    def _claim_in_memory(self, keys: list[tuple[str, int]]) -> list[Claim]:
+    def _claim_in_memory(self, keys: list[tuple[str, int]], outside: list[bool] | None) -> list[Claim]:
         """`claim` for a run that keeps nothing: its claims are in the `KeyIndex`. A key it does
         not hold may be in the ledger (an earlier run's, read by a dry run): it is judged by the
         ledger's row, each time, and never claimed."""
@@ -224,26 +230,26 @@ class State:
                 return [Claim.NEW] * len(found)
             return [_verdict(known, millis) for known, millis in zip(found, times, strict=False)]
         verdicts = []
-        for (key, millis), hashed in zip(keys, hashes, strict=False):
+        for at, ((key, millis), hashed) in enumerate(zip(keys, hashes, strict=False)):
             if key in earlier:
-                verdicts.append(self._repeat(key, millis, *earlier[key]))
+                verdicts.append(self._repeat(key, millis, *earlier[key], outside=outside is not None and outside[at]))
             else:
                 verdicts.append(_verdict(index.claim([hashed], [millis])[0], millis))
         return verdicts
 
-    def _claim_in_two_steps(self, keys: list[tuple[str, int]]) -> list[Claim]:
+    def _claim_in_two_steps(self, keys: list[tuple[str, int]], outside: list[bool] | None) -> list[Claim]:
         """`claim` for SQLite before 3.35 (no RETURNING): look the keys up, then insert the new."""
         found = self._rows([key for key, _ in keys])
         verdicts = []
         new = []
-        for key, millis in keys:
+        for at, (key, millis) in enumerate(keys):
             known = found.get(key)
             if known is None:
                 found[key] = (millis, 0)
                 new.append((self.target, key, millis))
                 verdicts.append(Claim.NEW)
             else:
-                verdicts.append(self._repeat(key, millis, *known))
+                verdicts.append(self._repeat(key, millis, *known, outside=outside is not None and outside[at]))
         if new:
             self.db.executemany("INSERT INTO ledger VALUES (?, ?, ?, 0)", new)
         return verdicts

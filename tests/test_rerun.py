@@ -73,9 +73,15 @@ def test_a_rerun_with_another_selection_does_its_own_work_and_sends_nothing_twic
     assert summary["files_already_done"] == 0 and summary["read"] == len(export())
     assert set(fake.counts("lago")) == expected
     assert set(fake.writes("lago").values()) == {1}
-    # The same selection again finds its own checkpoint: the file is finished for it.
+    # The same selection again finds its own checkpoint: the file is finished for it. A window or
+    # a shard reads its files again (its records claim their keys), and the ledger sends nothing.
     _, again = send(segbill, fake.url, "a.jsonl", "--state", "s.db", *second)
-    assert again["read"] == 0 and again["files_already_done"] == 1
+    if second[0] in ("--since", "--shard"):
+        assert again["read"] == len(export()) and again["files_already_done"] == again["delivered"] == 0
+        assert again["skipped_by_reason"]["duplicate"] == len(billed_by(segbill, *second))
+    else:
+        assert again["read"] == 0 and again["files_already_done"] == 1
+    assert set(fake.writes("lago").values()) == {1}
 
 
 def test_another_platform_on_a_state_that_delivered_is_refused(segbill, tmp_path: Path, fake: FakePlatform) -> None:
