@@ -23,12 +23,13 @@ import orjson
 import pytest
 
 from segbill import parallel
-from segbill.segment import dumps
+from segbill.segment import dumps, iso_millis
 from segbill.testing.corpus import messages
 from segbill.testing.fake_platform import FakePlatform
 
 from .conftest import KEY, assert_adds_up, jsonl, platform_env, send, spread_export, track, write
 from .test_fast_path import CONFIG, ODD_MESSAGES, assert_same, untimed
+from .test_selection import BOUNDARY, HOUR, WINDOWS, straddling_export
 
 START = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 
@@ -96,6 +97,29 @@ def test_worker_processes_give_exactly_what_one_process_gives(
     if "--config" in options:  # "Order Completed" is renamed and "Internal *" excluded in the last file only
         assert not any("Order Completed" in warning or "Internal *" in warning for warning in summary["warnings"])
         assert any("Never *" in warning for warning in summary["warnings"])
+
+
+@pytest.mark.parametrize("options", [*WINDOWS, ("--shard", "1/3")])
+def test_worker_processes_carry_what_a_window_or_shard_leaves_out_to_be_claimed(
+    segbill, tmp_path: Path, options: tuple[str, ...]
+) -> None:
+    """Records the selection leaves out still claim their keys in the run's process, those of a
+    batch line (which travel whole) too: the same repeats are skipped, the same events printed."""
+    straddling_export(tmp_path / "export")
+    batch = [
+        track(messageId=f"b{i}", userId=f"cus_{i % 12}", timestamp=iso_millis(BOUNDARY + (i - 12) * 3 * HOUR + i))
+        for i in range(24)
+    ]
+    write(tmp_path / "export" / "batch.jsonl", orjson.dumps({"batch": batch}) + b"\n")  # read first
+    repeats = [
+        {**message, "timestamp": iso_millis(BOUNDARY + (i % 5 - 2) * 7 * HOUR), "userId": f"cus_{(i + 5) % 24}"}
+        for i, message in enumerate(batch)
+    ]
+    write(tmp_path / "export" / "part-3.jsonl", jsonl(*repeats))
+    one, several = with_jobs(segbill, "send", "export", "--to", "lago", "--dry-run", "--json", *options)
+    assert_same(one, several)
+    summary = orjson.loads(one.stderr.strip().splitlines()[-1])
+    assert summary["skipped_by_reason"]["duplicate_shifted"] > 3 and summary["skipped_by_reason"]["duplicate"] > 3
 
 
 def test_a_window_that_selects_nothing_is_judged_on_every_files_events(segbill, tmp_path: Path) -> None:
