@@ -203,10 +203,8 @@ class Conversion:
             owner = _written_by(record, shard[1])
             if (shard_of(fields.customer, shard[1]) if owner is None else owner) != shard[0]:
                 return record, "other_shard", millis, self.options.target.key(event)
-        if early:
-            return record, "before_since", millis, self.options.target.key(event)
-        if late:
-            return record, "after_until", millis, self.options.target.key(event)
+        if early or late:
+            return record, "before_since" if early else "after_until", millis, self.options.target.key(event)
         return record, event, millis, None
 
     def _not_billable(self, kind: Any) -> str | Invalid:
@@ -362,7 +360,7 @@ class Replay:
         ]
         if missing:
             self.tally.missing_resent += self.state.forget(missing)
-        outside = [type(event) is str for _, event, _, _ in pending] if self._partial else None
+        outside = {at for at, (_, event, _, _) in enumerate(pending) if type(event) is str} if self._partial else ()
         for (key, _), verdict in zip(keys, self.state.claim(keys, outside), strict=False):
             record, event, _, _ = pending.popleft()
             if isinstance(event, str):  # left out by the selection: claimed, never sent

@@ -27,7 +27,7 @@ import os
 import random
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -161,11 +161,11 @@ class State:
 
     # -- the duplicate index -----------------------------------------------------------------
 
-    def claim(self, keys: list[tuple[str, int]], outside: list[bool] | None = None) -> list[Claim]:
+    def claim(self, keys: list[tuple[str, int]], outside: Collection[int] = ()) -> list[Claim]:
         """For each (key, millis): NEW (now claimed for this run) or why it must not be sent.
-        `outside`: which keys are claimed for records outside the run's selection, never sent:
-        such a key is never a RESEND (an earlier run's unanswered request is the business of
-        the run that selects its records), and a later copy in the selection still may be."""
+        `outside`: the positions of keys claimed for records outside the run's selection, never
+        sent: such a key is never a RESEND (an earlier run's unanswered request is the business
+        of the run that selects its records), and a later copy in the selection still may be."""
         if self._index is not None:
             return self._claim_in_memory(keys, outside)
         if not RETURNING:
@@ -186,7 +186,7 @@ class State:
                 known[key] = (millis, 0)
                 verdicts.append(Claim.NEW)
             else:
-                verdicts.append(self._repeat(key, millis, *known[key], outside=outside is not None and outside[at]))
+                verdicts.append(self._repeat(key, millis, *known[key], outside=at in outside))
         return verdicts
 
     def _repeat(self, key: str, millis: int, known_millis: int, delivered: int, *, outside: bool = False) -> Claim:
@@ -211,7 +211,7 @@ class State:
             found.update((key, (millis, delivered)) for key, millis, delivered in rows)
         return found
 
-    def _claim_in_memory(self, keys: list[tuple[str, int]], outside: list[bool] | None) -> list[Claim]:
+    def _claim_in_memory(self, keys: list[tuple[str, int]], outside: Collection[int]) -> list[Claim]:
         """`claim` for a run that keeps nothing: its claims are in the `KeyIndex`. A key it does
         not hold may be in the ledger (an earlier run's, read by a dry run): it is judged by the
         ledger's row, each time, and never claimed."""
@@ -232,12 +232,12 @@ class State:
         verdicts = []
         for at, ((key, millis), hashed) in enumerate(zip(keys, hashes, strict=False)):
             if key in earlier:
-                verdicts.append(self._repeat(key, millis, *earlier[key], outside=outside is not None and outside[at]))
+                verdicts.append(self._repeat(key, millis, *earlier[key], outside=at in outside))
             else:
                 verdicts.append(_verdict(index.claim([hashed], [millis])[0], millis))
         return verdicts
 
-    def _claim_in_two_steps(self, keys: list[tuple[str, int]], outside: list[bool] | None) -> list[Claim]:
+    def _claim_in_two_steps(self, keys: list[tuple[str, int]], outside: Collection[int]) -> list[Claim]:
         """`claim` for SQLite before 3.35 (no RETURNING): look the keys up, then insert the new."""
         found = self._rows([key for key, _ in keys])
         verdicts = []
@@ -249,7 +249,7 @@ class State:
                 new.append((self.target, key, millis))
                 verdicts.append(Claim.NEW)
             else:
-                verdicts.append(self._repeat(key, millis, *known, outside=outside is not None and outside[at]))
+                verdicts.append(self._repeat(key, millis, *known, outside=at in outside))
         if new:
             self.db.executemany("INSERT INTO ledger VALUES (?, ?, ?, 0)", new)
         return verdicts

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from segbill import delivery, sources
+from segbill import delivery, sources, state
 from segbill.cli import app
 from segbill.segment import iso_millis
 from segbill.testing.fake_platform import FakePlatform
@@ -108,6 +108,12 @@ def fake() -> Iterator[FakePlatform]:
     """The fake Lago and Hyperline on 127.0.0.1, taking `KEY`; a 429 asks for no wait."""
     with FakePlatform(api_key=KEY, retry_after=0) as platform:
         yield platform
+
+
+@pytest.fixture(params=[True, False], ids=["insert-returning", "sqlite-before-3.35"])
+def claim_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways of claiming keys: INSERT ... RETURNING, and the lookup-then-insert fallback."""
+    monkeypatch.setattr(state, "RETURNING", request.param)
 
 
 @pytest.fixture

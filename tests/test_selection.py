@@ -109,6 +109,7 @@ def test_the_trials_consecutive_windows_bill_the_repeat_once(segbill, tmp_path: 
         assert stored(fake) == everything(segbill, "ex.jsonl")[0]
 
 
+@pytest.mark.usefixtures("claim_method")
 @pytest.mark.parametrize("jobs", ["1", "3"])
 @pytest.mark.parametrize("state", [True, False], ids=["shared-state", "no-state"])
 def test_consecutive_windows_are_one_run_over_everything(segbill, tmp_path: Path, jobs: str, state: bool) -> None:
@@ -156,6 +157,7 @@ def test_shards_together_are_one_run_over_everything(segbill, tmp_path: Path, jo
         assert stored(fake) == reference and delivered == whole["delivered"]
 
 
+@pytest.mark.usefixtures("claim_method")
 def test_a_shards_claim_is_never_a_resend_of_another_runs_request(segbill, tmp_path: Path, fake: FakePlatform) -> None:
     """The ledger says m1 was sent in a request that never got its answer. A copy of m1 for a
     customer of another shard comes first: it claims the key and leaves the request alone, so

@@ -20,12 +20,6 @@ from .conftest import KEY, WITHOUT_ISAL, jsonl, process_env, send, track, write
 pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
-@pytest.fixture(params=[True, False], ids=["insert-returning", "sqlite-before-3.35"])
-def claim_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both ways of claiming keys: INSERT ... RETURNING, and the lookup-then-insert fallback."""
-    monkeypatch.setattr(state, "RETURNING", request.param)
-
-
 def messages(count: int, prefix: str = "m") -> list[dict[str, Any]]:
     return [
         track(messageId=f"{prefix}{i}", userId=f"cus_{i % 11}", timestamp=f"2024-01-{1 + i % 28:02d}T00:00:00.000Z")
