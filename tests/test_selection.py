@@ -95,7 +95,7 @@ def everything(segbill, inputs: str, *args: str) -> tuple[list[tuple[Any, ...]],
 
 def test_the_trials_consecutive_windows_bill_the_repeat_once(segbill, tmp_path: Path) -> None:
     """The second window's m1 is a shifted repeat of the first window's: skipped with the
-    notice, as one run over everything skips it. It was sent, and ClickHouse billed m1 twice."""
+    notice, as one run over everything skips it (it used to be sent: ClickHouse billed m1 twice)."""
     write(tmp_path / "ex.jsonl", jsonl(*TRIAL))
     with FakePlatform(api_key=KEY, lago_store="clickhouse") as fake:
         _, january = send(segbill, fake.url, "ex.jsonl", "--since", "2024-01-01", "--until", "2024-02-01")
@@ -210,8 +210,8 @@ def reconcile(segbill, fake: FakePlatform, *args: str) -> tuple[int, dict[str, A
 @pytest.mark.parametrize("state", [True, False], ids=["shared-state", "no-state"])
 def test_reconcile_per_window_after_per_window_sends_finds_nothing_missing_or_extra(segbill, tmp_path: Path, state: bool) -> None:
     """Reconcile and check expect what the window's send delivers: February's shifted m1 is a
-    repeat of January's in both (it was expected: a missing event that never goes away, and a
-    --missing file whose replay bills m1 a second time)."""
+    repeat of January's in both (it used to be expected: a missing event that never went away,
+    and a --missing file whose replay billed m1 a second time)."""
     write(tmp_path / "ex.jsonl", jsonl(*TRIAL))
     windows = [("--since", "2024-01-01", "--until", "2024-02-01"), ("--since", "2024-02-01", "--until", "2024-03-01")]
     shared = ("--state", "s.db") if state else ()
