@@ -8,6 +8,7 @@ properties become (`PropertyRules`).
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +81,9 @@ def _paths(*names: str) -> FieldSource:
 
 
 DEFAULT_ID = _paths("messageId")
+# What a message without an id gets under the default id field (`derived_id`), as a key source
+# names it (`Mapping.key_source`): a new way of deriving ids would be a new name.
+DERIVED_ID = "segbill-sha256"
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,19 @@ class Mapping:
             "notes": repr(self.notes),
         }
         return "Mapping(" + ", ".join(f"{name}={value}" for name, value in parts.items()) + ")"
+
+    def key_source(self) -> str:
+        """What the idempotency keys are made from, in a fixed form a `--state` file keeps: the
+        id's paths (or constant), and what a message without one gets (an id derived from its
+        content, under the default id field alone; else none: it is dead-lettered). Nothing else
+        of the mapping changes a key: a run that makes keys another way would send every event
+        the state delivered again, under a new key, billed twice."""
+        source = self.fields.id
+        made: dict[str, Any] = (
+            {"value": source.constant} if source.constant is not None else {"paths": [".".join(path) for path in source.paths]}
+        )
+        made["missing"] = DERIVED_ID if source == DEFAULT_ID else "invalid"
+        return json.dumps(made, sort_keys=True)
 
     def select(self, message: dict[str, Any]) -> str | None:
         """The Segment event name a message bills as, or None: not a billable type. Raises
@@ -404,6 +421,16 @@ class Mapping:
                 "bad_amount", f'The amount at "{where}" ({str(value)[:40]!r}) has more than {MAX_AMOUNT_DIGITS} digits.'
             )
         return text
+
+
+def described(key_source: str) -> str:
+    """A key source (`Mapping.key_source`) in words; one this version cannot read, as it is."""
+    try:
+        made = json.loads(key_source)
+        what = " or ".join(made["paths"]) if "paths" in made else f"the constant {made['value']!r}"
+    except (ValueError, TypeError, KeyError):
+        return key_source
+    return f"{what} (else an id derived from the message)" if made.get("missing") == DERIVED_ID else what
 
 
 class Skipped(Exception):

@@ -227,10 +227,20 @@ class Replay:
     checkpoint never passes a record whose fate is unknown.
     """
 
-    def __init__(self, options: Options, warn: Callable[[str], None] | None = None, *, keep_lines: bool = True) -> None:
+    def __init__(
+        self,
+        options: Options,
+        warn: Callable[[str], None] | None = None,
+        *,
+        keep_lines: bool = True,
+        api_key: str | None = None,
+        key_rotated: bool = False,
+    ) -> None:
         """`keep_lines`: whether an event's record keeps its line, for a sink that may refuse it
         (its dead letter holds the line) or a reader that writes it (reconcile's --missing). A
-        dry run and check need not: worker processes (`--jobs`) then do not hand lines back."""
+        dry run and check need not: worker processes (`--jobs`) then do not hand lines back.
+        `api_key`: the key a send delivers with, which its state remembers (a digest of it), or
+        `key_rotated` replaces there (see `State`); kept out of `options`, which workers receive."""
         self.options = options
         self._keep_lines = keep_lines
         self.tally = Tally(target=options.target.name, dry_run=options.dry_run)
@@ -241,7 +251,14 @@ class Replay:
         )
         self._conversion_digest = options.conversion()
         self.state = State(
-            options.state, options.target.name, read_only=options.dry_run, selection=options.selection(), url=options.url
+            options.state,
+            options.target.name,
+            read_only=options.dry_run,
+            selection=options.selection(),
+            url=options.url,
+            key_source=options.mapping.key_source(),
+            api_key=api_key,
+            key_rotated=key_rotated,
         )
         self.tally.state_file = None if options.state is None else str(options.state)
         self._files: dict[str, str] = {}  # source name -> file identity, for its dead letters

@@ -17,12 +17,20 @@ run) holds its own claims in a `KeyIndex` in memory instead, in front of the led
 - dead_letters: the position of every record dead-lettered, so that no later run writes it again
   (a read-ahead past the checkpoint, or another selection, reads it again).
 - destinations: where the ledger's events were delivered; it holds for no other destination.
+- key_sources: what the ledger's keys were made from (`Mapping.key_source`), and api_key_digests:
+  per destination, a salted digest of the API key its events were delivered with (another key
+  may be another organization at the same URL). Both are adopted with the first delivery, by a
+  state from before they were kept too; a run that would make keys another way, or send with
+  another key (unless told it was rotated), is refused.
+
+A dry run opens the file read-only and writes nothing (see `_read_without_writing`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import os
 import random
 import sqlite3
@@ -32,42 +40,65 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from segbill.mapping import described
 from segbill.segment import Record
 from segbill.sources import Source
 
 FINGERPRINT_BYTES = 65536
 # INSERT ... RETURNING (SQLite 3.35+) claims a chunk of keys in one statement.
 RETURNING = sqlite3.sqlite_version_info >= (3, 35)
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS ledger (
+# Each table: its columns, then anything after them. A dry run creates in its own temporary
+# schema those an older state lacks, so that it reads them as empty without writing the file.
+_TABLES = {
+    "ledger": """(
     target TEXT NOT NULL, key TEXT NOT NULL, millis INTEGER NOT NULL, delivered INTEGER NOT NULL,
     PRIMARY KEY (target, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS checkpoints (
+) WITHOUT ROWID""",
+    "checkpoints": """(
     selection TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL, fingerprint TEXT NOT NULL,
     offset INTEGER NOT NULL, line INTEGER NOT NULL, complete INTEGER NOT NULL, updated TEXT NOT NULL,
     PRIMARY KEY (selection, path)
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
+)""",
+    "dead_letters": """(
     file TEXT NOT NULL, conversion TEXT NOT NULL, offset INTEGER NOT NULL, position INTEGER NOT NULL,
     PRIMARY KEY (file, conversion, offset, position)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS destinations (
+) WITHOUT ROWID""",
+    "destinations": """(
     target TEXT NOT NULL, url TEXT NOT NULL, since TEXT NOT NULL, PRIMARY KEY (target, url)
-);
-"""
+)""",
+    "key_sources": """(
+    target TEXT NOT NULL PRIMARY KEY, source TEXT NOT NULL, since TEXT NOT NULL
+)""",
+    "api_key_digests": """(
+    target TEXT NOT NULL, url TEXT NOT NULL, salt BLOB NOT NULL, digest BLOB NOT NULL, since TEXT NOT NULL,
+    PRIMARY KEY (target, url)
+)""",
+}
+_SCHEMA = "".join(f"CREATE TABLE IF NOT EXISTS {name} {columns};\n" for name, columns in _TABLES.items())
 # Dead letters remembered per page of a re-read file: memory stays flat however many there are.
 DEAD_LETTER_PAGE = 1000
 # Claims a `KeyIndex` holds in memory (~22 MB with its buckets) before they move to disk.
 INDEX_LIMIT = 1_000_000
 
 
-class StateBusy(Exception):
+class StateRefused(Exception):
+    """A state file this run must not use: the message says why, and how to go on."""
+
+
+class StateBusy(StateRefused):
     """Another run holds the state file."""
 
 
-class OtherDestination(Exception):
+class OtherDestination(StateRefused):
     """The state's ledger holds deliveries to another platform or URL than this run's."""
+
+
+class OtherKeySource(StateRefused):
+    """The state's idempotency keys were made from other fields than this run's would be."""
+
+
+class OtherApiKey(StateRefused):
+    """The state's events were delivered with another API key: maybe another organization."""
 
 
 class Claim(Enum):
@@ -88,43 +119,57 @@ class Mode(Enum):
     """How a run uses its state: the one fact behind what it reads and what it writes back."""
 
     MEMORY = "memory"  # no --state: a ledger in memory, gone at the end of the run
-    READ = "read"  # --state in a dry run: duplicates and checkpoints are read, nothing is written
+    READ = "read"  # --state in a dry run: duplicates and checkpoints are read (the file read-only), nothing is written
     WRITE = "write"  # --state in a send: read, and written back
 
 
 class State:
     def __init__(
-        self, path: Path | None, target: str, *, read_only: bool = False, selection: str = "", url: str | None = None
+        self,
+        path: Path | None,
+        target: str,
+        *,
+        read_only: bool = False,
+        selection: str = "",
+        url: str | None = None,
+        key_source: str | None = None,
+        api_key: str | None = None,
+        key_rotated: bool = False,
     ) -> None:
-        """`read_only` (a dry run): duplicates and checkpoints are read, nothing is kept.
+        """`read_only` (a dry run): duplicates and checkpoints are read, nothing is written, not
+        even on a read-only mount (a missing file reads as empty, and is not created).
         `selection` names the checkpoints this run reads and writes; `url` is where it delivers
-        (None in a dry run): a state that delivered elsewhere raises `OtherDestination`."""
+        and `api_key` with what (both None in a dry run); `key_source` what its idempotency keys
+        are made from (`Mapping.key_source`). A state that delivered elsewhere raises
+        `OtherDestination`, one whose keys were made otherwise `OtherKeySource`, one whose
+        events went with another API key `OtherApiKey`, unless `key_rotated`: then it remembers
+        this key instead (as a salted digest: the key itself is never kept)."""
         self.path = path
         self.target = target
         self.mode = Mode.MEMORY if path is None else Mode.READ if read_only else Mode.WRITE
         self.selection = selection
         self.url = url
+        self.key_source = key_source
+        self._api_key: tuple[bytes, bytes] | None = None  # (salt, digest) of this run's key, if not remembered yet
         self._destination_kept = False
-        self._lock_fd: int | None = None
-        if path is not None:
-            self._lock_fd = _lock(path)
-        self.db = sqlite3.connect(str(path) if path is not None else "", isolation_level=None)
-        self.db.execute("PRAGMA cache_size=-16000")  # 16 MB, whatever the number of keys
-        if path is not None:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-        else:
-            self.db.execute("PRAGMA journal_mode=OFF")
-            self.db.execute("PRAGMA synchronous=OFF")
+        kept = path if path is not None and (self.mode is Mode.WRITE or path.exists()) else None
+        self._lock_fd = None if kept is None else _lock(kept, shared=self.mode is Mode.READ)
         try:
-            _drop_unselected_checkpoints(self.db)
-            self.db.executescript(_SCHEMA)
+            self.db = _connect(kept, self.mode)
+        except BaseException:
+            self._unlock()
+            raise
+        try:
             self._check_destination()
+            self._check_keys(api_key, key_rotated)
         except BaseException:
             self._disconnect()
             raise
         self.db.execute("BEGIN")
-        self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
+        if self.mode is Mode.WRITE:
+            self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
+            if key_rotated and self._api_key is not None:
+                self._keep_api_key(replace=True)
         # A run that keeps nothing claims in memory, and reads the ledger only if it holds keys.
         self._index = None if self.mode is Mode.WRITE else KeyIndex(self.db)
         self._ledger_empty = self.db.execute("SELECT 1 FROM ledger WHERE target = ? LIMIT 1", (target,)).fetchone() is None
@@ -153,6 +198,49 @@ class State:
                     f"--state {self.path} holds deliveries to {was}; this run would send to {now}. "
                     "Use a new --state file for another destination (the platform ignores events it already holds)."
                 )
+
+    def _check_keys(self, api_key: str | None, key_rotated: bool) -> None:
+        """Refuse a state whose ledger holds keys made another way (every event it delivered
+        would go again under a new key, billed twice), or delivered with another API key:
+        another key may be another organization (Lago Cloud serves all at one URL), which holds
+        none of these events, yet the ledger would skip them all. Only a digest of the key is
+        kept (HMAC-SHA256 with a random salt, 64 bits): it tells keys apart, and gives nothing
+        to try guesses on beyond that."""
+        if self.mode is Mode.MEMORY:
+            return
+        if self.key_source is not None:
+            row = self.db.execute("SELECT source FROM key_sources WHERE target = ?", (self.target,)).fetchone()
+            if row is not None and row[0] != self.key_source:
+                raise OtherKeySource(
+                    f"--state {self.path} holds events whose idempotency keys were made from {described(row[0])}; "
+                    f"this run's would be made from {described(self.key_source)}: every event the state delivered "
+                    "would be sent again under a new key and billed twice. Map the id as before, or use a new --state file."
+                )
+        if api_key is None or self.url is None:
+            return
+        row = self.db.execute(
+            "SELECT salt, digest FROM api_key_digests WHERE target = ? AND url = ?", (self.target, self.url)
+        ).fetchone()
+        if row is not None and hmac.compare_digest(row[1], _api_key_digest(row[0], api_key)):
+            return
+        if row is not None and not key_rotated:
+            raise OtherApiKey(
+                f"--state {self.path}: the API key differs from the one its events were delivered with. Another key "
+                "may be another organization, which holds none of these events, yet all would be skipped as delivered. "
+                "For another organization use a new --state file; if the key was only rotated for the same "
+                "organization, pass --key-rotated (the state then remembers this key)."
+            )
+        salt = os.urandom(16)
+        self._api_key = (salt, _api_key_digest(salt, api_key))
+
+    def _keep_api_key(self, *, replace: bool) -> None:
+        """Remember (a digest of) this run's API key: `replace` the one remembered (the key was
+        rotated), or adopt it if none is."""
+        assert self._api_key is not None
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        self.db.execute(
+            f"{verb} INTO api_key_digests VALUES (?, ?, ?, ?, datetime('now'))", (self.target, self.url, *self._api_key)
+        )
 
     def _fingerprint(self, path: Path) -> str:
         if path not in self._fingerprints:
@@ -276,9 +364,18 @@ class State:
         if self.mode is not Mode.WRITE:  # a claim is only ever released if undelivered: no mark needed
             return
         if self.url is not None and keys and not self._destination_kept:
-            self.db.execute("INSERT OR IGNORE INTO destinations VALUES (?, ?, datetime('now'))", (self.target, self.url))
-            self._destination_kept = True
+            self._keep_destination()
         self.db.executemany("UPDATE ledger SET delivered = 1 WHERE target = ? AND key = ?", [(self.target, key) for key in keys])
+
+    def _keep_destination(self) -> None:
+        """With its first delivery, the state adopts this run's destination, key source and API
+        key (a state from before they were kept too): from then on it holds for no other."""
+        self.db.execute("INSERT OR IGNORE INTO destinations VALUES (?, ?, datetime('now'))", (self.target, self.url))
+        if self.key_source is not None:
+            self.db.execute("INSERT OR IGNORE INTO key_sources VALUES (?, ?, datetime('now'))", (self.target, self.key_source))
+        if self._api_key is not None:
+            self._keep_api_key(replace=False)
+        self._destination_kept = True
 
     def release(self, keys: list[str], *, refused: bool = False) -> None:
         """Keys that were not delivered: a repeat, a rerun or a replay may send them again. Keys
@@ -295,8 +392,15 @@ class State:
         event time stays: the platform may hold it at that time. Once one is forgotten, no
         checkpoint (of any selection: the send may have used other options) says a file is
         finished, so the next send reads them again, and the ledger lets only the forgotten
-        through. Returns how many were forgotten."""
+        through. Returns how many were forgotten. A dry run reads past them instead (see
+        `_read_without_writing`)."""
         rows = [(self.target, key, millis) for key, millis in keys]
+        if self.mode is Mode.READ:
+            return self.db.executemany(
+                "INSERT OR IGNORE INTO forgotten SELECT target, key FROM ledger"
+                " WHERE target = ? AND key = ? AND millis = ? AND delivered = 1",
+                rows,
+            ).rowcount
         forgotten = self.db.executemany(
             "DELETE FROM ledger WHERE target = ? AND key = ? AND millis = ? AND delivered = 1", rows
         ).rowcount
@@ -403,6 +507,9 @@ class State:
     def _disconnect(self) -> None:
         """Close the database and drop the lock, so another run (or another try) may use the file."""
         self.db.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -523,12 +630,83 @@ def _find(bucket: bytearray, tail: bytes, entry: int) -> int:
     return at
 
 
-def _drop_unselected_checkpoints(db: sqlite3.Connection) -> None:
+def _connect(path: Path | None, mode: Mode) -> sqlite3.Connection:
+    """The state's database as `mode` uses it; with no file (no --state, or a dry run's state
+    that does not exist yet), an empty one of the run's own."""
+    if path is not None and mode is Mode.READ:
+        db = _read_only(path)
+    else:
+        db = sqlite3.connect(str(path) if path is not None else "", isolation_level=None)
+        if path is not None:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        else:
+            db.execute("PRAGMA journal_mode=OFF")
+            db.execute("PRAGMA synchronous=OFF")
+        try:
+            if _unselected_checkpoints(db):
+                db.execute("DROP TABLE checkpoints")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+    db.execute("PRAGMA cache_size=-16000")  # 16 MB, whatever the number of keys
+    if mode is Mode.READ:
+        _read_without_writing(db)
+    return db
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """The state file opened read-only, as the runs before left it. With no -wal file, all of it
+    is in the file, and the lock keeps every send out: it is read as immutable, which needs no
+    -shm file either (a read-only mount has none). A -wal file is what a killed run committed:
+    it is read too, which needs its -shm file, or the right to create it."""
+    wal = path.with_name(path.name + "-wal")
+    left = (wal.exists() and wal.stat().st_size > 0) or path.with_name(path.name + "-journal").exists()
+    uri = path.absolute().as_uri() + ("?mode=ro" if left else "?mode=ro&immutable=1")
+    db = sqlite3.connect(uri, uri=True, isolation_level=None)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as error:
+        db.close()
+        if left:
+            raise StateRefused(
+                f"--state {path}: a run that was killed left changes in {wal.name}, which a dry run cannot read "
+                f"without writing beside it ({error}): run the send (it takes them in), or preview a copy of the "
+                "state and its -wal file where it can write."
+            ) from None
+        raise
+    return db
+
+
+def _read_without_writing(db: sqlite3.Connection) -> None:
+    """A dry run's view of the state, in the connection's temporary schema (found before the
+    file's): tables an older state lacks are there empty, and the ledger is read without the
+    claims of a run that died (a send deletes them first) nor the keys this run's replay of
+    `--missing` entries takes out (`forget`)."""
+    present = {name for (name,) in db.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")}
+    if _unselected_checkpoints(db):
+        present.discard("checkpoints")  # a send drops them: read none
+    for name, columns in _TABLES.items():
+        if name not in present:
+            db.execute(f"CREATE TEMP TABLE {name} {columns}")
+    db.execute("CREATE TEMP TABLE forgotten (target TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (target, key)) WITHOUT ROWID")
+    if "ledger" in present:
+        db.execute(
+            "CREATE TEMP VIEW ledger AS SELECT * FROM main.ledger AS row WHERE delivered <> 0 AND NOT EXISTS "
+            "(SELECT 1 FROM forgotten WHERE forgotten.target = row.target AND forgotten.key = row.key)"
+        )
+
+
+def _unselected_checkpoints(db: sqlite3.Connection) -> bool:
     """Checkpoints of segbill 0.1 do not say which selection made them: they are dropped, so the
     files are read again (the ledger still stops every delivered event)."""
-    columns = [row[1] for row in db.execute("PRAGMA table_info(checkpoints)")]
-    if columns and "selection" not in columns:
-        db.execute("DROP TABLE checkpoints")
+    columns = [row[1] for row in db.execute("PRAGMA main.table_info(checkpoints)")]
+    return bool(columns) and "selection" not in columns
+
+
+def _api_key_digest(salt: bytes, api_key: str) -> bytes:
+    return hmac.new(salt, api_key.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()[:8]
 
 
 def _key(source: Source) -> str:
@@ -542,11 +720,13 @@ def fingerprint(path: Path) -> str:
         return hashlib.sha256(handle.read(FINGERPRINT_BYTES)).hexdigest()
 
 
-def _lock(path: Path) -> int:
-    """An exclusive flock on the state file, held for the run; the kernel drops it if we die."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+def _lock(path: Path, *, shared: bool = False) -> int:
+    """An exclusive flock on the state file, held for the run; the kernel drops it if we die.
+    A dry run's is `shared`: it opens the file only to read, and dry runs may overlap, but
+    never a send, so what it reads does not change under it."""
+    fd = os.open(path, os.O_RDONLY) if shared else os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise StateBusy(f"another segbill run is using {path}; runs on one --state cannot overlap.") from None

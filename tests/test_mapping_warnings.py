@@ -257,7 +257,9 @@ def test_a_configured_id_that_a_message_lacks_dead_letters_it_instead_of_derivin
         first = segbill("send", "in.jsonl", "--to", target, "--state", "s.db", "--quiet", env=env)
         assert first.exit_code == 0 and len(fake.counts(target)) == 3
         (tmp_path / "typo.toml").write_text(f'[{target}]\n{key} = "messageID"\n')
-        rerun = segbill("send", "in.jsonl", "--to", target, "--state", "s.db", "--config", "typo.toml", "--json", env=env)
+        refused = segbill("send", "in.jsonl", "--to", target, "--state", "s.db", "--config", "typo.toml", env=env)
+        assert refused.exit_code == 2 and "keys were made from messageId" in refused.stderr  # the state's own guard
+        rerun = segbill("send", "in.jsonl", "--to", target, "--state", "t.db", "--config", "typo.toml", "--json", env=env)
         assert rerun.exit_code == 1 and len(fake.counts(target)) == 3  # nothing billed twice
         summary = orjson.loads(rerun.stdout)
         assert summary["delivered"] == 0 and summary["dead_lettered_by_reason"] == {"missing_id": 3}

@@ -29,7 +29,7 @@ from segbill.report import ExitCode, Tally
 from segbill.segment import parse_time
 from segbill.sink import PrintSink
 from segbill.sources import Source, SourceUnreadable
-from segbill.state import OtherDestination, State, StateBusy
+from segbill.state import State, StateRefused
 from segbill.targets import PLATFORMS, Target, get_target
 
 if TYPE_CHECKING:
@@ -167,6 +167,15 @@ ApiKey = Annotated[
         show_default=False,
     ),
 ]
+KeyRotated = Annotated[
+    bool,
+    typer.Option(
+        "--key-rotated",
+        help="The API key was rotated for the same organization: the --state file, which remembers (a digest of) the "
+        "key its events were delivered with and refuses another, remembers this one instead. A key for another "
+        "organization needs a new --state file.",
+    ),
+]
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each answer before retrying.")]
 ReadRetries = Annotated[
     int, typer.Option("--max-retries", min=0, help="Retries of a read after a transient failure before the run stops (exit 3).")
@@ -239,6 +248,7 @@ def send(
     shard: Shard = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
+    key_rotated: KeyRotated = False,
     batch_size: Annotated[
         int | None,
         typer.Option(
@@ -334,6 +344,9 @@ def send(
         )
     if state is not None and not state.parent.is_dir():
         fail(f"--state {state}: the folder {state.parent} does not exist.")
+    _check_key_rotated(key_rotated, state, dry_run=dry_run_)
+    if dry_run_ and state is not None and not state.exists():
+        warn(f"--state {state} does not exist: this dry run reads it as empty and creates nothing (a send would create it).")
     delivery = (
         None if dry_run_ else _delivery_options(options.target, api_url, api_key, batch_size, width, rate, timeout, max_retries)
     )
@@ -342,8 +355,14 @@ def send(
     try:
         if check_first:
             _check_before_sending(options, delivery, json_)
-        replay = Replay(options, warn=warn, keep_lines=not options.dry_run)
-    except (StateBusy, OtherDestination, OSError, sqlite3.DatabaseError) as error:
+        replay = Replay(
+            options,
+            warn=warn,
+            keep_lines=not options.dry_run,
+            api_key=None if delivery is None else delivery.api_key,
+            key_rotated=key_rotated,
+        )
+    except (StateRefused, OSError, sqlite3.DatabaseError) as error:
         _state_refused(state, error)
     _run(replay, delivery, progress=not quiet, grace=grace)
     if replay.failure is not None:
@@ -479,6 +498,7 @@ def reconcile_command(
     shard: ShardRead = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
+    key_rotated: KeyRotated = False,
     timeout: Timeout = 30.0,
     max_retries: ReadRetries = 10,
     json_: Json = False,
@@ -510,11 +530,20 @@ def reconcile_command(
             fail(f"--missing {missing}: the folder {missing.parent} does not exist.")
     if state is not None and not state.is_file():
         fail(f"--state {state}: no such file; give the state file the send used (reconcile creates none).")
+    _check_key_rotated(key_rotated, state)
     ledger = None
     if state is not None:
         try:
-            ledger = State(state, to.value, selection=options.selection(), url=_destination(reading.url))
-        except (StateBusy, OtherDestination, OSError, sqlite3.DatabaseError) as error:
+            ledger = State(
+                state,
+                to.value,
+                selection=options.selection(),
+                url=_destination(reading.url),
+                key_source=options.mapping.key_source(),
+                api_key=reading.api_key,
+                key_rotated=key_rotated,
+            )
+        except (StateRefused, OSError, sqlite3.DatabaseError) as error:
             _state_refused(state, error)
     result = Reconciliation(options.target, state=None if state is None else str(state))
     try:
@@ -535,7 +564,7 @@ def reconcile_command(
 
 def _state_refused(state: Path | None, error: Exception) -> NoReturn:
     """A state that cannot be used, found before anything is read: one line, exit 2."""
-    if isinstance(error, (StateBusy, OtherDestination)):
+    if isinstance(error, StateRefused):
         fail(str(error))
     if isinstance(error, OSError):
         fail(f"--state {state}: {error.strerror or error}.")
@@ -543,6 +572,15 @@ def _state_refused(state: Path | None, error: Exception) -> NoReturn:
         where = f"--state {state}" if state else f"the run's temporary duplicate index in {tempfile.gettempdir()}"
         fail(f"{where}: cannot be written ({error}).")
     fail(f"--state {state} is not a segbill state file ({error}).")
+
+
+def _check_key_rotated(key_rotated: bool, state: Path | None, *, dry_run: bool = False) -> None:
+    """--key-rotated changes what a --state file remembers of a send's key: without one (or in a
+    dry run, which uses no key) it would do nothing, and a flag that does nothing is refused."""
+    if key_rotated and dry_run:
+        fail("--key-rotated is for a send: a dry run uses no API key, so it reads a --state file whatever its key.")
+    if key_rotated and state is None:
+        fail("--key-rotated replaces the API key a --state file remembers: give the --state file.")
 
 
 def _storage_failure(error: Exception, state: Path | None) -> str:
