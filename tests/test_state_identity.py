@@ -1,0 +1,325 @@
+"""A --state ledger says "these keys are delivered" only for the keys it made and the organization
+it delivered to: a run keying events another way, or sending with another API key, is refused;
+and a dry run reads the state without writing anything."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from segbill.state import State
+from segbill.testing.fake_platform import FakePlatform
+
+from .conftest import jsonl, track, write
+
+pytestmark = pytest.mark.usefixtures("fast_backoff")
+
+KEY_A = "key-org-A-do-not-print"  # staging
+KEY_B = "key-org-B-do-not-print"  # production, at the same URL
+
+
+def messages(count: int, prefix: str = "m") -> list[dict[str, Any]]:
+    return [
+        track(
+            messageId=f"{prefix}{i}",
+            userId=f"cus_{i % 7}",
+            timestamp=f"2024-01-{1 + i % 28:02d}T00:00:00.000Z",
+            properties={"n": f"{prefix}-n{i}"},
+        )
+        for i in range(count)
+    ]
+
+
+def env(fake: FakePlatform, key: str = KEY_A, to: str = "lago") -> dict[str, str]:
+    return {f"{to.upper()}_API_URL": fake.url, f"{to.upper()}_API_KEY": key}
+
+
+def digests(state: Path) -> list[bytes]:
+    with closing(sqlite3.connect(state)) as db:
+        return [row[0] for row in db.execute("SELECT digest FROM api_key_digests")]
+
+
+def no_secret(*texts: str | bytes, state: Path | None = None) -> None:
+    """Neither key, nor the digest a state keeps of one, in any of `texts` (nor the key in the state)."""
+    secrets = [KEY_A, KEY_B]
+    if state is not None and state.exists():
+        secrets += [digest.hex() for digest in digests(state)]
+        assert not any(key.encode() in state.read_bytes() for key in (KEY_A, KEY_B))
+    for text in texts:
+        raw = text.encode() if isinstance(text, str) else text
+        assert not any(secret.encode() in raw or secret.upper().encode() in raw for secret in secrets)
+
+
+# -- 1. the keys' source -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("to", "field"), [("lago", "transaction_id"), ("hyperline", "record_id")])
+def test_a_rerun_keying_events_from_another_field_is_refused_before_billing_them_twice(
+    segbill, tmp_path: Path, to: str, field: str
+) -> None:
+    write(tmp_path / "k.jsonl", jsonl(*messages(50)))
+    write(tmp_path / "n.toml", f'[{to}]\n{field} = "properties.n"\n'.encode())
+    write(tmp_path / "both.toml", f'[{to}]\n{field} = ["properties.n", "messageId"]\n'.encode())
+    with FakePlatform(api_key=KEY_A) as fake:
+        first = segbill("send", "k.jsonl", "--to", to, "--state", "k.db", "--quiet", env=env(fake, to=to))
+        assert first.exit_code == 0 and len(fake.counts(to)) == 50
+        for config, made in (("n.toml", "properties.n"), ("both.toml", "properties.n or messageId")):
+            for dry_run in ([], ["--dry-run"]):
+                run = segbill("send", "k.jsonl", "--to", to, "--state", "k.db", "--config", config, *dry_run, env=env(fake, to=to))
+                assert run.exit_code == 2 and run.stdout == ""
+                line = run.stderr.strip()
+                assert "\n" not in line and line.startswith("segbill: error: --state k.db holds events whose idempotency keys")
+                assert "made from messageId (else an id derived from the message)" in line
+                assert f"this run's would be made from {made}:" in line and "billed twice" in line
+        assert len(fake.counts(to)) == 50 and len(fake.requests(to)) == 1  # the platform holds one event a message
+        # The same key source written out, or another mapping of everything but the id, is not refused.
+        write(tmp_path / "same.toml", f'[{to}]\n{field} = "messageId"\n[{to}.events]\nrename = {{"API Call" = "calls"}}\n'.encode())
+        again = segbill("send", "k.jsonl", "--to", to, "--state", "k.db", "--config", "same.toml", "--json", env=env(fake, to=to))
+        assert again.exit_code == 0 and orjson.loads(again.stdout)["skipped_by_reason"] == {"duplicate": 50}
+
+
+def test_reconcile_refuses_a_state_whose_keys_were_made_another_way(segbill, tmp_path: Path) -> None:
+    """Reconcile would take out of the ledger, as missing, keys it never held: the state's are others."""
+    write(tmp_path / "k.jsonl", jsonl(*messages(20)))
+    write(tmp_path / "n.toml", b'[lago]\ntransaction_id = "properties.n"\n')
+    with FakePlatform(api_key=KEY_A) as fake:
+        assert segbill("send", "k.jsonl", "--to", "lago", "--state", "k.db", env=env(fake)).exit_code == 0
+        before = len(fake.requests("lago"))
+        run = segbill("reconcile", "k.jsonl", "--to", "lago", "--state", "k.db", "--config", "n.toml", env=env(fake))
+        assert run.exit_code == 2 and "this run's would be made from properties.n" in run.stderr
+        assert len(fake.requests("lago")) == before  # refused before any read
+
+
+def forget_identity(state: Path) -> None:
+    """Make `state` one from before segbill kept its key source and API key."""
+    with closing(sqlite3.connect(state)) as db:
+        db.executescript("DROP TABLE IF EXISTS key_sources; DROP TABLE IF EXISTS api_key_digests;")
+
+
+def test_a_state_from_before_adopts_the_key_source_and_api_key_of_its_first_delivery(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "a.jsonl", jsonl(*messages(10)))
+    write(tmp_path / "b.jsonl", jsonl(*messages(10, prefix="b")))
+    write(tmp_path / "n.toml", b'[lago]\ntransaction_id = "properties.n"\n')
+    with FakePlatform(api_key=KEY_A) as fake:
+        assert segbill("send", "a.jsonl", "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
+        forget_identity(tmp_path / "s.db")
+        dry = segbill("send", "b.jsonl", "--to", "lago", "--state", "s.db", "--config", "n.toml", "--dry-run")
+        assert dry.exit_code == 0 and len(dry.events) == 10  # nothing to compare with yet
+        adopted = segbill("send", "b.jsonl", "--to", "lago", "--state", "s.db", "--config", "n.toml", env=env(fake))
+        assert adopted.exit_code == 0 and len(fake.counts("lago")) == 20
+        refused = segbill("send", "a.jsonl", "--to", "lago", "--state", "s.db", "--dead-letter", "x.jsonl", env=env(fake))
+        assert refused.exit_code == 2 and "keys were made from properties.n; this run's would be made from messageId" in refused.stderr
+        fake.api_key = KEY_B
+        other = segbill("send", "b.jsonl", "--to", "lago", "--state", "s.db", "--config", "n.toml", env=env(fake, KEY_B))
+        assert other.exit_code == 2 and "the API key differs" in other.stderr
+        no_secret(other.stderr, state=tmp_path / "s.db")
+
+
+# -- 2. the organization: the API key --------------------------------------------------------------
+
+
+def test_another_organizations_key_at_the_same_url_is_refused_and_a_rotated_key_is_taken_when_said(
+    segbill, tmp_path: Path
+) -> None:
+    """Staging first, then production with the same state: production would get nothing."""
+    write(tmp_path / "in.jsonl", jsonl(*messages(200)))
+    shutil.copy(tmp_path / "in.jsonl", tmp_path / "in2.jsonl")
+    with FakePlatform(api_key=KEY_A) as fake:
+        first = segbill("send", "in.jsonl", "--to", "lago", "--state", "st.db", "--json", env=env(fake))
+        assert first.exit_code == 0 and orjson.loads(first.stdout)["delivered"] == 200
+        requests = len(fake.requests("lago"))
+        for args in ([], ["--json"]):
+            refused = segbill("send", "in2.jsonl", "--to", "lago", "--state", "st.db", *args, env=env(fake, KEY_B))
+            assert refused.exit_code == 2 and refused.stdout == "" and refused.stderr.count("\n") == 1
+            assert refused.stderr.startswith("segbill: error: --state st.db: the API key differs from the one its events were")
+            assert "another organization, which holds none of these events" in refused.stderr
+            assert "use a new --state file" in refused.stderr and "pass --key-rotated" in refused.stderr
+            no_secret(refused.stderr, state=tmp_path / "st.db")
+        assert len(fake.requests("lago")) == requests and not (tmp_path / "dead.jsonl").exists()
+        # A dry run uses no key: it previews as before (and --key-rotated there is refused, above).
+        preview = segbill("send", "in2.jsonl", "--to", "lago", "--state", "st.db", "--dry-run", "--json")
+        assert preview.exit_code == 0 and orjson.loads(preview.stderr.splitlines()[-1])["files_already_done"] == 0
+        # The key rotated for the same organization: said once, remembered from then on.
+        fake.api_key = KEY_B
+        write(tmp_path / "more.jsonl", jsonl(*messages(30, prefix="x")))
+        rotated = segbill("send", "more.jsonl", "--to", "lago", "--state", "st.db", "--key-rotated", "--json", env=env(fake, KEY_B))
+        assert rotated.exit_code == 0 and orjson.loads(rotated.stdout)["delivered"] == 30
+        after = segbill("send", "in2.jsonl", "--to", "lago", "--state", "st.db", "--json", env=env(fake, KEY_B))
+        assert after.exit_code == 0 and orjson.loads(after.stdout)["skipped_by_reason"] == {"duplicate": 200}
+        old = segbill("send", "in2.jsonl", "--to", "lago", "--state", "st.db", env=env(fake, KEY_A))
+        assert old.exit_code == 2 and "the API key differs" in old.stderr
+        no_secret(rotated.stdout, rotated.stderr, after.stdout, after.stderr, old.stderr, state=tmp_path / "st.db")
+        assert len(fake.counts("lago")) == 230 and set(fake.counts("lago").values()) == {1}
+
+
+def test_the_state_keeps_a_salted_digest_of_the_key_and_never_the_key(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(*messages(5), {"type": "track", "event": "x"}))  # one dead letter
+    with FakePlatform(api_key=KEY_A) as fake:
+        run = segbill("send", "in.jsonl", "--to", "lago", "--state", "s1.db", "--json", env=env(fake))
+        again = segbill("send", "in.jsonl", "--to", "lago", "--state", "s2.db", "--json", env=env(fake))
+        assert run.exit_code == again.exit_code == 1
+    one, two = digests(tmp_path / "s1.db"), digests(tmp_path / "s2.db")
+    assert len(one) == len(two) == 1 and len(one[0]) == 8 and one != two  # each state salts its own
+    no_secret(run.stdout, run.stderr, (tmp_path / "dead.jsonl").read_bytes(), state=tmp_path / "s1.db")
+    no_secret(again.stdout, state=tmp_path / "s2.db")
+
+
+def test_reconcile_refuses_another_key_unless_told_it_was_rotated(segbill, tmp_path: Path) -> None:
+    """Another organization holds none of the events: reconcile would call them all missing and
+    take them out of the ledger."""
+    write(tmp_path / "in.jsonl", jsonl(*messages(20)))
+    with FakePlatform(api_key=KEY_A) as fake:
+        assert segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
+        fake.api_key = KEY_B
+        refused = segbill("reconcile", "in.jsonl", "--to", "lago", "--state", "s.db", "--json", env=env(fake, KEY_B))
+        assert refused.exit_code == 2 and "the API key differs" in refused.stderr and refused.stdout == ""
+        assert [r for r in fake.requests("lago") if r.method == "GET"] == []
+        rotated = segbill("reconcile", "in.jsonl", "--to", "lago", "--state", "s.db", "--key-rotated", "--json", env=env(fake, KEY_B))
+        assert rotated.exit_code == 0 and orjson.loads(rotated.stdout)["found"] == 20
+        later = segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", "--json", env=env(fake, KEY_B))
+        assert later.exit_code == 0  # the rotated key is the one remembered now
+        no_secret(refused.stderr, rotated.stdout, rotated.stderr, later.stdout, state=tmp_path / "s.db")
+
+
+def test_a_wrong_key_that_delivered_nothing_is_not_remembered(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(*messages(10)))
+    with FakePlatform(api_key=KEY_B) as fake:
+        wrong = segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake, KEY_A))
+        assert wrong.exit_code == 3  # 401: nothing delivered
+        right = segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", "--json", env=env(fake, KEY_B))
+        assert right.exit_code == 0 and orjson.loads(right.stdout)["delivered"] == 10
+
+
+def test_key_rotated_is_refused_where_it_would_do_nothing(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(*messages(3)))
+    with FakePlatform(api_key=KEY_A) as fake:
+        without = segbill("send", "in.jsonl", "--to", "lago", "--key-rotated", env=env(fake))
+        assert without.exit_code == 2 and "--key-rotated replaces the API key a --state file remembers" in without.stderr
+        dry = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--state", "s.db", "--key-rotated")
+        assert dry.exit_code == 2 and "a dry run uses no API key" in dry.stderr
+        reconciled = segbill("reconcile", "in.jsonl", "--to", "lago", "--key-rotated", env=env(fake))
+        assert reconciled.exit_code == 2 and "give the --state file" in reconciled.stderr
+        assert fake.requests() == []
+
+
+# -- 3. a dry run writes nothing -------------------------------------------------------------------
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """What a folder holds: each file's bytes, but for a -shm file (SQLite's index of the -wal
+    file, which a reader may rebuild) only that it is there."""
+    return {path.name: b"" if path.name.endswith("-shm") else path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def test_a_dry_run_with_a_state_that_does_not_exist_creates_nothing(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(*messages(5), *messages(5)))
+    run = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--state", "new.db", "--json")
+    assert run.exit_code == 0 and len(run.events) == 5
+    assert "segbill: --state new.db does not exist: this dry run reads it as empty and creates nothing" in run.stderr
+    assert orjson.loads(run.stderr.splitlines()[-1])["skipped_by_reason"] == {"duplicate": 5}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_a_dry_run_reads_a_state_without_changing_a_byte_or_adding_a_file(segbill, tmp_path: Path) -> None:
+    """Also a state from before key sources were kept, with claims left by a run that died: the
+    dry run judges them as a send would (a send deletes such claims first), and writes nothing."""
+    write(tmp_path / "a.jsonl", jsonl(*messages(30)))
+    write(tmp_path / "b.jsonl", jsonl(*messages(40)))
+    with FakePlatform(api_key=KEY_A) as fake:
+        assert segbill("send", "a.jsonl", "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
+    forget_identity(tmp_path / "s.db")
+    with closing(sqlite3.connect(tmp_path / "s.db")) as db, db:
+        db.execute("INSERT INTO ledger VALUES ('lago', 'm35', 1704067200000, 0)")  # a dead run's claim
+    before = files(tmp_path)
+    run = segbill("send", "b.jsonl", "--to", "lago", "--dry-run", "--state", "s.db", "--json")
+    summary = orjson.loads(run.stderr.splitlines()[-1])
+    assert run.exit_code == 0 and summary["converted"] == 10 and summary["skipped_by_reason"] == {"duplicate": 30}
+    assert files(tmp_path) == before
+
+
+def run_read_only(folder: Path, args: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """`segbill ARGS` in `folder` mounted read-only (a private mount namespace), or, for a user
+    other than root, in `folder` made read-only by its permissions."""
+    command = [sys.executable, "-m", "segbill", *args]
+    if os.geteuid() != 0:
+        modes = {path: path.stat().st_mode for path in [folder, *folder.iterdir()]}
+        try:
+            for path in modes:
+                path.chmod(0o555 if path.is_dir() else 0o444)
+            return subprocess.run(command, cwd=folder, capture_output=True, check=False, timeout=60)
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("no private mount namespace here (unshare -rm)")
+    script = 'mount --bind -o ro "$0" "$0" && cd "$0" && exec "$@"'
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, str(folder), *command], capture_output=True, check=False, timeout=60
+    )
+
+
+def test_a_state_on_a_read_only_mount_can_be_previewed(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "a.jsonl", jsonl(*messages(30)))
+    write(tmp_path / "b.jsonl", jsonl(*messages(40)))
+    with FakePlatform(api_key=KEY_A) as fake:
+        assert segbill("send", "a.jsonl", "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
+    before = files(tmp_path)
+    done = run_read_only(tmp_path, ["send", "a.jsonl", "b.jsonl", "--to", "lago", "--dry-run", "--state", "s.db", "--json"])
+    assert done.returncode == 0, done.stderr
+    summary = orjson.loads(done.stderr.splitlines()[-1])
+    assert (summary["files_already_done"], summary["converted"], summary["skipped_by_reason"]) == (1, 10, {"duplicate": 30})
+    assert files(tmp_path) == before
+
+
+def test_a_dry_run_reads_what_a_killed_send_left_in_the_wal(segbill, tmp_path: Path) -> None:
+    """A killed send's last commits are in the -wal file: reading the state file alone (as an
+    immutable file is read) would call those events new."""
+    write(tmp_path / "a.jsonl", jsonl(*messages(30)))
+    with FakePlatform(api_key=KEY_A) as fake:
+        assert segbill("send", "a.jsonl", "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    with closing(sqlite3.connect(tmp_path / "s.db", isolation_level=None)) as db:
+        db.execute("PRAGMA wal_autocheckpoint=0")  # as a run killed before its connection closed
+        db.execute("UPDATE ledger SET delivered = 1")
+        db.execute("INSERT INTO ledger SELECT target, 'x' || key, millis, 1 FROM ledger")
+        for name in ("s.db", "s.db-wal", "s.db-shm"):
+            shutil.copy(tmp_path / name, killed / name)
+    write(killed / "x.jsonl", jsonl(*messages(30, prefix="xm")))
+    before = files(killed)
+    run = segbill("send", "killed/x.jsonl", "--to", "lago", "--dry-run", "--state", "killed/s.db", "--json")
+    assert run.exit_code == 0 and orjson.loads(run.stderr.splitlines()[-1])["skipped_by_reason"] == {"duplicate": 30}
+    assert files(killed) == before
+    (killed / "s.db-shm").unlink()  # and where its -shm file cannot be made: refused, saying why
+    done = run_read_only(killed, ["send", "x.jsonl", "--to", "lago", "--dry-run", "--state", "s.db"])
+    assert done.returncode == 2 and done.stdout == b""
+    assert b"a run that was killed left changes in s.db-wal, which a dry run cannot read" in done.stderr
+
+
+def test_a_dry_run_beside_a_send_is_refused_and_dry_runs_may_overlap(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "a.jsonl", jsonl(*messages(10)))
+    with FakePlatform(api_key=KEY_A) as fake:
+        assert segbill("send", "a.jsonl", "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
+        sending = State(tmp_path / "s.db", "lago")
+        try:
+            dry = segbill("send", "a.jsonl", "--to", "lago", "--dry-run", "--state", "s.db")
+        finally:
+            sending.close()
+        assert dry.exit_code == 2 and "another segbill run is using s.db" in dry.stderr
+        previewing = State(tmp_path / "s.db", "lago", read_only=True)
+        try:
+            other = segbill("send", "a.jsonl", "--to", "lago", "--dry-run", "--state", "s.db", "--json")
+            send = segbill("send", "a.jsonl", "--to", "lago", "--state", "s.db", env=env(fake))
+        finally:
+            previewing.close()
+        assert other.exit_code == 0 and orjson.loads(other.stderr.splitlines()[-1])["files_already_done"] == 1
+        assert send.exit_code == 2 and "another segbill run is using s.db" in send.stderr
