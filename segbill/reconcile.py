@@ -12,7 +12,8 @@ differences, not with the events:
 3. a second pass over the export matches the expected events of those ranges against the
    listed transaction ids: the unmatched are missing (written to `--missing` for `segbill send`
    to replay, and no longer delivered in the ledger of `--state`), the listed ones no event
-   accounts for are extra.
+   accounts for are extra; the found that the ledger has as sent without an answer are
+   delivered there.
 
 Counts that cancel out (one event missing and a foreign one in the same pair and range) cannot
 be seen by counting; the README says so. A run that stops or is interrupted calls found only
@@ -94,6 +95,7 @@ class Reconciliation:
     missing_file: str | None = None
     state: str | None = None  # the ledger of --state, if given
     forgotten: int = 0  # missing events that ledger had as delivered, and no longer has
+    confirmed: int = 0  # found events that ledger had as sent without an answer, and now has as delivered
     requests: int = 0
     retries: int = 0
     stopped: str | None = None
@@ -162,6 +164,7 @@ class Reconciliation:
             "missing_file": self.missing_file,
             "state": self.state,
             "forgotten": self.forgotten,
+            "confirmed": self.confirmed,
             "requests": self.requests,
             "retries": self.retries,
             "stopped": self.stopped,
@@ -177,7 +180,8 @@ def reconcile(
     Both passes select as a dry run of `options` does, with no dead-letter file: unreadable
     lines are only counted. The missing events are no longer delivered in `ledger` (the send's
     --state, locked by the caller), and its checkpoints are dropped once one is, so a send with
-    it rereads its files and sends them; nothing else is changed."""
+    it rereads its files and sends them; the found ones it has as sent without an answer are
+    delivered; nothing else is changed."""
     options = replace(options, dry_run=True, dead_letter=None)
     first = Replay(options)
     expected = Expected()
@@ -274,10 +278,13 @@ def _match(
 ) -> None:
     """The second pass: each expected event of a disagreeing range is found (its transaction id
     was listed) or missing; what stays listed afterwards is extra. The missing leave the ledger
-    a chunk at a time, each once its entry is written."""
+    a chunk at a time, each once its entry is written; the found (listed, or in a range whose
+    counts agreed) that it has as sent without an answer are delivered there."""
     listed, none_found = differences.listed, differences.none_found
     key_of, place = replay.options.target.key, replay.options.target.require_reading().place
     forget: list[tuple[str, int]] = []
+    unanswered = set() if ledger is None else ledger.unanswered()
+    found: list[tuple[str, int]] = []
     try:
         for record, event in selected_events(replay):
             pair, millis = place(event)
@@ -295,6 +302,11 @@ def _match(
                     if len(forget) >= FORGET_CHUNK:
                         chunk, forget = forget, []
                         result.forgotten += ledger.forget(chunk)
+                continue
+            if (key, millis) in unanswered:
+                found.append((key, millis))
     finally:
-        if forget and ledger is not None:
-            result.forgotten += ledger.forget(forget)
+        if ledger is not None:
+            if forget:
+                result.forgotten += ledger.forget(forget)
+            result.confirmed += ledger.confirm(found)

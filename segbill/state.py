@@ -408,6 +408,21 @@ class State:
             self.db.execute("DELETE FROM checkpoints")
         return forgotten
 
+    def unanswered(self) -> set[tuple[str, int]]:
+        """(key, millis) of the events earlier runs sent without hearing back (see `sending`):
+        few, as only the requests in flight when a run stopped leave them."""
+        rows = self.db.execute("SELECT key, millis FROM ledger WHERE target = ? AND delivered < 0", (self.target,))
+        return {(key, millis) for key, millis in rows}
+
+    def confirm(self, keys: list[tuple[str, int]]) -> int:
+        """(key, millis) sent without an answer that reconcile found on the platform: delivered,
+        so a later send does not send them again (on Lago's ClickHouse store without query-time
+        deduplication, a resend counts twice until a merge). Returns how many."""
+        rows = [(self.target, key, millis) for key, millis in keys]
+        return self.db.executemany(
+            "UPDATE ledger SET delivered = 1 WHERE target = ? AND key = ? AND millis = ? AND delivered < 0", rows
+        ).rowcount
+
     # -- checkpoints -----------------------------------------------------------------------------
 
     def checkpoint(self, source: Source) -> Checkpoint | None:

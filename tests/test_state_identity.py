@@ -323,3 +323,37 @@ def test_a_dry_run_beside_a_send_is_refused_and_dry_runs_may_overlap(segbill, tm
             previewing.close()
         assert other.exit_code == 0 and orjson.loads(other.stderr.splitlines()[-1])["files_already_done"] == 1
         assert send.exit_code == 2 and "another segbill run is using s.db" in send.stderr
+
+
+# -- 4. reconcile: what a send left unanswered, found stored ------------------------------------
+
+
+def test_reconcile_marks_delivered_the_unanswered_events_it_finds_so_no_send_resends_them(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(*messages(30)))
+    with FakePlatform(api_key=KEY_A) as fake:
+        fake.script(["lost", "503", "503"])  # the first batch is stored, its answer lost, its retries fail
+        args = ["--batch-size", "10", "--concurrency", "1", "--max-retries", "2", "--json"]
+        first = segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", *args, env=env(fake))
+        assert first.exit_code == 1 and orjson.loads(first.stdout)["dead_lettered_by_reason"] == {"unreachable": 10}
+        assert len(fake.counts("lago")) == 30
+        with closing(sqlite3.connect(tmp_path / "s.db")) as db:
+            unanswered = db.execute("SELECT key, millis FROM ledger WHERE delivered < 0 ORDER BY key").fetchall()
+        assert len(unanswered) == 10
+
+        run = segbill("reconcile", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake))
+        table = " ".join(run.stdout.split())
+        assert run.exit_code == 0 and "confirmed 10 found events s.db had as sent without an answer: delivered now" in table
+        assert "none taken out: nothing is missing" in table
+        with closing(sqlite3.connect(tmp_path / "s.db")) as db:
+            rows = db.execute("SELECT key, millis FROM ledger WHERE delivered = 1 ORDER BY key").fetchall()
+        assert len(rows) == 30 and set(unanswered) <= set(rows)  # same key, same time
+        again = segbill("reconcile", "in.jsonl", "--to", "lago", "--state", "s.db", "--json", env=env(fake))
+        assert (orjson.loads(again.stdout)["found"], orjson.loads(again.stdout)["confirmed"]) == (30, 0)
+
+        (tmp_path / "dead.jsonl").rename(tmp_path / "retry.jsonl")
+        posts = [r for r in fake.requests("lago") if r.method == "POST"]
+        replay = segbill("send", "retry.jsonl", "--to", "lago", "--state", "s.db", "--json", env=env(fake))
+        summary = orjson.loads(replay.stdout)
+        assert replay.exit_code == 0 and (summary["delivered"], summary["skipped_by_reason"]) == (0, {"duplicate": 10})
+        assert [r for r in fake.requests("lago") if r.method == "POST"] == posts  # nothing resent
+        no_secret(run.stdout, again.stdout, replay.stdout, state=tmp_path / "s.db")

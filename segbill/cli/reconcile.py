@@ -14,11 +14,12 @@ def _replay_hint(result: Reconciliation, path: str) -> str:
 
 
 def _ledger_note(result: Reconciliation) -> str:
-    """What reconcile did to the ledger of --state."""
+    """What reconcile took out of the ledger of --state."""
+    kept = "none taken out" if result.confirmed else f"{result.state} left as it was"
     if not result.missing:
-        return f"{result.state} left as it was: nothing is missing"
+        return f"{kept}: nothing is missing"
     if not result.forgotten:
-        return f"{result.state} left as it was: it has none of the missing as delivered (never sent with it, or dead-lettered)"
+        return f"{kept}: it has none of the missing as delivered (never sent with it, or dead-lettered)"
     return (
         f"missing events {result.state} had as delivered, and no longer has; none of its files is finished any "
         "more: a send with it reads its files again and sends them"
@@ -66,6 +67,9 @@ def render_reconcile(result: Reconciliation, stream: IO[str], *, terminal: bool)
     )
     if result.state is not None:
         rows.append(("forgotten", f"{result.forgotten:,}", _ledger_note(result)))
+        if result.confirmed:
+            note = f"found events {result.state} had as sent without an answer: delivered now, so a send does not resend them"
+            rows.append(("confirmed", f"{result.confirmed:,}", note))
     for dimension, worst in result.breakdown(TOP).items():
         if worst:
             lines = [f"{key}: {row['missing']:,} missing, {row['extra']:,} extra" for key, row in worst.items()]
