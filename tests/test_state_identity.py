@@ -74,7 +74,9 @@ def test_a_rerun_keying_events_from_another_field_is_refused_before_billing_them
         assert first.exit_code == 0 and len(fake.counts(to)) == 50
         for config, made in (("n.toml", "properties.n"), ("both.toml", "properties.n or messageId")):
             for dry_run in ([], ["--dry-run"]):
-                run = segbill("send", "k.jsonl", "--to", to, "--state", "k.db", "--config", config, *dry_run, env=env(fake, to=to))
+                run = segbill(
+                    "send", "k.jsonl", "--to", to, "--state", "k.db", "--config", config, *dry_run, env=env(fake, to=to)
+                )
                 assert run.exit_code == 2 and run.stdout == ""
                 line = run.stderr.strip()
                 assert "\n" not in line and line.startswith("segbill: error: --state k.db holds events whose idempotency keys")
@@ -82,7 +84,9 @@ def test_a_rerun_keying_events_from_another_field_is_refused_before_billing_them
                 assert f"this run's would be made from {made}:" in line and "billed twice" in line
         assert len(fake.counts(to)) == 50 and len(fake.requests(to)) == 1  # the platform holds one event a message
         # The same key source written out, or another mapping of everything but the id, is not refused.
-        write(tmp_path / "same.toml", f'[{to}]\n{field} = "messageId"\n[{to}.events]\nrename = {{"API Call" = "calls"}}\n'.encode())
+        write(
+            tmp_path / "same.toml", f'[{to}]\n{field} = "messageId"\n[{to}.events]\nrename = {{"API Call" = "calls"}}\n'.encode()
+        )
         again = segbill("send", "k.jsonl", "--to", to, "--state", "k.db", "--config", "same.toml", "--json", env=env(fake, to=to))
         assert again.exit_code == 0 and orjson.loads(again.stdout)["skipped_by_reason"] == {"duplicate": 50}
 
@@ -117,7 +121,10 @@ def test_a_state_from_before_adopts_the_key_source_and_api_key_of_its_first_deli
         adopted = segbill("send", "b.jsonl", "--to", "lago", "--state", "s.db", "--config", "n.toml", env=env(fake))
         assert adopted.exit_code == 0 and len(fake.counts("lago")) == 20
         refused = segbill("send", "a.jsonl", "--to", "lago", "--state", "s.db", "--dead-letter", "x.jsonl", env=env(fake))
-        assert refused.exit_code == 2 and "keys were made from properties.n; this run's would be made from messageId" in refused.stderr
+        assert (
+            refused.exit_code == 2
+            and "keys were made from properties.n; this run's would be made from messageId" in refused.stderr
+        )
         fake.api_key = KEY_B
         other = segbill("send", "b.jsonl", "--to", "lago", "--state", "s.db", "--config", "n.toml", env=env(fake, KEY_B))
         assert other.exit_code == 2 and "the API key differs" in other.stderr
@@ -151,7 +158,9 @@ def test_another_organizations_key_at_the_same_url_is_refused_and_a_rotated_key_
         # The key rotated for the same organization: said once, remembered from then on.
         fake.api_key = KEY_B
         write(tmp_path / "more.jsonl", jsonl(*messages(30, prefix="x")))
-        rotated = segbill("send", "more.jsonl", "--to", "lago", "--state", "st.db", "--key-rotated", "--json", env=env(fake, KEY_B))
+        rotated = segbill(
+            "send", "more.jsonl", "--to", "lago", "--state", "st.db", "--key-rotated", "--json", env=env(fake, KEY_B)
+        )
         assert rotated.exit_code == 0 and orjson.loads(rotated.stdout)["delivered"] == 30
         after = segbill("send", "in2.jsonl", "--to", "lago", "--state", "st.db", "--json", env=env(fake, KEY_B))
         assert after.exit_code == 0 and orjson.loads(after.stdout)["skipped_by_reason"] == {"duplicate": 200}
@@ -183,7 +192,9 @@ def test_reconcile_refuses_another_key_unless_told_it_was_rotated(segbill, tmp_p
         refused = segbill("reconcile", "in.jsonl", "--to", "lago", "--state", "s.db", "--json", env=env(fake, KEY_B))
         assert refused.exit_code == 2 and "the API key differs" in refused.stderr and refused.stdout == ""
         assert [r for r in fake.requests("lago") if r.method == "GET"] == []
-        rotated = segbill("reconcile", "in.jsonl", "--to", "lago", "--state", "s.db", "--key-rotated", "--json", env=env(fake, KEY_B))
+        rotated = segbill(
+            "reconcile", "in.jsonl", "--to", "lago", "--state", "s.db", "--key-rotated", "--json", env=env(fake, KEY_B)
+        )
         assert rotated.exit_code == 0 and orjson.loads(rotated.stdout)["found"] == 20
         later = segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", "--json", env=env(fake, KEY_B))
         assert later.exit_code == 0  # the rotated key is the one remembered now
@@ -217,7 +228,9 @@ def test_key_rotated_is_refused_where_it_would_do_nothing(segbill, tmp_path: Pat
 def files(folder: Path) -> dict[str, bytes]:
     """What a folder holds: each file's bytes, but for a -shm file (SQLite's index of the -wal
     file, which a reader may rebuild) only that it is there."""
-    return {path.name: b"" if path.name.endswith("-shm") else path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+    return {
+        path.name: b"" if path.name.endswith("-shm") else path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()
+    }
 
 
 def test_a_dry_run_with_a_state_that_does_not_exist_creates_nothing(segbill, tmp_path: Path) -> None:
