@@ -161,14 +161,14 @@ class State:
             raise
         try:
             self._check_destination()
-            self._check_keys(api_key, key_rotated)
+            rotated = self._check_keys(api_key, key_rotated)
         except BaseException:
             self._disconnect()
             raise
         self.db.execute("BEGIN")
         if self.mode is Mode.WRITE:
             self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
-            if key_rotated and self._api_key is not None:
+            if rotated:
                 self._keep_api_key(replace=True)
         # A run that keeps nothing claims in memory, and reads the ledger only if it holds keys.
         self._index = None if self.mode is Mode.WRITE else KeyIndex(self.db)
@@ -199,15 +199,16 @@ class State:
                     "Use a new --state file for another destination (the platform ignores events it already holds)."
                 )
 
-    def _check_keys(self, api_key: str | None, key_rotated: bool) -> None:
+    def _check_keys(self, api_key: str | None, key_rotated: bool) -> bool:
         """Refuse a state whose ledger holds keys made another way (every event it delivered
         would go again under a new key, billed twice), or delivered with another API key:
         another key may be another organization (Lago Cloud serves all at one URL), which holds
-        none of these events, yet the ledger would skip them all. Only a digest of the key is
+        none of these events, yet the ledger would skip them all. Returns whether the state is
+        to remember this key instead of its own (`key_rotated`). Only a digest of the key is
         kept (HMAC-SHA256 with a random salt, 64 bits): it tells keys apart, and gives nothing
         to try guesses on beyond that."""
         if self.mode is Mode.MEMORY:
-            return
+            return False
         if self.key_source is not None:
             row = self.db.execute("SELECT source FROM key_sources WHERE target = ?", (self.target,)).fetchone()
             if row is not None and row[0] != self.key_source:
@@ -217,12 +218,12 @@ class State:
                     "would be sent again under a new key and billed twice. Map the id as before, or use a new --state file."
                 )
         if api_key is None or self.url is None:
-            return
+            return False
         row = self.db.execute(
             "SELECT salt, digest FROM api_key_digests WHERE target = ? AND url = ?", (self.target, self.url)
         ).fetchone()
         if row is not None and hmac.compare_digest(row[1], _api_key_digest(row[0], api_key)):
-            return
+            return False
         if row is not None and not key_rotated:
             raise OtherApiKey(
                 f"--state {self.path}: the API key differs from the one its events were delivered with. Another key "
@@ -232,6 +233,7 @@ class State:
             )
         salt = os.urandom(16)
         self._api_key = (salt, _api_key_digest(salt, api_key))
+        return row is not None
 
     def _keep_api_key(self, *, replace: bool) -> None:
         """Remember (a digest of) this run's API key: `replace` the one remembered (the key was
@@ -651,23 +653,24 @@ def _connect(path: Path | None, mode: Mode) -> sqlite3.Connection:
     if path is not None and mode is Mode.READ:
         db = _read_only(path)
     else:
-        db = sqlite3.connect(str(path) if path is not None else "", isolation_level=None)
-        if path is not None:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-        else:
+        db = sqlite3.connect("" if path is None else str(path), isolation_level=None)
+    try:
+        db.execute("PRAGMA cache_size=-16000")  # 16 MB, whatever the number of keys
+        if path is None:
             db.execute("PRAGMA journal_mode=OFF")
             db.execute("PRAGMA synchronous=OFF")
-        try:
+        elif mode is Mode.WRITE:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
             if _unselected_checkpoints(db):
                 db.execute("DROP TABLE checkpoints")
+        if path is None or mode is Mode.WRITE:
             db.executescript(_SCHEMA)
-        except BaseException:
-            db.close()
-            raise
-    db.execute("PRAGMA cache_size=-16000")  # 16 MB, whatever the number of keys
-    if mode is Mode.READ:
-        _read_without_writing(db)
+        if mode is Mode.READ:
+            _read_without_writing(db)
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
@@ -677,7 +680,7 @@ def _read_only(path: Path) -> sqlite3.Connection:
     -shm file either (a read-only mount has none). A -wal file is what a killed run committed:
     it is read too, which needs its -shm file, or the right to create it."""
     wal = path.with_name(path.name + "-wal")
-    left = (wal.exists() and wal.stat().st_size > 0) or path.with_name(path.name + "-journal").exists()
+    left = wal.exists() and wal.stat().st_size > 0
     uri = path.absolute().as_uri() + ("?mode=ro" if left else "?mode=ro&immutable=1")
     db = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:

@@ -201,10 +201,11 @@ def test_reconcile_refuses_another_key_unless_told_it_was_rotated(segbill, tmp_p
         no_secret(refused.stderr, rotated.stdout, rotated.stderr, later.stdout, state=tmp_path / "s.db")
 
 
-def test_a_wrong_key_that_delivered_nothing_is_not_remembered(segbill, tmp_path: Path) -> None:
+@pytest.mark.parametrize("rotated", [[], ["--key-rotated"]])
+def test_a_wrong_key_that_delivered_nothing_is_not_remembered(segbill, tmp_path: Path, rotated: list[str]) -> None:
     write(tmp_path / "in.jsonl", jsonl(*messages(10)))
     with FakePlatform(api_key=KEY_B) as fake:
-        wrong = segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake, KEY_A))
+        wrong = segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", *rotated, env=env(fake, KEY_A))
         assert wrong.exit_code == 3  # 401: nothing delivered
         right = segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", "--json", env=env(fake, KEY_B))
         assert right.exit_code == 0 and orjson.loads(right.stdout)["delivered"] == 10
@@ -240,6 +241,9 @@ def test_a_dry_run_with_a_state_that_does_not_exist_creates_nothing(segbill, tmp
     assert "segbill: --state new.db does not exist: this dry run reads it as empty and creates nothing" in run.stderr
     assert orjson.loads(run.stderr.splitlines()[-1])["skipped_by_reason"] == {"duplicate": 5}
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.jsonl"]
+    (tmp_path / "folder.db").mkdir()
+    folder = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--state", "folder.db")
+    assert folder.exit_code == 2 and "segbill: error: --state folder.db is a folder; give a file path." in folder.stderr
 
 
 def test_a_dry_run_reads_a_state_without_changing_a_byte_or_adding_a_file(segbill, tmp_path: Path) -> None:
