@@ -243,7 +243,7 @@ def test_a_dry_run_with_a_state_that_does_not_exist_creates_nothing(segbill, tmp
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.jsonl"]
     (tmp_path / "folder.db").mkdir()
     folder = segbill("send", "in.jsonl", "--to", "lago", "--dry-run", "--state", "folder.db")
-    assert folder.exit_code == 2 and "segbill: error: --state folder.db is a folder; give a file path." in folder.stderr
+    assert folder.exit_code == 2 and "segbill: error: --state folder.db: a folder; give the path of a state file" in folder.stderr
 
 
 def test_a_dry_run_reads_a_state_without_changing_a_byte_or_adding_a_file(segbill, tmp_path: Path) -> None:
