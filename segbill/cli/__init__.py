@@ -345,7 +345,7 @@ def send(
     if state is not None and not state.parent.is_dir():
         fail(f"--state {state}: the folder {state.parent} does not exist.")
     if state is not None and state.is_dir():  # a dry run would open it to read, as it opens a state
-        fail(f"--state {state}: a folder; give the path of a state file (created if missing).")
+        fail(f"--state {state}: a folder; give the path of a state file.")
     _check_key_rotated(key_rotated, state, dry_run=dry_run_)
     if dry_run_ and state is not None and not state.exists():
         warn(f"--state {state} does not exist: this dry run reads it as empty and creates nothing (a send would create it).")
