@@ -284,7 +284,7 @@ def _match(
     key_of, place = replay.options.target.key, replay.options.target.require_reading().place
     forget: list[tuple[str, int]] = []
     unanswered = set() if ledger is None else ledger.unanswered()
-    found: list[tuple[str, int]] = []
+    stored: list[tuple[str, int]] = []  # found, and in the ledger as sent without an answer
     try:
         for record, event in selected_events(replay):
             pair, millis = place(event)
@@ -304,9 +304,9 @@ def _match(
                         result.forgotten += ledger.forget(chunk)
                 continue
             if (key, millis) in unanswered:
-                found.append((key, millis))
+                stored.append((key, millis))
     finally:
         if ledger is not None:
             if forget:
                 result.forgotten += ledger.forget(forget)
-            result.confirmed += ledger.confirm(found)
+            result.confirmed += ledger.confirm(stored)
