@@ -17,6 +17,7 @@ from typing import Any
 
 from segbill.segment import (
     DEFAULT_TIME_PATHS,
+    DERIVED_ID,
     Billable,
     Invalid,
     customer_id,
@@ -81,9 +82,6 @@ def _paths(*names: str) -> FieldSource:
 
 
 DEFAULT_ID = _paths("messageId")
-# What a message without an id gets under the default id field (`derived_id`), as a key source
-# names it (`Mapping.key_source`): a new way of deriving ids would be a new name.
-DERIVED_ID = "segbill-sha256"
 
 
 @dataclass(frozen=True)

@@ -391,6 +391,11 @@ def event_time(message: dict[str, Any], paths: tuple[tuple[str, ...], ...] = DEF
     raise Invalid("bad_time", f"The message has no time ({names}).")
 
 
+# How `derived_id` makes an id, as a key source names it (`Mapping.key_source`, kept in a --state
+# file): another way of deriving ids needs another name, so that a state refuses to mix them.
+DERIVED_ID = "segbill-sha256"
+
+
 def derived_id(message: dict[str, Any]) -> str:
     """A stable id for a message that has none: a hash of its whole content, keys sorted."""
     digest = hashlib.sha256(dumps(message, sort_keys=True)).hexdigest()

@@ -10,12 +10,15 @@ import sqlite3
 import subprocess
 import sys
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from segbill.mapping import Fields, FieldSource, Mapping
+from segbill.mapping_file import load as load_mapping
 from segbill.state import State
 from segbill.testing.fake_platform import FakePlatform
 
@@ -374,3 +377,13 @@ def test_reconcile_marks_delivered_the_unanswered_events_it_finds_so_no_send_res
         assert replay.exit_code == 0 and (summary["delivered"], summary["skipped_by_reason"]) == (0, {"duplicate": 10})
         assert [r for r in fake.requests("lago") if r.method == "POST"] == posts  # nothing resent
         no_secret(run.stdout, again.stdout, replay.stdout, state=tmp_path / "s.db")
+
+
+def test_the_key_source_a_state_keeps_is_pinned() -> None:
+    """A state file compares its key source with each run's as text: another form of the same
+    source would refuse every state already written."""
+    default = Mapping()
+    fallback = replace(default, fields=replace(Fields(), id=FieldSource((("properties", "n"), ("messageId",)))))
+    assert default.key_source() == '{"missing": "segbill-sha256", "paths": ["messageId"]}'
+    assert fallback.key_source() == '{"missing": "invalid", "paths": ["properties.n", "messageId"]}'
+    assert load_mapping("lago", None).key_source() == default.key_source()
