@@ -7,7 +7,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from typer.testing import CliRunner
 
+from segbill.cli import app
 from segbill.testing.fake_platform import FakePlatform
 
 from .conftest import jsonl, track, write
@@ -173,3 +175,97 @@ def test_a_password_in_the_api_url_is_refused_and_never_shown(
     assert_usage_error(run, f"{'$' + variable if given_as == 'variable' else '--api-url'} holds a user name or password")
     written = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
     assert SECRET not in run.stdout + run.stderr and SECRET.encode() not in written
+
+
+def _another_name(tmp_path: Path, how: str, name: str) -> str:
+    """`name` itself, or a new name for it: a symlink, or a hard link to the file made now."""
+    if how == "same path":
+        return name
+    if how == "symlink":
+        (tmp_path / f"link-{name}").symlink_to(name)
+    else:
+        (tmp_path / name).touch()
+        (tmp_path / f"link-{name}").hardlink_to(tmp_path / name)
+    return f"link-{name}"
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink", "hard link"])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_the_dead_letter_file_and_the_state_cannot_be_one_file(
+    segbill, export: Path, tmp_path: Path, how: str, dry_run: bool
+) -> None:
+    """SQLite's pages wrote over the dead letters the summary counted, and a rerun said the file
+    was finished: refused before anything is read or sent, naming both options."""
+    other = _another_name(tmp_path, how, "same.db")
+    with FakePlatform(api_key=KEY) as fake:
+        run = segbill(
+            "send", str(export), "--to", "lago", "--state", "same.db", *(["--dry-run"] if dry_run else []),
+            dead_letter=other, env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY},
+        )  # fmt: skip
+        assert fake.requests() == []
+    assert run.exit_code == 2 and run.stdout == "", run.stderr
+    link = "" if how == "same path" else " under another name (a link)"
+    assert f"segbill: error: --dead-letter {other} and --state same.db are one file{link}:" in run.stderr
+    assert not (tmp_path / "same.db").exists() or (tmp_path / "same.db").stat().st_size == 0
+
+
+def test_the_default_dead_letter_file_cannot_be_the_state(segbill, export: Path, tmp_path: Path) -> None:
+    with FakePlatform(api_key=KEY) as fake:
+        run = CliRunner().invoke(
+            app, ["send", str(export), "--to", "lago", "--state", "segbill-dead-letter.jsonl"],
+            env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY},
+        )  # fmt: skip
+        assert fake.requests() == []
+    assert run.exit_code == 2
+    assert (
+        "error: the default --dead-letter segbill-dead-letter.jsonl and --state segbill-dead-letter.jsonl are one file"
+        in run.stderr
+    )
+    assert not (tmp_path / "segbill-dead-letter.jsonl").exists()
+
+
+@pytest.mark.parametrize("side", ["-wal", "-shm", "-journal"])
+def test_the_dead_letter_file_cannot_be_a_file_sqlite_keeps_beside_the_state(
+    segbill, export: Path, tmp_path: Path, side: str
+) -> None:
+    run = segbill("send", str(export), "--to", "lago", "--dry-run", "--state", "state.db", dead_letter=f"state.db{side}")
+    assert_usage_error(run, f"--dead-letter state.db{side} is the file state.db{side} SQLite keeps beside --state state.db")
+
+
+def test_the_state_file_cannot_be_an_input(segbill, tmp_path: Path) -> None:
+    good = write(tmp_path / "good.jsonl", jsonl(track()))
+    with FakePlatform(api_key=KEY) as fake:
+        env = {"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+        assert segbill("send", str(good), "--to", "lago", "--state", "state.db", env=env).exit_code == 0
+    run = segbill("send", "state.db", "--to", "lago", "--dry-run", "--state", "state.db")
+    assert_usage_error(run, "state.db is both an input and --state state.db: a state file is no export.")
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink", "hard link"])
+def test_reconciles_missing_file_and_state_cannot_be_one_file(segbill, tmp_path: Path, how: str) -> None:
+    """Refused naming both options (it used to say only that --missing already exists), before
+    anything is read or the state is touched."""
+    export = write(tmp_path / "good.jsonl", jsonl(track()))
+    with FakePlatform(api_key=KEY) as fake:
+        env = {"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+        assert segbill("send", str(export), "--to", "lago", "--state", "state.db", env=env).exit_code == 0
+        before = (tmp_path / "state.db").read_bytes()
+        requests = len(fake.requests())
+        other = _another_name(tmp_path, how, "state.db")
+        run = segbill("reconcile", str(export), "--to", "lago", "--state", "state.db", "--missing", other, env=env)
+        assert len(fake.requests()) == requests
+    link = "" if how == "same path" else " under another name (a link)"
+    assert_usage_error(run, f"--missing {other} and --state state.db are one file{link}:")
+    assert (tmp_path / "state.db").read_bytes() == before
+
+
+@pytest.mark.parametrize("side", ["-wal", "-journal"])
+def test_reconciles_missing_file_cannot_be_a_file_sqlite_keeps_beside_the_state(
+    segbill, export: Path, tmp_path: Path, side: str
+) -> None:
+    (tmp_path / "state.db").touch()
+    run = segbill(
+        "reconcile", str(export), "--to", "lago", "--state", "state.db", "--missing", f"state.db{side}", env={"LAGO_API_KEY": KEY}
+    )
+    assert_usage_error(run, f"--missing state.db{side} is the file state.db{side} SQLite keeps beside --state state.db")
+    assert not (tmp_path / f"state.db{side}").exists()

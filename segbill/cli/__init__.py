@@ -313,8 +313,10 @@ def send(
     for note in mapping.notes:
         warn(f"warning: {note}")
     sources = inputs(paths)
+    dead_letter_option = "--dead-letter" if dead_letter is not None else "the default --dead-letter"
     if dead_letter is None and not dry_run_:
         dead_letter = Path(DEFAULT_PATH)
+    _check_own_files({dead_letter_option: dead_letter, "--state": state}, sources)
     if dead_letter is not None:
         _check_dead_letter_path(dead_letter, sources)
         if dry_run_:
@@ -525,6 +527,7 @@ def reconcile_command(
         to, paths, config, customer_from, event, exclude_event, since, until, shard, api_url, api_key, timeout, max_retries, jobs
     )
     _refuse_streams(options.sources, "reconcile reads its input twice (counting, then matching)")
+    _check_own_files({"--missing": missing, "--state": state}, options.sources)
     if missing is not None:
         if missing.exists():
             fail(f"--missing {missing} already exists: move it away (or replay it) first, or pick another name.")
@@ -851,6 +854,50 @@ def _check_dead_letter_path(dead_letter: Path, sources: list[Source]) -> None:
             f"{source.name} is the dead-letter file {dead_letter} under another name (a link): reading it while "
             f"writing it would never end. Send a copy (cp {source.name} {retry}) or pass another --dead-letter."
         )
+
+
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # what SQLite writes beside a state file, named after it
+
+
+def _check_own_files(written: dict[str, Path | None], sources: list[Source]) -> None:
+    """Every file a command writes is a file of its own: two options naming one file (the same
+    path, or another name for it: a hard link, a symlink) would write over each other (SQLite's
+    pages over the dead letters, which the summary still counts), and a state file read as an
+    input is no export. Refused (exit 2) before anything is read or written."""
+    given = [(option, path) for option, path in written.items() if path is not None]
+    for at, (option, path) in enumerate(given):
+        for other_option, other in given[at + 1 :]:
+            for side in ("", *SQLITE_SIDE_FILES) if other_option == "--state" else ("",):
+                written_too = Path(f"{other}{side}")
+                if _one_file(path, written_too):
+                    what = (
+                        f"is the file {written_too} SQLite keeps beside {other_option} {other}"
+                        if side
+                        else f"and {other_option} {other} are one file"
+                    )
+                    fail(
+                        f"{option} {path} {what}{_alias(path, written_too)}: each would write over the other; give each its own path."
+                    )
+        if option != "--state":
+            continue
+        for source in sources:
+            if source.path is not None and _one_file(source.path, path):
+                fail(f"{source.name} is both an input and {option} {path}{_alias(source.path, path)}: a state file is no export.")
+
+
+def _one_file(path: Path, other: Path) -> bool:
+    """Whether two paths lead to one file: the same path once links are followed (the file
+    may not exist yet), or one file (device and inode) under two names."""
+    if path.resolve() == other.resolve():
+        return True
+    try:
+        return os.path.samestat(path.stat(), other.stat())
+    except OSError:  # one of them does not exist (yet): two files
+        return False
+
+
+def _alias(path: Path, other: Path) -> str:
+    return "" if os.path.abspath(path) == os.path.abspath(other) else " under another name (a link)"
 
 
 def _same_file(path: Path, written: os.stat_result) -> bool:
