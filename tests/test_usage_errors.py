@@ -59,9 +59,18 @@ def test_an_empty_url_variable_is_a_usage_error(segbill, export: Path, target: s
     ("since", "until"),
     [("2024-02-01", "2024-01-01"), ("2024-01-07", "2024-01-07"), ("2024-01-07T00:00:00+01:00", "2024-01-06T23:00:00Z")],
 )
-def test_since_at_or_after_until_is_a_usage_error(segbill, export: Path, since: str, until: str) -> None:
-    run = segbill("send", str(export), "--to", "lago", "--dry-run", "--since", since, "--until", until)
+@pytest.mark.parametrize("command", [["send", "--dry-run"], ["send"], ["check"], ["reconcile"]])
+def test_since_at_or_after_until_is_a_usage_error(segbill, export: Path, since: str, until: str, command: list[str]) -> None:
+    """For every command that selects: check and reconcile exited 1 (nothing to check or
+    reconcile), which a cron job reads as "something is missing"."""
+    with FakePlatform(api_key=KEY) as fake:
+        run = segbill(
+            command[0], str(export), "--to", "lago", *command[1:], "--since", since, "--until", until,
+            env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY},
+        )  # fmt: skip
+        assert fake.requests() == []
     assert_usage_error(run, f"--since {since} is not before --until {until}")
+    assert len(run.stderr.splitlines()) == 1
 
 
 @pytest.mark.parametrize("value", ["0", "many", "257"])

@@ -321,6 +321,7 @@ def send(
         _check_dead_letter_path(dead_letter, sources)
         if dry_run_:
             _replace_dry_run_dead_letters(dead_letter)
+    window = _window(since, until)
     options = Options(
         sources=sources,
         target=get_target(to.value),
@@ -328,13 +329,11 @@ def send(
         dead_letter=dead_letter,
         dry_run=dry_run_,
         state=state,
-        since=_time_option("--since", since),
-        until=_time_option("--until", until),
+        since=window[0],
+        until=window[1],
         shard=_shard_option(shard),
         jobs=_jobs_option(jobs),
     )
-    if options.since is not None and options.until is not None and options.since >= options.until:
-        fail(f"--since {since} is not before --until {until}: no event could be selected.")
     width = _concurrency_option(concurrency)
     if batch_size is not None and batch_size > options.target.max_batch:  # checked in a dry run too
         fail(
@@ -653,13 +652,14 @@ def _selection(
     target = get_target(to.value)
     if target.reading is None:
         fail(f"segbill cannot read {target.label}'s API: check and reconcile do not work with --to {target.name}.")
+    window = _window(since, until)
     url, key = _endpoint(target, api_url, api_key, "look without the platform with send --dry-run")
     options = Options(
         sources=inputs(paths),
         target=target,
         mapping=mapping,
-        since=_time_option("--since", since),
-        until=_time_option("--until", until),
+        since=window[0],
+        until=window[1],
         shard=_shard_option(shard),
         jobs=_jobs_option(jobs),
     )
@@ -748,6 +748,16 @@ def _nothing_selected(replay: Replay, mapping: Mapping, by_flags: bool) -> None:
         since, until = replay.options.since is not None, replay.options.until is not None
         names.append("--since/--until" if since and until else "--since" if since else "--until")
     replay.nothing_selected(f"{' and '.join(names)} left out every event read ({by_rules + by_window:,}): {done}.")
+
+
+def _window(since: str | None, until: str | None) -> tuple[int | None, int | None]:
+    """--since and --until in milliseconds: a window that can hold no event is a usage error
+    for every command (check or reconcile would exit 1, which a cron job reads as "something
+    is missing")."""
+    start, end = _time_option("--since", since), _time_option("--until", until)
+    if start is not None and end is not None and start >= end:
+        fail(f"--since {since} is not before --until {until}: no event could be selected.")
+    return start, end
 
 
 def _time_option(name: str, value: str | None) -> int | None:
