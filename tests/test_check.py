@@ -232,12 +232,21 @@ def test_a_429_is_waited_out_and_a_bad_key_stops_with_exit_3(segbill, fake: Fake
 
 
 def test_an_empty_input_is_not_a_pass(segbill, fake: FakePlatform, tmp_path: Path) -> None:
+    """No event checked is never "every event will be billed"; an input with no record at all
+    exits 2 with the error line send and inspect give (it exited 2 in silence)."""
     path = write(tmp_path / "e.jsonl", jsonl({"type": "identify", "userId": "u"}))
     run = segbill("check", str(path), "--to", "lago", env=env(fake))
     assert run.exit_code == 1 and "no event in the input would be sent" in run.stdout
+    assert "will be billed" not in run.stdout
     empty = write(tmp_path / "empty.jsonl", b"")
-    assert segbill("check", str(empty), "--to", "lago", env=env(fake)).exit_code == 2  # as send
-    assert segbill("reconcile", str(empty), "--to", "lago", env=env(fake)).exit_code == 2
+    for command in ("check", "reconcile"):
+        for json in ([], ["--json"]):
+            run = segbill(command, str(empty), "--to", "lago", *json, env=env(fake))
+            assert run.exit_code == 2  # as send
+            assert run.stderr == f"segbill: error: no records in {empty}: the input is empty.\n"
+            assert "will be billed" not in run.stdout
+            if json:
+                assert orjson.loads(run.stdout)["exit_code"] == 2
     assert segbill("reconcile", str(path), "--to", "lago", env=env(fake)).exit_code == 1
 
 

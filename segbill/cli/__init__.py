@@ -463,6 +463,8 @@ def check_command(
         result = run_check(options, reading)
     if result.stopped is not None and not result.tally.read and not json_:  # the organization could not be read
         fail(f"check could not read {options.target.label} ({result.stopped}); nothing was checked.", ExitCode.FATAL)
+    if result.exit_code() is ExitCode.USAGE:
+        say_empty(options.sources)
     _report(result.as_dict() if json_ else None, lambda out: render_check(result, out, terminal=out.isatty()))
     raise typer.Exit(int(result.exit_code()))
 
@@ -562,6 +564,8 @@ def reconcile_command(
             ledger.close(save=result.stopped is None)
         except sqlite3.Error as error:
             result.stopped = result.stopped or _storage_failure(error, state)
+    if result.exit_code() is ExitCode.USAGE:
+        say_empty(options.sources)
     _report(result.as_dict() if json_ else None, lambda out: render_reconcile(result, out, terminal=out.isatty()))
     raise typer.Exit(int(result.exit_code()))
 

@@ -34,7 +34,9 @@ def render_check(result: CheckResult, stream: IO[str], *, terminal: bool) -> Non
     if not result.complete:
         rows.append(("not billed", f"{result.unbilled:,}", "of the events checked; the rest is unknown"))
     else:
-        rows.append(("not billed", f"{result.unbilled:,}", "" if result.unbilled else "every event will be billed"))
+        rows.append(
+            ("not billed", f"{result.unbilled:,}", "every event will be billed" if result.checked and not result.unbilled else "")
+        )
     skipped = ", ".join(f"{reason} {count:,}" for reason, count in data["skipped_by_reason"].items())
     rows.append(
         ("read", f"{result.tally.read:,}", f"records; skipped {data['skipped']:,}" + (f" ({skipped})" if skipped else ""))
