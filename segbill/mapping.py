@@ -281,7 +281,7 @@ class Mapping:
     def _time(self, message: dict[str, Any]) -> int:
         time = self.fields.time
         if time.constant is not None:
-            return parse_time(time.constant)  # type: ignore[return-value]  # checked when loaded
+            return parse_time(time.constant, date_alone=True)  # type: ignore[return-value]  # checked when loaded
         return event_time(message, time.paths)
 
     def fast_billable(self) -> Callable[[dict[str, Any]], Billable | None] | None:

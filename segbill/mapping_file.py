@@ -160,7 +160,7 @@ def _source(value: Any, where: str, *, time: bool) -> FieldSource:
         constant = value["value"]
         if isinstance(constant, bool) or not isinstance(constant, (str, int)):
             raise ConfigError(f"{where}.value: must be a string or an integer.")
-        if time and parse_time(constant) is None:
+        if time and parse_time(constant, date_alone=True) is None:
             raise ConfigError(f"{where}.value: {constant!r} is not an ISO 8601 time.")
         return FieldSource(constant=str(constant) if not time else constant)
     raise ConfigError(f'{where}: must be a dotted path, a list of paths to try in order, or {{ value = "..." }}.')

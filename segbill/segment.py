@@ -249,10 +249,14 @@ def _kind(value: Any) -> str:
 
 # --- time -----------------------------------------------------------------------------------
 
+# A time as segbill reads it: RFC 3339 (what Segment writes), with what its libraries and exports
+# are seen to write besides: unpadded month, day and time fields, a space for the `T`, an offset
+# without its colon, and no zone (UTC). Nothing else: a date alone, week or ordinal dates, the
+# basic format, offsets with seconds, blanks around, a comma before the fraction. Such a time was
+# not written by Segment and may be read as another instant than was meant.
 _TIME = re.compile(
-    r"(\d{4})-(\d{1,2})-(\d{1,2})"
-    r"(?:[Tt ](\d{1,2}):(\d{1,2})(?::(\d{1,2})(?:[.,](\d+))?)?)?"
-    r"\s*(?:([Zz])|([+-])(\d{1,2})(?::?(\d{2}))?)?"
+    r"([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})"
+    r"(?:[Tt ]([0-9]{1,2}):([0-9]{1,2}):([0-9]{1,2})(?:[.]([0-9]+))?(?:([Zz])|([+-])([0-9]{2}):?([0-9]{2}))?)?"
 )
 _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 TIME_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
@@ -263,45 +267,86 @@ _MILLISECOND = timedelta(milliseconds=1)
 _MAX_MILLIS = 253402300800000  # 10000-01-01: past it, no platform can take the time
 
 
-def parse_time(value: Any) -> int | None:
-    """An ISO 8601 time as Segment libraries write it -> milliseconds since the epoch (UTC).
+# The usual layouts, as `bytes.translate` writes them with every digit a 9: what
+# `datetime.fromisoformat` reads (in C) exactly as the pattern would. It also reads forms the
+# pattern refuses, so it is given only these; the rest (unpadded fields, 13 fraction digits or
+# more, `z`) goes to the pattern.
+_DIGITS_AS_NINES = bytes.maketrans(b"0123456789", b"9" * 10)
+_USUAL_LAYOUTS = frozenset(
+    f"9999-99-99{separator}99:99:99{fraction}{zone}".encode()
+    for separator in "Tt "
+    for fraction in ["", *("." + "9" * digits for digits in range(1, 13))]
+    for zone in ("", "Z", "+99:99", "-99:99", "+9999", "-9999")
+)
 
-    Accepts `Z` or offsets, any fraction (truncated to milliseconds), no fraction, unpadded
-    dates and a space instead of `T`; a time without a zone is UTC. Numbers are refused: epoch
+
+def parse_time(value: Any, *, date_alone: bool = False) -> int | None:
+    """A time (`_TIME`) -> milliseconds since the epoch (UTC), or None.
+
+    Any fraction is truncated to milliseconds; a time without a zone is UTC. `date_alone`: a
+    date is midnight UTC (a person's --since, never an event's time). Numbers are refused: epoch
     seconds and milliseconds cannot be told apart, and Segment never writes them. So are times
-    before 1970 or after 9999: no billing event has one.
+    before 1970 or after 9999 (`why_not_a_time` says which).
     """
-    if not isinstance(value, str):
+    if type(value) is not str:
         return None
-    try:  # the usual forms, in C; the pattern below takes the rest (unpadded dates, nanoseconds)
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        millis = _parse_time_slowly(value)
-    else:
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        millis = (moment - _EPOCH_UTC) // _MILLISECOND
+    millis = None
+    if value.isascii() and value.encode().translate(_DIGITS_AS_NINES) in _USUAL_LAYOUTS:
+        try:  # what it refuses (a 13th month), the pattern refuses too
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            millis = (moment - _EPOCH_UTC) // _MILLISECOND
+    if millis is None:
+        millis = _unbounded_millis(value, date_alone)
     return millis if millis is not None and 0 <= millis < _MAX_MILLIS else None
 
 
-def _parse_time_slowly(value: str) -> int | None:
-    match = _TIME.fullmatch(value.strip())
+def _unbounded_millis(value: str, date_alone: bool) -> int | None:
+    """The pattern's reading of `value`, whatever its year; None when it is no time."""
+    match = _TIME.fullmatch(value)
     if match is None:
         return None
     year, month, day, hour, minute, second, fraction, _zulu, sign, off_h, off_m = match.groups()
+    if hour is None and not date_alone:
+        return None
     y, m, d = int(year), int(month), int(day)
     h, mi, s = int(hour or 0), int(minute or 0), int(second or 0)
     if not (1 <= m <= 12 and 1 <= d <= _month_days(y, m) and h < 24 and mi < 60 and s < 60):
         return None
     offset = 0
     if sign:
-        oh, om = int(off_h), int(off_m or 0)
+        oh, om = int(off_h), int(off_m)
         if oh > 23 or om > 59:
             return None
         offset = (oh * 60 + om) * 60 * (1 if sign == "+" else -1)
     millis = int((fraction or "").ljust(3, "0")[:3])
     seconds = _days_from_civil(y, m, d) * 86400 + h * 3600 + mi * 60 + s - offset
     return seconds * 1000 + millis
+
+
+def why_not_a_time(value: Any) -> str:
+    """Why `parse_time` refuses an event's time, as the end of a sentence naming the field."""
+    if type(value) is not str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return "is a number, not a time: epoch seconds and milliseconds cannot be told apart"
+        return f"is {_kind(value)}, not a time"
+    if not value:
+        return "is empty"
+    millis = _unbounded_millis(value, date_alone=True)
+    if millis is None:
+        return "is not an RFC 3339 time such as 2024-01-31T12:00:00.123Z (the README lists the forms read)"
+    if _unbounded_millis(value, date_alone=False) is None:
+        return "is a date without a time of day: midnight UTC may not be when it happened"
+    if millis < 0:
+        return (
+            "is before the Unix epoch (1970-01-01T00:00:00Z), where the platforms' event times begin "
+            "(most often a device clock that was never set)"
+        )
+    return "is after the year 9999, which no platform takes"
 
 
 def _month_days(year: int, month: int) -> int:
@@ -376,16 +421,17 @@ DEFAULT_TIME_PATHS = tuple((name,) for name in TIME_FIELDS)
 
 
 def event_time(message: dict[str, Any], paths: tuple[tuple[str, ...], ...] = DEFAULT_TIME_PATHS) -> int:
-    """The time to bill on: the first present of `paths`; by default `timestamp`, else
-    `originalTimestamp`, else `receivedAt`. An unreadable one is an error, not skipped."""
+    """The time to bill on: the first present (not null) of `paths`; by default `timestamp`, else
+    `originalTimestamp`, else `receivedAt`. An unreadable one, an empty one included, is an
+    error, never passed over for another of the message's times."""
     for path in paths:
         value = lookup(message, path)
-        if value is None or value == "":
+        if value is None:
             continue
         millis = parse_time(value)
         if millis is None:
             shown = value if isinstance(value, str) else dumps(value).decode()
-            raise Invalid("bad_time", f'The message\'s "{".".join(path)}" ({shown[:60]!r}) is not a readable ISO 8601 time.')
+            raise Invalid("bad_time", f'The message\'s "{".".join(path)}" ({shown[:60]!r}) {why_not_a_time(value)}.')
         return millis
     names = ", ".join(".".join(path) for path in paths)
     raise Invalid("bad_time", f"The message has no time ({names}).")

@@ -144,7 +144,8 @@ def test_bad_lines_are_dead_lettered_with_file_and_line_and_the_rest_goes_throug
         f"segbill: {path}:3 (message 1): This array item is not an object (it is a number).",
         f"segbill: {path}:4: The line is not valid UTF-8 text.",
         f'segbill: {path}:5: The track message has no customer id at "userId".',
-        f"segbill: {path}:6: The message's \"timestamp\" ('tomorrow') is not a readable ISO 8601 time.",
+        f"segbill: {path}:6: The message's \"timestamp\" ('tomorrow') is not an RFC 3339 time such as "
+        "2024-01-31T12:00:00.123Z (the README lists the forms read).",
     ]
     entries = run.dead_letters
     assert [e["source"] for e in entries] == [

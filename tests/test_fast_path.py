@@ -101,6 +101,16 @@ ODD_MESSAGES: list[Any] = [
     track(messageId="m-time-14", timestamp="2024-01-01T00:00:00+01"),
     track(messageId="m-time-15", timestamp="1970-01-01T00:00:00Z"),
     track(messageId="m-time-16", timestamp="2024-01-01T00:00:00.123456789123+02:00"),
+    track(messageId="m-time-17", timestamp="2024-W01-1T00:00:00Z"),  # fromisoformat reads these, segbill does not
+    track(messageId="m-time-18", timestamp="2024-01-01T00:00:00+01:00:30"),
+    track(messageId="m-time-19", timestamp="2024-01-01T00:00:00.Z"),
+    track(messageId="m-time-20", timestamp="2024-01-01T00:00:00 +01:00"),
+    track(messageId="m-time-21", timestamp="2024-01-01t00:00:00.5-01:00"),
+    track(messageId="m-time-22", timestamp="2024-01-01T00:00:00.１Z"),
+    track(messageId="m-time-23", timestamp="2024-01-01T00:00:00.123-0100"),
+    track(messageId="m-time-24", timestamp="2024-13-01T00:00:00.123Z"),
+    track(messageId="m-time-25", timestamp="1969-12-31T23:59:59.999+00:00"),
+    track(messageId="m-time-26", timestamp="2024-01-01", originalTimestamp="2024-01-02T00:00:00Z"),
     track(messageId="msg-1"),  # a repeat of the first
     track(messageId="msg-1", timestamp="2024-01-01T00:00:01Z"),  # a repeat with another time
 ]

@@ -767,7 +767,7 @@ def _window(since: str | None, until: str | None) -> tuple[int | None, int | Non
 def _time_option(name: str, value: str | None) -> int | None:
     if value is None:
         return None
-    millis = parse_time(value)
+    millis = parse_time(value, date_alone=True)
     if millis is None:
         fail(f"{name} {value!r} is not a date or time such as 2024-01-31 or 2024-01-31T12:00:00Z.")
     return millis
