@@ -62,7 +62,8 @@ EXPECTED = {
     ("api_calls", "pending", "2024-07-01T00:00:00.000Z"): "before_start",
     ("api_calls", "canceled", "2024-07-01T00:00:00.000Z"): "before_start",
     ("api_calls", "ended", "2024-03-09T23:59:59.999Z"): "billable",
-    ("api_calls", "ended", "2024-03-10T00:00:00.000Z"): "after_termination",
+    ("api_calls", "ended", "2024-03-10T00:00:00.000Z"): "billable",  # at terminated_at: billed
+    ("api_calls", "ended", "2024-03-10T00:00:00.001Z"): "after_termination",
     ("api_calls", "upgraded", "2024-02-01T00:00:00.000Z"): "billable",
     ("api_calls", "upgraded", "2024-03-01T00:00:00.000Z"): "billable",
     ("api_calls", "acme-main", "2023-12-31T23:59:59.999Z"): "before_start",
@@ -106,6 +107,29 @@ def test_every_event_gets_the_first_verdict_that_applies_and_nothing_is_sent(seg
     assert code == 1
     assert fake.counts("lago") == {} and all(r.method == "GET" for r in fake.requests("lago"))
     assert not Path("segbill-dead-letter.jsonl").exists()
+
+
+def test_a_subscriptions_ends_are_judged_to_the_millisecond_as_lago_bills_them(
+    segbill, fake: FakePlatform, tmp_path: Path
+) -> None:
+    """lago-api bills a subscription's events from started_at (floored to the ms, and shown to
+    the ms) to terminated_at, both included. terminated_at is shown to the second: an event at
+    that second is billed; one later in the same second is billed only if the termination's
+    hidden fraction (here .750) reaches it, which check cannot see, so it never calls it billable."""
+    fake.add_subscription("precise", started_at="2024-05-01T10:01:09.666789Z", status="terminated",
+                          terminated_at="2024-05-20T08:00:00.750123Z")  # fmt: skip
+    rows = {
+        "2024-05-01T10:01:09.665Z": "before_start",
+        "2024-05-01T10:01:09.666Z": "billable",  # started_at, to the ms
+        "2024-05-20T07:59:59.999Z": "billable",
+        "2024-05-20T08:00:00.000Z": "billable",  # terminated_at as Lago shows it
+        "2024-05-20T08:00:00.001Z": "after_termination",  # Lago bills it (.750): check cannot know
+        "2024-05-20T08:00:01.000Z": "after_termination",
+    }
+    for at, verdict in rows.items():
+        path = write(tmp_path / "one.jsonl", jsonl(track(messageId="x", event="api_calls", userId="precise", timestamp=at)))
+        _, result = check_json(segbill, fake, str(path))
+        assert result["verdicts"] == {**dict.fromkeys(ALL_VERDICTS, 0), verdict: 1}, at
 
 
 def test_the_top_groups_say_why(segbill, fake: FakePlatform, tmp_path: Path) -> None:

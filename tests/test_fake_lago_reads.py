@@ -39,7 +39,9 @@ def test_pages_carry_kaminari_meta_and_default_to_100(fake: FakePlatform, client
 def test_subscriptions_are_only_active_unless_status_says_otherwise(fake: FakePlatform, client: httpx.Client) -> None:
     fake.add_subscription("a")
     fake.add_subscription("p", status="pending")
-    fake.add_subscription("t", status="terminated", terminated_at="2024-01-10T00:00:00Z")
+    fake.add_subscription(
+        "t", status="terminated", started_at="2023-01-01T10:00:00.123456Z", terminated_at="2024-01-10T00:00:00.999Z"
+    )
     fake.add_subscription("c", status="canceled")
     listed = client.get("/api/v1/subscriptions").json()["subscriptions"]
     assert [s["external_id"] for s in listed] == ["a"]
@@ -47,9 +49,9 @@ def test_subscriptions_are_only_active_unless_status_says_otherwise(fake: FakePl
         "subscriptions"
     ]
     assert {s["external_id"]: (s["status"], s["started_at"], s["terminated_at"]) for s in every} == {
-        "a": ("active", "2023-01-01T00:00:00Z", None),
+        "a": ("active", "2023-01-01T00:00:00.000Z", None),  # lago-api: started_at.iso8601(3)
         "p": ("pending", None, None),
-        "t": ("terminated", "2023-01-01T00:00:00Z", "2024-01-10T00:00:00Z"),
+        "t": ("terminated", "2023-01-01T10:00:00.123Z", "2024-01-10T00:00:00Z"),  # terminated_at.iso8601: cut, not rounded
         "c": ("canceled", None, None),
     }
     assert client.get("/api/v1/subscriptions/t", params={"status": "terminated"}).json()["subscription"]["external_id"] == "t"

@@ -88,7 +88,7 @@ READING = Reading(
         "unknown_code": "no billable metric has this code: stored, never billed",
         "unknown_subscription": "no subscription in any status has this external id: stored, never billed",
         "before_start": "before the subscription's started_at (or it has not started): never billed",
-        "after_termination": "at or after the subscription's terminated_at: never billed",
+        "after_termination": "after the subscription's terminated_at, which Lago shows to the second: never billed",
         "invoiced": "in a period of a finalized invoice, which is never reopened: never billed",
         "draft": "in a draft invoice's period: billed once the draft is refreshed or finalized",
     },

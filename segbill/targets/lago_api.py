@@ -30,8 +30,8 @@ class Subscription:
     external_id: str
     customer: str  # external_customer_id
     status: str
-    started: int | None  # ms; None while pending (or canceled before it started)
-    terminated: int | None  # ms
+    started: int | None  # ms, as Lago shows it (to the ms); None while pending (or canceled before it started)
+    terminated: int | None  # ms, as Lago shows it: to the second, its fraction cut off
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,15 @@ class Organization:
             self.periods.setdefault(period.subscription, []).append(period)
 
     def standing(self, subscription: str, code: str, millis: int) -> str | None:
-        """The verdict that needs no invoice, or None when the invoices decide."""
+        """The verdict that needs no invoice, or None when the invoices decide.
+
+        Lago bills a subscription's events from its `started_at` to its `terminated_at`, both
+        included (lago-api: a charges period runs from `started_at`, floored to the ms, to
+        `terminated_at`, and the event store selects `timestamp >= from` and `timestamp <= to`).
+        `started_at` is shown to the ms, so that end is exact. `terminated_at` is shown to the
+        second (the instant it was terminated, with a fraction, is not): an event at that second
+        is billed, and one later in the same second only if the hidden fraction reaches it, which
+        check cannot know, so it says after_termination: it never calls billable what may not be."""
         if code not in self.codes:
             return "unknown_code"
         candidates = self.subscriptions.get(subscription)
@@ -77,7 +85,7 @@ class Organization:
         started = [s for s in candidates if s.started is not None and s.started <= millis]
         if not started:
             return "before_start"
-        if all(s.terminated is not None and millis >= s.terminated for s in started):
+        if all(s.terminated is not None and millis > s.terminated for s in started):
             return "after_termination"
         return None
 

@@ -365,8 +365,11 @@ class FakePlatform:
         terminated_at: str | None = None,
         plan_code: str = "standard",
     ) -> dict[str, Any]:
-        """A subscription (and its customer, if new). Pending and canceled ones have not started."""
+        """A subscription (and its customer, if new). Pending and canceled ones have not started.
+        Times are shown as lago-api v1.51 serializes them: `started_at` to the millisecond
+        (`iso8601(3)`), the others to the second, their fraction cut off (`iso8601`)."""
         customer = self._customer(external_customer_id or f"cus-{external_id}")
+        started_at, terminated_at = _lago_shown(started_at, 3), _lago_shown(terminated_at, 0)
         subscription = {
             "lago_id": _lago_id("sub", f"{external_id}:{len(self.lago_organization.subscriptions)}"),
             "external_id": external_id,
@@ -376,13 +379,13 @@ class FakePlatform:
             "plan_code": plan_code,
             "status": status,
             "billing_time": "calendar",
-            "subscription_at": started_at or "2023-01-01T00:00:00Z",
+            "subscription_at": _lago_shown(started_at, 0) or "2023-01-01T00:00:00Z",
             "started_at": None if status in ("pending", "canceled") else started_at,
             "trial_ended_at": None,
             "ending_at": None,
             "terminated_at": terminated_at if status == "terminated" else None,
             "canceled_at": terminated_at if status == "canceled" else None,
-            "created_at": started_at or "2023-01-01T00:00:00Z",
+            "created_at": _lago_shown(started_at, 0) or "2023-01-01T00:00:00Z",
             "previous_plan_code": None,
             "next_plan_code": None,
             "downgrade_plan_date": None,
@@ -966,6 +969,16 @@ def _lago_scope(row: dict[str, Any]) -> tuple[str, str]:
 
 def _row_millis(row: dict[str, Any]) -> int:
     return int(Decimal(str(row["timestamp"]).strip()) * 1000)
+
+
+def _lago_shown(time: str | None, digits: int) -> str | None:
+    """A time as Ruby's `Time#iso8601(digits)` writes it in UTC: the fraction cut to `digits`."""
+    if time is None:
+        return None
+    moment = datetime.fromisoformat(time)
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    fraction = f".{moment.microsecond:06d}"[: digits + 1] if digits else ""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
 
 
 def _lago_event_shown(row: dict[str, Any]) -> dict[str, Any]:
