@@ -320,6 +320,14 @@ class Replay:
                                 yield block
                     elif type(outcome := result[1]) is str:
                         self.skip(record, outcome)
+                    elif pending and self._warn is not None and self._warnings < MAX_WARNINGS:
+                        # Its notice is shown: the events read before it are claimed first, so
+                        # that a repeat among them is said before it, in input order (at most
+                        # MAX_WARNINGS smaller blocks a run).
+                        early = self._claimed()
+                        self.dead_letter(record, outcome.kind, outcome.reason)  # type: ignore[union-attr]
+                        if early:
+                            yield early
                     else:
                         self.dead_letter(record, outcome.kind, outcome.reason)  # type: ignore[union-attr]
                     if tally.read >= due:  # a stretch with few events: the caller still gets a say (a signal)

@@ -582,3 +582,24 @@ def test_the_garbage_collector_settings_are_restored_after_a_run(segbill, tmp_pa
     write(tmp_path / "in.jsonl", jsonl(*GOOD))
     assert segbill("send", "in.jsonl", "--to", "lago", "--dry-run").exit_code == 0
     assert (gc.get_threshold(), gc.get_freeze_count()) == before
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_notices_follow_input_order(segbill, fake: FakePlatform, tmp_path: Path, dry_run: bool) -> None:
+    """A repeat is judged with the block of events around it, a bad line as it is read: a bad
+    line's notice came before the notice of a repeat on an earlier line."""
+    lines = [jsonl(track(messageId=f"m{i}", timestamp=f"2024-01-01T00:00:{i:02d}Z")) for i in range(1, 31)]
+    lines[4] = jsonl(track(messageId="m1", timestamp="2024-01-02T00:00:00Z"))  # line 5: a shifted repeat
+    lines[9] = b"not json\n"
+    lines[20] = jsonl(track(messageId="m2", timestamp="2024-01-02T00:00:00Z"))
+    lines[21] = jsonl(track(messageId="m22", userId=None))
+    lines[22] = b"{\n"
+    path = write(tmp_path / "in.jsonl", b"".join(lines))
+    if dry_run:
+        run = segbill("send", str(path), "--to", "lago", "--dry-run", "--json")
+    else:
+        run, summary = send(segbill, fake.url, str(path))
+        assert summary is not None and summary["delivered"] == 25
+    noticed = [int(line.split(":")[2]) for line in run.stderr.splitlines() if line.startswith(f"segbill: {path}:")]
+    assert noticed == [5, 10, 21, 22, 23]
+    assert run.exit_code == 1
