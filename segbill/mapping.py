@@ -173,10 +173,24 @@ class Mapping:
         of the mapping changes a key: a run that makes keys another way would send every event
         the state delivered again, under a new key, billed twice."""
         source = self.fields.id
-        made: dict[str, Any] = (
-            {"value": source.constant} if source.constant is not None else {"paths": [".".join(path) for path in source.paths]}
-        )
+        made = _origin(source)
         made["missing"] = DERIVED_ID if source == DEFAULT_ID else "invalid"
+        return json.dumps(made, sort_keys=True)
+
+    def scope_source(self) -> str:
+        """What decides where an event is billed on the platform, in a fixed form a `--state`
+        file keeps: the customer's paths (or constant: Lago's subscription, Hyperline's
+        customer) and how an event gets its code (the event name's paths, billable types,
+        renames, snake_case). A reconcile that maps them otherwise looks for the events
+        elsewhere than the send put them: forgetting what it calls missing would bill them twice."""
+        fields, events = self.fields, self.events
+        made = {
+            "customer": _origin(fields.customer),
+            "event": _origin(fields.event),
+            "billable_types": events.billable_types,
+            "rename": events.rename,
+            "snake_case": events.snake_case,
+        }
         return json.dumps(made, sort_keys=True)
 
     def select(self, message: dict[str, Any]) -> str | None:
@@ -419,6 +433,32 @@ class Mapping:
                 "bad_amount", f'The amount at "{where}" ({str(value)[:40]!r}) has more than {MAX_AMOUNT_DIGITS} digits.'
             )
         return text
+
+
+def _origin(source: FieldSource) -> dict[str, Any]:
+    """A field's paths (or constant), as a state file keeps them."""
+    if source.constant is not None:
+        return {"value": source.constant}
+    return {"paths": [".".join(path) for path in source.paths]}
+
+
+def described_scope(scope_source: str, names: tuple[str, str]) -> str:
+    """A scope source (`Mapping.scope_source`) in words, with the platform's `names` for
+    (scope, kind); one this version cannot read, as it is."""
+    try:
+        made = json.loads(scope_source)
+        parts = [f"{names[0]} from {_from(made['customer'])}", f"{names[1]} from {_from(made['event'])}"]
+        parts += [f"{kind} messages as {name!r}" for kind, name in made["billable_types"].items()]
+        parts += [f"{name!r} renamed {code!r}" for name, code in made["rename"].items()]
+        if made["snake_case"]:
+            parts.append("snake_case codes")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return scope_source
+    return ", ".join(parts)
+
+
+def _from(origin: dict[str, Any]) -> str:
+    return " or ".join(origin["paths"]) if "paths" in origin else f"the constant {origin['value']!r}"
 
 
 def described(key_source: str) -> str:

@@ -8,6 +8,7 @@ dead-lettered). The summary counts (`Tally`) are changed here alone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 from collections import deque
@@ -18,7 +19,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 
 import orjson
 
-from segbill.deadletter import DEFAULT_PATH, ENTRIES, DeadLetterFile, DeadLetterWriteError
+from segbill.deadletter import DEAD_LETTER_MARKER, DEFAULT_PATH, ENTRIES, MISSING_MARKER, DeadLetterFile, DeadLetterWriteError
 from segbill.decode import Decoded, block_decoder
 from segbill.mapping import Mapping, Skipped
 from segbill.report import Tally
@@ -33,7 +34,7 @@ from segbill.segment import (
 )
 from segbill.sink import Item
 from segbill.sources import Source, SourceUnreadable, read_lines, read_records
-from segbill.state import Checkpoint, Claim, Frontier, Mode, State
+from segbill.state import Checkpoint, Claim, Frontier, Mode, OtherScope, State
 from segbill.targets import Target
 
 TOO_DEEP = "The message nests objects or lists too deep to convert (about a thousand levels)."
@@ -46,6 +47,11 @@ CLAIM_CHUNK = 256
 VERDICTS = frozenset(
     {"not_included", "excluded", "other_shard", "before_since", "after_until", "dead_lettered_before"}
     | {claim.value for claim in Claim}
+)
+OTHER_SCOPE = (
+    "reconcile found it missing where this run's mapping puts it, but {state} delivered with another mapping of "
+    "customers or event codes (--customer-from, --config): it may be on the platform there, and sending it would "
+    "bill it twice; not sent"
 )
 # What stops a run on storage: a full disk or a lost volume under its dead letters or its state,
 # or an input that can no longer be opened.
@@ -257,9 +263,11 @@ class Replay:
             selection=options.selection(),
             url=options.url,
             key_source=options.mapping.key_source(),
+            scope_source=options.mapping.scope_source(),
             api_key=api_key,
             key_rotated=key_rotated,
         )
+        self._refuses_forgetting = self._refused_forgetting()
         self.tally.state_file = None if options.state is None else str(options.state)
         self._files: dict[str, str] = {}  # source name -> file identity, for its dead letters
         self._warn = warn
@@ -273,6 +281,16 @@ class Replay:
         # `Options.partial`): only then is each record held until its outcome is final.
         self._partial = options.partial()
         self._tracking = self.state.mode is Mode.WRITE and not self._partial
+
+    def _refused_forgetting(self) -> bool:
+        """Whether the state refuses to forget the events reconcile found missing
+        (`State.forgetting_refused`). Then a file holding such an entry is refused before
+        anything is sent; a stream cannot be looked at first: its entries are dead-lettered (`_claimed`)."""
+        refused = self.state.forgetting_refused()
+        if refused is not None and any(_replays_missing(source) for source in self.options.sources if not source.is_stream):
+            self.state.close(save=False)
+            raise OtherScope(refused)
+        return refused is not None
 
     def blocks(
         self, on_progress: Callable[[str, int], None] | None = None, reading: Reading | None = None
@@ -374,8 +392,17 @@ class Replay:
         outcome at once, the new ones are the block handed out. An event the selection leaves
         out claims its key in this run (see `Conversion._selected`) and keeps its outcome. An
         event reconcile found missing on the platform is no longer delivered in the ledger: the
-        platform's 200 did not store it (an event the selection leaves out is another run's)."""
+        platform's 200 did not store it (an event the selection leaves out is another run's),
+        unless the state delivered with another mapping of scope and kind: then (only a stream
+        gets here, see `_refused_forgetting`) it is dead-lettered, as it may be on the platform."""
         pending, fresh = self._pending, self._fresh
+        if self._refuses_forgetting:
+            for _ in range(len(pending)):
+                item = pending.popleft()
+                if item[0].missing_on_platform and type(item[1]) is not str:
+                    self.dead_letter(item[0], "other_scope", OTHER_SCOPE.format(state=self.options.state))
+                else:
+                    pending.append(item)
         key_of = self.options.target.key
         keys = [(key_of(event) if key is None else key, millis) for _, event, millis, key in pending]  # type: ignore[arg-type]
         missing = [
@@ -586,6 +613,23 @@ class _EarlierDeadLetters:
         while self._next is not None and self._next < position:
             self._next = next(self._positions, None)
         return self._next == position
+
+
+def _replays_missing(source: Source) -> bool:
+    """Whether a file holds an entry of reconcile's --missing (`MISSING_MARKER`): one pass over
+    it, made only when the state may not forget them. A file that cannot be read holds none
+    here: the run says so when it reads it."""
+    marker = MISSING_MARKER.encode()
+    try:
+        for _, _, _, line, _ in read_lines(source):
+            if marker in line:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    entry = orjson.loads(line)
+                    if isinstance(entry, dict) and entry.get(DEAD_LETTER_MARKER) and entry.get(MISSING_MARKER) is True:
+                        return True
+    except SourceUnreadable:
+        return False
+    return False
 
 
 def to_event(

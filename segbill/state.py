@@ -22,6 +22,12 @@ run) holds its own claims in a `KeyIndex` in memory instead, in front of the led
   may be another organization at the same URL). Both are adopted with the first delivery, by a
   state from before they were kept too; a run that would make keys another way, or send with
   another key (unless told it was rotated), is refused.
+- scope_sources: each mapping of an event's scope and kind (`Mapping.scope_source`: Lago's
+  subscription and code) the ledger's events were delivered with, adopted with each run's
+  first delivery (a state from before they were kept: its earlier deliveries' cannot be
+  known). A send with another mapping is fine (it skips keys delivered, delivers new ones), but
+  forgetting (`forget`) is refused unless the run maps as every delivery did: an event missing
+  where it looks may be on the platform where another mapping put it.
 
 A dry run opens the file read-only and writes nothing (see `_read_without_writing`).
 """
@@ -40,9 +46,10 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from segbill.mapping import described
+from segbill.mapping import described, described_scope
 from segbill.segment import Record
 from segbill.sources import Source
+from segbill.targets import get_target
 
 FINGERPRINT_BYTES = 65536
 # INSERT ... RETURNING (SQLite 3.35+) claims a chunk of keys in one statement.
@@ -68,6 +75,9 @@ _TABLES = {
 )""",
     "key_sources": """(
     target TEXT NOT NULL PRIMARY KEY, source TEXT NOT NULL, since TEXT NOT NULL
+)""",
+    "scope_sources": """(
+    target TEXT NOT NULL, source TEXT NOT NULL, since TEXT NOT NULL, PRIMARY KEY (target, source)
 )""",
     "api_key_digests": """(
     target TEXT NOT NULL, url TEXT NOT NULL, salt BLOB NOT NULL, digest BLOB NOT NULL, since TEXT NOT NULL,
@@ -95,6 +105,11 @@ class OtherDestination(StateRefused):
 
 class OtherKeySource(StateRefused):
     """The state's idempotency keys were made from other fields than this run's would be."""
+
+
+class OtherScope(StateRefused):
+    """The state's events were delivered under other subscriptions or codes (or customers and
+    event types) than this run maps them to: what it calls missing may be there."""
 
 
 class OtherApiKey(StateRefused):
@@ -133,6 +148,7 @@ class State:
         selection: str = "",
         url: str | None = None,
         key_source: str | None = None,
+        scope_source: str | None = None,
         api_key: str | None = None,
         key_rotated: bool = False,
     ) -> None:
@@ -140,7 +156,8 @@ class State:
         even on a read-only mount (a missing file reads as empty, and is not created).
         `selection` names the checkpoints this run reads and writes; `url` is where it delivers
         and `api_key` with what (both None in a dry run); `key_source` what its idempotency keys
-        are made from (`Mapping.key_source`). A state that delivered elsewhere raises
+        are made from (`Mapping.key_source`), `scope_source` where its events are billed
+        (`Mapping.scope_source`). A state that delivered elsewhere raises
         `OtherDestination`, one whose keys were made otherwise `OtherKeySource`, one whose
         events went with another API key `OtherApiKey`, unless `key_rotated`: then it remembers
         this key instead (as a salted digest: the key itself is never kept)."""
@@ -150,6 +167,7 @@ class State:
         self.selection = selection
         self.url = url
         self.key_source = key_source
+        self.scope_source = scope_source
         self._api_key: tuple[bytes, bytes] | None = None  # (salt, digest) of this run's key, if not remembered yet
         self._destination_kept = False
         kept = path if path is not None and (self.mode is Mode.WRITE or path.exists()) else None
@@ -371,10 +389,15 @@ class State:
 
     def _keep_destination(self) -> None:
         """With its first delivery, the state adopts this run's destination, key source and API
-        key (a state from before they were kept too): from then on it holds for no other."""
+        key (a state from before they were kept too): from then on it holds for no other. It
+        adds this run's scope source to those it delivered with."""
         self.db.execute("INSERT OR IGNORE INTO destinations VALUES (?, ?, datetime('now'))", (self.target, self.url))
         if self.key_source is not None:
             self.db.execute("INSERT OR IGNORE INTO key_sources VALUES (?, ?, datetime('now'))", (self.target, self.key_source))
+        if self.scope_source is not None:
+            self.db.execute(
+                "INSERT OR IGNORE INTO scope_sources VALUES (?, ?, datetime('now'))", (self.target, self.scope_source)
+            )
         if self._api_key is not None:
             self._keep_api_key(replace=False)
         self._destination_kept = True
@@ -395,7 +418,11 @@ class State:
         checkpoint (of any selection: the send may have used other options) says a file is
         finished, so the next send reads them again, and the ledger lets only the forgotten
         through. Returns how many were forgotten. A dry run reads past them instead (see
-        `_read_without_writing`)."""
+        `_read_without_writing`). Raises `OtherScope` unless this run maps scope and kind as
+        every delivery of the state did (see `forgetting_refused`)."""
+        refused = self.forgetting_refused()
+        if refused is not None:
+            raise OtherScope(refused)
         rows = [(self.target, key, millis) for key, millis in keys]
         if self.mode is Mode.READ:
             return self.db.executemany(
@@ -409,6 +436,31 @@ class State:
         if forgotten:
             self.db.execute("DELETE FROM checkpoints")
         return forgotten
+
+    def forgetting_refused(self) -> str | None:
+        """Why this run may not forget (`forget`) what it does not find, if it may not: the
+        state delivered with another mapping of scope and kind (`Mapping.scope_source`), under
+        which the events it looks for may be on the platform, and a replay would bill them twice."""
+        if self.mode is Mode.MEMORY or self.scope_source is None:
+            return None
+        rows = self.db.execute("SELECT source FROM scope_sources WHERE target = ? ORDER BY since, source", (self.target,))
+        others = [source for (source,) in rows if source != self.scope_source]
+        if not others:
+            return None
+        reading = get_target(self.target).reading
+        names = ("customer", "event") if reading is None else reading.names
+        theirs = " and ".join(f"({described_scope(source, names)})" for source in others)
+        how = (
+            "reconcile and replay with the send's options (--customer-from, --config)"
+            if len(others) == 1
+            else "no one mapping finds them all: reconcile without --state, and replay nothing it calls missing without "
+            "checking where the other mappings put it"
+        )
+        return (
+            f"--state {self.path} delivered its events with {theirs}; this run maps "
+            f"({described_scope(self.scope_source, names)}): an event it calls missing may be on the platform under "
+            f"another {names[0]} or {names[1]}, and a replay would bill it twice. Nothing was changed: {how}."
+        )
 
     def unanswered(self) -> set[tuple[str, int]]:
         """(key, millis) of the events earlier runs sent without hearing back (see `sending`):

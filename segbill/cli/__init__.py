@@ -546,11 +546,16 @@ def reconcile_command(
                 selection=options.selection(),
                 url=_destination(reading.url),
                 key_source=options.mapping.key_source(),
+                scope_source=options.mapping.scope_source(),
                 api_key=reading.api_key,
                 key_rotated=key_rotated,
             )
         except (StateRefused, OSError, sqlite3.DatabaseError) as error:
             _state_refused(state, error)
+        refused = ledger.forgetting_refused()
+        if refused is not None:
+            ledger.close(save=False)
+            fail(refused)
     result = Reconciliation(options.target, state=None if state is None else str(state))
     try:
         with streaming_gc(), interruptible():
