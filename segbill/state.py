@@ -443,23 +443,23 @@ class State:
         which the events it looks for may be on the platform, and a replay would bill them twice."""
         if self.mode is Mode.MEMORY or self.scope_source is None:
             return None
-        rows = self.db.execute("SELECT source FROM scope_sources WHERE target = ? ORDER BY since, source", (self.target,))
-        others = [source for (source,) in rows if source != self.scope_source]
-        if not others:
+        rows = self.db.execute("SELECT source FROM scope_sources WHERE target = ? ORDER BY rowid", (self.target,))
+        kept = [source for (source,) in rows]
+        if kept in ([], [self.scope_source]):
             return None
         reading = get_target(self.target).reading
         names = ("customer", "event") if reading is None else reading.names
-        theirs = " and ".join(f"({described_scope(source, names)})" for source in others)
+        mappings = " and ".join(f"({described_scope(source, names)})" for source in kept)
         how = (
             "reconcile and replay with the send's options (--customer-from, --config)"
-            if len(others) == 1
+            if len(kept) == 1
             else "no one mapping finds them all: reconcile without --state, and replay nothing it calls missing without "
             "checking where the other mappings put it"
         )
         return (
-            f"--state {self.path} delivered its events with {theirs}; this run maps "
-            f"({described_scope(self.scope_source, names)}): an event it calls missing may be on the platform under "
-            f"another {names[0]} or {names[1]}, and a replay would bill it twice. Nothing was changed: {how}."
+            f"--state {self.path} delivered its events with {'several mappings, ' if len(kept) > 1 else ''}{mappings}; "
+            f"this run maps ({described_scope(self.scope_source, names)}): an event it calls missing may be on the "
+            f"platform under another {names[0]} or {names[1]}, and a replay would bill it twice. Nothing was changed: {how}."
         )
 
     def unanswered(self) -> set[tuple[str, int]]:
