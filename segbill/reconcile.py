@@ -84,6 +84,7 @@ class Reconciliation:
     missing: int = 0
     extra: int = 0
     pairs: int = 0
+    none_found: int = 0  # pairs of which the platform holds nothing at all in the range: mapped otherwise by the send?
     start: int | None = None
     end: int | None = None
     missing_by: dict[str, Counter[str]] = field(
@@ -158,6 +159,7 @@ class Reconciliation:
             "unchecked": self.unchecked,
             "extra": self.extra,
             "pairs": self.pairs,
+            "pairs_none_found": self.none_found,
             "from": iso_millis(self.start) if self.start is not None else None,
             "to": iso_millis(self.end) if self.end is not None else None,
             "breakdown": self.breakdown(),
@@ -255,7 +257,10 @@ async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliati
                 await split(pair, middle + 1, high, found - left)
 
         async def compare(pair: Pair) -> None:
-            await split(pair, start // DAY, end // DAY, await reader.count(pair[0], pair[1], start, end))
+            found = await reader.count(pair[0], pair[1], start, end)
+            if not found:
+                result.none_found += 1
+            await split(pair, start // DAY, end // DAY, found)
 
         pairs = sorted(expected.totals)
         try:

@@ -22,7 +22,7 @@ CUSTOMER_B = ("--customer-from", "context.groupId")
 
 
 def env(fake: FakePlatform) -> dict[str, str]:
-    return {"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+    return {"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY, "HYPERLINE_API_URL": fake.url, "HYPERLINE_API_KEY": KEY}
 
 
 def run_json(segbill, fake: FakePlatform, *args: str, input: bytes | None = None) -> tuple[int, dict[str, Any]]:
@@ -32,9 +32,9 @@ def run_json(segbill, fake: FakePlatform, *args: str, input: bytes | None = None
     return run.exit_code, orjson.loads(run.stdout.strip().splitlines()[-1])
 
 
-def refused(segbill, fake: FakePlatform, *args: str) -> str:
+def refused(segbill, fake: FakePlatform, *args: str, to: str = "lago") -> str:
     """The one line a refused command prints (exit 2)."""
-    run = segbill(*args, "--to", "lago", env=env(fake))
+    run = segbill(*args, "--to", to, env=env(fake))
     assert run.exit_code == 2, run.stdout + run.stderr
     assert run.stdout == "" and len(run.stderr.strip().splitlines()) == 1 and KEY not in run.stderr
     return " ".join(run.stderr.split())
@@ -95,7 +95,9 @@ def test_another_customer_mapping_cannot_forget_what_the_send_delivered_and_the_
         # Without the state, reconcile under sub_B calls every event missing; replaying that
         # with the state is refused before anything is sent, a preview too.
         code, result = run_json(segbill, fake, "reconcile", str(path), *CUSTOMER_B, "--missing", "m.jsonl")
-        assert (code, result["missing"], result["forgotten"]) == (1, 200, 0)
+        assert (code, result["missing"], result["forgotten"], result["pairs_none_found"]) == (1, 200, 0, 1)
+        table = " ".join(segbill("reconcile", str(path), "--to", "lago", *CUSTOMER_B, env=env(fake)).stdout.split())
+        assert "none found 1 pairs with none of their events on the platform: if the send mapped customers" in table
         posts = len([r for r in fake.requests("lago") if r.method == "POST"])
         assert "a replay would bill it twice" in refused(segbill, fake, "send", "m.jsonl", *CUSTOMER_B, "--state", "st.db")
         assert "a replay would bill it twice" in refused(
@@ -118,7 +120,7 @@ def test_another_customer_mapping_cannot_forget_what_the_send_delivered_and_the_
         assert (code, replay["delivered"], replay["dead_lettered"]) == (0, len(lost), 0)
         assert billed(fake) == sorted(("sub_A", "api_call", m["messageId"]) for m in messages)
         code, done = run_json(segbill, fake, "reconcile", str(path), *CUSTOMER_A, "--state", "st.db")
-        assert (code, done["found"], done["missing"], done["extra"]) == (0, 200, 0, 0)
+        assert (code, done["found"], done["missing"], done["extra"], done["pairs_none_found"]) == (0, 200, 0, 0, 0)
 
 
 def test_a_renamed_code_on_clickhouse_cannot_forget_what_was_delivered_under_the_old_one(segbill, tmp_path: Path) -> None:
@@ -190,3 +192,14 @@ def test_a_state_from_before_scope_sources_were_kept_adopts_the_next_deliverys(s
         assert run_json(segbill, fake, "send", str(more), *CUSTOMER_B, "--state", "st.db")[1]["delivered"] == 1
         line = refused(segbill, fake, "reconcile", str(path), *CUSTOMER_A, "--state", "st.db")
         assert "delivered its events with (subscription from context.groupId, code from event); this run maps" in line
+
+
+def test_hyperline_states_name_customers_and_event_types(segbill, tmp_path: Path) -> None:
+    path = write(tmp_path / "export.jsonl", jsonl(*two_subscriptions(3)))
+    with FakePlatform(api_key=KEY) as fake:
+        sent = segbill("send", str(path), "--to", "hyperline", *CUSTOMER_A, "--state", "st.db", env=env(fake))
+        assert sent.exit_code == 0 and len(fake.events("hyperline")) == 3
+        line = refused(segbill, fake, "reconcile", str(path), *CUSTOMER_B, "--state", "st.db", to="hyperline")
+        assert "delivered its events with (customer from properties.subscription_id, event_type from event); " in line
+        assert "this run maps (customer from context.groupId, event_type from event)" in line
+        assert "under another customer or event_type, and a replay would bill it twice" in line

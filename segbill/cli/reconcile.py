@@ -65,6 +65,12 @@ def render_reconcile(result: Reconciliation, stream: IO[str], *, terminal: bool)
             "on the platform in scope, from no event of the export" + ("" if result.complete else " (incomplete)"),
         )
     )
+    if result.none_found and result.state is None:
+        note = (
+            "pairs with none of their events on the platform: if the send mapped customers or codes otherwise "
+            "(--customer-from, rename), its events are there, and a replay would bill them twice; reconcile with its options"
+        )
+        rows.append(("none found", f"{result.none_found:,}", note))
     if result.state is not None:
         rows.append(("forgotten", f"{result.forgotten:,}", _ledger_note(result)))
         if result.confirmed:
