@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from segbill.mapping import EventRules, Mapping
+from segbill.mapping_file import load as load_mapping
 from segbill.testing.fake_platform import FakePlatform
 
 from .conftest import jsonl, track, write
@@ -203,3 +205,18 @@ def test_hyperline_states_name_customers_and_event_types(segbill, tmp_path: Path
         assert "delivered its events with (customer from properties.subscription_id, event_type from event); " in line
         assert "this run maps (customer from context.groupId, event_type from event)" in line
         assert "under another customer or event_type, and a replay would bill it twice" in line
+
+
+def test_the_scope_source_a_state_keeps_is_pinned() -> None:
+    """A state compares the mappings it delivered with to each run's as text: another form of the
+    same mapping would refuse every reconcile of a state already written."""
+    default = Mapping()
+    assert default.scope_source() == (
+        '{"billable_types": {}, "customer": {"paths": ["userId"]}, "event": {"paths": ["event"]}, "rename": {}, "snake_case": false}'
+    )
+    renamed = Mapping(events=EventRules(rename={"api_call": "api_calls_v2"}, snake_case=True))
+    assert renamed.scope_source() == (
+        '{"billable_types": {}, "customer": {"paths": ["userId"]}, "event": {"paths": ["event"]}, '
+        '"rename": {"api_call": "api_calls_v2"}, "snake_case": true}'
+    )
+    assert load_mapping("lago", None).scope_source() == default.scope_source()
