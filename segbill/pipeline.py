@@ -267,7 +267,7 @@ class Replay:
             api_key=api_key,
             key_rotated=key_rotated,
         )
-        self._refuses_forgetting = self._refused_forgetting()
+        self._refuses_forgetting = self._may_not_forget()
         self.tally.state_file = None if options.state is None else str(options.state)
         self._files: dict[str, str] = {}  # source name -> file identity, for its dead letters
         self._warn = warn
@@ -282,7 +282,7 @@ class Replay:
         self._partial = options.partial()
         self._tracking = self.state.mode is Mode.WRITE and not self._partial
 
-    def _refused_forgetting(self) -> bool:
+    def _may_not_forget(self) -> bool:
         """Whether the state refuses to forget the events reconcile found missing
         (`State.forgetting_refused`). Then a file holding such an entry is refused before
         anything is sent; a stream cannot be looked at first: its entries are dead-lettered (`_claimed`)."""
@@ -394,7 +394,7 @@ class Replay:
         event reconcile found missing on the platform is no longer delivered in the ledger: the
         platform's 200 did not store it (an event the selection leaves out is another run's),
         unless the state delivered with another mapping of scope and kind: then (only a stream
-        gets here, see `_refused_forgetting`) it is dead-lettered, as it may be on the platform."""
+        gets here, see `_may_not_forget`) it is dead-lettered, as it may be on the platform."""
         pending, fresh = self._pending, self._fresh
         if self._refuses_forgetting:
             for _ in range(len(pending)):
