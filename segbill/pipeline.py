@@ -596,6 +596,9 @@ class Replay:
                 self.storage_failed(error)
         if self.failure is not None:
             self.tally.not_attempted += self.tally.unsettled
+        note = self.state.old_key_note()
+        if note is not None:
+            self.tally.warnings.append(note)
         self.tally.finish()
 
 

@@ -101,6 +101,7 @@ class Reconciliation:
     retries: int = 0
     stopped: str | None = None
     interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def unchecked(self) -> int:
@@ -171,6 +172,7 @@ class Reconciliation:
             "retries": self.retries,
             "stopped": self.stopped,
             "interrupted": self.interrupted,
+            "warnings": self.warnings,
             "exit_code": int(self.exit_code()),
         }
 
@@ -183,7 +185,8 @@ def reconcile(
     lines are only counted. The missing events are no longer delivered in `ledger` (the send's
     --state, locked by the caller), and its checkpoints are dropped once one is, so a send with
     it rereads its files and sends them; the found ones it has as sent without an answer are
-    delivered; nothing else is changed."""
+    delivered; a rotated key is remembered once a read is answered (`State.key_accepted`);
+    nothing else is changed."""
     options = replace(options, dry_run=True, dead_letter=None)
     first = Replay(options)
     expected = Expected()
@@ -198,7 +201,7 @@ def reconcile(
         return
     result.start = options.since if options.since is not None else expected.first
     result.end = options.until - 1 if options.until is not None else expected.last
-    differences = asyncio.run(_narrow(expected, reading, result))
+    differences = asyncio.run(_narrow(expected, reading, result, ledger))
     if result.stopped is not None:
         return
     second = Replay(options)
@@ -225,7 +228,7 @@ def _expected(replay: Replay, expected: Expected) -> None:
         expected.add(*place(event))
 
 
-async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliation) -> Differences:
+async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliation, ledger: State | None) -> Differences:
     differences = Differences()
     assert result.start is not None and result.end is not None
     start, end = result.start, result.end
@@ -275,6 +278,9 @@ async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliati
             result.stopped = str(error)
         finally:
             result.requests, result.retries = reader.requests, reader.retries
+            if ledger is not None and reader.accepted:
+                ledger.key_accepted()
+                ledger.commit()  # kept even when a later read fails, and the run ends without saving
     return differences
 
 

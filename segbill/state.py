@@ -21,7 +21,8 @@ run) holds its own claims in a `KeyIndex` in memory instead, in front of the led
   per destination, a salted digest of the API key its events were delivered with (another key
   may be another organization at the same URL). Both are adopted with the first delivery, by a
   state from before they were kept too; a run that would make keys another way, or send with
-  another key (unless told it was rotated), is refused.
+  another key (unless told it was rotated), is refused. A rotated key replaces the one kept only
+  once the platform accepts a request made with it (`key_accepted`): a mistyped key never does.
 - scope_sources: each mapping of an event's scope and kind (`Mapping.scope_source`: Lago's
   subscription and code) the ledger's events were delivered with, adopted with each run's
   first delivery (a state from before they were kept: its earlier deliveries' cannot be
@@ -160,7 +161,8 @@ class State:
         (`Mapping.scope_source`). A state that delivered elsewhere raises
         `OtherDestination`, one whose keys were made otherwise `OtherKeySource`, one whose
         events went with another API key `OtherApiKey`, unless `key_rotated`: then it remembers
-        this key instead (as a salted digest: the key itself is never kept)."""
+        this key instead (as a salted digest: the key itself is never kept) once the platform
+        accepts a request made with it (`key_accepted`)."""
         self.path = path
         self.target = target
         self.mode = Mode.MEMORY if path is None else Mode.READ if read_only else Mode.WRITE
@@ -169,6 +171,7 @@ class State:
         self.key_source = key_source
         self.scope_source = scope_source
         self._api_key: tuple[bytes, bytes] | None = None  # (salt, digest) of this run's key, if not remembered yet
+        self.old_key_kept = False  # --key-rotated, and the platform has accepted no request with this run's key yet
         self._destination_kept = False
         kept = path if path is not None and (self.mode is Mode.WRITE or path.exists()) else None
         self._lock_fd = None if kept is None else _lock(kept, shared=self.mode is Mode.READ)
@@ -179,15 +182,13 @@ class State:
             raise
         try:
             self._check_destination()
-            rotated = self._check_keys(api_key, key_rotated)
+            self.old_key_kept = self._check_keys(api_key, key_rotated)
         except BaseException:
             self._disconnect()
             raise
         self.db.execute("BEGIN")
         if self.mode is Mode.WRITE:
             self.db.execute("DELETE FROM ledger WHERE delivered = 0")  # claims of a run that died
-            if rotated:
-                self._keep_api_key(replace=True)
         # A run that keeps nothing claims in memory, and reads the ledger only if it holds keys.
         self._index = None if self.mode is Mode.WRITE else KeyIndex(self.db)
         self._ledger_empty = self.db.execute("SELECT 1 FROM ledger WHERE target = ? LIMIT 1", (target,)).fetchone() is None
@@ -222,9 +223,9 @@ class State:
         would go again under a new key, billed twice), or delivered with another API key:
         another key may be another organization (Lago Cloud serves all at one URL), which holds
         none of these events, yet the ledger would skip them all. Returns whether the state is
-        to remember this key instead of its own (`key_rotated`). Only a digest of the key is
-        kept (HMAC-SHA256 with a random salt, 64 bits): it tells keys apart, and gives nothing
-        to try guesses on beyond that."""
+        to remember this key instead of its own (`key_rotated`), once the platform accepts it
+        (`key_accepted`). Only a digest of the key is kept (HMAC-SHA256 with a random salt, 64
+        bits): it tells keys apart, and gives nothing to try guesses on beyond that."""
         if self.mode is Mode.MEMORY:
             return False
         if self.key_source is not None:
@@ -252,6 +253,24 @@ class State:
         salt = os.urandom(16)
         self._api_key = (salt, _api_key_digest(salt, api_key))
         return row is not None
+
+    def key_accepted(self) -> None:
+        """The platform accepted a request made with this run's key (a delivery, an event it
+        held already, a read answered 2xx): now, and only now, a rotated key replaces the one
+        remembered, as a new state adopts its first key with its first delivery. A key the
+        platform refused (a typo passed with --key-rotated) leaves the state as it was."""
+        if self.old_key_kept:
+            self._keep_api_key(replace=True)
+            self.old_key_kept = False
+
+    def old_key_note(self) -> str | None:
+        """What a --key-rotated run that ends with the old key still remembered says in its summary."""
+        if not self.old_key_kept:
+            return None
+        return (
+            f"--key-rotated: the platform accepted no request made with this API key, so --state {self.path} still "
+            "remembers the old key; pass --key-rotated again on a run the platform answers (a send that delivers, or a reconcile)"
+        )
 
     def _keep_api_key(self, *, replace: bool) -> None:
         """Remember (a digest of) this run's API key: `replace` the one remembered (the key was
@@ -389,8 +408,8 @@ class State:
 
     def _keep_destination(self) -> None:
         """With its first delivery, the state adopts this run's destination, key source and API
-        key (a state from before they were kept too): from then on it holds for no other. It
-        adds this run's scope source to those it delivered with."""
+        key (a state from before they were kept too; a rotated key replaces the old one): from
+        then on it holds for no other. It adds this run's scope source to those it delivered with."""
         self.db.execute("INSERT OR IGNORE INTO destinations VALUES (?, ?, datetime('now'))", (self.target, self.url))
         if self.key_source is not None:
             self.db.execute("INSERT OR IGNORE INTO key_sources VALUES (?, ?, datetime('now'))", (self.target, self.key_source))
@@ -398,7 +417,9 @@ class State:
             self.db.execute(
                 "INSERT OR IGNORE INTO scope_sources VALUES (?, ?, datetime('now'))", (self.target, self.scope_source)
             )
-        if self._api_key is not None:
+        if self.old_key_kept:
+            self.key_accepted()
+        elif self._api_key is not None:
             self._keep_api_key(replace=False)
         self._destination_kept = True
 

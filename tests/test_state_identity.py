@@ -204,6 +204,80 @@ def test_reconcile_refuses_another_key_unless_told_it_was_rotated(segbill, tmp_p
         no_secret(refused.stderr, rotated.stdout, rotated.stderr, later.stdout, state=tmp_path / "s.db")
 
 
+STILL_OLD = "the platform accepted no request made with this API key, so --state s.db still remembers the old key"
+
+
+def test_a_rotated_key_the_platform_refuses_is_never_remembered(segbill, tmp_path: Path) -> None:
+    """A typo passed with --key-rotated (401) must not lock the state out of the right key."""
+    write(tmp_path / "in.jsonl", jsonl(*messages(20)))
+    write(tmp_path / "more.jsonl", jsonl(*messages(10, prefix="x")))
+    with FakePlatform(api_key=KEY_A) as fake:
+        assert segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
+        typo = segbill("send", "more.jsonl", "--to", "lago", "--state", "s.db", "--key-rotated", "--json", env=env(fake, KEY_B))
+        summary = orjson.loads(typo.stdout)
+        assert typo.exit_code == 3 and summary["delivered"] == 0 and "rejected the API key" in summary["stopped"]
+        assert [w for w in summary["warnings"] if STILL_OLD in w] == summary["warnings"] != []
+        human = segbill("send", "more.jsonl", "--to", "lago", "--state", "s.db", "--key-rotated", env=env(fake, KEY_B))
+        assert human.exit_code == 3 and STILL_OLD in " ".join((human.stdout + human.stderr).split())
+        right = segbill("send", "more.jsonl", "--to", "lago", "--state", "s.db", "--json", env=env(fake))
+        assert right.exit_code == 0 and orjson.loads(right.stdout)["delivered"] == 10
+        no_secret(typo.stdout, typo.stderr, human.stdout, human.stderr, right.stdout, state=tmp_path / "s.db")
+        assert len(fake.counts("lago")) == 30
+
+
+def test_a_rotated_key_is_remembered_once_the_platform_answers_a_request_made_with_it(segbill, tmp_path: Path) -> None:
+    """Every file finished: the rotated send sends nothing, so the state keeps the old key and
+    says so; a reconcile that reads with the new key (or a send that delivers) adopts it."""
+    write(tmp_path / "in.jsonl", jsonl(*messages(20)))
+    with FakePlatform(api_key=KEY_A) as fake:
+        assert segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
+        fake.api_key = KEY_B
+        idle = segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", "--key-rotated", "--json", env=env(fake, KEY_B))
+        summary = orjson.loads(idle.stdout)
+        assert idle.exit_code == 0 and summary["files_already_done"] == 1 and summary["requests"] == 0
+        assert len(summary["warnings"]) == 1 and STILL_OLD in summary["warnings"][0]
+        refused = segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake, KEY_B))
+        assert refused.exit_code == 2 and "the API key differs" in refused.stderr
+        assert segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake, KEY_A)).exit_code == 0
+        rotated = segbill(
+            "reconcile", "in.jsonl", "--to", "lago", "--state", "s.db", "--key-rotated", "--json", env=env(fake, KEY_B)
+        )
+        result = orjson.loads(rotated.stdout)
+        assert rotated.exit_code == 0 and result["found"] == 20 and result["warnings"] == []
+        later = segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake, KEY_B))
+        assert later.exit_code == 0
+        old = segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake, KEY_A))
+        assert old.exit_code == 2 and "the API key differs" in old.stderr
+        no_secret(idle.stdout, refused.stderr, rotated.stdout, rotated.stderr, old.stderr, state=tmp_path / "s.db")
+
+
+def test_an_answer_that_the_platform_held_the_events_already_accepts_a_rotated_key(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(*messages(10)))
+    write(tmp_path / "other.jsonl", jsonl(*messages(5, prefix="o")))
+    with FakePlatform(api_key=KEY_A) as fake:
+        assert segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
+        assert segbill("send", "other.jsonl", "--to", "lago", "--state", "elsewhere.db", env=env(fake)).exit_code == 0
+        fake.api_key = KEY_B
+        held = segbill("send", "other.jsonl", "--to", "lago", "--state", "s.db", "--key-rotated", "--json", env=env(fake, KEY_B))
+        summary = orjson.loads(held.stdout)
+        assert held.exit_code == 0 and summary["already_delivered"] == summary["delivered"] == 5 and summary["warnings"] == []
+        assert segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake, KEY_B)).exit_code == 0
+
+
+def test_reconcile_with_a_rotated_key_the_platform_refuses_keeps_the_old_key(segbill, tmp_path: Path) -> None:
+    write(tmp_path / "in.jsonl", jsonl(*messages(20)))
+    with FakePlatform(api_key=KEY_A) as fake:
+        assert segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
+        for args in (["--json"], []):
+            typo = segbill(
+                "reconcile", "in.jsonl", "--to", "lago", "--state", "s.db", "--key-rotated", *args, env=env(fake, KEY_B)
+            )
+            assert typo.exit_code == 3 and STILL_OLD in " ".join(typo.stdout.split()), typo.stdout
+            no_secret(typo.stdout, typo.stderr, state=tmp_path / "s.db")
+        right = segbill("reconcile", "in.jsonl", "--to", "lago", "--state", "s.db", "--json", env=env(fake))
+        assert right.exit_code == 0 and orjson.loads(right.stdout)["found"] == 20
+
+
 @pytest.mark.parametrize("rotated", [[], ["--key-rotated"]])
 def test_a_wrong_key_that_delivered_nothing_is_not_remembered(segbill, tmp_path: Path, rotated: list[str]) -> None:
     write(tmp_path / "in.jsonl", jsonl(*messages(10)))

@@ -172,8 +172,8 @@ KeyRotated = Annotated[
     typer.Option(
         "--key-rotated",
         help="The API key was rotated for the same organization: the --state file, which remembers (a digest of) the "
-        "key its events were delivered with and refuses another, remembers this one instead. A key for another "
-        "organization needs a new --state file.",
+        "key its events were delivered with and refuses another, remembers this one instead, once the platform accepts "
+        "a request made with it. A key for another organization needs a new --state file.",
     ),
 ]
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each answer before retrying.")]
@@ -565,6 +565,9 @@ def reconcile_command(
     except STORAGE_ERRORS as error:  # --missing or the ledger cannot be written (a full disk)
         result.stopped = _storage_failure(error, state)
     if ledger is not None:
+        note = ledger.old_key_note()
+        if note is not None:
+            result.warnings.append(note)
         try:
             ledger.close(save=result.stopped is None)
         except sqlite3.Error as error:

@@ -81,6 +81,7 @@ def render_reconcile(result: Reconciliation, stream: IO[str], *, terminal: bool)
             lines = [f"{key}: {row['missing']:,} missing, {row['extra']:,} extra" for key, row in worst.items()]
             rows.append((f"worst {dimension}", "", "\n".join(lines)))
     rows.append(("requests", f"{result.requests:,}", f"reads of the platform, {result.retries:,} retries"))
+    rows.extend(("warning", text, "") for text in result.warnings)
     if not result.expected and result.complete:
         rows.append(("nothing reconciled", "0", "no event in the input would be sent: check the paths and filters"))
     write_table(title, rows, stream, terminal)

@@ -62,6 +62,7 @@ class Reader(Protocol):
 
     requests: int
     retries: int
+    accepted: bool  # a read was answered 2xx: the platform takes the key (see `State.key_accepted`)
     page_size: int  # events one page of `events` lists
 
     async def __aenter__(self) -> Self: ...

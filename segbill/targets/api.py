@@ -52,6 +52,7 @@ class ApiReader:
         self.slots = asyncio.Semaphore(READ_CONCURRENCY)
         self.requests = 0
         self.retries = 0
+        self.accepted = False  # a read was answered 2xx: the platform takes this key
         self.failure: ReadFailed | None = None  # the first read that failed: every later one fails with it
 
     async def __aenter__(self) -> Self:
@@ -110,6 +111,7 @@ class ApiReader:
             raise ReadFailed(redirected(self.host, status, response.headers, urlsplit(self.base + path).path))
         if not 200 <= status < 300:
             raise ReadFailed(f"{self.host} answered HTTP {status} reading {path} ({_excerpt(response.content)})")
+        self.accepted = True
         try:
             body = orjson.loads(response.content)
         except orjson.JSONDecodeError:
