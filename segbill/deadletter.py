@@ -11,6 +11,7 @@ import base64
 import contextlib
 import os
 import re
+import stat
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,8 @@ DEFAULT_PATH = "segbill-dead-letter.jsonl"
 DEAD_LETTER_MARKER = "segbill_dead_letter"
 # In a dead-letter entry written by `segbill reconcile`: the platform does not hold this event.
 MISSING_MARKER = "missing_on_platform"
+# How much of an existing file's first line is read to tell whether it holds dead letters.
+FIRST_LINE_PROBE = 1 << 16
 
 
 class DeadLetterWriteError(Exception):
@@ -185,6 +188,28 @@ def written_by_dry_runs(path: Path) -> bool:
     except orjson.JSONDecodeError:
         return False
     return isinstance(entry, dict) and entry.get("dry_run") is True
+
+
+def holds_other_data(path: Path) -> bool:
+    """Whether an existing file is no dead-letter file, so that appending entries would spoil
+    it (a config, another shard's state, an export): a regular file, not empty, whose first line
+    is no segbill entry (`DEAD_LETTER_MARKER` 1, as `_unwrap` reads it). At most
+    `FIRST_LINE_PROBE` bytes are read: a longer first line is an entry if it starts as segbill
+    writes one, with the marker. A FIFO or a device is written as it is, never read."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return False
+    with open(path, "rb") as handle:
+        first = handle.readline(FIRST_LINE_PROBE)
+    if not first:
+        return False
+    if len(first) == FIRST_LINE_PROBE and not first.endswith(b"\n"):
+        return not first.startswith(b'{"' + DEAD_LETTER_MARKER.encode() + b'":1,')
+    try:
+        entry = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return True
+    marker = entry.get(DEAD_LETTER_MARKER) if isinstance(entry, dict) else None
+    return type(marker) is not int or marker != 1
 
 
 def _open_private(path: Path) -> BinaryIO:

@@ -412,6 +412,68 @@ def test_the_dead_letter_file_under_another_name_is_refused_as_an_input(
     assert len(dead.read_bytes().splitlines()) == 1 and len(fake.requests()) == requests
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+@pytest.mark.parametrize("name", ["cfg.toml", "hard.toml", "soft.toml"])
+@pytest.mark.parametrize("mapping", [b"", b'[lago]\ntransaction_id = "messageId"\n'], ids=["empty", "lago"])
+def test_a_dead_letter_path_that_is_the_config_file_is_refused(
+    segbill, fake: FakePlatform, tmp_path: Path, dry_run: list[str], name: str, mapping: bytes
+) -> None:
+    """Dead letters appended to the mapping file would make the next run's --config invalid
+    TOML (an empty file too, which is a valid mapping): refused by any name, before anything is read."""
+    config = write(tmp_path / "cfg.toml", mapping)
+    os.link(config, tmp_path / "hard.toml")
+    (tmp_path / "soft.toml").symlink_to(config)
+    write(tmp_path / "in.jsonl", jsonl(track(userId=None)))  # would be dead-lettered
+    run = segbill(
+        "send", "in.jsonl", "--to", "lago", "--config", "cfg.toml", *dry_run, dead_letter=name, env=platform_env(fake.url)
+    )
+    error = [line for line in run.stderr.splitlines() if not line.startswith("segbill: warning:")]  # an empty mapping warns
+    assert run.exit_code == 2 and run.stdout == "" and len(error) == 1, run.stderr
+    assert error[0].startswith(f"segbill: error: --dead-letter {name} and --config cfg.toml are one file")
+    assert config.read_bytes() == mapping and fake.requests() == []
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+@pytest.mark.parametrize(
+    "held",
+    [
+        None,  # another shard's state file
+        b'[lago]\ntransaction_id = "messageId"\n',
+        jsonl(track(), track(messageId="msg-2")),  # an export
+        b'{"segbill_dead_letter": true, "reason": "not segbill\'s marker"}\n',
+        b"\n\nnotes\n",
+    ],
+    ids=["state", "toml", "export", "other-marker", "blank-first-line"],
+)
+def test_a_dead_letter_path_holding_something_else_is_refused(
+    segbill, fake: FakePlatform, tmp_path: Path, dry_run: list[str], held: bytes | None
+) -> None:
+    write(tmp_path / "in.jsonl", jsonl(track(userId=None)))
+    if held is None:
+        send(segbill, fake.url, str(write(tmp_path / "shard.jsonl", jsonl(track()))), "--state", "other")
+    else:
+        write(tmp_path / "other", held)
+    before, requests = (tmp_path / "other").read_bytes(), len(fake.requests())
+    run = segbill("send", "in.jsonl", "--to", "lago", *dry_run, dead_letter="other", env=platform_env(fake.url))
+    assert run.exit_code == 2 and run.stdout == "" and run.stderr.count("\n") == 1, run.stderr
+    assert "--dead-letter other holds something else (its first line is no segbill dead-letter entry)" in run.stderr
+    assert (tmp_path / "other").read_bytes() == before and len(fake.requests()) == requests
+
+
+def test_an_empty_file_or_a_dead_letter_file_takes_dead_letters(segbill, fake: FakePlatform, tmp_path: Path) -> None:
+    """A first entry longer than what is read of it (a long unreadable line, kept whole) still
+    reads as a dead-letter file."""
+    write(tmp_path / "long.jsonl", b"{" + b"x" * 100_000 + b"\n")
+    write(tmp_path / "in.jsonl", jsonl(track(userId=None)))
+    write(tmp_path / "empty.jsonl", b"")
+    for dead in ("dead.jsonl", "dead.jsonl", "empty.jsonl"):
+        run, summary = send(segbill, fake.url, "long.jsonl", "in.jsonl", "--dead-letter", dead)
+        assert run.exit_code == 1 and summary is not None and summary["dead_lettered"] == 2, run.stderr
+    assert len((tmp_path / "dead.jsonl").read_bytes().splitlines()) == 4
+    assert len((tmp_path / "dead.jsonl").read_bytes().splitlines()[0]) > 100_000
+    assert len((tmp_path / "empty.jsonl").read_bytes().splitlines()) == 2
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -20,7 +20,7 @@ from segbill.cli.inspect import inspect_command
 from segbill.cli.progress import Progress
 from segbill.cli.summary import render_summary
 from segbill.cli.usage import fail, hold_closed_streams, inputs, interruptible, report_stream, say_empty, streaming_gc, warn
-from segbill.deadletter import DEFAULT_PATH, written_by_dry_runs
+from segbill.deadletter import DEFAULT_PATH, holds_other_data, written_by_dry_runs
 from segbill.mapping import Mapping
 from segbill.mapping_file import ConfigError
 from segbill.mapping_file import load as load_mapping
@@ -318,7 +318,7 @@ def send(
         dead_letter = Path(DEFAULT_PATH)
     _check_own_files({dead_letter_option: dead_letter, "--state": state}, sources)
     if dead_letter is not None:
-        _check_dead_letter_path(dead_letter, sources)
+        _check_dead_letter_path(dead_letter, sources, config)
         if dry_run_:
             _replace_dry_run_dead_letters(dead_letter)
     window = _window(since, until)
@@ -845,7 +845,9 @@ def _total_bytes(sources: list[Source]) -> int | None:
     return sum(source.size or 0 for source in sources)
 
 
-def _check_dead_letter_path(dead_letter: Path, sources: list[Source]) -> None:
+def _check_dead_letter_path(dead_letter: Path, sources: list[Source], config: Path | None) -> None:
+    """A dead-letter path segbill can append to without spoiling what is there: never an input,
+    the --config file, nor any existing file that is no dead-letter file (its first line)."""
     if dead_letter.is_dir():
         fail(f"--dead-letter {dead_letter} is a folder; give a file path.")
     if not dead_letter.parent.is_dir():
@@ -875,6 +877,22 @@ def _check_dead_letter_path(dead_letter: Path, sources: list[Source]) -> None:
         fail(  # a link: moving it moves the link, a copy is another file
             f"{source.name} is the dead-letter file {dead_letter} under another name (a link): reading it while "
             f"writing it would never end. Send a copy (cp {source.name} {retry}) or pass another --dead-letter."
+        )
+    if config is not None and _one_file(dead_letter, config):
+        fail(
+            f"--dead-letter {dead_letter} and --config {config} are one file{_alias(dead_letter, config)}: dead letters "
+            "appended to it would spoil the mapping; give --dead-letter a path of its own."
+        )
+    try:
+        other = holds_other_data(dead_letter)
+    except OSError as error:
+        fail(
+            f"--dead-letter {dead_letter}: cannot read it to see that it holds dead letters ({error.strerror}); pass --dead-letter PATH."
+        )
+    if other:
+        fail(
+            f"--dead-letter {dead_letter} holds something else (its first line is no segbill dead-letter entry): "
+            "dead letters appended to it would spoil it; give a new path, or that of a dead-letter file."
         )
 
 
