@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
@@ -83,16 +83,54 @@ def is_redirect(status: int) -> bool:
     return 300 <= status < 400
 
 
-def redirected(host: str, status: int, headers: httpx.Headers, path: str) -> str:
-    """Why a redirect stops the run, naming where it points as far as a person needs it: the
-    Location's scheme and host only (never a user, path or query, which may carry a token)."""
-    location = urlsplit(headers.get("location", "").strip())
-    to = location.netloc.rpartition("@")[2]
-    if to:
-        where = f"{location.scheme}://{to}" if location.scheme else to
+class Redirected(Exception):
+    """A 3xx answer, stopped by `refuse_redirects`: what `redirected` names it from."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(response.status_code)
+        self.status = response.status_code
+        self.headers = response.headers
+        self.url = str(response.request.url)
+
+
+async def refuse_redirects(response: httpx.Response) -> None:
+    """A client's response hook: a 3xx ends the request here, before httpx reads its Location
+    to build the request it would follow with (it does so even when not following), which a
+    Location it cannot use (javascript:alert(1)) would turn into an error of its own."""
+    if is_redirect(response.status_code):
+        raise Redirected(response)
+
+
+def redirected(url: str, api_path: str, status: int, headers: httpx.Headers) -> str:
+    """Why a redirect of a request to `url` (a base URL, then the API's `api_path`) stops the
+    run, naming where it points as far as a person needs it: the Location, read as a client
+    would (relative to `url`), by its scheme and host, plus the base it implies when its path
+    ends with `api_path` (a self-hosted Lago moved under a prefix such as /lago); never a
+    user, query or fragment, which may carry a token. A Location without a host says so."""
+    request = urlsplit(url)
+    host = request.netloc.rpartition("@")[2]
+    given = headers.get("location", "").strip()
+    try:
+        location = urlsplit(urljoin(url, given))
+    except ValueError:  # such as an unclosed [ in the host
+        location = None
+    if not given:
+        where = "an address it does not give"
+    elif location is None:
+        where = "an address that is no URL"
+    elif not location.netloc:
+        where = f"a {location.scheme}: address, which names no host"  # javascript:, mailto:; a relative one has the request's
     else:
-        where = "another path on the same host" if location.path else "an address it does not give"
-    return f"{host} redirects to {where} (HTTP {status} for {path}); segbill follows no redirect: use the URL it points to"
+        to = f"{location.scheme}://{location.netloc.rpartition('@')[2]}"
+        if location.path.endswith(api_path):
+            where = to + quote(location.path.removesuffix(api_path).rstrip("/"), safe="/%:@!$&'()*+,;=")
+        elif to == f"{request.scheme}://{host}":
+            where = "another path on the same host"
+        else:
+            where = to
+    return (
+        f"{host} redirects to {where} (HTTP {status} for {request.path}); segbill follows no redirect: use the URL it points to"
+    )
 
 
 def backoff(attempt: int) -> float:
@@ -463,12 +501,12 @@ class Sender:
             response = await self.client.post(self.endpoint, content=body, headers=self.headers)
         except httpx.RequestError as error:  # transport errors, timeouts, an undecodable answer
             return 0, b"", None, _describe(error)
+        except Redirected as redirect:
+            raise Fatal(redirected(redirect.url, self.target.batch_path, redirect.status, redirect.headers)) from None
         _unbind(response)
         status = response.status_code
         if status in FATAL_STATUSES:
             raise Fatal(f"{self.host} {FATAL_STATUSES[status]} (HTTP {status} for {urlsplit(self.endpoint).path})")
-        if is_redirect(status):
-            raise Fatal(redirected(self.host, status, response.headers, urlsplit(self.endpoint).path))
         self.pacer.observe(response.headers)
         self.concurrency.ceiling(self.pacer.pace)
         wait = None
@@ -500,7 +538,11 @@ class HttpSink:
         width = self.options.concurrency or AUTO_MAX_CONCURRENCY
         limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
         client = httpx.AsyncClient(
-            limits=limits, timeout=httpx.Timeout(self.options.timeout), trust_env=False, transport=self._transport
+            limits=limits,
+            timeout=httpx.Timeout(self.options.timeout),
+            trust_env=False,
+            transport=self._transport,
+            event_hooks={"response": [refuse_redirects]},
         )
         self._sender = Sender(self.target, self.options, outcomes, client)
 

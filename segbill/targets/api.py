@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from segbill.delivery import Pacer, _describe, _excerpt, backoff, is_redirect, redirected, retryable, wait_hint
+from segbill.delivery import Pacer, Redirected, _describe, _excerpt, backoff, redirected, refuse_redirects, retryable, wait_hint
 from segbill.targets import X_RATELIMIT, RateHeaders
 
 READ_CONCURRENCY = 4  # reads in flight; Lago Cloud allows 50 a second on these endpoints
@@ -47,7 +47,9 @@ class ApiReader:
         self.host = urlsplit(options.url).netloc.rpartition("@")[2]  # host:port, never a user:password@
         self.headers = {"Authorization": f"Bearer {options.api_key}", "Accept": "application/json"}
         limits = httpx.Limits(max_connections=READ_CONCURRENCY, max_keepalive_connections=READ_CONCURRENCY)
-        self.client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(options.timeout), trust_env=False)
+        self.client = httpx.AsyncClient(
+            limits=limits, timeout=httpx.Timeout(options.timeout), trust_env=False, event_hooks={"response": [refuse_redirects]}
+        )
         self.pacer = Pacer(None, rates)
         self.slots = asyncio.Semaphore(READ_CONCURRENCY)
         self.requests = 0
@@ -76,6 +78,9 @@ class ApiReader:
                     answer = await self.client.get((base or self.base) + path, params=params, headers=self.headers)
                 except httpx.RequestError as error:  # transport errors, timeouts
                     last = _describe(error)
+                except Redirected as redirect:  # the URL is wrong for every read
+                    failed = ReadFailed(redirected(redirect.url, path, redirect.status, redirect.headers))
+                    raise self._failed(failed) from None
                 else:
                     response, last = answer, f"HTTP {answer.status_code}"
                     self.pacer.observe(answer.headers)
@@ -107,8 +112,6 @@ class ApiReader:
         status = response.status_code
         if status in FATAL_READS:
             raise ReadFailed(f"{self.host} {FATAL_READS[status]} (HTTP {status} for {urlsplit(self.base + path).path})")
-        if is_redirect(status):
-            raise ReadFailed(redirected(self.host, status, response.headers, urlsplit(self.base + path).path))
         if not 200 <= status < 300:
             raise ReadFailed(f"{self.host} answered HTTP {status} reading {path} ({_excerpt(response.content)})")
         self.accepted = True
