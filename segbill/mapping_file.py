@@ -7,6 +7,7 @@ The field names of each table are its platform's (`Target.fields`, `Target.amoun
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -125,6 +126,8 @@ def _property_rules(properties: Any, where: str, target: Target) -> PropertyRule
             _not_protected(key, target, f"{where}.constants.{key}")
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise ConfigError(f"{where}.constants.{key}: must be a string or a number.")
+            if isinstance(value, float) and not math.isfinite(value):  # JSON has no nan or inf: sent as null
+                raise ConfigError(f"{where}.constants.{key}: must be a finite number, not {value}.")
         changes["constants"] = {key: exact(value) for key, value in constants.items()}
     if "separator" in properties:
         separator = properties["separator"]

@@ -214,6 +214,14 @@ def test_an_amount_that_is_not_a_number_is_dead_lettered(segbill, tmp_path: Path
             "segbill.toml: lago.properties.constants.a: must be a string or a number.",
         ),
         (
+            "[lago.properties]\nconstants = { unit_price = nan }\n",
+            "lago.properties.constants.unit_price: must be a finite number, not nan.",
+        ),
+        (
+            "[hyperline.properties]\nconstants = { cap = -inf }\n",
+            "hyperline.properties.constants.cap: must be a finite number, not -inf.",
+        ),
+        (
             "[lago.properties]\nseparator = ''\n",
             "segbill.toml: lago.properties.separator: must be a non-empty string such as \"_\", not ''.",
         ),
