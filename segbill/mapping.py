@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -479,9 +480,39 @@ class Skipped(Exception):
         self.reason = reason
 
 
-_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+\d*|[A-Z]+\d*|\d+")
+_WORDS = re.compile(r"A+(?=Aa)|A?a+0*|A+0*|0+|u+0*")
+"""The words of a name, read on its shape (`_shape`): "HTTPRequest" -> HTTP, Request; "v2" one word."""
 
 
 def snake_case(name: str) -> str:
-    """ "API Call" -> api_call, "Order Completed" -> order_completed, "pageView" -> page_view, "v2 Upload" -> v2_upload."""
-    return "_".join(word.lower() for word in _WORDS.findall(name)) or name
+    """ "API Call" -> api_call, "Order Completed" -> order_completed, "pageView" -> page_view, "v2 Upload" -> v2_upload;
+    in any script: "Über Ride" -> über_ride, "注文 完了" -> 注文_完了."""
+    words = (name[word.start() : word.end()].lower() for word in _WORDS.finditer(_shape(name)))
+    return "_".join(words) or name
+
+
+def _shape_of(char: str) -> str:
+    """A character's part in a word: "A" upper (or title) case, "a" lower case, "u" a letter of a
+    script without case (注), "0" a digit, " " none (a space, punctuation, "_")."""
+    if char.isupper() or char.istitle():
+        return "A"
+    if char.islower():
+        return "a"
+    if char.isalpha():
+        return "u"
+    return "0" if char.isdecimal() else " "
+
+
+_ASCII_SHAPES = str.maketrans({chr(code): _shape_of(chr(code)) for code in range(128)})
+
+
+def _shape(name: str) -> str:
+    """The name, one shape (`_shape_of`) per character; a combining mark (the accent of a
+    decomposed "é", a Devanagari vowel sign) is part of the letter before it."""
+    if name.isascii():
+        return name.translate(_ASCII_SHAPES)
+    shapes: list[str] = []
+    for char in name:
+        mark = unicodedata.category(char).startswith("M")
+        shapes.append((shapes[-1] if shapes else " ") if mark else _shape_of(char))
+    return "".join(shapes)

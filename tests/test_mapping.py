@@ -84,6 +84,25 @@ other = "snake_case"
     assert summary["skipped_by_reason"] == {"excluded": 1, "identify": 1, "not_included": 1}
 
 
+def test_snake_case_keeps_the_letters_and_digits_of_every_script(segbill, tmp_path: Path) -> None:
+    """Dropping non-ASCII letters merged codes ("Über Ride" and "ber ride" both ber_ride) and kept
+    a space in a name without ASCII letters."""
+    names = ["Über Ride", "ber ride", "Café Visited", "注文 完了", "LINE連携", "Cafe\u0301 Opened", "ऑर्डर पूरा", "API Call"]
+    messages = [track(messageId=f"m{n}", event=name) for n, name in enumerate(names)]
+    run = dry(segbill, tmp_path, '[lago.events]\nother = "snake_case"\n', messages)
+    assert run.exit_code == 0
+    assert [e["code"] for e in run.events] == [
+        "über_ride",
+        "ber_ride",
+        "café_visited",
+        "注文_完了",
+        "line_連携",
+        "cafe\u0301_opened",
+        "ऑर्डर_पूरा",
+        "api_call",
+    ]
+
+
 def test_property_include_exclude_rename_and_constants(segbill, tmp_path: Path) -> None:
     config = """
 [lago.properties]
@@ -339,6 +358,10 @@ def test_a_missing_config_file_exits_2(segbill, tmp_path: Path) -> None:
         ("HTTPRequest sent", "http_request_sent"),
         ("v2 Upload", "v2_upload"),
         ("already_snake", "already_snake"),
+        ("Order-Completed (v2)!", "order_completed_v2"),
+        ("iOS App Opened", "i_os_app_opened"),
+        ("ABC123def", "abc123_def"),
+        ("!!!", "!!!"),
     ],
 )
 def test_snake_case(name: str, expected: str) -> None:
