@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import gzip
 import os
+import pty
 import random
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -130,6 +133,32 @@ def platform_env(url: str) -> dict[str, str]:
 def process_env(url: str) -> dict[str, str]:
     """The environment of a `python -m segbill` process that sends to the fake at `url`."""
     return {**os.environ, **platform_env(url)}
+
+
+def in_terminal(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    """Run `segbill ARGS` as a process whose stdout and stderr are a terminal (a pseudo-terminal,
+    200 columns): what a user at a terminal sees, rich tables included."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segbill", *args],
+        env={**os.environ, **env, "COLUMNS": "200"},
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the process closed its end
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return process.wait(timeout=60), output.decode(errors="replace")
 
 
 def assert_adds_up(summary: dict[str, Any]) -> dict[str, Any]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import IO
 
 from rich.console import Console
-from rich.table import Table
 
 from segbill.check import CheckResult, Group
+from segbill.cli.tables import literal_table
 from segbill.segment import iso_millis
 
 
@@ -73,10 +73,7 @@ def _span(group: Group) -> str:
 def write_table(title: str, rows: list[tuple[str, str, str]], stream: IO[str], terminal: bool) -> None:
     """A rich table on a terminal, plain indented lines for logs (shared with reconcile)."""
     if terminal:
-        table = Table(title=title, show_header=False, title_justify="left")
-        for name, value, note in rows:
-            table.add_row(name, value, note)
-        Console(file=stream).print(table)
+        Console(file=stream).print(literal_table(title, rows))
         return
     stream.write(title + "\n")
     for name, value, note in rows:

@@ -11,9 +11,9 @@ from typing import IO, Annotated, Any
 import orjson
 import typer
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from rich.table import Column
 
+from segbill.cli.tables import literal_table
 from segbill.cli.usage import fail, inputs, report_stream, say_empty, streaming_gc
 from segbill.inspection import Inspection, _fraction
 from segbill.report import ExitCode
@@ -164,14 +164,12 @@ def render_inspect(result: dict[str, Any], stream: IO[str], *, terminal: bool) -
         for line in header:
             console.print(line, markup=False)
         for section in sections:
-            table = Table(title=Text(section.title), title_justify="left", title_style="bold")
+            columns: list[Column] = []
             for name in section.columns:
                 number = name.startswith(">")
-                table.add_column(name.lstrip(">"), justify="right" if number else "left", no_wrap=number or name in _TIMES)
-            for row in section.rows:
-                table.add_row(*(Text(cell) for cell in row))  # names from the input are not markup
+                columns.append(Column(name.lstrip(">"), justify="right" if number else "left", no_wrap=number or name in _TIMES))
             console.print()
-            console.print(table)
+            console.print(literal_table(section.title, section.rows, columns, title_style="bold"))
             for note in section.notes:
                 console.print(note, markup=False)
         return

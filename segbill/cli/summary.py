@@ -7,8 +7,8 @@ from collections import Counter
 from typing import IO
 
 from rich.console import Console
-from rich.table import Table
 
+from segbill.cli.tables import literal_table
 from segbill.report import Tally
 
 RESUMED_SHOWN = 3  # files named in the human summary's "resumed at"; --json lists them all
@@ -77,11 +77,8 @@ def render_summary(tally: Tally, stream: IO[str], *, terminal: bool) -> None:
     rows.extend(("warning", text, "") for text in tally.warnings)
     advice = _next_step(tally)
     if terminal:
-        table = Table(title=title, show_header=False, title_justify="left")
-        for name, value, note in rows:
-            table.add_row(name, value, note)
         console = Console(file=stream, stderr=True)
-        console.print(table)
+        console.print(literal_table(title, rows))
         if advice:
             console.print(advice, markup=False, highlight=False)
         return
