@@ -224,9 +224,31 @@ def _empty_gzip(source: Source, raw: BinaryIO) -> bool:
 
 
 def _decompressing(raw: BinaryIO) -> BinaryIO:
-    if raw.peek(2)[:2] == GZIP_MAGIC:  # type: ignore[attr-defined]
-        return _Inflating(raw)  # type: ignore[return-value]
-    return raw
+    head = raw.peek(2)[:2]  # type: ignore[attr-defined]
+    stream = raw
+    if len(head) == 1:  # what one read of a pipe gave: its writer may have sent the first byte alone
+        head = raw.read(2)  # both bytes, or the end
+        stream = _ReadAhead(head, raw)  # type: ignore[assignment]
+    if head == GZIP_MAGIC:
+        return _Inflating(stream)  # type: ignore[return-value]
+    return stream
+
+
+class _ReadAhead:
+    """A stream whose first bytes were read to tell gzip from text, handed out again first."""
+
+    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+        self._head = head
+        self._raw = raw
+
+    def read1(self, size: int) -> bytes:
+        if not self._head:
+            return self._raw.read1(size)  # type: ignore[attr-defined, no-any-return]
+        data: bytes = self._head + self._raw.read1(max(size - len(self._head), 1))  # type: ignore[attr-defined]
+        self._head = b""
+        return data
+
+    read = read1
 
 
 class _Inflating:

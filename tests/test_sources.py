@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
 import subprocess
 import sys
+import termios
+import threading
 from pathlib import Path
 
 import orjson
 import pytest
 
+from segbill.segment import UTF8_BOM
 from segbill.sources import MAX_LINE_BYTES, UsageError, expand, read_lines
 
 from .conftest import jsonl, track, write
@@ -155,6 +159,41 @@ def test_without_python_isal_gzip_is_inflated_by_zlib() -> None:
     code = "import sys; sys.modules['isal'] = None; from segbill import sources; print(sources.decompressobj.__module__)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "zlib"
+
+
+def unread(fd: int) -> int:
+    """How many bytes a pipe holds that its reader has not read yet."""
+    held = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, held)
+    return int.from_bytes(held, sys.byteorder)
+
+
+@pytest.mark.parametrize("form", ["gzip", "text with a BOM"])
+def test_a_pipe_whose_writer_sends_the_first_byte_alone_is_read_whole(tmp_path: Path, form: str) -> None:
+    """A read of a pipe gives what its writer has sent: one byte could not tell gzip from text,
+    and every line of a gzip export was a not_utf8 dead letter. The bytes read ahead are read again."""
+    lines = jsonl(*(track(messageId=f"m{i}") for i in range(3)))
+    data = gzip.compress(lines) if form == "gzip" else UTF8_BOM + lines
+    reader, writer = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segbill", "send", "-", "--to", "lago", "--dry-run", "--json"],
+        cwd=tmp_path,
+        stdin=reader,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    os.write(writer, data[:1])
+    while unread(reader):  # until segbill has read the first byte, alone
+        assert process.poll() is None, process.communicate()
+        threading.Event().wait(0.01)
+    os.write(writer, data[1:])
+    os.close(writer)
+    os.close(reader)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert [orjson.loads(line)["transaction_id"] for line in stdout.splitlines()] == ["m0", "m1", "m2"]
+    summary = orjson.loads(stderr.strip().splitlines()[-1])
+    assert summary["read"] == summary["converted"] == 3
 
 
 def test_a_pipe_with_state_is_read_whole_and_never_read_twice(segbill, tmp_path: Path) -> None:
