@@ -165,6 +165,20 @@ def test_a_lossy_send_plus_foreign_events_is_reconciled_exactly_and_the_missing_
         assert "(customer, event_type) pairs" in table.stdout and "worst event_types" in table.stdout
 
 
+def test_a_customer_id_of_dots_is_read_as_that_customer_not_as_the_list(segbill, tmp_path: Path) -> None:
+    """httpx resolves the dot segments of a path: /v1/customers/. was read as /v1/customers
+    (the list of customers on Hyperline, answered 200: billable), and .. as /v1."""
+    messages = [track(messageId=f"m{i}", userId=customer) for i, customer in enumerate([".", "..", "ok"])]
+    path = write(tmp_path / "export.jsonl", jsonl(*messages))
+    with FakePlatform(api_key=KEY, hyperline_customers=[".", "ok"]) as fake:
+        code, result = run_json(segbill, fake, "check", str(path))
+        assert code == 1 and result["stopped"] is None
+        assert result["verdicts"] == {"billable": 2, "unknown_customer": 1}
+        assert [top["customer_id"] for top in result["top"]["unknown_customer"]] == [".."]
+        paths = sorted(r.path for r in fake.requests("hyperline"))
+        assert paths == ["/v1/customers/%2E", "/v1/customers/%2E%2E", "/v1/customers/ok"]
+
+
 def test_a_complete_hyperline_backfill_reconciles_with_one_count_per_pair(segbill, tmp_path: Path) -> None:
     path = write(tmp_path / "export.jsonl", jsonl(*export(300)))
     with FakePlatform(api_key=KEY) as fake:

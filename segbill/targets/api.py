@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Self
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import orjson
@@ -20,6 +20,14 @@ READ_CONCURRENCY = 4  # reads in flight; Lago Cloud allows 50 a second on these 
 FATAL_READS = {401: "rejected the API key", 403: "refused this API key", 404: "has no such endpoint"}
 
 Params = dict[str, str | int | list[str]]
+
+
+def path_segment(value: str) -> str:
+    """`value` as one segment of a URL's path, whatever it holds: "/" is escaped, and so are the
+    dots of "." and "..", which httpx would otherwise resolve away (`/v1/customers/.` is
+    `/v1/customers`, the list of customers)."""
+    escaped = quote(value, safe="")
+    return escaped.replace(".", "%2E") if escaped in (".", "..") else escaped
 
 
 @dataclass(frozen=True)

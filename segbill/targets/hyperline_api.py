@@ -5,14 +5,14 @@ limit on every answer); lists are paged by take/skip through `meta.total`."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
 
 from segbill.segment import iso_millis, parse_time
 from segbill.targets import X_RATELIMIT, Judge, RateHeaders
-from segbill.targets.api import ApiReader, ReadFailed, ReadOptions
+from segbill.targets.api import ApiReader, ReadFailed, ReadOptions, path_segment
 
 TAKE = 100  # the largest page GET /v1/events gives
 CUSTOMERS = "/v1/customers/"
@@ -50,7 +50,7 @@ class HyperlineReader(ApiReader):
 
     async def customer_exists(self, customer: str) -> bool:
         try:
-            await self.get(CUSTOMERS + quote(customer, safe=""), base=self.api)
+            await self.get(CUSTOMERS + path_segment(customer), base=self.api)
         except UnknownCustomer:
             return False
         return True

@@ -14,11 +14,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from segbill.segment import iso_millis, parse_time
 from segbill.targets import Judge
-from segbill.targets.api import ApiReader, Params, ReadFailed
+from segbill.targets.api import ApiReader, Params, ReadFailed, path_segment
 
 PER_PAGE = 100  # lago-api's default page size; larger pages are not documented
 SUBSCRIPTION_STATUSES = ("active", "pending", "terminated", "canceled")
@@ -159,9 +158,7 @@ class LagoReader(ApiReader):
         listed = [
             item async for item in self.pages("/api/v1/invoices", "invoices", params) if item.get("status") in INVOICE_STATUSES
         ]
-        shown = await asyncio.gather(
-            *(self.get(f"/api/v1/invoices/{quote(str(item.get('lago_id')), safe='')}") for item in listed)
-        )
+        shown = await asyncio.gather(*(self.get(f"/api/v1/invoices/{path_segment(str(item.get('lago_id')))}") for item in listed))
         periods = []
         for body in shown:
             invoice = body.get("invoice") or {}
