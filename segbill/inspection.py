@@ -79,6 +79,7 @@ from segbill.segment import (
     parsed_exactly,
 )
 from segbill.sources import Source, read_records
+from segbill.targets import flatten
 
 MAX_EVENTS = 1000
 MAX_KEYS = 200
@@ -237,6 +238,7 @@ class _Track:
     message_id: str | None
     properties_ok: bool
     flat: list[tuple[str, Any]]
+    property_conflict: bool
     looked_up: list[tuple[_Field, Any]]
 
 
@@ -332,12 +334,13 @@ class Inspection:
             message_id = None
         properties = message.get("properties")
         flat: list[tuple[str, Any]] = []
-        too_deep = False
+        too_deep = conflict = False
         if type(properties) is dict:
             try:
                 _flatten(properties, "", flat)
             except RecursionError:  # nested about a thousand deep: send dead-letters it (too_deep)
                 flat, too_deep = [], True
+            conflict = len({key for key, _ in flat}) < len(flat) and _send_refuses(properties)
         looked_up = []
         for path, candidate in self._lookups:
             value = lookup(message, path)
@@ -351,6 +354,7 @@ class Inspection:
             message_id,
             properties is None or (type(properties) is dict and not too_deep),
             flat,
+            conflict,
             looked_up,
         )
 
@@ -377,7 +381,7 @@ class Inspection:
         for candidate, value in track.looked_up:
             candidate.count(value)
         flat = track.flat
-        if len(flat) > 1 and len({key for key, _ in flat}) < len(flat):
+        if track.property_conflict:
             self.property_conflicts += 1
         if track.event is None:
             self.without_event += 1
@@ -501,8 +505,8 @@ def inspect_sources(sources: Iterable[Source], **options: Any) -> dict[str, Any]
 
 def _flatten(values: dict[str, Any], prefix: str, out: list[tuple[str, Any]]) -> None:
     """Nested objects -> dotted keys, as `targets.flatten` joins them, but every value as read
-    (nulls, empty objects and colliding keys kept): their types and collisions are what is counted,
-    where `targets.flatten` converts values for a platform and refuses a collision."""
+    (nulls, empty objects and colliding keys kept): their types are what is counted, where
+    `targets.flatten` converts values for a platform and refuses a collision (`_send_refuses`)."""
     for name, value in values.items():
         kind = type(value)
         if kind is dict and value:
@@ -511,6 +515,17 @@ def _flatten(values: dict[str, Any], prefix: str, out: list[tuple[str, Any]]) ->
         if kind is float:
             check_exact(value)
         out.append((prefix + name, value))
+
+
+def _send_refuses(properties: dict[str, Any]) -> bool:
+    """Whether send dead-letters these properties as a property_conflict, by its own flattening:
+    it drops nulls and empty objects first, so `{"a.b": null, "a": {"b": 2}}` is no conflict there
+    though `_flatten` keeps both keys. Asked only where `_flatten` made a key twice."""
+    try:
+        flatten(properties, keep_scalar_lists=True)
+    except Invalid as error:
+        return error.kind == "property_conflict"
+    return False
 
 
 def _id_text(value: Any) -> str | None:

@@ -347,6 +347,29 @@ def test_track_checks_and_property_types() -> None:
     assert (user["messages"], user["unusable"], user["distinct"]) == (3, 1, 2)  # "user-1" twice, 42; "" unusable
 
 
+def test_property_conflicts_are_the_messages_send_dead_letters_for_one(segbill, tmp_path: Path) -> None:
+    """send drops nulls and empty objects before two keys can meet: only "both" collides there."""
+    messages = [
+        track(messageId="null", properties={"a.b": None, "a": {"b": 2}}),
+        track(messageId="empty", properties={"a.b": {}, "a": {"b": 2}}),
+        track(messageId="nested-null", properties={"a": {"b": None}, "a.b": 1}),
+        track(messageId="both", properties={"a.b": 1, "a": {"b": 2}}),
+    ]
+    path = write(tmp_path / "in.jsonl", jsonl(*messages))
+    sent = segbill("send", str(path), "--to", "lago", "--dry-run", "--json")
+    assert orjson.loads(sent.stderr.strip().splitlines()[-1])["dead_lettered_by_reason"] == {"property_conflict": 1}
+    assert [entry["record"]["messageId"] for entry in sent.dead_letters] == ["both"]
+    assert report(str(path))["track"]["property_conflicts"] == 1
+    assert "  two properties, one flat key         1  dead-letters them\n" in run(str(path)).stdout
+
+
+def test_track_messages_without_a_readable_time_are_said_in_words(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.jsonl", jsonl(track(timestamp="bad"), track(messageId="m2", timestamp=None)))
+    out = run(str(path)).stdout
+    assert "Track messages: 2, none with a readable time (send dead-letters them).\n" in out
+    assert "None" not in out
+
+
 def test_customer_ids_are_counted_as_send_bills_them() -> None:
     """7, 7.0 and "7" are one customer for send; a boolean, an object and 7.5 are refused."""
     users: list[Any] = [7, 7.0, "7", True, {"id": 7}, 7.5]

@@ -69,7 +69,10 @@ def _sections(result: dict[str, Any]) -> tuple[list[str], list[_Section]]:
     if not track["messages"]:
         header.append("No track messages: nothing here would be billed.")
         return header, sections
-    header.append(f"Track messages: {_n(track['messages'])}, from {track['first_time']} to {track['last_time']}.")
+    if track["first_time"] is None:
+        header.append(f"Track messages: {_n(track['messages'])}, none with a readable time (send dead-letters them).")
+    else:
+        header.append(f"Track messages: {_n(track['messages'])}, from {track['first_time']} to {track['last_time']}.")
 
     quality = _Section("Track message checks", ("check", ">messages", "what send does"))
     quality.rows += [
