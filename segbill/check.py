@@ -124,10 +124,13 @@ class CheckResult:
         }
 
 
-def run_check(options: Options, reading: ReadOptions) -> CheckResult:
-    """Check what a send of `options` would deliver; an interrupt ends it with what was counted."""
+def run_check(options: Options, reading: ReadOptions, *, state_key: str | None = None) -> CheckResult:
+    """Check what a send of `options` would deliver; an interrupt ends it with what was counted.
+    `state_key`: the API key the state must have delivered with (send --check, unless the key
+    was rotated): a state that delivered with another is refused, as the send's would be,
+    before anything is read."""
     platform = options.target.require_reading()
-    replay = Replay(replace(options, dry_run=True, dead_letter=None), keep_lines=False)
+    replay = Replay(replace(options, dry_run=True, dead_letter=None), keep_lines=False, api_key=state_key)
     result = CheckResult(replay.tally, platform)
 
     async def run() -> None:

@@ -278,6 +278,30 @@ def test_reconcile_with_a_rotated_key_the_platform_refuses_keeps_the_old_key(seg
         assert right.exit_code == 0 and orjson.loads(right.stdout)["found"] == 20
 
 
+def test_send_check_refuses_another_key_before_reading_the_platform(segbill, tmp_path: Path) -> None:
+    """--check read the platform with the other key (and passed, had that organization billed the
+    events) before the send's state refused it; with --key-rotated it checks, then sends."""
+    write(tmp_path / "in.jsonl", jsonl(*messages(14)))
+    write(tmp_path / "more.jsonl", jsonl(*messages(7, prefix="x")))
+    with FakePlatform(api_key=KEY_A) as fake:
+        fake.add_billable_metric("API Call")
+        for customer in range(7):
+            fake.add_subscription(f"cus_{customer}", started_at="2023-01-01T00:00:00Z")
+        assert segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
+        fake.api_key = KEY_B
+        requests = len(fake.requests("lago"))
+        refused = segbill("send", "more.jsonl", "--to", "lago", "--state", "s.db", "--check", env=env(fake, KEY_B))
+        assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
+        assert refused.stderr.startswith("segbill: error: --state s.db: the API key differs from the one its events were")
+        assert len(fake.requests("lago")) == requests
+        rotated = segbill(
+            "send", "more.jsonl", "--to", "lago", "--state", "s.db", "--check", "--key-rotated", env=env(fake, KEY_B)
+        )
+        assert rotated.exit_code == 0, rotated.stderr
+        assert "--check: all 7 events will be billed" in rotated.stderr and len(fake.counts("lago")) == 21
+        no_secret(refused.stderr, rotated.stdout, rotated.stderr, state=tmp_path / "s.db")
+
+
 @pytest.mark.parametrize("rotated", [[], ["--key-rotated"]])
 def test_a_wrong_key_that_delivered_nothing_is_not_remembered(segbill, tmp_path: Path, rotated: list[str]) -> None:
     write(tmp_path / "in.jsonl", jsonl(*messages(10)))

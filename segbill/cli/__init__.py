@@ -357,7 +357,7 @@ def send(
         options.url = _destination(delivery.url)
     try:
         if check_first:
-            _check_before_sending(options, delivery, json_)
+            _check_before_sending(options, delivery, json_, key_rotated)
         replay = Replay(
             options,
             warn=warn,
@@ -604,10 +604,11 @@ def _storage_failure(error: Exception, state: Path | None) -> str:
     return f"cannot write the state file {state} ({error})" if isinstance(error, sqlite3.Error) else str(error)
 
 
-def _check_before_sending(options: Options, delivery: DeliveryOptions | None, as_json: bool) -> None:
+def _check_before_sending(options: Options, delivery: DeliveryOptions | None, as_json: bool, key_rotated: bool) -> None:
     """send --check: the check of exactly what this send would deliver (the state's ledger
-    included); anything the platform would not bill stops the send before it starts. With
-    --json, a check that stops the send prints its object on stdout, as the send's would be."""
+    included, and its refusals: one refused reads nothing); anything the platform would not bill
+    stops the send before it starts. With --json, a check that stops the send prints its object
+    on stdout, as the send's would be."""
     from segbill.check import run_check
     from segbill.cli.check import render_check
     from segbill.targets.api import ReadOptions
@@ -618,7 +619,8 @@ def _check_before_sending(options: Options, delivery: DeliveryOptions | None, as
         fail(f"--check works with a {' or '.join(gates)} send (not a dry run): it reads what decides billing; see segbill check.")
     _refuse_streams(options.sources, "--check reads the input twice (checking, then sending)")
     with streaming_gc(), interruptible():
-        result = run_check(options, ReadOptions(delivery.url, delivery.api_key, delivery.timeout, delivery.max_retries))
+        read_options = ReadOptions(delivery.url, delivery.api_key, delivery.timeout, delivery.max_retries)
+        result = run_check(options, read_options, state_key=None if key_rotated else delivery.api_key)
     if as_json and (result.tally.interrupted or result.stopped is not None or result.unbilled):
         _report(result.as_dict(), lambda out: None)  # a cron's `--json >> runs.jsonl` keeps why nothing was sent
     if result.tally.interrupted:
