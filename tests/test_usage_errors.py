@@ -48,6 +48,21 @@ def test_an_empty_api_url_is_a_usage_error_not_the_production_host(segbill, expo
     assert_usage_error(run, "--api-url is empty (an unset variable?)")
 
 
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [("send", "--rate", "nan"), ("send", "--grace", "inf"), ("send", "--timeout", "nan"), ("check", "--timeout", "inf")],
+)
+def test_a_number_of_seconds_or_events_per_second_must_be_finite(
+    segbill, export: Path, command: str, option: str, value: str
+) -> None:
+    """click's ranges let nan and inf through: --timeout nan stopped the send with an internal error."""
+    with FakePlatform(api_key=KEY) as fake:
+        run = segbill(command, str(export), "--to", "lago", option, value, env={"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY})
+        assert fake.requests() == []
+    assert run.exit_code == 2 and run.stdout == "" and not run.dead_letter.exists()
+    assert f"Invalid value for '{option}': {value} is not a finite number." in run.stderr
+
+
 @pytest.mark.parametrize(("target", "variable"), [("lago", "LAGO_API_URL"), ("hyperline", "HYPERLINE_API_URL")])
 def test_an_empty_url_variable_is_a_usage_error(segbill, export: Path, target: str, variable: str) -> None:
     key = "LAGO_API_KEY" if target == "lago" else "HYPERLINE_API_KEY"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import sys
@@ -68,6 +69,14 @@ def _main(
 
 
 # -- options: declared once, for every command that takes them ---------------------------------
+
+
+def _finite(value: float | None) -> float | None:
+    """A number of seconds or events per second: click's ranges let nan and inf through."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number.")
+    return value
+
 
 Paths = Annotated[
     list[str] | None,
@@ -176,7 +185,9 @@ KeyRotated = Annotated[
         "a request made with it. A key for another organization needs a new --state file.",
     ),
 ]
-Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each answer before retrying.")]
+Timeout = Annotated[
+    float, typer.Option("--timeout", min=0.1, callback=_finite, help="Seconds to wait for each answer before retrying.")
+]
 ReadRetries = Annotated[
     int, typer.Option("--max-retries", min=0, help="Retries of a read after a transient failure before the run stops (exit 3).")
 ]
@@ -269,7 +280,12 @@ def send(
     rate: Annotated[
         float | None,
         typer.Option(
-            "--rate", min=0.001, metavar="EVENTS/S", help="Send at most this many events per second.", show_default=False
+            "--rate",
+            min=0.001,
+            callback=_finite,
+            metavar="EVENTS/S",
+            help="Send at most this many events per second.",
+            show_default=False,
         ),
     ] = None,
     timeout: Timeout = 30.0,
@@ -284,7 +300,10 @@ def send(
     grace: Annotated[
         float,
         typer.Option(
-            "--grace", min=0, help="On SIGINT/SIGTERM, seconds to let requests in flight finish; a second signal stops at once."
+            "--grace",
+            min=0,
+            callback=_finite,
+            help="On SIGINT/SIGTERM, seconds to let requests in flight finish; a second signal stops at once.",
         ),
     ] = 10.0,
     quiet: Annotated[
