@@ -5,7 +5,8 @@ Worker `w` of `N` converts the files `w`, `w + N`, `w + 2N`... in order (`Conver
 the same code a one-process run uses) and hands back each record's result, with the event
 already serialized and its idempotency key read. The run takes the files' results in input
 order, so it prints, sends, claims and dead-letters exactly what one process would, in the same
-order. Each worker converts at most `AHEAD` records ahead of what the run has taken: memory
+order. With `--state`, a worker also reads each event's scope digest (`scope_digests`), which
+the ledger keeps with its claim. Each worker converts at most `AHEAD` records ahead of what the run has taken: memory
 stays flat whatever the size of the input, and files of similar size (an export's hourly
 objects) keep every worker busy; a file much larger than `AHEAD` records among small ones
 converts at about one core's speed while the others wait.
@@ -39,6 +40,7 @@ import msgspec
 from segbill.pipeline import Conversion, Options, Result, position_of
 from segbill.segment import Origin, Record, dumps
 from segbill.sources import Source, SourceUnreadable
+from segbill.state import scope_digests
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -67,7 +69,7 @@ CFS_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
 # A plain record (read from a file as one message, no dead-letter history) travels as its
 # origin's numbers and its bytes, in msgpack; any other record travels whole, pickled, with
 # [its index among those] in its place.
-_PLAIN_EVENT = 7  # (line, offset, end, raw, event bytes, event time, key)
+_PLAIN_EVENT = 8  # (line, offset, end, raw, event bytes, event time, key, scope digest or None)
 _PLAIN_UNSELECTED = 6  # (line, offset, end, reason, event time, key): an event the selection leaves out
 _PLAIN_SKIP = 4  # (line, offset, end, reason)
 
@@ -201,19 +203,19 @@ def _results(
             for item in _DECODE_PLAIN(plain):
                 size = len(item)
                 if size == _PLAIN_EVENT:
-                    line, offset, end, raw, event, millis, key = item
-                    yield Record(_new_origin(Origin, (path, line, offset, end)), raw), event, millis, key
+                    line, offset, end, raw, event, millis, key, scope = item
+                    yield Record(_new_origin(Origin, (path, line, offset, end)), raw), event, millis, key, scope
                 elif size == _PLAIN_SKIP:
                     line, offset, end, reason = item
                     yield Record(_new_origin(Origin, (path, line, offset, end)), b""), reason
                 elif size == _PLAIN_UNSELECTED:
                     line, offset, end, reason, millis, key = item
-                    yield Record(_new_origin(Origin, (path, line, offset, end)), b""), reason, millis, key
+                    yield Record(_new_origin(Origin, (path, line, offset, end)), b""), reason, millis, key, None
                 else:
                     other = others[item[0]]
                     if type(other[1]) is tuple:
-                        record, (event, millis, key) = other
-                        yield record, event, millis, key
+                        record, (event, millis, key, scope) = other
+                        yield record, event, millis, key, scope
                     else:
                         yield other
         elif kind == "end":
@@ -304,6 +306,7 @@ def _convert(conversion: Conversion, source: Source, position: dict[str, int], k
     """One file's results, then what the conversion noted on the way (see `_results`)."""
     options = conversion.options
     key_of = options.target.key
+    scope_of = None if options.state is None else scope_digests(options.target)
     done: list[int | None] = [None]
 
     def progress(read: int) -> None:
@@ -312,7 +315,7 @@ def _convert(conversion: Conversion, source: Source, position: dict[str, int], k
     items: list[tuple[Any, ...] | list[int]] = []
     others: list[tuple[Any, ...]] = []
     for result in conversion.results(source, progress, position):
-        item = _compact(result, key_of, keep_lines)
+        item = _compact(result, key_of, scope_of, keep_lines)
         if type(item[0]) is int:
             items.append(item)
         else:  # a record that travels whole: in the pickled list, its place in the plain one
@@ -327,26 +330,33 @@ def _convert(conversion: Conversion, source: Source, position: dict[str, int], k
     conversion.outside_window, conversion.inside_window = 0, False
 
 
-def _compact(result: Result, key_of: Callable[[dict[str, Any]], str], keep_lines: bool) -> tuple[Any, ...]:
-    """A result as it travels: the event serialized, its key read, a plain record as numbers
-    (and its line, if the run keeps the lines of events)."""
+def _compact(
+    result: Result,
+    key_of: Callable[[dict[str, Any]], str],
+    scope_of: Callable[[dict[str, Any]], bytes] | None,
+    keep_lines: bool,
+) -> tuple[Any, ...]:
+    """A result as it travels: the event serialized, its key (and with `scope_of`, its scope
+    digest) read, a plain record as numbers (and its line, if the run keeps the lines of events)."""
     record = result[0]
     plain = record.index is None and record.first_source is None and not record.missing_on_platform
-    if len(result) == 4:
-        _, event, millis, key = result
+    if len(result) == 5:
+        _, event, millis, key, _ = result
         if type(event) is str:  # left out by the selection: only its key travels, to be claimed
             if plain and record.invalid is None:
                 origin = record.origin
                 return origin.line, origin.offset, origin.end, event, millis, key
             record.drop_message()
-            return record, (event, millis, key)
+            return record, (event, millis, key, None)
         assert isinstance(event, dict)  # as converted: a worker serializes it
         data = dumps(event)
+        scope = None if scope_of is None else scope_of(event)
         if plain and record.invalid is None:
             origin = record.origin
-            return origin.line, origin.offset, origin.end, record.raw if keep_lines else b"", data, millis, key_of(event)
+            raw = record.raw if keep_lines else b""
+            return origin.line, origin.offset, origin.end, raw, data, millis, key_of(event), scope
         record.drop_message()
-        return record, (data, millis, key_of(event))
+        return record, (data, millis, key_of(event), scope)
     outcome = result[1]
     if plain and type(outcome) is str:
         origin = record.origin

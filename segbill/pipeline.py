@@ -34,7 +34,7 @@ from segbill.segment import (
 )
 from segbill.sink import Item
 from segbill.sources import Source, SourceUnreadable, read_lines, read_records
-from segbill.state import Checkpoint, Claim, Frontier, Mode, OtherScope, State
+from segbill.state import Checkpoint, Claim, Frontier, Mode, OtherScope, State, scope_digests
 from segbill.targets import Target
 
 TOO_DEEP = "The message nests objects or lists too deep to convert (about a thousand levels)."
@@ -63,13 +63,13 @@ Event: TypeAlias = dict[str, Any] | bytes
 # A claimed event: (record, converted event, idempotency key, sent in): `sent in` names the
 # request an earlier run sent it in without an answer (see `State.sending`), else None.
 Claimed: TypeAlias = tuple[Record, Event, str, int | None]
-# What a record read becomes (`Conversion.results`): (record, event, event time, its key or None:
-# read from the event when claimed); for an event the run's selection (--since/--until,
-# --shard) leaves out, (record, the reason it is skipped, event time, its key): it still claims
-# its key, never sent; or (record, outcome): a `str`, the reason it is skipped, or an
-# `Invalid`, why it is dead-lettered.
-Converted: TypeAlias = tuple[Record, Event, int, str | None]
-Unselected: TypeAlias = tuple[Record, str, int, str]
+# What a record read becomes (`Conversion.results`): (record, event, event time, its key and
+# its scope digest (`scope_digests`), or None: read from the event when claimed); for an event
+# the run's selection (--since/--until, --shard) leaves out, (record, the reason it is skipped,
+# event time, its key, None): it still claims its key, never sent; or (record, outcome): a
+# `str`, the reason it is skipped, or an `Invalid`, why it is dead-lettered.
+Converted: TypeAlias = tuple[Record, Event, int, str | None, bytes | None]
+Unselected: TypeAlias = tuple[Record, str, int, str, None]
 Result: TypeAlias = Converted | Unselected | tuple[Record, str | Invalid]
 T = TypeVar("T")
 
@@ -208,10 +208,10 @@ class Conversion:
         if shard is not None:
             owner = _written_by(record, shard[1])
             if (shard_of(fields.customer, shard[1]) if owner is None else owner) != shard[0]:
-                return record, "other_shard", millis, self.options.target.key(event)
+                return record, "other_shard", millis, self.options.target.key(event), None
         if early or late:
-            return record, "before_since" if early else "after_until", millis, self.options.target.key(event)
-        return record, event, millis, None
+            return record, "before_since" if early else "after_until", millis, self.options.target.key(event), None
+        return record, event, millis, None, None
 
     def _not_billable(self, kind: Any) -> str | Invalid:
         if self.options.shard is not None and self.options.shard[0] != 0:
@@ -281,6 +281,9 @@ class Replay:
         # `Options.partial`): only then is each record held until its outcome is final.
         self._partial = options.partial()
         self._tracking = self.state.mode is Mode.WRITE and not self._partial
+        # The ledger keeps each event's scope and kind, to resend only in the same (a run that
+        # keeps nothing holds no earlier run's requests: it needs none).
+        self._scope_of = None if self.state.mode is Mode.MEMORY else scope_digests(options.target)
 
     def _may_not_forget(self) -> bool:
         """Whether the state refuses to forget the events reconcile found missing
@@ -329,7 +332,7 @@ class Replay:
                         hold(record)
                     if earlier is not None and earlier.holds(record):
                         self.skip(record, "dead_lettered_before")
-                    elif len(result) == 4:
+                    elif len(result) == 5:
                         pending.append(result)
                         if len(pending) >= chunk:
                             due = tally.read + CLAIM_CHUNK * 4
@@ -404,7 +407,11 @@ class Replay:
                 else:
                     pending.append(item)
         key_of = self.options.target.key
-        keys = [(key_of(event) if key is None else key, millis) for _, event, millis, key in pending]  # type: ignore[arg-type]
+        keys = [(key_of(event) if key is None else key, millis) for _, event, millis, key, _ in pending]  # type: ignore[arg-type]
+        scope_of = self._scope_of
+        scopes = None
+        if scope_of is not None:  # read here from an event converted here; a worker's came with it
+            scopes = [scope_of(event) if type(event) is dict else scope for _, event, _, _, scope in pending]
         missing = [
             key
             for key, (record, event, *_) in zip(keys, pending, strict=False)
@@ -412,9 +419,9 @@ class Replay:
         ]
         if missing:
             self.tally.missing_resent += self.state.forget(missing)
-        outside = {at for at, (_, event, _, _) in enumerate(pending) if type(event) is str} if self._partial else ()
-        for (key, _), verdict in zip(keys, self.state.claim(keys, outside), strict=False):
-            record, event, _, _ = pending.popleft()
+        outside = {at for at, (_, event, _, _, _) in enumerate(pending) if type(event) is str} if self._partial else ()
+        for (key, _), verdict in zip(keys, self.state.claim(keys, outside, scopes), strict=False):
+            record, event, _, _, _ = pending.popleft()
             if isinstance(event, str):  # left out by the selection: claimed, never sent
                 self.skip(record, event)
                 continue

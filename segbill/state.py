@@ -3,14 +3,17 @@
 With `--state PATH` it persists between runs. A run that keeps nothing (no `--state`, or a dry
 run) holds its own claims in a `KeyIndex` in memory instead, in front of the ledger it reads.
 
-- ledger: (target, key) -> the event time (ms) the key was sent with, and whether the platform
-  acknowledged it. Rows with `delivered = 0` are this run's claims on keys not yet sent; they are
+- ledger: (target, key) -> the event time (ms) the key was sent with, whether the platform
+  acknowledged it, and until it does, a digest of the event's scope and kind (`scope_digests`).
+  Rows with `delivered = 0` are this run's claims on keys not yet sent; they are
   removed if the event is not delivered, and at the end of the run and the start of the next.
   A record outside the run's selection (--since/--until, --shard) claims its key too, with such a
   row, never sent, released or marked: a later copy is a repeat, as in a run over everything,
   and no later run sees the claim. A negative `delivered`
   names the request an event was last sent in, before its answer came: whether it is stored is
-  unknown (see `sending`), so the row outlives the run.
+  unknown (see `sending`), so the row outlives the run, and only a copy in the same scope and
+  kind is sent again (see `_repeat`). Rows of a ledger from before the digest was kept have
+  none: a copy with the same key and time is sent again, whatever its scope and kind.
 - checkpoints: per selection (the options that decide which records a run bills, and how) and
   input file (path, size, fingerprint of its first bytes): the byte offset and line number before
   which every record has its final outcome, and whether the file is done.
@@ -42,15 +45,16 @@ import os
 import random
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from segbill.mapping import described, described_scope
 from segbill.segment import Record
 from segbill.sources import Source
-from segbill.targets import get_target
+from segbill.targets import Target, get_target
 
 FINGERPRINT_BYTES = 65536
 # INSERT ... RETURNING (SQLite 3.35+) claims a chunk of keys in one statement.
@@ -59,7 +63,7 @@ RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 # schema those an older state lacks, so that it reads them as empty without writing the file.
 _TABLES = {
     "ledger": """(
-    target TEXT NOT NULL, key TEXT NOT NULL, millis INTEGER NOT NULL, delivered INTEGER NOT NULL,
+    target TEXT NOT NULL, key TEXT NOT NULL, millis INTEGER NOT NULL, delivered INTEGER NOT NULL, scope BLOB,
     PRIMARY KEY (target, key)
 ) WITHOUT ROWID""",
     "checkpoints": """(
@@ -288,57 +292,94 @@ class State:
 
     # -- the duplicate index -----------------------------------------------------------------
 
-    def claim(self, keys: list[tuple[str, int]], outside: Collection[int] = ()) -> list[Claim]:
+    def claim(
+        self, keys: list[tuple[str, int]], outside: Collection[int] = (), scopes: Sequence[bytes | None] | None = None
+    ) -> list[Claim]:
         """For each (key, millis): NEW (now claimed for this run) or why it must not be sent.
         `outside`: the positions of keys claimed for records outside the run's selection, never
         sent: such a key is never a RESEND (an earlier run's unanswered request is the business
-        of the run that selects its records), and a later copy in the selection still may be."""
+        of the run that selects its records), and a later copy in the selection still may be.
+        `scopes`: each event's scope and kind (`scope_digests`), kept with its claim, so that
+        only a copy in the same ones is sent again if its request goes unanswered (`_repeat`);
+        None where unknown (an event outside the selection, never sent)."""
+        if scopes is None:
+            scopes = [None] * len(keys)
         if self._index is not None:
-            return self._claim_in_memory(keys, outside)
+            return self._claim_in_memory(keys, outside, scopes)
         if not RETURNING:
-            return self._claim_in_two_steps(keys, outside)
+            return self._claim_in_two_steps(keys, outside, scopes)
         inserted: set[str] = set()
+        target = self.target
         for start in range(0, len(keys), 300):  # one statement inserts up to 300 rows, each once
             chunk = keys[start : start + 300]
-            values = ",".join(["(?, ?, ?, 0)"] * len(chunk))
-            params = [item for key, millis in chunk for item in (self.target, key, millis)]
+            values = ",".join(["(?, ?, ?, 0, ?)"] * len(chunk))
+            params = [
+                item
+                for (key, millis), scope in zip(chunk, scopes[start : start + 300], strict=True)
+                for item in (target, key, millis, scope)
+            ]
             rows = self.db.execute(f"INSERT INTO ledger VALUES {values} ON CONFLICT DO NOTHING RETURNING key", params)
             inserted.update(row[0] for row in rows)
         if len(inserted) == len(keys):
             return [Claim.NEW] * len(keys)
         known = self._rows([key for key, _ in keys if key not in inserted])  # stored before
         verdicts = []
-        for at, (key, millis) in enumerate(keys):
+        for at, ((key, millis), scope) in enumerate(zip(keys, scopes, strict=True)):
             if key in inserted and key not in known:  # the first occurrence, inserted just now
-                known[key] = (millis, 0)
+                known[key] = (millis, 0, scope)
                 verdicts.append(Claim.NEW)
             else:
-                verdicts.append(self._repeat(key, millis, *known[key], outside=at in outside))
+                verdicts.append(self._repeat(key, millis, scope, *known[key], outside=at in outside))
         return verdicts
 
-    def _repeat(self, key: str, millis: int, known_millis: int, delivered: int, *, outside: bool = False) -> Claim:
+    def _repeat(
+        self,
+        key: str,
+        millis: int,
+        scope: bytes | None,
+        known_millis: int,
+        delivered: int,
+        known_scope: bytes | None,
+        *,
+        outside: bool = False,
+    ) -> Claim:
         """The verdict on a key the ledger holds: a repeat, unless an earlier run sent it and
-        never heard back (the first time this run meets it in its selection). A key this run
-        sent itself, still waiting for its answer, is a plain repeat."""
+        never heard back (the first time this run meets it in its selection) in the same scope
+        and kind: there the platform absorbs it if the first request was stored. In another
+        (another customer, a changed mapping) it would be a second event, billed beside the
+        first: a repeat, as in one run over everything, where the first copy is billed. Its
+        other contents do not count (its properties may differ after a mapping change: the
+        resend is still absorbed). A row kept without a scope (`known_scope` None: a ledger
+        from before they were) is resent on its key and time alone. A key this run sent
+        itself, still waiting for its answer, is a plain repeat."""
         if known_millis != millis:
             return Claim.SHIFTED
-        if delivered < 0 and not outside and delivered not in self._requests and key not in self.resending:
+        if (
+            delivered < 0
+            and not outside
+            and delivered not in self._requests
+            and key not in self.resending
+            and (known_scope is None or known_scope == scope)
+        ):
             self.resending[key] = -delivered
             return Claim.RESEND
         return Claim.DUPLICATE
 
-    def _rows(self, keys: list[str]) -> dict[str, tuple[int, int]]:
-        found: dict[str, tuple[int, int]] = {}
+    def _rows(self, keys: list[str]) -> dict[str, tuple[int, int, bytes | None]]:
+        """(millis, delivered, scope) of each of `keys` the ledger holds."""
+        found: dict[str, tuple[int, int, bytes | None]] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self.db.execute(
-                f"SELECT key, millis, delivered FROM ledger WHERE target = ? AND key IN ({marks})", [self.target, *chunk]
+                f"SELECT key, millis, delivered, scope FROM ledger WHERE target = ? AND key IN ({marks})", [self.target, *chunk]
             )
-            found.update((key, (millis, delivered)) for key, millis, delivered in rows)
+            found.update((key, (millis, delivered, scope)) for key, millis, delivered, scope in rows)
         return found
 
-    def _claim_in_memory(self, keys: list[tuple[str, int]], outside: Collection[int]) -> list[Claim]:
+    def _claim_in_memory(
+        self, keys: list[tuple[str, int]], outside: Collection[int], scopes: Sequence[bytes | None]
+    ) -> list[Claim]:
         """`claim` for a run that keeps nothing: its claims are in the `KeyIndex`. A key it does
         not hold may be in the ledger (an earlier run's, read by a dry run): it is judged by the
         ledger's row, each time, and never claimed."""
@@ -357,35 +398,39 @@ class State:
                 return [Claim.NEW] * len(found)
             return [_verdict(known, millis) for known, millis in zip(found, times, strict=False)]
         verdicts = []
-        for at, ((key, millis), hashed) in enumerate(zip(keys, hashes, strict=False)):
+        for at, ((key, millis), hashed, scope) in enumerate(zip(keys, hashes, scopes, strict=True)):
             if key in earlier:
-                verdicts.append(self._repeat(key, millis, *earlier[key], outside=at in outside))
+                verdicts.append(self._repeat(key, millis, scope, *earlier[key], outside=at in outside))
             else:
                 verdicts.append(_verdict(index.claim([hashed], [millis])[0], millis))
         return verdicts
 
-    def _claim_in_two_steps(self, keys: list[tuple[str, int]], outside: Collection[int]) -> list[Claim]:
+    def _claim_in_two_steps(
+        self, keys: list[tuple[str, int]], outside: Collection[int], scopes: Sequence[bytes | None]
+    ) -> list[Claim]:
         """`claim` for SQLite before 3.35 (no RETURNING): look the keys up, then insert the new."""
         found = self._rows([key for key, _ in keys])
         verdicts = []
         new = []
-        for at, (key, millis) in enumerate(keys):
+        for at, ((key, millis), scope) in enumerate(zip(keys, scopes, strict=True)):
             known = found.get(key)
             if known is None:
-                found[key] = (millis, 0)
-                new.append((self.target, key, millis))
+                found[key] = (millis, 0, scope)
+                new.append((self.target, key, millis, scope))
                 verdicts.append(Claim.NEW)
             else:
-                verdicts.append(self._repeat(key, millis, *known, outside=at in outside))
+                verdicts.append(self._repeat(key, millis, scope, *known, outside=at in outside))
         if new:
-            self.db.executemany("INSERT INTO ledger VALUES (?, ?, ?, 0)", new)
+            self.db.executemany("INSERT INTO ledger VALUES (?, ?, ?, 0, ?)", new)
         return verdicts
 
     def sending(self, keys: list[str]) -> None:
         """Mark keys as sent together in one request, durably, before it leaves. If its answer
         never comes (a kill, a lost answer, a stop), they may be stored: a later run resends
         them together, never beside new events, because a Lago before v1.39 refusing a batch
-        for a duplicate still stores its other events (without their fees or wallet updates)."""
+        for a duplicate still stores its other events (without their fees or wallet updates).
+        Each row keeps the scope and kind its claim gave it (`claim`): a later copy elsewhere
+        is not resent (`_repeat`)."""
         if self.mode is not Mode.WRITE:
             return
         request = -random.getrandbits(62) - 1
@@ -404,7 +449,9 @@ class State:
             return
         if self.url is not None and keys and not self._destination_kept:
             self._keep_destination()
-        self.db.executemany("UPDATE ledger SET delivered = 1 WHERE target = ? AND key = ?", [(self.target, key) for key in keys])
+        self.db.executemany(
+            "UPDATE ledger SET delivered = 1, scope = NULL WHERE target = ? AND key = ?", [(self.target, key) for key in keys]
+        )
 
     def _keep_destination(self) -> None:
         """With its first delivery, the state adopts this run's destination, key source and API
@@ -495,7 +542,7 @@ class State:
         deduplication, a resend counts twice until a merge). Returns how many."""
         rows = [(self.target, key, millis) for key, millis in keys]
         return self.db.executemany(
-            "UPDATE ledger SET delivered = 1 WHERE target = ? AND key = ? AND millis = ? AND delivered < 0", rows
+            "UPDATE ledger SET delivered = 1, scope = NULL WHERE target = ? AND key = ? AND millis = ? AND delivered < 0", rows
         ).rowcount
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -720,6 +767,23 @@ def _find(bucket: bytearray, tail: bytes, entry: int) -> int:
     return at
 
 
+def scope_digests(target: Target) -> Callable[[dict[str, Any]], bytes] | None:
+    """How the ledger names the scope and kind of a converted event (`Reading.place`: Lago's
+    subscription and code, Hyperline's customer and event type): 8 bytes of a BLAKE2s digest,
+    two distinct pairs alike with probability 2^-64. None for a platform with no `Reading`."""
+    reading = target.reading
+    if reading is None:
+        return None
+    scope_field, kind_field = reading.scope, reading.kind
+    blake2s = hashlib.blake2s
+
+    def digest(event: dict[str, Any]) -> bytes:
+        scope = str(event[scope_field])
+        return blake2s(f"{len(scope)}:{scope}{event[kind_field]}".encode("utf-8", "surrogatepass")).digest()[:8]
+
+    return digest
+
+
 def _connect(path: Path | None, mode: Mode) -> sqlite3.Connection:
     """The state's database as `mode` uses it; with no file (no --state, or a dry run's state
     that does not exist yet), an empty one of the run's own."""
@@ -739,6 +803,8 @@ def _connect(path: Path | None, mode: Mode) -> sqlite3.Connection:
                 db.execute("DROP TABLE checkpoints")
         if path is None or mode is Mode.WRITE:
             db.executescript(_SCHEMA)
+            if not _ledger_keeps_scopes(db):
+                db.execute("ALTER TABLE ledger ADD COLUMN scope BLOB")
         if mode is Mode.READ:
             _read_without_writing(db)
     except BaseException:
@@ -783,10 +849,16 @@ def _read_without_writing(db: sqlite3.Connection) -> None:
             db.execute(f"CREATE TEMP TABLE {name} {columns}")
     db.execute("CREATE TEMP TABLE forgotten (target TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (target, key)) WITHOUT ROWID")
     if "ledger" in present:
+        columns = "*" if _ledger_keeps_scopes(db) else "*, NULL AS scope"  # a send adds the column, empty
         db.execute(
-            "CREATE TEMP VIEW ledger AS SELECT * FROM main.ledger AS row WHERE delivered <> 0 AND NOT EXISTS "
+            f"CREATE TEMP VIEW ledger AS SELECT {columns} FROM main.ledger AS row WHERE delivered <> 0 AND NOT EXISTS "
             "(SELECT 1 FROM forgotten WHERE forgotten.target = row.target AND forgotten.key = row.key)"
         )
+
+
+def _ledger_keeps_scopes(db: sqlite3.Connection) -> bool:
+    """Whether the ledger has its `scope` column: a state from before scopes were kept has not."""
+    return any(row[1] == "scope" for row in db.execute("PRAGMA main.table_info(ledger)"))
 
 
 def _unselected_checkpoints(db: sqlite3.Connection) -> bool:

@@ -356,7 +356,8 @@ def test_a_dry_run_reads_a_state_without_changing_a_byte_or_adding_a_file(segbil
         assert segbill("send", "a.jsonl", "--to", "lago", "--state", "s.db", env=env(fake)).exit_code == 0
     forget_identity(tmp_path / "s.db")
     with closing(sqlite3.connect(tmp_path / "s.db")) as db, db:
-        db.execute("INSERT INTO ledger VALUES ('lago', 'm35', 1704067200000, 0)")  # a dead run's claim
+        # a dead run's claim
+        db.execute("INSERT INTO ledger (target, key, millis, delivered) VALUES ('lago', 'm35', 1704067200000, 0)")
     before = files(tmp_path)
     run = segbill("send", "b.jsonl", "--to", "lago", "--dry-run", "--state", "s.db", "--json")
     summary = orjson.loads(run.stderr.splitlines()[-1])
@@ -409,7 +410,7 @@ def test_a_dry_run_reads_what_a_killed_send_left_in_the_wal(segbill, tmp_path: P
     with closing(sqlite3.connect(tmp_path / "s.db", isolation_level=None)) as db:
         db.execute("PRAGMA wal_autocheckpoint=0")  # as a run killed before its connection closed
         db.execute("UPDATE ledger SET delivered = 1")
-        db.execute("INSERT INTO ledger SELECT target, 'x' || key, millis, 1 FROM ledger")
+        db.execute("INSERT INTO ledger (target, key, millis, delivered) SELECT target, 'x' || key, millis, 1 FROM ledger")
         for name in ("s.db", "s.db-wal", "s.db-shm"):
             shutil.copy(tmp_path / name, killed / name)
     write(killed / "x.jsonl", jsonl(*messages(30, prefix="xm")))

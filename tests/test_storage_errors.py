@@ -84,7 +84,7 @@ def test_a_full_disk_under_the_dead_letter_file_stops_a_dry_run_with_the_summary
 
 
 @pytest.mark.parametrize(
-    ("limit", "checkpointed"), [(95_000, False), (150_000, True)]
+    ("limit", "checkpointed"), [(120_000, False), (180_000, True)]
 )  # the first checkpoint fails, or a later one
 def test_a_full_disk_under_the_state_stops_with_the_summary_and_the_rerun_resumes(
     tmp_path: Path, fake: FakePlatform, limit: int, checkpointed: bool
