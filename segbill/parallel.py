@@ -3,10 +3,9 @@ the dead letters, the checkpoints and the summary, so every guarantee holds unch
 
 Worker `w` of `N` converts the files `w`, `w + N`, `w + 2N`... in order (`Conversion.results`,
 the same code a one-process run uses) and hands back each record's result, with the event
-already serialized and its idempotency key read. The run takes the files' results in input
+already serialized and its idempotency key (with `--state`, its scope digest too) read. The run takes the files' results in input
 order, so it prints, sends, claims and dead-letters exactly what one process would, in the same
-order. With `--state`, a worker also reads each event's scope digest (`scope_digests`), which
-the ledger keeps with its claim. Each worker converts at most `AHEAD` records ahead of what the run has taken: memory
+order. Each worker converts at most `AHEAD` records ahead of what the run has taken: memory
 stays flat whatever the size of the input, and files of similar size (an export's hourly
 objects) keep every worker busy; a file much larger than `AHEAD` records among small ones
 converts at about one core's speed while the others wait.

@@ -345,13 +345,12 @@ class State:
     ) -> Claim:
         """The verdict on a key the ledger holds: a repeat, unless an earlier run sent it and
         never heard back (the first time this run meets it in its selection) in the same scope
-        and kind: there the platform absorbs it if the first request was stored. In another
-        (another customer, a changed mapping) it would be a second event, billed beside the
-        first: a repeat, as in one run over everything, where the first copy is billed. Its
-        other contents do not count (its properties may differ after a mapping change: the
-        resend is still absorbed). A row kept without a scope (`known_scope` None: a ledger
-        from before they were) is resent on its key and time alone. A key this run sent
-        itself, still waiting for its answer, is a plain repeat."""
+        and kind, where the platform absorbs it if the first request was stored. Elsewhere (a
+        copy for another customer, a changed mapping) it would be a second event: a repeat, as
+        in one run over everything. The event's other contents do not count (a resend with
+        other properties is absorbed all the same). A row without a scope (a ledger from
+        before they were kept) is resent on key and time alone. A key this run sent itself,
+        still waiting for its answer, is a plain repeat."""
         if known_millis != millis:
             return Claim.SHIFTED
         if (
@@ -849,9 +848,9 @@ def _read_without_writing(db: sqlite3.Connection) -> None:
             db.execute(f"CREATE TEMP TABLE {name} {columns}")
     db.execute("CREATE TEMP TABLE forgotten (target TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (target, key)) WITHOUT ROWID")
     if "ledger" in present:
-        columns = "*" if _ledger_keeps_scopes(db) else "*, NULL AS scope"  # a send adds the column, empty
+        read = "*" if _ledger_keeps_scopes(db) else "*, NULL AS scope"  # a send adds the column, empty
         db.execute(
-            f"CREATE TEMP VIEW ledger AS SELECT {columns} FROM main.ledger AS row WHERE delivered <> 0 AND NOT EXISTS "
+            f"CREATE TEMP VIEW ledger AS SELECT {read} FROM main.ledger AS row WHERE delivered <> 0 AND NOT EXISTS "
             "(SELECT 1 FROM forgotten WHERE forgotten.target = row.target AND forgotten.key = row.key)"
         )
 
