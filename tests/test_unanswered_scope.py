@@ -26,7 +26,7 @@ from .conftest import KEY, jsonl, process_env, send, track, write
 pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 TIME = "2024-01-05T10:00:00.000Z"
-# Where each platform (and Lago store) is sent to, and how it says who an event bills.
+# Each platform, and the store of the fake Lago (the fake Hyperline has one way to store).
 PLATFORMS = [("lago", "postgres"), ("lago", "clickhouse"), ("hyperline", "postgres")]
 IDS = ["lago-postgres", "lago-clickhouse", "hyperline"]
 
@@ -138,6 +138,9 @@ def test_following_the_outage_advice_word_for_word_bills_each_message_once(tmp_p
         replay, _ = send(segbill, fake.url, advice[2], *options, to=to)
         assert replay.exit_code == 0
         assert stored(fake, to) == [("cust-A", f"m{i}") for i in range(1, 5)]
+    with FakePlatform(api_key=KEY, lago_store=store) as clean:  # one run over everything bills the same
+        send(segbill, clean.url, "c.jsonl", "--dead-letter", "clean-dead.jsonl", to=to)
+        assert stored(clean, to) == [("cust-A", f"m{i}") for i in range(1, 5)]
 
 
 def test_a_state_from_before_scopes_were_kept_resends_on_key_and_time_and_keeps_them_from_now_on(tmp_path: Path, segbill) -> None:
