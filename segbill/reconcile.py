@@ -12,11 +12,12 @@ differences, not with the events:
 3. a second pass over the export matches the expected events of those ranges against the
    listed transaction ids: the unmatched are missing (written to `--missing` for `segbill send`
    to replay, and no longer delivered in the ledger of `--state`), the listed ones no event
-   accounts for are extra; the found that the ledger has as sent without an answer are
-   delivered there.
+   accounts for are extra; those listed by id that the ledger has as sent without an answer
+   are delivered there (agreeing counts prove no single event: another may cancel it).
 
 Counts that cancel out (one event missing and a foreign one in the same pair and range) cannot
-be seen by counting; the README says so. A run that stops or is interrupted calls found only
+be seen by counting; the README says so. Ranges holding an event the ledger has as sent without
+an answer are listed whatever their counts: only a listed id proves it stored. A run that stops or is interrupted calls found only
 what it proved found (a range whose counts agreed, an id listed); the rest is unchecked.
 """
 
@@ -47,10 +48,12 @@ Pair = tuple[str, str]  # (scope, kind) as `Reading.place` gives it: Lago's (ext
 
 @dataclass
 class Expected:
-    """The first pass: expected events per pair and per (pair, day), and the time range."""
+    """The first pass: expected events per pair and per (pair, day), the days holding events a
+    ledger has as sent without an answer, and the time range."""
 
     totals: Counter[Pair] = field(default_factory=Counter)
     days: dict[Pair, Counter[int]] = field(default_factory=dict)
+    unanswered: dict[Pair, set[int]] = field(default_factory=dict)
     first: int | None = None
     last: int | None = None
 
@@ -62,6 +65,9 @@ class Expected:
 
     def between(self, pair: Pair, low: int, high: int) -> int:
         return sum(count for day, count in self.days[pair].items() if low <= day <= high)
+
+    def unanswered_between(self, pair: Pair, low: int, high: int) -> bool:
+        return any(low <= day <= high for day in self.unanswered.get(pair, ()))
 
 
 @dataclass
@@ -184,14 +190,15 @@ def reconcile(
     Both passes select as a dry run of `options` does, with no dead-letter file: unreadable
     lines are only counted. The missing events are no longer delivered in `ledger` (the send's
     --state, locked by the caller), and its checkpoints are dropped once one is, so a send with
-    it rereads its files and sends them; the found ones it has as sent without an answer are
+    it rereads its files and sends them; the listed ones it has as sent without an answer are
     delivered; a rotated key is remembered once a read is answered (`State.key_accepted`);
     nothing else is changed."""
     options = replace(options, dry_run=True, dead_letter=None)
     first = Replay(options)
     expected = Expected()
+    unanswered = set() if ledger is None else ledger.unanswered()
     try:
-        _expected(first, expected)
+        _expected(first, expected, unanswered)
     finally:  # interrupted, what was counted so far is all unchecked
         first.close()
         result.read = first.tally.read
@@ -207,7 +214,7 @@ def reconcile(
     second = Replay(options)
     missing_file = DeadLetterFile(missing_path, options.target.name, shard=options.shard) if missing_path is not None else None
     try:
-        _match(second, differences, missing_file, ledger, result)
+        _match(second, differences, missing_file, ledger, unanswered, result)
     finally:
         if missing_path is not None and result.missing:  # also when interrupted: the file holds those found so far
             result.missing_file = str(missing_path)
@@ -222,10 +229,13 @@ def reconcile(
         result.count("extra", pair, low, extra, last_day=high)
 
 
-def _expected(replay: Replay, expected: Expected) -> None:
-    place = replay.options.target.require_reading().place
+def _expected(replay: Replay, expected: Expected, unanswered: set[tuple[str, int]]) -> None:
+    key_of, place = replay.options.target.key, replay.options.target.require_reading().place
     for _, event in selected_events(replay):
-        expected.add(*place(event))
+        pair, millis = place(event)
+        expected.add(pair, millis)
+        if (key_of(event), millis) in unanswered:
+            expected.unanswered.setdefault(pair, set()).add(millis // DAY)
 
 
 async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliation, ledger: State | None) -> Differences:
@@ -239,7 +249,7 @@ async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliati
 
         async def split(pair: Pair, low: int, high: int, found: int) -> None:
             wanted = expected.between(pair, low, high)
-            if found == wanted:
+            if found == wanted and not expected.unanswered_between(pair, low, high):
                 result.found += wanted
                 return
             if wanted == 0:  # nothing expected there: everything found is extra, no listing needed
@@ -285,17 +295,22 @@ async def _narrow(expected: Expected, reading: ReadOptions, result: Reconciliati
 
 
 def _match(
-    replay: Replay, differences: Differences, missing_file: DeadLetterFile | None, ledger: State | None, result: Reconciliation
+    replay: Replay,
+    differences: Differences,
+    missing_file: DeadLetterFile | None,
+    ledger: State | None,
+    unanswered: set[tuple[str, int]],
+    result: Reconciliation,
 ) -> None:
     """The second pass: each expected event of a disagreeing range is found (its transaction id
     was listed) or missing; what stays listed afterwards is extra. The missing leave the ledger
-    a chunk at a time, each once its entry is written; the found (listed, or in a range whose
-    counts agreed) that it has as sent without an answer are delivered there."""
+    a chunk at a time, each once its entry is written; the listed that it has as sent without an
+    answer are delivered there (agreeing counts may be another event cancelling a missing one, so
+    `_narrow` lists their ranges whatever the counts)."""
     listed, none_found = differences.listed, differences.none_found
     key_of, place = replay.options.target.key, replay.options.target.require_reading().place
     forget: list[tuple[str, int]] = []
-    unanswered = set() if ledger is None else ledger.unanswered()
-    stored: list[tuple[str, int]] = []  # found, and in the ledger as sent without an answer
+    stored: list[tuple[str, int]] = []  # listed by id, and in the ledger as sent without an answer
     try:
         for record, event in selected_events(replay):
             pair, millis = place(event)
@@ -304,6 +319,8 @@ def _match(
             if ids is not None and ids[key] > 0:
                 ids[key] -= 1
                 result.found += 1
+                if (key, millis) in unanswered:
+                    stored.append((key, millis))
             elif ids is not None or (pair, day) in none_found:
                 result.count("missing", pair, day)
                 if missing_file is not None:
@@ -313,9 +330,6 @@ def _match(
                     if len(forget) >= FORGET_CHUNK:
                         chunk, forget = forget, []
                         result.forgotten += ledger.forget(chunk)
-                continue
-            if (key, millis) in unanswered:
-                stored.append((key, millis))
     finally:
         if ledger is not None:
             if forget:

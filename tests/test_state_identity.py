@@ -478,6 +478,32 @@ def test_reconcile_marks_delivered_the_unanswered_events_it_finds_so_no_send_res
         no_secret(run.stdout, again.stdout, replay.stdout, state=tmp_path / "s.db")
 
 
+def test_reconcile_confirms_only_an_unanswered_event_it_lists_not_one_whose_counts_merely_agree(segbill, tmp_path: Path) -> None:
+    """Another integration's event of the same subscription, code and day cancels the count of
+    one the platform never stored: confirming it would make the dead-letter replay skip it as
+    `duplicate`, and it would never be billed."""
+    write(tmp_path / "other.jsonl", jsonl(track(messageId="F", userId="sub_1", timestamp="2024-01-10T00:00:00.000Z")))
+    write(tmp_path / "in.jsonl", jsonl(track(messageId="E", userId="sub_1", timestamp="2024-01-10T00:00:00.000Z")))
+    with FakePlatform(api_key=KEY_A) as fake:
+        assert segbill("send", "other.jsonl", "--to", "lago", "--dead-letter", "other-dead.jsonl", env=env(fake)).exit_code == 0
+        fake.script(["reset"])  # E's request is cut before it is stored
+        args = ["--max-retries", "0", "--json"]
+        first = segbill("send", "in.jsonl", "--to", "lago", "--state", "s.db", *args, env=env(fake))
+        assert first.exit_code == 1 and orjson.loads(first.stdout)["dead_lettered_by_reason"] == {"unreachable": 1}
+        with closing(sqlite3.connect(tmp_path / "s.db")) as db:
+            assert db.execute("SELECT COUNT(*) FROM ledger WHERE delivered < 0").fetchone() == (1,)
+
+        run = segbill("reconcile", "in.jsonl", "--to", "lago", "--state", "s.db", "--json", env=env(fake))
+        report = orjson.loads(run.stdout)
+        assert (report["found"], report["missing"], report["extra"], report["confirmed"]) == (0, 1, 1, 0)
+
+        (tmp_path / "dead.jsonl").rename(tmp_path / "retry.jsonl")
+        replay = segbill("send", "retry.jsonl", "--to", "lago", "--state", "s.db", "--json", env=env(fake))
+        assert replay.exit_code == 0 and orjson.loads(replay.stdout)["delivered"] == 1
+        assert sorted(event["transaction_id"] for event in fake.events("lago")) == ["E", "F"]
+        no_secret(run.stdout, replay.stdout, state=tmp_path / "s.db")
+
+
 def test_the_key_source_a_state_keeps_is_pinned() -> None:
     """A state file compares its key source with each run's as text: another form of the same
     source would refuse every state already written."""
