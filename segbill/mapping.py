@@ -33,6 +33,12 @@ MAX_CACHED_NAMES = 10_000  # event names whose code is remembered (names are few
 MAX_AMOUNT_DIGITS = 64  # an amount written out in full; more is no amount anyone bills
 MAX_CACHED_KEYS = 10_000  # property keys whose shaped key is remembered
 
+# How `snake_case` makes a code, as a scope source names it (`Mapping.scope_source`, kept in a
+# --state file): another way of making codes needs another name, so that a state that delivered
+# under one refuses forgetting under the other. Earlier builds, which dropped letters outside
+# A-Z, were kept as `true`.
+SNAKE_CASE = "segbill-words-of-every-script"
+
 
 Path_ = tuple[str, ...]
 
@@ -190,7 +196,7 @@ class Mapping:
             "event": _origin(fields.event),
             "billable_types": events.billable_types,
             "rename": events.rename,
-            "snake_case": events.snake_case,
+            "snake_case": SNAKE_CASE if events.snake_case else False,
         }
         return json.dumps(made, sort_keys=True)
 
@@ -451,7 +457,9 @@ def described_scope(scope_source: str, names: tuple[str, str]) -> str:
         parts = [f"{names[0]} from {_from(made['customer'])}", f"{names[1]} from {_from(made['event'])}"]
         parts += [f"{kind} messages as {name!r}" for kind, name in made["billable_types"].items()]
         parts += [f"{name!r} renamed {code!r}" for name, code in made["rename"].items()]
-        if made["snake_case"]:
+        if made["snake_case"] is True:
+            parts.append("snake_case codes of an earlier segbill (letters outside A-Z dropped)")
+        elif made["snake_case"]:
             parts.append("snake_case codes")
     except (ValueError, TypeError, KeyError, AttributeError):
         return scope_source

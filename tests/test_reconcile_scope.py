@@ -217,6 +217,27 @@ def test_the_scope_source_a_state_keeps_is_pinned() -> None:
     renamed = Mapping(events=EventRules(rename={"api_call": "api_calls_v2"}, snake_case=True))
     assert renamed.scope_source() == (
         '{"billable_types": {}, "customer": {"paths": ["userId"]}, "event": {"paths": ["event"]}, '
-        '"rename": {"api_call": "api_calls_v2"}, "snake_case": true}'
+        '"rename": {"api_call": "api_calls_v2"}, "snake_case": "segbill-words-of-every-script"}'
     )
     assert load_mapping("lago", None).scope_source() == default.scope_source()
+
+
+def test_a_state_delivered_under_the_earlier_snake_case_refuses_forgetting(segbill, tmp_path: Path) -> None:
+    """Earlier builds made `ber_ride` of "Über Ride", and their states kept `"snake_case": true`:
+    a reconcile under today's scheme looks for `über_ride`, calls every event missing, and a
+    replay would bill each again under the new code."""
+    path = write(tmp_path / "export.jsonl", jsonl(*(track(messageId=f"m{i}", event="Über Ride") for i in range(3))))
+    (tmp_path / "map.toml").write_text('[lago.events]\nother = "snake_case"\n')
+    earlier = '{"billable_types": {}, "customer": {"paths": ["userId"]}, "event": {"paths": ["event"]}, "rename": {}, "snake_case": true}'
+    with FakePlatform(api_key=KEY) as fake:
+        fake.add_billable_metric("über_ride")
+        assert run_json(segbill, fake, "send", str(path), "--config", "map.toml", "--state", "st.db")[1]["delivered"] == 3
+        with closing(sqlite3.connect("st.db")) as db, db:
+            db.execute("UPDATE scope_sources SET source = ?", (earlier,))  # as the earlier build wrote it
+        before = ledger("st.db")
+        line = refused(segbill, fake, "reconcile", str(path), "--config", "map.toml", "--state", "st.db", "--missing", "m.jsonl")
+        assert "snake_case codes of an earlier segbill (letters outside A-Z dropped)); this run maps" in line
+        assert line.endswith("snake_case codes): an event it calls missing may be on the platform under another subscription or code, "
+                             "and a replay would bill it twice. Nothing was changed: reconcile and replay with the send's options "
+                             "(--customer-from, --config).")
+        assert ledger("st.db") == before and not (tmp_path / "m.jsonl").exists()
