@@ -237,7 +237,9 @@ def test_a_state_delivered_under_the_earlier_snake_case_refuses_forgetting(segbi
         before = ledger("st.db")
         line = refused(segbill, fake, "reconcile", str(path), "--config", "map.toml", "--state", "st.db", "--missing", "m.jsonl")
         assert "snake_case codes of an earlier segbill (letters outside A-Z dropped)); this run maps" in line
-        assert line.endswith("snake_case codes): an event it calls missing may be on the platform under another subscription or code, "
-                             "and a replay would bill it twice. Nothing was changed: reconcile and replay with the send's options "
-                             "(--customer-from, --config).")
+        assert line.endswith(
+            "snake_case codes): an event it calls missing may be on the platform under another subscription or code, "
+            "and a replay would bill it twice. Nothing was changed: reconcile and replay with the send's options "
+            "(--customer-from, --config)."
+        )
         assert ledger("st.db") == before and not (tmp_path / "m.jsonl").exists()

@@ -293,3 +293,18 @@ def test_reconciles_missing_file_cannot_be_a_file_sqlite_keeps_beside_the_state(
     )
     assert_usage_error(run, f"--missing state.db{side} is the file state.db{side} SQLite keeps beside --state state.db")
     assert not (tmp_path / f"state.db{side}").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [("send", "--state"), ("send", "--dead-letter"), ("reconcile", "--missing"), ("reconcile", "--state")],
+)
+def test_a_path_that_is_a_symlink_loop_is_a_usage_error(segbill, export: Path, tmp_path: Path, command: str, option: str) -> None:
+    """Resolving such a path raises: one line naming the option, not an internal error."""
+    (tmp_path / "loop").symlink_to("loop")
+    with FakePlatform(api_key=KEY) as fake:
+        env = {"LAGO_API_URL": fake.url, "LAGO_API_KEY": KEY}
+        run = segbill(command, str(export), "--to", "lago", option, "loop", env=env)
+        assert fake.requests() == []
+    assert_usage_error(run, f"{option} loop is a link that leads back to itself (a symlink loop); give a file path.")
+    assert run.stderr.count("\n") == 1

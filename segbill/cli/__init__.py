@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sqlite3
@@ -926,6 +927,9 @@ def _check_own_files(written: dict[str, Path | None], sources: list[Source]) -> 
     pages over the dead letters, which the summary still counts), and a state file read as an
     input is no export. Refused (exit 2) before anything is read or written."""
     given = [(option, path) for option, path in written.items() if path is not None]
+    for option, path in given:
+        if _symlink_loop(path):
+            fail(f"{option} {path} is a link that leads back to itself (a symlink loop); give a file path.")
     for at, (option, path) in enumerate(given):
         for other_option, other in given[at + 1 :]:
             for side in ("", *SQLITE_SIDE_FILES) if other_option == "--state" else ("",):
@@ -944,6 +948,16 @@ def _check_own_files(written: dict[str, Path | None], sources: list[Source]) -> 
         for source in sources:
             if source.path is not None and _one_file(source.path, path):
                 fail(f"{source.name} is both an input and {option} {path}{_alias(source.path, path)}: a state file is no export.")
+
+
+def _symlink_loop(path: Path) -> bool:
+    """Whether following `path`'s links never ends: no file can be made there, and resolving
+    it raises."""
+    try:
+        path.stat()
+    except OSError as error:
+        return error.errno == errno.ELOOP
+    return False
 
 
 def _one_file(path: Path, other: Path) -> bool:
