@@ -134,9 +134,8 @@ class DeadLetterFile:
 
 def _unwrap(entry: dict[str, Any], raw: bytes, origin: Origin, loads: Loads) -> Record | None:
     """A line of segbill's own dead-letter file: read back the original record or text. None
-    for a marker that is not segbill's (only the integer 1 is: not True, not 1.0)."""
-    marker = entry[DEAD_LETTER_MARKER]
-    if type(marker) is not int or marker != 1:
+    for a marker that is not segbill's (see `is_entry`)."""
+    if not is_entry(entry):
         return None
     first = entry.get("first_source") or entry.get("source")
     first_source = first if isinstance(first, dict) else None
@@ -208,8 +207,14 @@ def holds_other_data(path: Path) -> bool:
         entry = orjson.loads(first)
     except orjson.JSONDecodeError:
         return True
-    marker = entry.get(DEAD_LETTER_MARKER) if isinstance(entry, dict) else None
-    return type(marker) is not int or marker != 1
+    return not is_entry(entry)
+
+
+def is_entry(line: Any) -> bool:
+    """Whether a parsed line is a segbill dead-letter entry: an object whose marker is the
+    integer 1 (not True, not 1.0)."""
+    marker = line.get(DEAD_LETTER_MARKER) if isinstance(line, dict) else None
+    return type(marker) is int and marker == 1
 
 
 def _open_private(path: Path) -> BinaryIO:

@@ -8,7 +8,6 @@ dead-lettered). The summary counts (`Tally`) are changed here alone.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sqlite3
 from collections import deque
@@ -19,7 +18,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 
 import orjson
 
-from segbill.deadletter import DEAD_LETTER_MARKER, DEFAULT_PATH, ENTRIES, MISSING_MARKER, DeadLetterFile, DeadLetterWriteError
+from segbill.deadletter import DEFAULT_PATH, ENTRIES, MISSING_MARKER, DeadLetterFile, DeadLetterWriteError, is_entry
 from segbill.decode import Decoded, block_decoder
 from segbill.mapping import Mapping, Skipped
 from segbill.report import Tally
@@ -267,7 +266,6 @@ class Replay:
             api_key=api_key,
             key_rotated=key_rotated,
         )
-        self._refuses_forgetting = self._may_not_forget()
         self.tally.state_file = None if options.state is None else str(options.state)
         self._files: dict[str, str] = {}  # source name -> file identity, for its dead letters
         self._warn = warn
@@ -284,16 +282,32 @@ class Replay:
         # The ledger keeps each event's scope and kind, to resend only in the same (a run that
         # keeps nothing holds no earlier run's requests: it needs none).
         self._scope_of = None if self.state.mode is Mode.MEMORY else scope_digests(options.target)
+        self._refuses_forgetting = self._may_not_forget()
 
     def _may_not_forget(self) -> bool:
         """Whether the state refuses to forget the events reconcile found missing
-        (`State.forgetting_refused`). Then a file holding such an entry is refused before
-        anything is sent; a stream cannot be looked at first: its entries are dead-lettered (`_claimed`)."""
+        (`State.forgetting_refused`). Then a file this run reads (not one its checkpoints say is
+        finished) that is reconcile's --missing is refused before anything is sent; an entry
+        anywhere else (a stream, a file of other lines first) is dead-lettered (`_claimed`)."""
         refused = self.state.forgetting_refused()
-        if refused is not None and any(_replays_missing(source) for source in self.options.sources if not source.is_stream):
+        if refused is not None and any(_replays_missing(source) for source in self._unfinished()):
             self.state.close(save=False)
             raise OtherScope(refused)
         return refused is not None
+
+    def _unfinished(self) -> Iterator[Source]:
+        """The files this run reads: those its checkpoints do not say are finished."""
+        for source in self.options.sources:
+            if source.is_stream:
+                continue
+            start = self._start(source)
+            if start is None or not start.complete:
+                yield source
+
+    def _start(self, source: Source) -> Checkpoint | None:
+        """Where this run resumes `source`: a partial selection (`Options.partial`) reads every
+        file from its start."""
+        return None if self._partial else self.state.checkpoint(source)
 
     def blocks(
         self, on_progress: Callable[[str, int], None] | None = None, reading: Reading | None = None
@@ -309,7 +323,7 @@ class Replay:
         tracking = self._tracking
         unread: list[tuple[Source, Checkpoint | None]] = []
         for source in self.options.sources:
-            start = None if self._partial else self.state.checkpoint(source)
+            start = self._start(source)
             if start is not None and start.complete:
                 tally.files_already_done += 1
             else:
@@ -396,8 +410,9 @@ class Replay:
         out claims its key in this run (see `Conversion._selected`) and keeps its outcome. An
         event reconcile found missing on the platform is no longer delivered in the ledger: the
         platform's 200 did not store it (an event the selection leaves out is another run's),
-        unless the state delivered with another mapping of scope and kind: then (only a stream
-        gets here, see `_may_not_forget`) it is dead-lettered, as it may be on the platform."""
+        unless the state delivered with another mapping of scope and kind: then (from a stream,
+        or after a file's first line, see `_may_not_forget`) it is dead-lettered, as it may be
+        on the platform."""
         pending, fresh = self._pending, self._fresh
         if self._refuses_forgetting:
             for _ in range(len(pending)):
@@ -626,20 +641,21 @@ class _EarlierDeadLetters:
 
 
 def _replays_missing(source: Source) -> bool:
-    """Whether a file holds an entry of reconcile's --missing (`MISSING_MARKER`): one pass over
-    it, made only when the state may not forget them. A file that cannot be read holds none
-    here: the run says so when it reads it."""
-    marker = MISSING_MARKER.encode()
+    """Whether a file is reconcile's --missing, entries from its first line (`MISSING_MARKER`):
+    only that line is read, so a large export costs nothing to look at. An entry further on is
+    dead-lettered when read (`_claimed`). A file that cannot be read is none here: the run says
+    so when it reads it."""
     try:
-        for _, _, _, line, _ in read_lines(source):
-            if marker in line:
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    entry = orjson.loads(line)
-                    if isinstance(entry, dict) and entry.get(DEAD_LETTER_MARKER) and entry.get(MISSING_MARKER) is True:
-                        return True
+        first = next(read_lines(source), None)  # the generator, dropped at once, closes the file
     except SourceUnreadable:
         return False
-    return False
+    if first is None:
+        return False
+    try:
+        entry = orjson.loads(first[3])
+    except orjson.JSONDecodeError:
+        return False
+    return is_entry(entry) and entry.get(MISSING_MARKER) is True
 
 
 def to_event(

@@ -243,3 +243,59 @@ def test_a_state_delivered_under_the_earlier_snake_case_refuses_forgetting(segbi
             "(--customer-from, --config)."
         )
         assert ledger("st.db") == before and not (tmp_path / "m.jsonl").exists()
+
+
+def _refusing_state(segbill, fake: FakePlatform, tmp_path: Path) -> Path:
+    """st.db delivered under two mappings, after its send of m.jsonl (reconcile's --missing,
+    written without the state) finished: from then on it refuses to forget."""
+    never_sent = [{**m, "messageId": f"lost-{m['messageId']}"} for m in two_subscriptions(3)]
+    export = write(tmp_path / "export.jsonl", jsonl(*never_sent))
+    later = write(tmp_path / "later.jsonl", jsonl(*({**m, "messageId": f"later-{m['messageId']}"} for m in two_subscriptions(2))))
+    fake.add_billable_metric("api_call")
+    fake.add_subscription("sub_A")
+    fake.add_subscription("sub_B")
+    assert run_json(segbill, fake, "reconcile", str(export), *CUSTOMER_A, "--missing", "m.jsonl")[1]["missing"] == 3
+    assert run_json(segbill, fake, "send", "m.jsonl", *CUSTOMER_A, "--state", "st.db")[1]["delivered"] == 3
+    assert run_json(segbill, fake, "send", str(later), *CUSTOMER_B, "--state", "st.db")[1]["delivered"] == 2
+    assert "bill it twice" in refused(segbill, fake, "reconcile", str(export), *CUSTOMER_A, "--state", "st.db")
+    return tmp_path / "m.jsonl"
+
+
+def test_a_file_its_checkpoints_say_is_finished_is_not_looked_at_for_missing_entries(segbill, tmp_path: Path) -> None:
+    """Only the files the run reads are looked at first: a finished --missing file is skipped
+    whole, as on any rerun, not refused."""
+    with FakePlatform(api_key=KEY) as fake:
+        _refusing_state(segbill, fake, tmp_path)
+        before = billed(fake)
+        code, rerun = run_json(segbill, fake, "send", "m.jsonl", *CUSTOMER_A, "--state", "st.db")
+        assert (code, rerun["read"], rerun["files_already_done"], rerun["delivered"]) == (0, 0, 1, 0)
+        assert billed(fake) == before
+
+
+def test_a_missing_entry_after_other_lines_is_dead_lettered_unsent(segbill, tmp_path: Path) -> None:
+    """Only a file's first line says whether it is reconcile's --missing (a large export costs
+    nothing to look at). An entry met further on cannot be forgotten either: it is
+    dead-lettered `other_scope`, as from a stream, and the rest of the file is sent."""
+    with FakePlatform(api_key=KEY) as fake:
+        missing = _refusing_state(segbill, fake, tmp_path)
+        entry = missing.read_bytes().splitlines(keepends=True)[0]
+        fresh = {**two_subscriptions(1)[0], "messageId": "fresh"}
+        write(tmp_path / "mixed.jsonl", jsonl(fresh) + entry)
+        before = ledger("st.db")
+        code, sent = run_json(segbill, fake, "send", "mixed.jsonl", *CUSTOMER_A, "--state", "st.db")
+        assert (code, sent["delivered"], sent["dead_lettered_by_reason"]) == (1, 1, {"other_scope": 1})
+        assert ("sub_A", "api_call", "fresh") in billed(fake)
+        after = ledger("st.db")
+        assert set(before) < set(after) and len(after) == len(before) + 1  # the entry's delivery is not forgotten
+
+
+def test_only_the_marker_the_reader_accepts_makes_a_missing_file(segbill, tmp_path: Path) -> None:
+    """`"segbill_dead_letter": true` is no segbill entry when read (only the integer 1 is): a
+    file that starts with one is no --missing file either, and is not refused for it."""
+    with FakePlatform(api_key=KEY) as fake:
+        missing = _refusing_state(segbill, fake, tmp_path)
+        entry = orjson.loads(missing.read_bytes().splitlines()[0])
+        write(tmp_path / "lookalike.jsonl", jsonl({**entry, "segbill_dead_letter": True}))
+        code, sent = run_json(segbill, fake, "send", "lookalike.jsonl", *CUSTOMER_A, "--state", "st.db")
+        assert (code, sent["read"], sent["delivered"]) == (1, 1, 0)
+        assert sent["dead_lettered_by_reason"] == {"missing_type": 1}  # read as a message, as the reader reads it
