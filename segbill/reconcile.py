@@ -17,8 +17,9 @@ differences, not with the events:
 
 Counts that cancel out (one event missing and a foreign one in the same pair and range) cannot
 be seen by counting; the README says so. Ranges holding an event the ledger has as sent without
-an answer are listed whatever their counts: only a listed id proves it stored. A run that stops or is interrupted calls found only
-what it proved found (a range whose counts agreed, an id listed); the rest is unchecked.
+an answer are listed whatever their counts: only a listed id proves it stored. A run that stops
+or is interrupted calls found only what it proved found (a range whose counts agreed, an id
+listed); the rest is unchecked.
 """
 
 from __future__ import annotations
