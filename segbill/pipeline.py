@@ -414,7 +414,7 @@ class Replay:
         or after a file's first line, see `_may_not_forget`) it is dead-lettered, as it may be
         on the platform."""
         pending, fresh = self._pending, self._fresh
-        if self._refuses_forgetting:
+        if self._refuses_forgetting and any(item[0].missing_on_platform for item in pending):
             for _ in range(len(pending)):
                 item = pending.popleft()
                 if item[0].missing_on_platform and type(item[1]) is not str:

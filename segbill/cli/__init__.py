@@ -966,8 +966,8 @@ def _one_file(path: Path, other: Path) -> bool:
     if path.resolve() == other.resolve():
         return True
     try:
-        return os.path.samestat(path.stat(), other.stat())
-    except OSError:  # one of them does not exist (yet): two files
+        return _same_file(path, other.stat())
+    except OSError:  # `other` does not exist (yet): two files
         return False
 
 
